@@ -1,0 +1,27 @@
+//! Blaze's actors. Each module owns one concern of the service: its actor
+//! (a thin actix adapter), its messages, and the plain domain logic the actor
+//! wraps, so the logic tests without a running system.
+//!
+//! Every module has the same shape:
+//! - `mod.rs`: what the module owns, and its public surface;
+//! - `actor.rs`: the actix actor, lifecycle and message handlers only;
+//! - `messages.rs`: one typed struct per message;
+//! - `core.rs`: the domain logic and the state published to the hot path;
+//! - `tests.rs`: tests of the module.
+//!
+//! The rule that keeps the service fast: actors own state, lifecycle and
+//! failure; request handlers read what actors publish (an `ArcSwap`, atomics,
+//! a lock-free recorder) and never wait on a mailbox for it.
+
+pub mod health;
+pub mod metrics;
+pub mod supervisor;
+
+/// The build this binary came from, shared by health and metrics reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildInfo {
+    pub version: &'static str,
+    pub git_sha: &'static str,
+    pub rustc: &'static str,
+    pub profile: &'static str,
+}

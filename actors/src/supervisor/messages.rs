@@ -1,0 +1,77 @@
+//! Messages of the supervisor and of every supervised actor.
+
+use std::time::Duration;
+
+use actix::{Message, Recipient};
+
+/// Liveness check answered by every supervised actor; the health monitor
+/// measures its round trip.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Ping;
+
+/// Starts every child concurrently; answers once each one is up or has
+/// failed its first start.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct StartAll;
+
+/// Stops every child and their arbiters, for shutdown; no restarts follow.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct StopAll;
+
+/// Asks a supervised actor to stop cleanly (at shutdown).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+/// How the supervisor reaches a running child.
+#[derive(Clone)]
+pub struct ChildHandle {
+    pub ping: Recipient<Ping>,
+    pub stop: Recipient<Stop>,
+    #[cfg(feature = "test-hooks")]
+    pub fail: Recipient<Fail>,
+}
+
+/// A child's instance is running.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ChildUp {
+    pub name: &'static str,
+    pub generation: u64,
+    pub handle: ChildHandle,
+    pub start_took: Duration,
+}
+
+/// A child's instance ended: it stopped, panicked, or failed to start.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct ChildDown {
+    pub name: &'static str,
+    pub generation: u64,
+    pub reason: String,
+}
+
+/// Test hook: makes a supervised actor fail.
+#[cfg(feature = "test-hooks")]
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Fail(pub FailMode);
+
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    Panic,
+    Stop,
+}
+
+/// Test hook: makes the named child fail; false if no such child runs.
+#[cfg(feature = "test-hooks")]
+#[derive(Message, Debug)]
+#[rtype(result = "bool")]
+pub struct FailChild {
+    pub name: String,
+    pub mode: FailMode,
+}

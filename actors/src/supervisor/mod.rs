@@ -1,0 +1,56 @@
+//! Supervision of the actor tree.
+//!
+//! The [`Supervisor`] starts every child concurrently, each on an arbiter
+//! (OS thread) of its own, logs each start and stop with its time, and
+//! restarts a child that stops or panics after an exponential backoff.
+//! actix's own `Supervisor` only restarts an actor that stops cleanly; a
+//! panic in a handler would end the actor for good. Here each child's context
+//! runs inside `catch_unwind`, so a panic is seen, counted and recovered.
+//!
+//! Restarts are counted in `blaze_actor_restarts_total{actor}` and published
+//! on the [`ActorBoard`], which the health monitor reads.
+
+mod actor;
+mod core;
+mod messages;
+#[cfg(test)]
+mod tests;
+
+pub use self::actor::Supervisor;
+pub use self::core::{ActorBoard, ActorState, ActorStatus, Backoff, ChildSpec, SupervisedActor};
+pub use self::messages::{ChildHandle, Ping, StartAll, Stop, StopAll};
+#[cfg(feature = "test-hooks")]
+pub use self::messages::{Fail, FailChild, FailMode};
+
+/// Implements the messages every supervised actor answers: `Ping` for the
+/// health probes, and under `test-hooks` the `Fail` hook.
+#[macro_export]
+macro_rules! supervised_actor {
+    ($actor:ty) => {
+        impl ::actix::Handler<$crate::supervisor::Ping> for $actor {
+            type Result = ();
+            fn handle(&mut self, _: $crate::supervisor::Ping, _: &mut Self::Context) {}
+        }
+
+        impl ::actix::Handler<$crate::supervisor::Stop> for $actor {
+            type Result = ();
+            fn handle(&mut self, _: $crate::supervisor::Stop, ctx: &mut Self::Context) {
+                ::actix::ActorContext::stop(ctx);
+            }
+        }
+
+        #[cfg(feature = "test-hooks")]
+        impl ::actix::Handler<$crate::supervisor::Fail> for $actor {
+            type Result = ();
+            #[allow(clippy::panic)]
+            fn handle(&mut self, message: $crate::supervisor::Fail, ctx: &mut Self::Context) {
+                match message.0 {
+                    $crate::supervisor::FailMode::Panic => {
+                        panic!("test hook: {} told to panic", stringify!($actor))
+                    }
+                    $crate::supervisor::FailMode::Stop => ::actix::ActorContext::stop(ctx),
+                }
+            }
+        }
+    };
+}

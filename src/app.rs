@@ -1,0 +1,150 @@
+//! Wiring: the actor tree, the HTTP server, and the shutdown sequence.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use actix_web::middleware::{Compress, Condition};
+use actix_web::{App, HttpServer};
+use blaze_actors::health::{HealthMonitor, HealthMonitorConfig, HealthState};
+use blaze_actors::metrics::{MetricsAggregator, Telemetry};
+use blaze_actors::supervisor::{ActorBoard, Backoff, ChildSpec, StartAll, StopAll, Supervisor};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+use crate::http::{self, AppState, Observe};
+use crate::settings::Settings;
+
+/// Runs the server on an actix system until a signal stops it. Exit code 0
+/// after a clean drain.
+pub fn serve_blocking(settings: Settings) -> ExitCode {
+    let _log_guard = crate::logging::init();
+    let system = actix_rt::System::new();
+    match system.block_on(serve(settings)) {
+        Ok(()) => {
+            info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(problem) => {
+            error!(error = %problem, "cannot serve");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The shared state every part reads, built once per process.
+struct Shared {
+    health: Arc<HealthState>,
+    telemetry: Arc<Telemetry>,
+    board: ActorBoard,
+}
+
+fn child_specs(settings: &Settings, shared: &Shared) -> Vec<ChildSpec> {
+    let monitoring = &settings.monitoring;
+    let probe_interval = Duration::from_secs(monitoring.probe_interval_s);
+    let health_config =
+        HealthMonitorConfig { probe_interval, probe_timeout: probe_interval.min(Duration::from_secs(2)) };
+    let (health, board) = (shared.health.clone(), shared.board.clone());
+    let telemetry = shared.telemetry.clone();
+    let collection_interval = Duration::from_secs(monitoring.collection_interval_s);
+    vec![
+        ChildSpec::new("health_monitor", true, move || {
+            let monitor = HealthMonitor::new(health_config, health.clone(), board.clone(), Vec::new());
+            async move { Ok(monitor) }
+        }),
+        ChildSpec::new("metrics_aggregator", true, move || {
+            let aggregator = MetricsAggregator::new(telemetry.clone(), collection_interval);
+            async move { Ok(aggregator) }
+        }),
+    ]
+}
+
+async fn serve(settings: Settings) -> Result<(), String> {
+    let build = crate::build_info();
+    info!(version = build.version, git_sha = build.git_sha, profile = build.profile, "starting");
+    let monitoring = &settings.monitoring;
+    let telemetry = Telemetry::install(
+        &build,
+        Duration::from_secs(monitoring.collection_interval_s),
+        Duration::from_secs(monitoring.retention_s),
+    )
+    .map_err(|error| error.to_string())?;
+    let shared = Shared { health: HealthState::new(build), telemetry, board: ActorBoard::default() };
+    let supervisor =
+        Supervisor::new(child_specs(&settings, &shared), shared.board.clone(), Backoff::default()).start();
+    supervisor.send(StartAll).await.map_err(|error| format!("supervisor: {error}"))?;
+
+    let result = run_http(&settings, &shared, supervisor.clone()).await;
+    if supervisor.send(StopAll).await.is_err() {
+        warn!("the supervisor was gone at shutdown");
+    }
+    result
+}
+
+async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervisor>) -> Result<(), String> {
+    let server_settings = settings.server.clone();
+    let state = AppState {
+        health: shared.health.clone(),
+        telemetry: shared.telemetry.clone(),
+        #[cfg(feature = "test-hooks")]
+        supervisor: supervisor.clone(),
+    };
+    let _ = &supervisor;
+    let compression = settings.performance.compression;
+    let (max_body, timeout_s) = (server_settings.max_request_bytes, server_settings.request_timeout_s);
+    let workers = server_settings.worker_count();
+    let server = HttpServer::new(move || {
+        let state = state.clone();
+        App::new()
+            .configure(|config| http::configure(config, state.clone(), max_body))
+            .wrap(Observe::new(state.telemetry.clone(), state.health.clone(), timeout_s, max_body))
+            .wrap(Condition::new(compression, Compress::default()))
+    })
+    .workers(workers)
+    .max_connections(server_settings.max_connections.div_ceil(workers).max(1))
+    .keep_alive(match server_settings.keep_alive_s {
+        0 => actix_web::http::KeepAlive::Disabled,
+        seconds => actix_web::http::KeepAlive::Timeout(Duration::from_secs(seconds)),
+    })
+    .shutdown_timeout(server_settings.shutdown_grace_s)
+    .disable_signals()
+    .bind((server_settings.host.as_str(), server_settings.port))
+    .map_err(|error| {
+        format!("cannot listen on {}:{}: {error}", server_settings.host, server_settings.port)
+    })?;
+    for address in server.addrs() {
+        info!(address = %address, workers, "listening");
+    }
+    let server = server.run();
+    actix_rt::spawn(drain_on_signal(
+        server.handle(),
+        shared.health.clone(),
+        server_settings.shutdown_grace_s,
+    ));
+    server.await.map_err(|error| format!("server: {error}"))
+}
+
+/// First SIGTERM or SIGINT: readiness turns 503 at once, the listeners
+/// close, in-flight requests get the grace period. A second signal stops
+/// at once.
+async fn drain_on_signal(server: actix_web::dev::ServerHandle, health: Arc<HealthState>, grace_s: u64) {
+    let (Ok(mut terminate), Ok(mut interrupt)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        error!("cannot listen for SIGTERM and SIGINT; stop the process with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    };
+    health.begin_draining();
+    info!(signal = name, grace_s, "draining: finishing in-flight requests");
+    let graceful = server.stop(true);
+    tokio::select! {
+        () = graceful => info!("drained"),
+        _ = terminate.recv() => { warn!("second signal: stopping now"); server.stop(false).await }
+        _ = interrupt.recv() => { warn!("second signal: stopping now"); server.stop(false).await }
+    }
+}

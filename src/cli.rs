@@ -1,0 +1,79 @@
+//! The command line: `blaze serve`, `blaze config check`, `--version`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::settings::{ConfigSources, Settings};
+
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BLAZE_GIT_SHA"),
+    ", ",
+    env!("BLAZE_RUSTC_VERSION"),
+    ", ",
+    env!("BLAZE_BUILD_PROFILE"),
+    " build)"
+);
+
+/// Blaze: an OpenAI-compatible API in front of local inference workers.
+#[derive(Debug, Parser)]
+#[command(name = "blaze", version, long_version = LONG_VERSION, propagate_version = true)]
+pub struct Cli {
+    /// A YAML file layered over config/default.yaml and the profile.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// A profile overlay: development, production, gpu or minimal.
+    #[arg(long, global = true, env = "BLAZE_PROFILE", value_name = "NAME")]
+    profile: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server until SIGTERM or SIGINT.
+    Serve,
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (secrets redacted), or every
+    /// invalid key and where it was set, and exit 1.
+    Check,
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let sources = ConfigSources {
+        profile: cli.profile.clone(),
+        file: cli.config.clone(),
+        environment: std::env::vars().collect(),
+    };
+    let settings = match Settings::load(&sources) {
+        Ok(settings) => settings,
+        Err(errors) => {
+            eprintln!("invalid configuration:");
+            for error in &errors {
+                eprintln!("  - {error}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Config { command: ConfigCommand::Check } => {
+            print!("{}", settings.to_redacted_yaml(&sources));
+            ExitCode::SUCCESS
+        }
+        Command::Serve => crate::app::serve_blocking(settings),
+    }
+}

@@ -1,0 +1,144 @@
+//! The one mapping from errors to HTTP responses: a status code and the
+//! OpenAI error body `{"error": {"message", "type", "param", "code"}}`.
+//! Messages tell the client what to change; internal details go to the log
+//! with the request id, never to the client.
+
+use std::fmt;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// An error as the client sees it.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    param: Option<String>,
+    code: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: String) -> Self {
+        Self { status, kind, message, param: None, code: Some(code) }
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", code, message.into())
+    }
+
+    pub fn not_found(method: &str, path: &str) -> Self {
+        let message = format!("Invalid URL ({method} {path}): no such route");
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url", message)
+    }
+
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        let message = format!("Method {method} is not allowed on {path}");
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "method_not_allowed", message)
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        let message =
+            format!("The request body is larger than the limit of {limit} bytes; send a smaller body");
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "request_too_large", message)
+    }
+
+    pub fn unsupported_media_type() -> Self {
+        let message = "The request body must be JSON, with Content-Type: application/json".to_owned();
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "unsupported_media_type",
+            message,
+        )
+    }
+
+    pub fn timeout(limit_s: u64) -> Self {
+        let message = format!("The request took longer than the server's limit of {limit_s} s");
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "server_error", "timeout", message)
+    }
+
+    pub fn internal(request_id: &str) -> Self {
+        let message =
+            format!("The server had an error while processing your request (request id {request_id})");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", message)
+    }
+
+    pub fn not_ready(failing: &[String]) -> Self {
+        let message = format!("The service is not ready: {}", failing.join(", "));
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "not_ready", message)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    fn detail(&self) -> Detail<'_> {
+        Detail { message: &self.message, kind: self.kind, param: self.param.as_deref(), code: self.code }
+    }
+
+    /// The response body as JSON, with extra top-level fields if any.
+    pub fn body(&self, extra: Option<(&str, serde_json::Value)>) -> serde_json::Value {
+        let mut value = serde_json::to_value(Body { error: self.detail() }).unwrap_or_default();
+        if let (Some((name, extra)), Some(fields)) = (extra, value.as_object_mut()) {
+            fields.insert(name.to_owned(), extra);
+        }
+        value
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{} ({}): {}", self.status.as_u16(), self.kind, self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(Body { error: self.detail() })
+    }
+}
+
+/// Maps the JSON extractor's errors: what was wrong with the body, never
+/// the body itself.
+pub fn from_json_error(error: &actix_web::error::JsonPayloadError, limit: usize) -> ApiError {
+    use actix_web::error::JsonPayloadError;
+    match error {
+        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
+            ApiError::payload_too_large(limit)
+        }
+        JsonPayloadError::ContentType => ApiError::unsupported_media_type(),
+        JsonPayloadError::Deserialize(error) if error.is_data() => ApiError::bad_request(
+            "invalid_request_body",
+            format!("The request body does not match the schema: {error}"),
+        ),
+        JsonPayloadError::Deserialize(error) => {
+            ApiError::bad_request("invalid_json", format!("The request body is not valid JSON: {error}"))
+        }
+        _ => ApiError::bad_request("invalid_body", "The request body could not be read"),
+    }
+}

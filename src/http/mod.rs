@@ -1,0 +1,71 @@
+//! The HTTP surface: routes, the request middleware, extractor limits and
+//! the mapping of every error to the OpenAI error body.
+
+mod observe;
+mod routes;
+#[cfg(feature = "test-hooks")]
+mod test_hooks;
+
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use blaze_actors::health::HealthState;
+use blaze_actors::metrics::Telemetry;
+
+pub use self::observe::{Observe, RequestId, REQUEST_ID};
+use crate::error::{self, ApiError};
+
+/// What handlers read; cheap to clone into every worker.
+#[derive(Clone)]
+pub struct AppState {
+    pub health: Arc<HealthState>,
+    pub telemetry: Arc<Telemetry>,
+    #[cfg(feature = "test-hooks")]
+    pub supervisor: actix::Addr<blaze_actors::supervisor::Supervisor>,
+}
+
+/// Registers every route, the extractor limits and the fallbacks.
+pub fn configure(config: &mut web::ServiceConfig, state: AppState, max_body: usize) {
+    config
+        .app_data(web::Data::new(state))
+        .app_data(web::PayloadConfig::new(max_body))
+        .app_data(
+            web::JsonConfig::default()
+                .limit(max_body)
+                .error_handler(move |error, _| error::from_json_error(&error, max_body).into()),
+        )
+        .app_data(web::QueryConfig::default().error_handler(|error, _| {
+            ApiError::bad_request("invalid_query", format!("Invalid query string: {error}")).into()
+        }))
+        .app_data(web::PathConfig::default().error_handler(|error, _| {
+            ApiError::bad_request("invalid_path", format!("Invalid path parameter: {error}")).into()
+        }));
+    routes::configure(config);
+    #[cfg(feature = "test-hooks")]
+    test_hooks::configure(config);
+    config.default_service(web::to(not_found));
+}
+
+async fn not_found(request: HttpRequest) -> HttpResponse {
+    ApiError::not_found(request.method().as_str(), request.path()).error_response()
+}
+
+async fn method_not_allowed(request: HttpRequest) -> HttpResponse {
+    ApiError::method_not_allowed(request.method().as_str(), request.path()).error_response()
+}
+
+use actix_web::ResponseError;
+
+/// A resource answering GET and HEAD, and 405 in the OpenAI format for any
+/// other method.
+fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+        .default_service(web::to(method_not_allowed))
+}

@@ -1,0 +1,198 @@
+//! The middleware every request passes through: request id, in-flight
+//! gauge, body size check, time limit, panic recovery, metrics and the
+//! access log. One layer, so the hot path pays for one wrapper.
+
+use std::future::{ready, Future, Ready};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
+use actix_web::http::{ConnectionType, Method};
+use actix_web::{HttpMessage, HttpResponse, ResponseError};
+use blaze_actors::health::HealthState;
+use blaze_actors::metrics::{Telemetry, UNMATCHED_ROUTE};
+use futures_util::FutureExt;
+
+use crate::error::ApiError;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request's id, from the client's `x-request-id` when it is sane,
+/// generated otherwise. Handlers read it from the request extensions.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub Rc<str>);
+
+impl RequestId {
+    fn from_request(request: &ServiceRequest) -> Self {
+        let given = request
+            .headers()
+            .get(&REQUEST_ID)
+            .and_then(|value| value.to_str().ok())
+            .filter(|id| is_sane_id(id));
+        match given {
+            Some(id) => Self(Rc::from(id)),
+            None => Self(Rc::from(uuid::Uuid::new_v4().simple().to_string())),
+        }
+    }
+}
+
+/// Short, printable, and safe to echo in headers and logs.
+fn is_sane_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"-_.:".contains(&byte))
+}
+
+pub struct Observe {
+    shared: Rc<Shared>,
+}
+
+struct Shared {
+    telemetry: Arc<Telemetry>,
+    health: Arc<HealthState>,
+    timeout: Duration,
+    timeout_s: u64,
+    max_body: usize,
+}
+
+impl Observe {
+    pub fn new(telemetry: Arc<Telemetry>, health: Arc<HealthState>, timeout_s: u64, max_body: usize) -> Self {
+        let shared =
+            Shared { telemetry, health, timeout: Duration::from_secs(timeout_s), timeout_s, max_body };
+        Self { shared: Rc::new(shared) }
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Observe
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Transform = ObserveService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(ObserveService { service: Rc::new(service), shared: self.shared.clone() }))
+    }
+}
+
+pub struct ObserveService<S> {
+    service: Rc<S>,
+    shared: Rc<Shared>,
+}
+
+type Outcome<B> = Result<ServiceResponse<EitherBody<B>>, actix_web::Error>;
+
+impl<S, B> Service<ServiceRequest> for ObserveService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Future = Pin<Box<dyn Future<Output = Outcome<B>>>>;
+
+    forward_ready!(service);
+
+    fn call(&self, request: ServiceRequest) -> Self::Future {
+        let started = Instant::now();
+        let in_flight = self.shared.telemetry.request_started();
+        let request_id = RequestId::from_request(&request);
+        request.extensions_mut().insert(request_id.clone());
+        // Taken now: after a panic or a timeout the request is gone.
+        let labels = Labels {
+            method: method_label(request.method()),
+            route: request.match_pattern().unwrap_or_else(|| UNMATCHED_ROUTE.to_owned()),
+        };
+        let shared = self.shared.clone();
+        if declared_length(&request).is_some_and(|length| length > shared.max_body as u64) {
+            let error = ApiError::payload_too_large(shared.max_body);
+            let mut response = request.into_response(error.error_response()).map_into_right_body();
+            finish(&shared, response.response_mut(), &request_id, &labels, started);
+            return Box::pin(ready(Ok(response)));
+        }
+        let inner = AssertUnwindSafe(self.service.call(request)).catch_unwind();
+        Box::pin(async move {
+            let outcome = tokio::time::timeout(shared.timeout, inner).await;
+            let _in_flight = in_flight;
+            let failure = match outcome {
+                Ok(Ok(Ok(mut response))) => {
+                    finish(&shared, response.response_mut(), &request_id, &labels, started);
+                    return Ok(response.map_into_left_body());
+                }
+                Ok(Ok(Err(error))) => error,
+                // The panic hook has logged the panic itself.
+                Ok(Err(_)) => ApiError::internal(&request_id.0).into(),
+                Err(_) => ApiError::timeout(shared.timeout_s).into(),
+            };
+            // The request is gone (consumed by a failed service, or dropped
+            // with a panicked or late one): answer through an error that
+            // carries its finished response.
+            let mut response = failure.error_response();
+            finish(&shared, &mut response, &request_id, &labels, started);
+            Err(actix_web::error::InternalError::from_response(failure, response).into())
+        })
+    }
+}
+
+fn declared_length(request: &ServiceRequest) -> Option<u64> {
+    request.headers().get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+struct Labels {
+    method: &'static str,
+    route: String,
+}
+
+/// Stamps the request id, asks draining clients to reconnect elsewhere,
+/// records metrics and writes the access log line.
+fn finish<B>(
+    shared: &Shared,
+    response: &mut HttpResponse<B>,
+    request_id: &RequestId,
+    labels: &Labels,
+    started: Instant,
+) {
+    if let Ok(value) = HeaderValue::from_str(&request_id.0) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    if shared.health.is_draining() {
+        response.head_mut().set_connection_type(ConnectionType::Close);
+    }
+    let elapsed = started.elapsed();
+    let (method, route) = (labels.method, labels.route.as_str());
+    let status = response.status().as_u16();
+    shared.telemetry.record_request(method, route, status, elapsed);
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    // Probes and scrapes arrive every few seconds from every balancer and
+    // Prometheus; they are logged only at debug level.
+    if is_probe_route(route) {
+        tracing::debug!(target: "blaze::access", request_id = &*request_id.0, method, route, status, latency_ms, "request");
+    } else {
+        tracing::info!(target: "blaze::access", request_id = &*request_id.0, method, route, status, latency_ms, "request");
+    }
+}
+
+fn is_probe_route(route: &str) -> bool {
+    matches!(route, "/health" | "/health/ready" | "/livez" | "/readyz" | "/metrics")
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}

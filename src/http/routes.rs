@@ -1,0 +1,65 @@
+//! Health and metrics endpoints. They read what the health monitor and the
+//! metrics aggregator publish; none waits on an actor.
+
+use actix_web::http::header::{CacheControl, CacheDirective, ContentType};
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+
+use super::{get, AppState};
+use crate::error::ApiError;
+
+pub fn configure(config: &mut web::ServiceConfig) {
+    config
+        .service(get("/health", liveness))
+        .service(get("/livez", liveness))
+        .service(get("/health/ready", readiness))
+        .service(get("/readyz", readiness))
+        .service(get("/health/detailed", detailed))
+        .service(get("/metrics", prometheus))
+        .service(get("/api/metrics/summary", summary));
+}
+
+const LIVE_BODY: &str = r#"{"status":"ok"}"#;
+
+/// Liveness: the process answers. No dependency is checked.
+async fn liveness() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(ContentType::json())
+        .insert_header(CacheControl(vec![CacheDirective::NoStore]))
+        .body(LIVE_BODY)
+}
+
+/// Readiness: every required component is up and the server is not draining.
+async fn readiness(state: web::Data<AppState>) -> HttpResponse {
+    let readiness = state.health.readiness();
+    if readiness.ready {
+        return HttpResponse::Ok()
+            .insert_header(CacheControl(vec![CacheDirective::NoStore]))
+            .json(serde_json::json!({ "status": "ready" }));
+    }
+    let error = ApiError::not_ready(&readiness.failing);
+    HttpResponse::build(error.status())
+        .insert_header(CacheControl(vec![CacheDirective::NoStore]))
+        .json(error.body(Some(("failing", serde_json::json!(readiness.failing)))))
+}
+
+async fn detailed(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(CacheControl(vec![CacheDirective::NoStore]))
+        .json(state.health.detailed())
+}
+
+async fn prometheus(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.telemetry.render())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SummaryQuery {
+    /// Only the newest `last` rollups.
+    last: Option<usize>,
+}
+
+async fn summary(state: web::Data<AppState>, query: web::Query<SummaryQuery>) -> HttpResponse {
+    HttpResponse::Ok().json(state.telemetry.summary(query.last))
+}

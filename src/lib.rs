@@ -1,0 +1,19 @@
+//! Blaze's binary: the CLI, the HTTP surface and the wiring of the actors.
+//! The concerns themselves live in the `blaze-actors` crate.
+
+pub mod app;
+pub mod cli;
+pub mod error;
+pub mod http;
+pub mod logging;
+pub mod settings;
+
+/// The build this binary came from.
+pub fn build_info() -> blaze_actors::BuildInfo {
+    blaze_actors::BuildInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        git_sha: env!("BLAZE_GIT_SHA"),
+        rustc: env!("BLAZE_RUSTC_VERSION"),
+        profile: env!("BLAZE_BUILD_PROFILE"),
+    }
+}

@@ -1,0 +1,79 @@
+//! Configuration: typed settings and how they are loaded and checked.
+//!
+//! Layers, later wins: `config/default.yaml`, `config/<profile>.yaml`
+//! (`--profile` or `BLAZE_PROFILE`), a `--config` file, then environment
+//! variables `BLAZE__SECTION__KEY`. The YAML files under `config/` are
+//! compiled into the binary, so it runs from any directory. Every key is
+//! checked on its own, so one run reports every bad key with the layer that
+//! set it; unknown keys are errors.
+
+mod load;
+mod print;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::load::{ConfigError, ConfigSources, PROFILES};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub performance: PerformanceSettings,
+    pub monitoring: MonitoringSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on.
+    pub host: String,
+    /// Port to listen on; 0 takes a free one (the log says which).
+    pub port: u16,
+    /// HTTP worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// Open connections per process; more wait in the accept queue.
+    pub max_connections: usize,
+    /// Idle keep-alive time of a connection; 0 disables keep-alive.
+    pub keep_alive_s: u64,
+    /// Largest request body; larger ones get 413.
+    pub max_request_bytes: usize,
+    /// Longest a request may take; slower ones get 504.
+    pub request_timeout_s: u64,
+    /// On SIGTERM or SIGINT, how long in-flight requests may take to finish.
+    pub shutdown_grace_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerformanceSettings {
+    /// Compress responses (gzip, brotli, zstd) as Accept-Encoding asks.
+    pub compression: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringSettings {
+    /// Length of one rollup of `/api/metrics/summary`.
+    pub collection_interval_s: u64,
+    /// How long rollups are kept.
+    pub retention_s: u64,
+    /// How often the health monitor probes each component.
+    pub probe_interval_s: u64,
+}
+
+impl ServerSettings {
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+            workers => workers,
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_s)
+    }
+}

@@ -1,0 +1,107 @@
+use std::collections::HashMap;
+use std::io::Write;
+
+use super::*;
+
+fn sources(
+    profile: Option<&str>,
+    file: Option<&str>,
+    environment: &[(&str, &str)],
+) -> (ConfigSources, Option<tempfile::NamedTempFile>) {
+    let file = file.map(|text| {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        file.write_all(text.as_bytes()).expect("write");
+        file
+    });
+    let sources = ConfigSources {
+        profile: profile.map(str::to_owned),
+        file: file.as_ref().map(|file| file.path().to_owned()),
+        environment: environment
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<HashMap<_, _>>(),
+    };
+    (sources, file)
+}
+
+#[test]
+fn defaults_match_the_documented_values() {
+    let (sources, _file) = sources(None, None, &[]);
+    let settings = Settings::load(&sources).expect("defaults are valid");
+    assert_eq!(settings.server.max_request_bytes, 50 * 1024 * 1024);
+    assert_eq!(settings.server.request_timeout_s, 600);
+    assert_eq!(settings.monitoring.collection_interval_s, 30);
+    assert_eq!(settings.monitoring.retention_s, 86_400);
+    assert_eq!(settings.server.host, "127.0.0.1");
+}
+
+#[test]
+fn every_profile_loads_and_overrides_the_defaults() {
+    for (name, _) in PROFILES {
+        let (sources, _file) = sources(Some(name), None, &[]);
+        Settings::load(&sources).unwrap_or_else(|errors| panic!("profile {name}: {errors:?}"));
+    }
+    let (sources, _file) = sources(Some("production"), None, &[]);
+    assert_eq!(Settings::load(&sources).expect("valid").server.host, "0.0.0.0");
+}
+
+#[test]
+fn later_layers_win_file_over_profile_and_environment_over_file() {
+    let (sources, _file) = sources(
+        Some("development"),
+        Some("server:\n  port: 9001\n  workers: 3\n"),
+        &[("BLAZE__SERVER__PORT", "9002"), ("BLAZE_PROFILE", "ignored"), ("OTHER", "x")],
+    );
+    let settings = Settings::load(&sources).expect("valid");
+    assert_eq!(settings.server.port, 9002, "environment beats the file");
+    assert_eq!(settings.server.workers, 3, "the file beats the profile");
+    assert_eq!(settings.server.shutdown_grace_s, 2, "the profile beats the defaults");
+}
+
+#[test]
+fn every_bad_key_is_reported_with_the_layer_that_set_it() {
+    let (sources, file) = sources(
+        None,
+        Some("server:\n  prot: 80\nmonitoring:\n  retention_s: lots\nbogus: 1\n"),
+        &[("BLAZE__SERVER__PORT", "eighty")],
+    );
+    let path = file.as_ref().expect("file").path().display().to_string();
+    let errors = Settings::load(&sources).expect_err("invalid");
+    let by_key: HashMap<_, _> = errors.iter().map(|error| (error.key.as_str(), error)).collect();
+    assert_eq!(errors.len(), 4, "{errors:#?}");
+    assert_eq!(by_key["server.prot"].origin, path);
+    assert!(by_key["server.prot"].problem.contains("unknown key"), "{:?}", by_key["server.prot"]);
+    assert_eq!(by_key["bogus"].origin, path);
+    assert_eq!(by_key["monitoring.retention_s"].origin, path);
+    assert!(
+        by_key["monitoring.retention_s"].problem.contains("lots"),
+        "{:?}",
+        by_key["monitoring.retention_s"]
+    );
+    assert_eq!(by_key["server.port"].origin, "environment variable BLAZE__SERVER__PORT");
+}
+
+#[test]
+fn out_of_range_values_name_their_key() {
+    let (sources, _file) = sources(None, None, &[("BLAZE__MONITORING__COLLECTION_INTERVAL_S", "0")]);
+    let errors = Settings::load(&sources).expect_err("invalid");
+    assert_eq!(errors[0].key, "monitoring.collection_interval_s");
+    assert_eq!(errors[0].origin, "environment variable BLAZE__MONITORING__COLLECTION_INTERVAL_S");
+}
+
+#[test]
+fn an_unknown_profile_lists_the_known_ones() {
+    let (sources, _file) = sources(Some("staging"), None, &[]);
+    let errors = Settings::load(&sources).expect_err("invalid");
+    assert!(errors[0].problem.contains("development, production, gpu, minimal"));
+}
+
+#[test]
+fn the_printed_configuration_parses_back_to_the_same_settings() {
+    let (sources, _file) = sources(Some("minimal"), None, &[]);
+    let settings = Settings::load(&sources).expect("valid");
+    let printed = settings.to_redacted_yaml(&sources);
+    assert!(printed.starts_with("# effective configuration, from: config/default.yaml < config/minimal.yaml"));
+    let (reparsed_sources, _file) = self::sources(None, Some(&printed), &[]);
+    assert_eq!(Settings::load(&reparsed_sources).expect("printed YAML is valid"), settings);
+}
