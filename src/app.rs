@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::http::{self, AppState, Observe};
-use crate::settings::Settings;
+use crate::settings::{ServerSettings, Settings};
 
 /// Runs the server on an actix system until a signal stops it. Exit code 0
 /// after a clean drain.
@@ -98,7 +98,7 @@ async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervi
         let state = state.clone();
         App::new()
             .configure(|config| http::configure(config, state.clone(), max_body))
-            .wrap(Observe::new(state.telemetry.clone(), state.health.clone(), timeout_s, max_body))
+            .wrap(Observe::new(state.telemetry.clone(), timeout_s, max_body))
             .wrap(Condition::new(compression, Compress::default()))
     })
     .workers(workers)
@@ -117,18 +117,20 @@ async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervi
         info!(address = %address, workers, "listening");
     }
     let server = server.run();
-    actix_rt::spawn(drain_on_signal(
-        server.handle(),
-        shared.health.clone(),
-        server_settings.shutdown_grace_s,
-    ));
+    actix_rt::spawn(drain_on_signal(server.handle(), shared.health.clone(), server_settings));
     server.await.map_err(|error| format!("server: {error}"))
 }
 
-/// First SIGTERM or SIGINT: readiness turns 503 at once, the listeners
-/// close, in-flight requests get the grace period. A second signal stops
-/// at once.
-async fn drain_on_signal(server: actix_web::dev::ServerHandle, health: Arc<HealthState>, grace_s: u64) {
+/// First SIGTERM or SIGINT: readiness turns 503 at once; for
+/// `drain_delay_s` the server keeps serving so balancers see the 503 and
+/// move traffic away; then the listeners close (new connections are
+/// refused) and in-flight requests get `shutdown_grace_s` to finish. A
+/// second signal stops at once.
+async fn drain_on_signal(
+    server: actix_web::dev::ServerHandle,
+    health: Arc<HealthState>,
+    settings: ServerSettings,
+) {
     let (Ok(mut terminate), Ok(mut interrupt)) =
         (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
     else {
@@ -140,7 +142,18 @@ async fn drain_on_signal(server: actix_web::dev::ServerHandle, health: Arc<Healt
         _ = interrupt.recv() => "SIGINT",
     };
     health.begin_draining();
-    info!(signal = name, grace_s, "draining: finishing in-flight requests");
+    let (delay_s, grace_s) = (settings.drain_delay_s, settings.shutdown_grace_s);
+    info!(signal = name, drain_delay_s = delay_s, grace_s, "draining: readiness reports 503");
+    let forced = tokio::select! {
+        () = tokio::time::sleep(Duration::from_secs(delay_s)) => false,
+        _ = terminate.recv() => true,
+        _ = interrupt.recv() => true,
+    };
+    if forced {
+        warn!("second signal: stopping now");
+        return server.stop(false).await;
+    }
+    info!(grace_s, "listeners closed; finishing in-flight requests");
     let graceful = server.stop(true);
     tokio::select! {
         () = graceful => info!("drained"),

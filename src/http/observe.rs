@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
-use actix_web::http::{ConnectionType, Method};
+use actix_web::http::Method;
 use actix_web::{HttpMessage, HttpResponse, ResponseError};
-use blaze_actors::health::HealthState;
 use blaze_actors::metrics::{Telemetry, UNMATCHED_ROUTE};
 use futures_util::FutureExt;
 
@@ -53,16 +52,14 @@ pub struct Observe {
 
 struct Shared {
     telemetry: Arc<Telemetry>,
-    health: Arc<HealthState>,
     timeout: Duration,
     timeout_s: u64,
     max_body: usize,
 }
 
 impl Observe {
-    pub fn new(telemetry: Arc<Telemetry>, health: Arc<HealthState>, timeout_s: u64, max_body: usize) -> Self {
-        let shared =
-            Shared { telemetry, health, timeout: Duration::from_secs(timeout_s), timeout_s, max_body };
+    pub fn new(telemetry: Arc<Telemetry>, timeout_s: u64, max_body: usize) -> Self {
+        let shared = Shared { telemetry, timeout: Duration::from_secs(timeout_s), timeout_s, max_body };
         Self { shared: Rc::new(shared) }
     }
 }
@@ -151,8 +148,7 @@ struct Labels {
     route: String,
 }
 
-/// Stamps the request id, asks draining clients to reconnect elsewhere,
-/// records metrics and writes the access log line.
+/// Stamps the request id, records metrics and writes the access log line.
 fn finish<B>(
     shared: &Shared,
     response: &mut HttpResponse<B>,
@@ -162,9 +158,6 @@ fn finish<B>(
 ) {
     if let Ok(value) = HeaderValue::from_str(&request_id.0) {
         response.headers_mut().insert(REQUEST_ID, value);
-    }
-    if shared.health.is_draining() {
-        response.head_mut().set_connection_type(ConnectionType::Close);
     }
     let elapsed = started.elapsed();
     let (method, route) = (labels.method, labels.route.as_str());

@@ -179,6 +179,7 @@ impl Settings {
         require(server.max_request_bytes >= 1024, "server.max_request_bytes", "must be at least 1024");
         require(server.request_timeout_s >= 1, "server.request_timeout_s", "must be at least 1");
         require(server.keep_alive_s <= 3600, "server.keep_alive_s", "must be at most 3600");
+        require(server.drain_delay_s <= 300, "server.drain_delay_s", "must be at most 300");
         require(server.shutdown_grace_s <= 3600, "server.shutdown_grace_s", "must be at most 3600");
         let monitoring = &self.monitoring;
         require(

@@ -43,7 +43,11 @@ pub struct ServerSettings {
     pub max_request_bytes: usize,
     /// Longest a request may take; slower ones get 504.
     pub request_timeout_s: u64,
-    /// On SIGTERM or SIGINT, how long in-flight requests may take to finish.
+    /// On SIGTERM or SIGINT, how long the server keeps accepting requests
+    /// while readiness reports 503, so balancers move traffic away first.
+    pub drain_delay_s: u64,
+    /// Then, with the listeners closed, how long in-flight requests may
+    /// take to finish.
     pub shutdown_grace_s: u64,
 }
 

@@ -1,0 +1,127 @@
+//! Starts the real `blaze` binary on a random port and talks to it over
+//! real HTTP.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_blaze");
+
+pub struct Server {
+    child: Child,
+    pub address: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts `blaze serve` with these environment variables (on top of a
+    /// random port and one worker) and arguments, and waits until ready.
+    pub async fn start(environment: &[(&str, &str)], arguments: &[&str]) -> Self {
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .args(arguments)
+            .env_remove("BLAZE_PROFILE")
+            .env("BLAZE__SERVER__PORT", "0")
+            .env("BLAZE__SERVER__WORKERS", "1")
+            .env("BLAZE_LOG", "info")
+            .envs(environment.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().expect("blaze starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (address_sender, address_receiver) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if event["message"] == "listening" {
+                        let _ = address_sender.send(event["address"].as_str().unwrap_or_default().to_owned());
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let address = address_receiver.recv_timeout(Duration::from_secs(20)).expect("blaze logs its address");
+        let server = Self { child, address, logs };
+        server.wait_ready().await;
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.address, path)
+    }
+
+    async fn wait_ready(&self) {
+        let client = client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(response) = client.get(self.url("/health/ready")).send().await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("blaze did not become ready within 20 s; logs: {:#?}", self.logs());
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Log events (JSON lines) whose message is `message`.
+    pub fn events(&self, message: &str) -> Vec<serde_json::Value> {
+        self.logs()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|event| event["message"] == message)
+            .collect()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal delivered");
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "blaze did not exit within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain client: no automatic decompression, no retries.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client")
+}
+
+/// Asserts the OpenAI error body and returns its `error` object.
+pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: serde_json::Value = response.json().await.expect("JSON error body");
+    let error = body["error"].clone();
+    assert_eq!(error["code"], code, "{body}");
+    assert!(error["message"].as_str().is_some_and(|message| !message.is_empty()), "{body}");
+    assert!(error["type"].is_string(), "{body}");
+    assert!(error.as_object().is_some_and(|fields| fields.contains_key("param")), "{body}");
+    error
+}
