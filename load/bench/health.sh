@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# GET /health on Blaze against the bare actix-web reference server, same
+# load generator (wrk), same machine, alternating runs (A B A B ...).
+# Prints each run, the medians, and Blaze's ratios to the reference.
+#
+#   load/bench/health.sh [ROUNDS] [SECONDS] [CONNECTIONS]
+#
+# Defaults: 3 rounds of 10 s at 64 connections. Needs wrk (apt-get install wrk).
+set -euo pipefail
+rounds=${1:-3}
+seconds=${2:-10}
+connections=${3:-64}
+[ "$rounds" -ge 1 ] && [ "$rounds" -le 20 ] || { echo "ROUNDS must be 1..20" >&2; exit 2; }
+[ "$seconds" -ge 1 ] && [ "$seconds" -le 120 ] || { echo "SECONDS must be 1..120" >&2; exit 2; }
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 2; }
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/blaze/target}
+cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p blaze -p blaze-load
+bin=$CARGO_TARGET_DIR/release
+
+# Less disturbance from other sessions' work (builds); needs root, best effort.
+echo -10 > /proc/self/autogroup 2>/dev/null || true
+
+blaze_port=18480
+reference_port=18490
+work=$(mktemp -d)
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+pids=()
+trap cleanup EXIT
+
+BLAZE__SERVER__PORT=$blaze_port "$bin/blaze" serve > "$work/blaze.log" 2>&1 &
+pids+=($!)
+"$bin/blaze-reference" --port $reference_port > "$work/reference.log" 2>&1 &
+pids+=($!)
+for port in $blaze_port $reference_port; do
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
+  curl -fs "http://127.0.0.1:$port/health" >/dev/null || { echo "server on $port did not start" >&2; cat "$work"/*.log >&2; exit 1; }
+done
+
+# wrk's "99%  1.23ms" -> microseconds
+to_us() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); print v } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v*1000 } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000000 } }'; }
+run() { # name port -> "rps p99_us"
+  local out; out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency "http://127.0.0.1:$2/health")
+  local rps p99
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {print $2}' <<<"$out" | to_us)
+  local errors; errors=$(awk '/Non-2xx|Socket errors/' <<<"$out")
+  [ -z "$errors" ] || echo "  $1: $errors" >&2
+  echo "$rps $p99"
+}
+median() { sort -g | awk '{ a[NR]=$1 } END { if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+
+echo "GET /health, wrk -t2 -c$connections -d${seconds}s, $rounds alternating rounds"
+: > "$work/blaze"; : > "$work/reference"
+for round in $(seq "$rounds"); do
+  for name in blaze reference; do
+    port=$blaze_port; [ $name = reference ] && port=$reference_port
+    read -r rps p99 < <(run $name $port)
+    echo "$rps $p99" >> "$work/$name"
+    printf '  round %d %-9s %10.0f req/s   p99 %8.0f us\n' "$round" "$name" "$rps" "$p99"
+  done
+done
+b_rps=$(cut -d' ' -f1 "$work/blaze" | median); b_p99=$(cut -d' ' -f2 "$work/blaze" | median)
+r_rps=$(cut -d' ' -f1 "$work/reference" | median); r_p99=$(cut -d' ' -f2 "$work/reference" | median)
+printf 'median    blaze %10.0f req/s   p99 %8.0f us\n' "$b_rps" "$b_p99"
+printf 'median reference %9.0f req/s   p99 %8.0f us\n' "$r_rps" "$r_p99"
+awk -v br="$b_rps" -v rr="$r_rps" -v bp="$b_p99" -v rp="$r_p99" 'BEGIN {
+  printf "ratio: requests/s %.3fx the reference (target >= 0.9), p99 %.3fx the reference (target <= 1.2)\n", br/rr, bp/rp
+  printf "{\"benchmark\":\"health\",\"blaze_rps\":%.1f,\"reference_rps\":%.1f,\"rps_ratio\":%.4f,\"blaze_p99_us\":%.1f,\"reference_p99_us\":%.1f,\"p99_ratio\":%.4f}\n", br, rr, br/rr, bp, rp, bp/rp
+}'
