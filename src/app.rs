@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Addr};
-use actix_web::middleware::{Compress, Condition};
 use actix_web::{App, HttpServer};
 use blaze_actors::health::{HealthMonitor, HealthMonitorConfig, HealthState};
 use blaze_actors::metrics::{MetricsAggregator, Telemetry};
@@ -13,7 +12,7 @@ use blaze_actors::supervisor::{ActorBoard, Backoff, ChildSpec, StartAll, StopAll
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-use crate::http::{self, AppState, Observe};
+use crate::http::{self, AppState, Compression, Observe};
 use crate::settings::{ServerSettings, Settings};
 
 /// Runs the server on an actix system until a signal stops it. Exit code 0
@@ -99,7 +98,7 @@ async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervi
         App::new()
             .configure(|config| http::configure(config, state.clone(), max_body))
             .wrap(Observe::new(state.telemetry.clone(), timeout_s, max_body))
-            .wrap(Condition::new(compression, Compress::default()))
+            .wrap(Compression::new(compression))
     })
     .workers(workers)
     .max_connections(server_settings.max_connections.div_ceil(workers).max(1))

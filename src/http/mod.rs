@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, the request middleware, extractor limits and
 //! the mapping of every error to the OpenAI error body.
 
+mod compression;
 mod observe;
 mod routes;
 #[cfg(feature = "test-hooks")]
@@ -12,6 +13,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use blaze_actors::health::HealthState;
 use blaze_actors::metrics::Telemetry;
 
+pub use self::compression::Compression;
 pub use self::observe::{Observe, RequestId, REQUEST_ID};
 use crate::error::{self, ApiError};
 

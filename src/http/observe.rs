@@ -7,6 +7,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use actix_web::body::{EitherBody, MessageBody};
@@ -14,7 +15,7 @@ use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Tr
 use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use actix_web::http::Method;
 use actix_web::{HttpMessage, HttpResponse, ResponseError};
-use blaze_actors::metrics::{Telemetry, UNMATCHED_ROUTE};
+use blaze_actors::metrics::{RequestRecorder, RouteId, Telemetry};
 use futures_util::FutureExt;
 
 use crate::error::ApiError;
@@ -24,26 +25,30 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The request's id, from the client's `x-request-id` when it is sane,
 /// generated otherwise. Handlers read it from the request extensions.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub Rc<str>);
+pub struct RequestId(HeaderValue);
 
 impl RequestId {
     fn from_request(request: &ServiceRequest) -> Self {
-        let given = request
-            .headers()
-            .get(&REQUEST_ID)
-            .and_then(|value| value.to_str().ok())
-            .filter(|id| is_sane_id(id));
-        match given {
-            Some(id) => Self(Rc::from(id)),
-            None => Self(Rc::from(uuid::Uuid::new_v4().simple().to_string())),
+        let given = request.headers().get(&REQUEST_ID).filter(|id| is_sane_id(id.as_bytes()));
+        if let Some(id) = given {
+            return Self(id.clone());
         }
+        let mut buffer = uuid::Uuid::encode_buffer();
+        let id = uuid::Uuid::new_v4().simple().encode_lower(&mut buffer);
+        // Lowercase hex is always a valid header value.
+        Self(HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("unknown")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only sane ids (ASCII) are ever stored.
+        self.0.to_str().unwrap_or_default()
     }
 }
 
 /// Short, printable, and safe to echo in headers and logs.
-fn is_sane_id(id: &str) -> bool {
+fn is_sane_id(id: &[u8]) -> bool {
     (1..=128).contains(&id.len())
-        && id.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"-_.:".contains(&byte))
+        && id.iter().all(|&byte| byte.is_ascii_alphanumeric() || b"-_.:".contains(&byte))
 }
 
 pub struct Observe {
@@ -76,13 +81,16 @@ where
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(ObserveService { service: Rc::new(service), shared: self.shared.clone() }))
+        let recorder = Rc::new(self.shared.telemetry.recorder());
+        ready(Ok(ObserveService { service: Rc::new(service), shared: self.shared.clone(), recorder }))
     }
 }
 
 pub struct ObserveService<S> {
     service: Rc<S>,
     shared: Rc<Shared>,
+    /// This worker's metric handles.
+    recorder: Rc<RequestRecorder>,
 }
 
 type Outcome<B> = Result<ServiceResponse<EitherBody<B>>, actix_web::Error>;
@@ -100,40 +108,41 @@ where
 
     fn call(&self, request: ServiceRequest) -> Self::Future {
         let started = Instant::now();
-        let in_flight = self.shared.telemetry.request_started();
+        let in_flight = self.recorder.request_started();
         let request_id = RequestId::from_request(&request);
         request.extensions_mut().insert(request_id.clone());
         // Taken now: after a panic or a timeout the request is gone.
         let labels = Labels {
             method: method_label(request.method()),
-            route: request.match_pattern().unwrap_or_else(|| UNMATCHED_ROUTE.to_owned()),
+            route: self.recorder.route(request.path(), || request.match_pattern()),
         };
         let shared = self.shared.clone();
+        let recorder = self.recorder.clone();
         if declared_length(&request).is_some_and(|length| length > shared.max_body as u64) {
             let error = ApiError::payload_too_large(shared.max_body);
             let mut response = request.into_response(error.error_response()).map_into_right_body();
-            finish(&shared, response.response_mut(), &request_id, &labels, started);
+            finish(&recorder, response.response_mut(), &request_id, &labels, started);
             return Box::pin(ready(Ok(response)));
         }
         let inner = AssertUnwindSafe(self.service.call(request)).catch_unwind();
         Box::pin(async move {
-            let outcome = tokio::time::timeout(shared.timeout, inner).await;
+            let outcome = Deadline::new(inner, started + shared.timeout).await;
             let _in_flight = in_flight;
             let failure = match outcome {
                 Ok(Ok(Ok(mut response))) => {
-                    finish(&shared, response.response_mut(), &request_id, &labels, started);
+                    finish(&recorder, response.response_mut(), &request_id, &labels, started);
                     return Ok(response.map_into_left_body());
                 }
                 Ok(Ok(Err(error))) => error,
                 // The panic hook has logged the panic itself.
-                Ok(Err(_)) => ApiError::internal(&request_id.0).into(),
+                Ok(Err(_)) => ApiError::internal(request_id.as_str()).into(),
                 Err(_) => ApiError::timeout(shared.timeout_s).into(),
             };
             // The request is gone (consumed by a failed service, or dropped
             // with a panicked or late one): answer through an error that
             // carries its finished response.
             let mut response = failure.error_response();
-            finish(&shared, &mut response, &request_id, &labels, started);
+            finish(&recorder, &mut response, &request_id, &labels, started);
             Err(actix_web::error::InternalError::from_response(failure, response).into())
         })
     }
@@ -145,31 +154,31 @@ fn declared_length(request: &ServiceRequest) -> Option<u64> {
 
 struct Labels {
     method: &'static str,
-    route: String,
+    route: RouteId,
 }
 
 /// Stamps the request id, records metrics and writes the access log line.
 fn finish<B>(
-    shared: &Shared,
+    recorder: &RequestRecorder,
     response: &mut HttpResponse<B>,
     request_id: &RequestId,
     labels: &Labels,
     started: Instant,
 ) {
-    if let Ok(value) = HeaderValue::from_str(&request_id.0) {
-        response.headers_mut().insert(REQUEST_ID, value);
-    }
+    response.headers_mut().insert(REQUEST_ID, request_id.0.clone());
     let elapsed = started.elapsed();
-    let (method, route) = (labels.method, labels.route.as_str());
+    let method = labels.method;
     let status = response.status().as_u16();
-    shared.telemetry.record_request(method, route, status, elapsed);
+    recorder.record(labels.route, method, status, elapsed);
+    let route = recorder.route_name(labels.route);
+    let route = &*route;
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
     // Probes and scrapes arrive every few seconds from every balancer and
     // Prometheus; they are logged only at debug level.
     if is_probe_route(route) {
-        tracing::debug!(target: "blaze::access", request_id = &*request_id.0, method, route, status, latency_ms, "request");
+        tracing::debug!(target: "blaze::access", request_id = request_id.as_str(), method, route, status, latency_ms, "request");
     } else {
-        tracing::info!(target: "blaze::access", request_id = &*request_id.0, method, route, status, latency_ms, "request");
+        tracing::info!(target: "blaze::access", request_id = request_id.as_str(), method, route, status, latency_ms, "request");
     }
 }
 
@@ -187,5 +196,40 @@ fn method_label(method: &Method) -> &'static str {
         Method::HEAD => "HEAD",
         Method::OPTIONS => "OPTIONS",
         _ => "OTHER",
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A time limit that arms its timer only if the request does not finish
+    /// on its first poll: most answers (health, cache hits) are ready at
+    /// once, and a timer costs a lock on the driver to create and drop.
+    struct Deadline<F> {
+        #[pin]
+        inner: F,
+        at: Instant,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+/// The time limit passed.
+struct Elapsed;
+
+impl<F> Deadline<F> {
+    fn new(inner: F, at: Instant) -> Self {
+        Self { inner, at, timer: None }
+    }
+}
+
+impl<F: Future> Future for Deadline<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(output) = this.inner.poll(context) {
+            return Poll::Ready(Ok(output));
+        }
+        let at = tokio::time::Instant::from_std(*this.at);
+        let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        timer.as_mut().poll(context).map(|()| Err(Elapsed))
     }
 }

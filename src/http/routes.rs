@@ -1,7 +1,7 @@
 //! Health and metrics endpoints. They read what the health monitor and the
 //! metrics aggregator publish; none waits on an actor.
 
-use actix_web::http::header::{CacheControl, CacheDirective, ContentType};
+use actix_web::http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
@@ -21,11 +21,16 @@ pub fn configure(config: &mut web::ServiceConfig) {
 
 const LIVE_BODY: &str = r#"{"status":"ok"}"#;
 
+/// Health answers are never cached by proxies. Static values: no
+/// formatting or allocation on the probe path.
+fn no_store() -> (actix_web::http::header::HeaderName, HeaderValue) {
+    (CACHE_CONTROL, HeaderValue::from_static("no-store"))
+}
+
 /// Liveness: the process answers. No dependency is checked.
 async fn liveness() -> HttpResponse {
     HttpResponse::Ok()
-        .insert_header(ContentType::json())
-        .insert_header(CacheControl(vec![CacheDirective::NoStore]))
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
         .body(LIVE_BODY)
 }
 
@@ -33,20 +38,16 @@ async fn liveness() -> HttpResponse {
 async fn readiness(state: web::Data<AppState>) -> HttpResponse {
     let readiness = state.health.readiness();
     if readiness.ready {
-        return HttpResponse::Ok()
-            .insert_header(CacheControl(vec![CacheDirective::NoStore]))
-            .json(serde_json::json!({ "status": "ready" }));
+        return HttpResponse::Ok().insert_header(no_store()).json(serde_json::json!({ "status": "ready" }));
     }
     let error = ApiError::not_ready(&readiness.failing);
     HttpResponse::build(error.status())
-        .insert_header(CacheControl(vec![CacheDirective::NoStore]))
+        .insert_header(no_store())
         .json(error.body(Some(("failing", serde_json::json!(readiness.failing)))))
 }
 
 async fn detailed(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header(CacheControl(vec![CacheDirective::NoStore]))
-        .json(state.health.detailed())
+    HttpResponse::Ok().insert_header(no_store()).json(state.health.detailed())
 }
 
 async fn prometheus(state: web::Data<AppState>) -> HttpResponse {

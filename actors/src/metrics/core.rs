@@ -1,31 +1,19 @@
 //! The recorder, the per-route windows and the bounded rollup history.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use dashmap::DashMap;
-use hdrhistogram::Histogram;
-use metrics::{describe_counter, describe_gauge, describe_histogram, Gauge, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use hdrhistogram::Histogram as Hdr;
+use metrics::{describe_counter, describe_gauge, Gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use super::requests::{RequestRecorder, RequestSeries};
 use crate::BuildInfo;
-
-/// The route label of requests that matched no route, so unknown paths
-/// cannot grow the label set.
-pub const UNMATCHED_ROUTE: &str = "unmatched";
-
-const REQUEST_DURATION: &str = "blaze_http_request_duration_seconds";
-
-/// Bucket bounds in seconds, from sub-millisecond cache hits to the longest
-/// request the server allows.
-const REQUEST_DURATION_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-    300.0, 600.0,
-];
 
 /// Latencies above this (in microseconds) are clamped in the rollups.
 const HIGHEST_TRACKED_MICROS: u64 = 3_600_000_000;
@@ -46,10 +34,7 @@ fn install_recorder() -> Result<PrometheusHandle, MetricsError> {
     if let Some(handle) = PROMETHEUS.get() {
         return Ok(handle.clone());
     }
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.to_owned()), REQUEST_DURATION_BUCKETS)
-        .map_err(|error| MetricsError::Recorder(error.to_string()))?
-        .build_recorder();
+    let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     // Losing the race to another thread leaves its recorder installed; use its handle.
     if metrics::set_global_recorder(recorder).is_err() {
@@ -62,15 +47,6 @@ fn install_recorder() -> Result<PrometheusHandle, MetricsError> {
 }
 
 fn describe_metrics() {
-    describe_counter!(
-        "blaze_http_requests_total",
-        "HTTP requests answered, by method, route pattern and status."
-    );
-    describe_histogram!(
-        REQUEST_DURATION,
-        Unit::Seconds,
-        "HTTP request duration, by method and route pattern."
-    );
     describe_gauge!("blaze_http_requests_in_flight", "HTTP requests being handled now.");
     describe_counter!("blaze_actor_restarts_total", "Restarts of each actor after it stopped or panicked.");
     describe_gauge!("blaze_actor_up", "1 while the actor runs, 0 while it is down.");
@@ -108,16 +84,18 @@ pub struct SummaryReport {
     pub intervals: Vec<Arc<IntervalRollup>>,
 }
 
-struct RouteWindow {
+pub(crate) struct RouteWindow {
     requests: u64,
     client_errors: u64,
     server_errors: u64,
-    latency_micros: Histogram<u64>,
+    latency_micros: Hdr<u64>,
 }
 
 impl RouteWindow {
-    fn new() -> Result<Self, MetricsError> {
-        Ok(Self { requests: 0, client_errors: 0, server_errors: 0, latency_micros: new_histogram()? })
+    fn new(template: &Hdr<u64>) -> Self {
+        let mut latency_micros = template.clone();
+        latency_micros.reset();
+        Self { requests: 0, client_errors: 0, server_errors: 0, latency_micros }
     }
 
     fn merge_into(&self, total: &mut RouteWindow) {
@@ -143,6 +121,14 @@ impl RouteWindow {
         }
     }
 
+    pub(crate) fn record(&mut self, status: u16, elapsed: Duration) {
+        self.requests += 1;
+        self.client_errors += u64::from((400..500).contains(&status));
+        self.server_errors += u64::from(status >= 500);
+        let micros = (elapsed.as_micros() as u64).clamp(1, HIGHEST_TRACKED_MICROS);
+        let _ = self.latency_micros.record(micros);
+    }
+
     fn reset(&mut self) {
         self.requests = 0;
         self.client_errors = 0;
@@ -151,8 +137,8 @@ impl RouteWindow {
     }
 }
 
-fn new_histogram() -> Result<Histogram<u64>, MetricsError> {
-    Histogram::new_with_bounds(1, HIGHEST_TRACKED_MICROS, 2)
+fn new_histogram() -> Result<Hdr<u64>, MetricsError> {
+    Hdr::new_with_bounds(1, HIGHEST_TRACKED_MICROS, 2)
         .map_err(|error| MetricsError::Histogram(error.to_string()))
 }
 
@@ -162,21 +148,17 @@ struct History {
     capacity: usize,
 }
 
-/// Counts one request in flight until dropped.
-pub struct InFlight(Gauge);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
-    }
-}
-
 /// What the request path records into; see the module docs.
 pub struct Telemetry {
     prometheus: PrometheusHandle,
     process: metrics_process::Collector,
-    in_flight: Gauge,
-    windows: DashMap<String, Mutex<RouteWindow>>,
+    requests: RequestSeries,
+    in_flight_gauge: Gauge,
+    /// An empty latency histogram with the rollups' bounds, cloned for
+    /// every new window.
+    template: Hdr<u64>,
+    /// Every worker's window of every route, merged by route at each roll.
+    windows: Mutex<Vec<(String, Arc<Mutex<RouteWindow>>)>>,
     history: Mutex<History>,
     published: ArcSwap<Vec<Arc<IntervalRollup>>>,
     collection_interval: Duration,
@@ -207,8 +189,10 @@ impl Telemetry {
         Ok(Arc::new(Self {
             prometheus,
             process,
-            in_flight: metrics::gauge!("blaze_http_requests_in_flight"),
-            windows: DashMap::new(),
+            requests: RequestSeries::default(),
+            in_flight_gauge: metrics::gauge!("blaze_http_requests_in_flight"),
+            template: new_histogram()?,
+            windows: Mutex::default(),
             history: Mutex::new(History {
                 window_started: SystemTime::now(),
                 rollups: VecDeque::with_capacity(capacity.min(4096)),
@@ -220,48 +204,20 @@ impl Telemetry {
         }))
     }
 
-    pub fn request_started(&self) -> InFlight {
-        self.in_flight.increment(1.0);
-        InFlight(self.in_flight.clone())
+    /// A recorder for one HTTP worker.
+    pub fn recorder(self: &Arc<Self>) -> RequestRecorder {
+        RequestRecorder::new(self.clone())
     }
 
-    /// Records one answered request. `route` is the route pattern (or
-    /// [`UNMATCHED_ROUTE`]), never the raw path.
-    pub fn record_request(&self, method: &'static str, route: &str, status: u16, elapsed: Duration) {
-        let route_label = metrics::SharedString::from(route.to_owned());
-        metrics::counter!(
-            "blaze_http_requests_total",
-            "method" => method,
-            "route" => route_label.clone(),
-            "status" => status_label(status)
-        )
-        .increment(1);
-        metrics::histogram!(REQUEST_DURATION, "method" => method, "route" => route_label)
-            .record(elapsed.as_secs_f64());
-        self.record_in_window(route, status, elapsed);
+    pub(crate) fn requests(&self) -> &RequestSeries {
+        &self.requests
     }
 
-    fn record_in_window(&self, route: &str, status: u16, elapsed: Duration) {
-        let micros = (elapsed.as_micros() as u64).clamp(1, HIGHEST_TRACKED_MICROS);
-        let update = |window: &mut RouteWindow| {
-            window.requests += 1;
-            window.client_errors += u64::from((400..500).contains(&status));
-            window.server_errors += u64::from(status >= 500);
-            let _ = window.latency_micros.record(micros);
-        };
-        if let Some(window) = self.windows.get(route) {
-            update(&mut window.lock());
-            return;
-        }
-        if let Ok(mut window) = RouteWindow::new() {
-            update(&mut window);
-            match self.windows.entry(route.to_owned()) {
-                dashmap::Entry::Occupied(existing) => update(&mut existing.get().lock()),
-                dashmap::Entry::Vacant(slot) => {
-                    slot.insert(Mutex::new(window));
-                }
-            }
-        }
+    /// A new rollup window for one worker's view of `route`.
+    pub(crate) fn new_window(&self, route: &str) -> Arc<Mutex<RouteWindow>> {
+        let window = Arc::new(Mutex::new(RouteWindow::new(&self.template)));
+        self.windows.lock().push((route.to_owned(), window.clone()));
+        window
     }
 
     /// Closes the current window into a rollup, keeps it, and publishes the
@@ -270,16 +226,21 @@ impl Telemetry {
         let mut history = self.history.lock();
         let end = SystemTime::now();
         let seconds = end.duration_since(history.window_started).unwrap_or_default().as_secs_f64();
-        let Ok(mut total) = RouteWindow::new() else { return };
-        let mut routes = BTreeMap::new();
-        for entry in &self.windows {
-            let mut window = entry.value().lock();
+        let mut total = RouteWindow::new(&self.template);
+        let mut merged: BTreeMap<String, RouteWindow> = BTreeMap::new();
+        for (route, window) in self.windows.lock().iter() {
+            let mut window = window.lock();
             if window.requests == 0 {
                 continue;
             }
-            window.merge_into(&mut total);
-            routes.insert(entry.key().clone(), window.rollup(seconds));
+            let into = merged.entry(route.clone()).or_insert_with(|| RouteWindow::new(&self.template));
+            window.merge_into(into);
             window.reset();
+        }
+        let mut routes = BTreeMap::new();
+        for (route, window) in merged {
+            window.merge_into(&mut total);
+            routes.insert(route, window.rollup(seconds));
         }
         let rollup = IntervalRollup {
             start: humantime::format_rfc3339_millis(history.window_started).to_string(),
@@ -309,8 +270,11 @@ impl Telemetry {
 
     /// The Prometheus text exposition, with fresh process metrics.
     pub fn render(&self) -> String {
+        self.in_flight_gauge.set(self.requests.in_flight.load(Ordering::Relaxed) as f64);
         self.process.collect();
-        self.prometheus.render()
+        let mut text = self.prometheus.render();
+        self.requests.render(&mut text);
+        text
     }
 
     pub fn upkeep(&self) {
@@ -321,13 +285,5 @@ impl Telemetry {
     /// How many rollups the history holds at most.
     pub fn history_capacity(&self) -> usize {
         self.history.lock().capacity
-    }
-}
-
-fn status_label(status: u16) -> metrics::SharedString {
-    match status {
-        200 => metrics::SharedString::const_str("200"),
-        404 => metrics::SharedString::const_str("404"),
-        other => metrics::SharedString::from(other.to_string()),
     }
 }

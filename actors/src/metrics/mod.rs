@@ -10,11 +10,11 @@
 mod actor;
 mod core;
 mod messages;
+mod requests;
 #[cfg(test)]
 mod tests;
 
 pub use self::actor::MetricsAggregator;
-pub use self::core::{
-    InFlight, IntervalRollup, MetricsError, RouteRollup, SummaryReport, Telemetry, UNMATCHED_ROUTE,
-};
+pub use self::core::{IntervalRollup, MetricsError, RouteRollup, SummaryReport, Telemetry};
 pub use self::messages::RollNow;
+pub use self::requests::{InFlight, RequestRecorder, RouteId, UNMATCHED_ROUTE};

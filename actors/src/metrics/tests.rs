@@ -12,11 +12,21 @@ fn telemetry(interval_ms: u64, retention_ms: u64) -> std::sync::Arc<Telemetry> {
 #[test]
 fn rollups_give_rates_error_shares_and_percentiles_per_route() {
     let telemetry = telemetry(1000, 10_000);
+    // Two workers' recorders: the rollup merges them by route.
+    let (first, second) = (telemetry.recorder(), telemetry.recorder());
+    let pattern = || Some("/rollup-test/{id}".to_owned());
+    let (on_first, on_second) =
+        (first.route("/rollup-test/1", pattern), second.route("/rollup-test/2", pattern));
     for millis in 1..=100 {
-        telemetry.record_request("GET", "/rollup-test/{id}", 200, Duration::from_millis(millis));
+        let (recorder, route) = if millis % 2 == 0 { (&first, on_first) } else { (&second, on_second) };
+        recorder.record(route, "GET", 200, Duration::from_millis(millis));
     }
-    telemetry.record_request("GET", "/rollup-test/{id}", 503, Duration::from_millis(1));
-    telemetry.record_request("POST", "/rollup-test/other", 404, Duration::from_millis(1));
+    first.record(on_first, "GET", 503, Duration::from_millis(1));
+    let other = second.route("/rollup-test/other", || Some("/rollup-test/other".to_owned()));
+    second.record(other, "POST", 404, Duration::from_millis(1));
+    assert_eq!(first.route("/rollup-test/1", || panic!("cached, not looked up again")), on_first);
+    assert_eq!(&*first.route_name(on_first), "/rollup-test/{id}");
+    let in_flight = first.request_started();
     telemetry.roll();
 
     let summary = telemetry.summary(None);
@@ -32,8 +42,20 @@ fn rollups_give_rates_error_shares_and_percentiles_per_route() {
     let rendered = telemetry.render();
     assert!(rendered
         .contains("blaze_http_requests_total{method=\"GET\",route=\"/rollup-test/{id}\",status=\"503\"} 1"));
-    assert!(rendered.contains("blaze_http_request_duration_seconds_bucket"));
+    assert!(rendered.contains("# TYPE blaze_http_request_duration_seconds histogram"));
+    assert!(rendered.contains(r#"blaze_http_request_duration_seconds_bucket{method="GET",route="/rollup-test/{id}",le="0.05"} 51"#), "{rendered}");
+    assert!(rendered.contains(
+        r#"blaze_http_request_duration_seconds_bucket{method="GET",route="/rollup-test/{id}",le="+Inf"} 101"#
+    ));
+    assert!(rendered.contains(
+        r#"blaze_http_request_duration_seconds_count{method="GET",route="/rollup-test/{id}"} 101"#
+    ));
+    assert!(rendered
+        .contains(r#"blaze_http_requests_total{method="GET",route="/rollup-test/{id}",status="200"} 100"#));
     assert!(rendered.contains("blaze_process_resident_memory_bytes"));
+    assert!(rendered.contains("blaze_http_requests_in_flight 1"));
+    drop(in_flight);
+    assert!(telemetry.render().contains("blaze_http_requests_in_flight 0"));
 }
 
 #[test]
