@@ -31,7 +31,7 @@ const DURATION_BOUNDS: [f64; 19] = [
 ];
 
 /// Paths remembered per worker with their route. Past this many distinct
-/// paths (ids in paths), the route is looked up for each request.
+/// matched paths (ids in paths), the route is looked up for each request.
 const CACHED_PATHS: usize = 1024;
 
 /// The label of requests that matched no route, so unknown paths cannot
@@ -171,7 +171,11 @@ impl RequestRecorder {
         if let Some(&index) = routes.by_path.get(path) {
             return RouteId(index);
         }
-        let name = pattern().unwrap_or_else(|| UNMATCHED_ROUTE.to_owned());
+        let pattern = pattern();
+        // Unknown paths are not remembered: junk requests cannot crowd out
+        // the real routes.
+        let remember = pattern.is_some() && routes.by_path.len() < CACHED_PATHS;
+        let name = pattern.unwrap_or_else(|| UNMATCHED_ROUTE.to_owned());
         let index = match routes.by_name.get(name.as_str()) {
             Some(&index) => index,
             None => {
@@ -188,7 +192,7 @@ impl RequestRecorder {
                 index
             }
         };
-        if routes.by_path.len() < CACHED_PATHS {
+        if remember {
             routes.by_path.insert(Box::from(path), index);
         }
         RouteId(index)

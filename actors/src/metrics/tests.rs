@@ -26,6 +26,15 @@ fn rollups_give_rates_error_shares_and_percentiles_per_route() {
     second.record(other, "POST", 404, Duration::from_millis(1));
     assert_eq!(first.route("/rollup-test/1", || panic!("cached, not looked up again")), on_first);
     assert_eq!(&*first.route_name(on_first), "/rollup-test/{id}");
+    let mut lookups = 0;
+    for _ in 0..2 {
+        let unknown = first.route("/no/such/path", || {
+            lookups += 1;
+            None
+        });
+        assert_eq!(&*first.route_name(unknown), UNMATCHED_ROUTE);
+    }
+    assert_eq!(lookups, 2, "unknown paths are looked up each time, never remembered");
     let in_flight = first.request_started();
     telemetry.roll();
 
