@@ -83,13 +83,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
 
 async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervisor>) -> Result<(), String> {
     let server_settings = settings.server.clone();
-    let state = AppState {
-        health: shared.health.clone(),
-        telemetry: shared.telemetry.clone(),
-        #[cfg(feature = "test-hooks")]
-        supervisor: supervisor.clone(),
-    };
-    let _ = &supervisor;
+    let state = AppState { health: shared.health.clone(), telemetry: shared.telemetry.clone(), supervisor };
     let compression = settings.performance.compression;
     let (max_body, timeout_s) = (server_settings.max_request_bytes, server_settings.request_timeout_s);
     let workers = server_settings.worker_count();

@@ -9,7 +9,7 @@ mod test_hooks;
 
 use std::sync::Arc;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use blaze_actors::health::HealthState;
 use blaze_actors::metrics::Telemetry;
 
@@ -22,7 +22,6 @@ use crate::error::{self, ApiError};
 pub struct AppState {
     pub health: Arc<HealthState>,
     pub telemetry: Arc<Telemetry>,
-    #[cfg(feature = "test-hooks")]
     pub supervisor: actix::Addr<blaze_actors::supervisor::Supervisor>,
 }
 
@@ -55,8 +54,6 @@ async fn not_found(request: HttpRequest) -> HttpResponse {
 async fn method_not_allowed(request: HttpRequest) -> HttpResponse {
     ApiError::method_not_allowed(request.method().as_str(), request.path()).error_response()
 }
-
-use actix_web::ResponseError;
 
 /// A resource answering GET and HEAD, and 405 in the OpenAI format for any
 /// other method.
