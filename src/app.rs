@@ -17,10 +17,10 @@ use crate::settings::{ServerSettings, Settings};
 
 /// Runs the server on an actix system until a signal stops it. Exit code 0
 /// after a clean drain.
-pub fn serve_blocking(settings: Settings) -> ExitCode {
+pub fn serve_blocking(settings: Settings, offline: bool) -> ExitCode {
     let _log_guard = crate::logging::init();
     let system = actix_rt::System::new();
-    match system.block_on(serve(settings)) {
+    match system.block_on(serve(settings, offline)) {
         Ok(()) => {
             info!("stopped");
             ExitCode::SUCCESS
@@ -59,9 +59,10 @@ fn child_specs(settings: &Settings, shared: &Shared) -> Vec<ChildSpec> {
     ]
 }
 
-async fn serve(settings: Settings) -> Result<(), String> {
+async fn serve(settings: Settings, offline: bool) -> Result<(), String> {
     let build = crate::build_info();
     info!(version = build.version, git_sha = build.git_sha, profile = build.profile, "starting");
+    ensure_models(&settings, offline).await?;
     let monitoring = &settings.monitoring;
     let telemetry = Telemetry::install(
         &build,
@@ -79,6 +80,23 @@ async fn serve(settings: Settings) -> Result<(), String> {
         warn!("the supervisor was gone at shutdown");
     }
     result
+}
+
+/// Pulls the models missing from the cache, or with `--offline` refuses to
+/// start without them.
+async fn ensure_models(settings: &Settings, offline: bool) -> Result<(), String> {
+    let missing = crate::models::missing(&settings.models);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if offline {
+        return Err(format!(
+            "--offline, and these models are not in the cache: {}; run `blaze models pull` first",
+            missing.join(", ")
+        ));
+    }
+    info!(models = missing.join(", "), "pulling missing models");
+    crate::models::pull(&settings.models, &missing, crate::models::Progress::Log).await
 }
 
 async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervisor>) -> Result<(), String> {

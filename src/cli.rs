@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::models::Progress;
 use crate::settings::{ConfigSources, Settings};
 
 const LONG_VERSION: &str = concat!(
@@ -36,13 +37,34 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server until SIGTERM or SIGINT.
-    Serve,
+    /// Run the server until SIGTERM or SIGINT; pulls missing models first.
+    Serve {
+        /// Do not pull missing models; fail if one is missing.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Manage the model cache.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Download, verify and extract models into the cache (every configured
+    /// model when no id is given). Idempotent; resumes interrupted downloads.
+    Pull {
+        /// Model ids from the catalog.
+        ids: Vec<String>,
+    },
+    /// Show the configured models and where their files are.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +96,24 @@ pub fn run() -> ExitCode {
             print!("{}", settings.to_redacted_yaml(&sources));
             ExitCode::SUCCESS
         }
-        Command::Serve => crate::app::serve_blocking(settings),
+        Command::Serve { offline } => crate::app::serve_blocking(settings, offline),
+        Command::Models { command: ModelsCommand::List } => {
+            print!("{}", crate::models::list(&settings.models));
+            ExitCode::SUCCESS
+        }
+        Command::Models { command: ModelsCommand::Pull { ids } } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let pulled = match runtime {
+                Ok(runtime) => runtime.block_on(crate::models::pull(&settings.models, &ids, Progress::Bar)),
+                Err(error) => Err(error.to_string()),
+            };
+            match pulled {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("pull failed: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod error;
 pub mod http;
 pub mod logging;
+pub mod models;
 pub mod settings;
 
 /// The build this binary came from.

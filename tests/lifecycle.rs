@@ -45,8 +45,12 @@ async fn restart_is_back_within_a_second(actor: &str, mode: &str) {
 
     let metrics = client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(&format!("blaze_actor_restarts_total{{actor=\"{actor}\"}} 1")), "{metrics}");
-    let stops = server.events("actor stopped unexpectedly; restarting");
-    assert!(stops.iter().any(|event| event["actor"] == actor && event["stopped_at"].is_string()));
+    server
+        .wait_event("actor stopped unexpectedly; restarting", |event| {
+            event["actor"] == actor && event["stopped_at"].is_string()
+        })
+        .await;
+    server.wait_event("actor started", |event| event["actor"] == actor && event["generation"] == 2).await;
     let starts = server.events("actor started");
     assert!(starts.iter().filter(|event| event["actor"] == actor).count() >= 2, "start logged twice");
     assert!(starts.iter().all(|event| event["started_at"].is_string()));

@@ -14,7 +14,9 @@
 //! a lock-free recorder) and never wait on a mailbox for it.
 
 pub mod health;
+pub mod inference;
 pub mod metrics;
+pub mod router;
 pub mod supervisor;
 
 /// The build this binary came from, shared by health and metrics reports.

@@ -123,10 +123,18 @@ impl Settings {
             }
         };
 
-        let mut merged = BTreeMap::new();
-        for leaves in &leaves_by_layer {
-            merged.extend(leaves.iter().map(|(key, value)| (key.clone(), value.clone())));
+        let mut builder = Config::builder();
+        for layer in &layers {
+            builder = builder.add_source(layer.config.clone());
         }
+        let merged_config = builder.build().map_err(|error| {
+            vec![ConfigError {
+                key: "(all)".to_owned(),
+                origin: "the merged layers".to_owned(),
+                problem: error.to_string(),
+            }]
+        })?;
+        let merged = leaves(&merged_config);
         let mut errors: Vec<ConfigError> = merged
             .iter()
             .filter_map(|(key, value)| {
@@ -141,11 +149,7 @@ impl Settings {
             return Err(errors);
         }
 
-        let mut builder = Config::builder();
-        for layer in layers {
-            builder = builder.add_source(layer.config);
-        }
-        let settings: Settings = builder.build().and_then(Config::try_deserialize).map_err(|error| {
+        let settings: Settings = merged_config.try_deserialize().map_err(|error| {
             vec![ConfigError {
                 key: "(all)".to_owned(),
                 origin: "the merged layers".to_owned(),
@@ -198,8 +202,37 @@ impl Settings {
             "monitoring.retention_s",
             "keeps more than 100000 rollups; raise monitoring.collection_interval_s",
         );
+        for (id, spec) in &self.models.catalog {
+            problems.extend(check_model(id, spec).into_iter().map(|problem| ("models.catalog", problem)));
+        }
         problems
     }
+}
+
+/// A model's own checks; each problem names the model.
+fn check_model(id: &str, spec: &blaze_actors::router::ModelSpec) -> Vec<String> {
+    let mut problems = Vec::new();
+    if id.is_empty() || !id.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"-_.".contains(&byte)) {
+        problems.push(format!("model id `{id}`: only letters, digits, `-`, `_` and `.`"));
+    }
+    if let Err(problem) = spec.parsed_source() {
+        problems.push(format!("{id}: {problem}"));
+    }
+    let ranges = [
+        ("workers", spec.workers, 1, 64),
+        ("threads", spec.threads, 1, 256),
+        ("max_batch", spec.max_batch, 1, 4096),
+        ("queue_capacity", spec.queue_capacity, 1, 1_000_000),
+    ];
+    for (name, value, low, high) in ranges {
+        if !(low..=high).contains(&value) {
+            problems.push(format!("{id}.{name}: must be {low} to {high}, not {value}"));
+        }
+    }
+    if spec.max_wait_ms > 10_000 {
+        problems.push(format!("{id}.max_wait_ms: must be at most 10000"));
+    }
+    problems
 }
 
 /// Checks one key against the schema: the defaults with only that key
@@ -220,13 +253,20 @@ fn describe(message: &str) -> String {
     message.replacen("unknown field", "unknown key", 1)
 }
 
-/// Every leaf of a layer (a scalar or a list), by dotted path.
+/// Tables whose entries are checked whole: a model of the catalog is only
+/// valid with its required keys together.
+const UNIT_TABLES: &[&str] = &["models.catalog"];
+
+/// Every leaf of a layer (a scalar, a list, or an entry of a unit table),
+/// by dotted path.
 fn leaves(config: &Config) -> BTreeMap<String, Value> {
     fn walk(prefix: &str, table: &Map<String, Value>, into: &mut BTreeMap<String, Value>) {
         for (name, value) in table {
             let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
             match &value.kind {
-                ValueKind::Table(inner) if !inner.is_empty() => walk(&path, inner, into),
+                ValueKind::Table(inner) if !inner.is_empty() && !UNIT_TABLES.contains(&prefix) => {
+                    walk(&path, inner, into)
+                }
                 _ => {
                     into.insert(path, value.clone());
                 }

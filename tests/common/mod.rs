@@ -83,6 +83,23 @@ impl Server {
             .collect()
     }
 
+    /// Waits (at most 5 s) for a log event with this message that `accept`
+    /// takes: logs go through a background writer, so lines land a little
+    /// after the request that caused them.
+    pub async fn wait_event(
+        &self,
+        message: &str,
+        accept: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        for _ in 0..250 {
+            if let Some(event) = self.events(message).into_iter().find(&accept) {
+                return event;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no `{message}` event as expected; logs: {:#?}", self.logs());
+    }
+
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, signal).expect("signal delivered");

