@@ -7,7 +7,9 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 use actix_web::{App, HttpServer};
 use blaze_actors::health::{HealthMonitor, HealthMonitorConfig, HealthState};
+use blaze_actors::inference::{BatchSettings, BertTokenizer, EmbeddingPool, InferenceWorker};
 use blaze_actors::metrics::{MetricsAggregator, Telemetry};
+use blaze_actors::router::{ModelCache, ModelFiles, ModelHandle, ModelKind, ModelRegistry, ServedModel};
 use blaze_actors::supervisor::{ActorBoard, Backoff, ChildSpec, StartAll, StopAll, Supervisor};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
@@ -37,6 +39,49 @@ struct Shared {
     health: Arc<HealthState>,
     telemetry: Arc<Telemetry>,
     board: ActorBoard,
+    models: ModelRegistry,
+}
+
+/// The served models and the worker actors that compute for them. Chat
+/// models are not served yet: their engine comes next.
+fn served_models(settings: &Settings) -> Result<(ModelRegistry, Vec<ChildSpec>), String> {
+    let cache = ModelCache::from_environment();
+    let created =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs());
+    let (mut served, mut specs) = (Vec::new(), Vec::new());
+    for (id, spec) in &settings.models.catalog {
+        if spec.kind != ModelKind::Embedding {
+            warn!(model = id.as_str(), "chat models are not served yet; skipping");
+            continue;
+        }
+        let directory = match cache.locate(id, spec) {
+            Some(ModelFiles::Directory(directory)) => directory,
+            _ => return Err(format!("{id}: its files are not in the cache; run `blaze models pull {id}`")),
+        };
+        let tokenizer = BertTokenizer::load(&directory).map_err(|error| format!("{id}: {error}"))?;
+        let batching = BatchSettings {
+            max_batch: spec.max_batch,
+            max_wait: Duration::from_millis(spec.max_wait_ms),
+            queue_capacity: spec.queue_capacity,
+        };
+        let pool = EmbeddingPool::new(id, Arc::new(tokenizer), batching);
+        for index in 0..spec.workers {
+            // Child names live as long as the process; a bounded set made once.
+            let name: &'static str = Box::leak(format!("worker:{id}:{index}").into_boxed_str());
+            let (pool, directory, threads) = (pool.clone(), directory.clone(), spec.threads);
+            specs.push(ChildSpec::new(name, true, move || {
+                let worker = InferenceWorker::embedding(pool.clone(), directory.clone(), threads);
+                async move { Ok(worker) }
+            }));
+        }
+        served.push(ServedModel {
+            id: id.clone(),
+            kind: spec.kind,
+            created,
+            handle: ModelHandle::Embedding(pool),
+        });
+    }
+    Ok((ModelRegistry::new(served), specs))
 }
 
 fn child_specs(settings: &Settings, shared: &Shared) -> Vec<ChildSpec> {
@@ -46,10 +91,11 @@ fn child_specs(settings: &Settings, shared: &Shared) -> Vec<ChildSpec> {
         HealthMonitorConfig { probe_interval, probe_timeout: probe_interval.min(Duration::from_secs(2)) };
     let (health, board) = (shared.health.clone(), shared.board.clone());
     let telemetry = shared.telemetry.clone();
+    let probes = shared.models.probes();
     let collection_interval = Duration::from_secs(monitoring.collection_interval_s);
     vec![
         ChildSpec::new("health_monitor", true, move || {
-            let monitor = HealthMonitor::new(health_config, health.clone(), board.clone(), Vec::new());
+            let monitor = HealthMonitor::new(health_config, health.clone(), board.clone(), probes.clone());
             async move { Ok(monitor) }
         }),
         ChildSpec::new("metrics_aggregator", true, move || {
@@ -70,9 +116,11 @@ async fn serve(settings: Settings, offline: bool) -> Result<(), String> {
         Duration::from_secs(monitoring.retention_s),
     )
     .map_err(|error| error.to_string())?;
-    let shared = Shared { health: HealthState::new(build), telemetry, board: ActorBoard::default() };
-    let supervisor =
-        Supervisor::new(child_specs(&settings, &shared), shared.board.clone(), Backoff::default()).start();
+    let (models, workers) = served_models(&settings)?;
+    let shared = Shared { health: HealthState::new(build), telemetry, board: ActorBoard::default(), models };
+    let mut specs = child_specs(&settings, &shared);
+    specs.extend(workers);
+    let supervisor = Supervisor::new(specs, shared.board.clone(), Backoff::default()).start();
     supervisor.send(StartAll).await.map_err(|error| format!("supervisor: {error}"))?;
 
     let result = run_http(&settings, &shared, supervisor.clone()).await;
@@ -101,7 +149,12 @@ async fn ensure_models(settings: &Settings, offline: bool) -> Result<(), String>
 
 async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervisor>) -> Result<(), String> {
     let server_settings = settings.server.clone();
-    let state = AppState { health: shared.health.clone(), telemetry: shared.telemetry.clone(), supervisor };
+    let state = AppState {
+        health: shared.health.clone(),
+        telemetry: shared.telemetry.clone(),
+        supervisor,
+        models: shared.models.clone(),
+    };
     let compression = settings.performance.compression;
     let (max_body, timeout_s) = (server_settings.max_request_bytes, server_settings.request_timeout_s);
     let workers = server_settings.worker_count();
@@ -112,6 +165,7 @@ async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervi
             .wrap(Observe::new(state.telemetry.clone(), timeout_s, max_body))
             .wrap(Compression::new(compression))
     })
+    .on_connect(http::disconnect::on_connect)
     .workers(workers)
     .max_connections(server_settings.max_connections.div_ceil(workers).max(1))
     .keep_alive(match server_settings.keep_alive_s {

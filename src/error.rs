@@ -17,6 +17,7 @@ pub struct ApiError {
     message: String,
     param: Option<String>,
     code: Option<&'static str>,
+    retry_after_s: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -35,7 +36,7 @@ struct Detail<'a> {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, code: &'static str, message: String) -> Self {
-        Self { status, kind, message, param: None, code: Some(code) }
+        Self { status, kind, message, param: None, code: Some(code), retry_after_s: None }
     }
 
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
@@ -89,6 +90,43 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "not_ready", message)
     }
 
+    pub fn model_not_found(id: &str) -> Self {
+        let message = format!("The model `{id}` does not exist; GET /v1/models lists the served models");
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found", message)
+            .with_param("model")
+    }
+
+    /// The model's queue is full; `retry_after_s` goes in `Retry-After`.
+    pub fn overloaded(model: &str, retry_after_s: u64) -> Self {
+        let message =
+            format!("The model `{model}` is busy and its queue is full; retry in {retry_after_s} s");
+        let mut error =
+            Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", "model_overloaded", message);
+        error.retry_after_s = Some(retry_after_s);
+        error
+    }
+
+    pub fn worker_failed(model: &str) -> Self {
+        let message = format!("The worker of `{model}` failed while computing this request; retry it");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "worker_failed", message)
+    }
+
+    /// The client closed the connection before the answer (nginx's 499);
+    /// nobody reads it, but logs and metrics do.
+    pub fn client_closed() -> Self {
+        let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+        Self::new(
+            status,
+            "invalid_request_error",
+            "client_closed_request",
+            "The client closed the connection".to_owned(),
+        )
+    }
+
+    pub fn unavailable(message: &str) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "unavailable", message.to_owned())
+    }
+
     pub fn status(&self) -> StatusCode {
         self.status
     }
@@ -119,7 +157,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(Body { error: self.detail() })
+        let mut response = HttpResponse::build(self.status);
+        if let Some(seconds) = self.retry_after_s {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, seconds));
+        }
+        response.json(Body { error: self.detail() })
     }
 }
 
@@ -132,6 +174,16 @@ pub fn from_json_error(error: &actix_web::error::JsonPayloadError, limit: usize)
             ApiError::payload_too_large(limit)
         }
         JsonPayloadError::ContentType => ApiError::unsupported_media_type(),
+        JsonPayloadError::Deserialize(error)
+            if error.to_string().contains("untagged enum EmbeddingInput") =>
+        {
+            ApiError::bad_request(
+                "invalid_input",
+                "`input` must be a string, an array of strings, an array of token ids, \
+                 or an array of arrays of token ids",
+            )
+            .with_param("input")
+        }
         JsonPayloadError::Deserialize(error) if error.is_data() => ApiError::bad_request(
             "invalid_request_body",
             format!("The request body does not match the schema: {error}"),

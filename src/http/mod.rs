@@ -2,7 +2,9 @@
 //! the mapping of every error to the OpenAI error body.
 
 mod compression;
+pub mod disconnect;
 mod observe;
+mod openai;
 mod routes;
 #[cfg(feature = "test-hooks")]
 mod test_hooks;
@@ -23,6 +25,7 @@ pub struct AppState {
     pub health: Arc<HealthState>,
     pub telemetry: Arc<Telemetry>,
     pub supervisor: actix::Addr<blaze_actors::supervisor::Supervisor>,
+    pub models: blaze_actors::router::ModelRegistry,
 }
 
 /// Registers every route, the extractor limits and the fallbacks.
@@ -42,6 +45,7 @@ pub fn configure(config: &mut web::ServiceConfig, state: AppState, max_body: usi
             ApiError::bad_request("invalid_path", format!("Invalid path parameter: {error}")).into()
         }));
     routes::configure(config);
+    openai::configure(config);
     #[cfg(feature = "test-hooks")]
     test_hooks::configure(config);
     config.default_service(web::to(not_found));

@@ -26,7 +26,11 @@ pub struct HealthMonitor {
     probes: Vec<Arc<dyn Probe>>,
     actor_pings: HashMap<String, ProbeOutcome>,
     probe_outcomes: HashMap<String, ProbeOutcome>,
+    quick_round_pending: bool,
 }
+
+/// How soon a probe round follows one that found the service not ready.
+const QUICK_REPROBE: Duration = Duration::from_millis(200);
 
 enum Checked {
     Actor(String, ProbeOutcome),
@@ -40,7 +44,15 @@ impl HealthMonitor {
         board: ActorBoard,
         probes: Vec<Arc<dyn Probe>>,
     ) -> Self {
-        Self { config, state, board, probes, actor_pings: HashMap::new(), probe_outcomes: HashMap::new() }
+        Self {
+            config,
+            state,
+            board,
+            probes,
+            actor_pings: HashMap::new(),
+            probe_outcomes: HashMap::new(),
+            quick_round_pending: false,
+        }
     }
 
     /// Builds the snapshot from the board and the last outcomes, and
@@ -83,7 +95,7 @@ impl HealthMonitor {
     }
 
     fn run_round(&mut self) -> ResponseActFuture<Self, ()> {
-        Box::pin(self.probe_round().into_actor(self).map(|results, monitor, _| {
+        Box::pin(self.probe_round().into_actor(self).map(|results, monitor, ctx| {
             for checked in results {
                 match checked {
                     Checked::Actor(name, outcome) => monitor.actor_pings.insert(name, outcome),
@@ -91,6 +103,20 @@ impl HealthMonitor {
                 };
             }
             monitor.publish();
+            // While not ready (starting, loading a model, an outage), probe
+            // again soon: readiness follows the components closely instead
+            // of a whole interval late.
+            if !monitor.state.readiness().ready
+                && !monitor.state.is_draining()
+                && !monitor.quick_round_pending
+            {
+                monitor.quick_round_pending = true;
+                ctx.run_later(QUICK_REPROBE, |monitor, ctx| {
+                    monitor.quick_round_pending = false;
+                    let round = monitor.run_round();
+                    ctx.spawn(round);
+                });
+            }
         }))
     }
 }

@@ -1,13 +1,18 @@
 //! Inference: the engines behind one trait per model kind.
 //!
-//! Embeddings run on [`Bert`], a packed-batch BERT encoder in f32. The
-//! InferenceWorker actors (a pool per model on dedicated threads, fed by a
-//! bounded queue, batching across requests) and the chat engine join this
+//! Embeddings run on [`Bert`], a packed-batch BERT encoder in f32. Each
+//! model has an [`EmbeddingPool`]: a bounded queue that sheds load at
+//! admission, and [`InferenceWorker`] actors, each owning a dedicated
+//! thread that batches requests across callers. The chat engine joins this
 //! module next.
 
+mod actor;
 mod bert;
 mod engine;
 mod kernels;
+mod pool;
 
-pub use self::bert::Bert;
+pub use self::actor::InferenceWorker;
+pub use self::bert::{Bert, BertTokenizer};
 pub use self::engine::{EmbeddingEngine, EngineError};
+pub use self::pool::{BatchSettings, EmbeddingPool, EmbeddingResult, Overloaded, WorkError, WorkerExit};

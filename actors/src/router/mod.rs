@@ -9,8 +9,10 @@
 
 mod catalog;
 mod pull;
+mod registry;
 #[cfg(test)]
 mod tests;
 
 pub use self::catalog::{ModelCache, ModelFiles, ModelKind, ModelSource, ModelSpec};
 pub use self::pull::{PullError, PullEvent, PullOutcome, Puller};
+pub use self::registry::{ModelHandle, ModelRegistry, ServedModel};

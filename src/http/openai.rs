@@ -1,0 +1,247 @@
+//! The OpenAI-compatible API: `/v1/embeddings`, `/v1/models`. Same field
+//! names and shapes as OpenAI's, so the official SDKs work unchanged.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::Engine as _;
+use blaze_actors::inference::{EmbeddingPool, EngineError, WorkError};
+use blaze_actors::router::{ModelHandle, ModelKind, ServedModel};
+use serde::{Deserialize, Serialize};
+
+use super::disconnect::client_gone;
+use super::AppState;
+use crate::error::ApiError;
+
+/// OpenAI's limit on inputs per embeddings call.
+const MAX_INPUTS: usize = 2048;
+
+pub fn configure(config: &mut web::ServiceConfig) {
+    config
+        .route("/v1/embeddings", web::post().to(embeddings))
+        .route("/v1/models", web::get().to(list_models))
+        .route("/v1/models/{id}", web::get().to(get_model));
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbeddingsRequest {
+    input: EmbeddingInput,
+    model: String,
+    #[serde(default)]
+    encoding_format: EncodingFormat,
+    dimensions: Option<usize>,
+    #[allow(dead_code)]
+    user: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum EmbeddingInput {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum EncodingFormat {
+    #[default]
+    Float,
+    Base64,
+}
+
+#[derive(Serialize)]
+struct EmbeddingsResponse {
+    object: &'static str,
+    data: Vec<EmbeddingData>,
+    model: String,
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+struct EmbeddingData {
+    object: &'static str,
+    index: usize,
+    embedding: EmbeddingValue,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum EmbeddingValue {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
+fn find_model<'a>(state: &'a AppState, id: &str) -> Result<&'a ServedModel, ApiError> {
+    state.models.get(id).ok_or_else(|| ApiError::model_not_found(id))
+}
+
+async fn embeddings(
+    state: web::Data<AppState>,
+    http_request: HttpRequest,
+    body: web::Json<EmbeddingsRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let request = body.into_inner();
+    let model = find_model(&state, &request.model)?;
+    let ModelHandle::Embedding(pool) = &model.handle;
+    if model.kind != ModelKind::Embedding {
+        return Err(ApiError::bad_request(
+            "invalid_model",
+            format!("{} is not an embedding model", request.model),
+        )
+        .with_param("model"));
+    }
+    let dimensions = pool.tokenizer().dimensions();
+    if request.dimensions.is_some_and(|asked| asked != dimensions) {
+        let message = format!(
+            "{} gives {dimensions} dimensions; omit `dimensions` or set it to {dimensions}",
+            request.model
+        );
+        return Err(ApiError::bad_request("invalid_dimensions", message).with_param("dimensions"));
+    }
+    let tokens = tokenize(pool, request.input).await?;
+    let prompt_tokens = tokens.iter().map(Vec::len).sum();
+    let vectors = tokio::select! {
+        vectors = compute(pool, tokens) => vectors?,
+        () = client_gone(&http_request) => return Err(ApiError::client_closed()),
+    };
+    let data = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, vector)| EmbeddingData {
+            object: "embedding",
+            index,
+            embedding: encode(vector, request.encoding_format),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(EmbeddingsResponse {
+        object: "list",
+        data,
+        model: request.model,
+        usage: Usage { prompt_tokens, total_tokens: prompt_tokens },
+    }))
+}
+
+/// The model's tokens of every input, checked; on the blocking pool when
+/// there are many, so the HTTP worker stays free.
+async fn tokenize(pool: &EmbeddingPool, input: EmbeddingInput) -> Result<Vec<Vec<u32>>, ApiError> {
+    let input_error = |message: String| ApiError::bad_request("invalid_input", message).with_param("input");
+    let count = match &input {
+        EmbeddingInput::Text(_) | EmbeddingInput::Tokens(_) => 1,
+        EmbeddingInput::Texts(texts) => texts.len(),
+        EmbeddingInput::TokenLists(lists) => lists.len(),
+    };
+    if count == 0 {
+        return Err(input_error("`input` must not be empty".to_owned()));
+    }
+    if count > MAX_INPUTS {
+        return Err(input_error(format!("`input` has {count} items; at most {MAX_INPUTS} per request")));
+    }
+    let pool = pool.clone();
+    let work = move || -> Result<Vec<Vec<u32>>, ApiError> {
+        let tokenizer = pool.tokenizer();
+        let from_texts = |texts: Vec<String>| {
+            texts
+                .into_iter()
+                .enumerate()
+                .map(|(index, text)| {
+                    if text.is_empty() {
+                        return Err(input_error(format!("input[{index}] is an empty string")));
+                    }
+                    tokenizer.tokenize(&text).map_err(|error| engine_error(error, index))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let tokens = match input {
+            EmbeddingInput::Text(text) => from_texts(vec![text])?,
+            EmbeddingInput::Texts(texts) => from_texts(texts)?,
+            EmbeddingInput::Tokens(tokens) => vec![tokens],
+            EmbeddingInput::TokenLists(lists) => lists,
+        };
+        for (index, tokens) in tokens.iter().enumerate() {
+            tokenizer.check_tokens(tokens).map_err(|error| engine_error(error, index))?;
+        }
+        Ok(tokens)
+    };
+    if count <= 16 {
+        work()
+    } else {
+        actix_web::rt::task::spawn_blocking(work).await.map_err(|_| ApiError::internal("tokenizer"))?
+    }
+}
+
+fn engine_error(error: EngineError, index: usize) -> ApiError {
+    match error {
+        EngineError::TooLong { tokens, limit } => ApiError::bad_request(
+            "context_length_exceeded",
+            format!("input[{index}] has {tokens} tokens; this model takes at most {limit} per input"),
+        )
+        .with_param("input"),
+        EngineError::Input(message) => {
+            ApiError::bad_request("invalid_input", format!("input[{index}]: {message}")).with_param("input")
+        }
+        EngineError::Load(_) => ApiError::unavailable("the model is not loaded"),
+    }
+}
+
+async fn compute(pool: &EmbeddingPool, tokens: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, ApiError> {
+    #[cfg(feature = "test-hooks")]
+    let receiver = if tokens.first().is_some_and(|first| is_test_panic(pool, first)) {
+        pool.submit_panicking(tokens)
+    } else {
+        pool.submit(tokens)
+    };
+    #[cfg(not(feature = "test-hooks"))]
+    let receiver = pool.submit(tokens);
+    let receiver =
+        receiver.map_err(|overloaded| ApiError::overloaded(pool.model(), overloaded.retry_after_s))?;
+    match receiver.await {
+        Ok(Ok(vectors)) => Ok(vectors),
+        Ok(Err(WorkError::Engine(error))) => Err(engine_error(error, 0)),
+        Ok(Err(WorkError::WorkerFailed)) | Err(_) => Err(ApiError::worker_failed(pool.model())),
+    }
+}
+
+/// Test hook: the text `__blaze_test_panic__` makes the worker panic.
+#[cfg(feature = "test-hooks")]
+fn is_test_panic(pool: &EmbeddingPool, tokens: &[u32]) -> bool {
+    pool.tokenizer().tokenize("__blaze_test_panic__").is_ok_and(|marker| marker == tokens)
+}
+
+fn encode(vector: Vec<f32>, format: EncodingFormat) -> EmbeddingValue {
+    match format {
+        EncodingFormat::Float => EmbeddingValue::Float(vector),
+        EncodingFormat::Base64 => {
+            let bytes: Vec<u8> = vector.iter().flat_map(|value| value.to_le_bytes()).collect();
+            EmbeddingValue::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ModelObject<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    owned_by: &'static str,
+}
+
+fn model_object(model: &ServedModel) -> ModelObject<'_> {
+    ModelObject { id: &model.id, object: "model", created: model.created, owned_by: "blaze" }
+}
+
+async fn list_models(state: web::Data<AppState>) -> HttpResponse {
+    let data: Vec<_> = state.models.all().map(model_object).collect();
+    HttpResponse::Ok().json(serde_json::json!({ "object": "list", "data": data }))
+}
+
+async fn get_model(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let model = find_model(&state, &id)?;
+    Ok(HttpResponse::Ok().json(model_object(model)))
+}
