@@ -238,7 +238,7 @@ impl Bert {
         })
     }
 
-    fn forward(&self, sequences: &[&[u32]]) -> Vec<Vec<f32>> {
+    fn forward(&self, sequences: &[&[u32]], parallelism: gemm::Parallelism) -> Vec<Vec<f32>> {
         let hidden = self.config.hidden_size;
         let total: usize = sequences.iter().map(|sequence| sequence.len()).sum();
         let mut states = vec![0.0f32; total * hidden];
@@ -269,7 +269,7 @@ impl Bert {
         );
         let lengths: Vec<usize> = sequences.iter().map(|sequence| sequence.len()).collect();
         for layer in &self.layers {
-            states = self.layer(layer, states, total, &lengths);
+            states = self.layer(layer, states, total, &lengths, parallelism);
         }
         let mut outputs = Vec::with_capacity(sequences.len());
         let mut start = 0;
@@ -286,13 +286,20 @@ impl Bert {
         outputs
     }
 
-    fn layer(&self, layer: &Layer, states: Vec<f32>, total: usize, lengths: &[usize]) -> Vec<f32> {
+    fn layer(
+        &self,
+        layer: &Layer,
+        states: Vec<f32>,
+        total: usize,
+        lengths: &[usize],
+        parallelism: gemm::Parallelism,
+    ) -> Vec<f32> {
         let config = &self.config;
         let (hidden, inner, heads) =
             (config.hidden_size, config.intermediate_size, config.num_attention_heads);
         let head_width = hidden / heads;
         let mut qkv = vec![0.0; total * 3 * hidden];
-        matmul(&mut qkv, &states, &layer.qkv_weight, total, hidden, 3 * hidden);
+        matmul(&mut qkv, &states, &layer.qkv_weight, total, hidden, 3 * hidden, parallelism);
         kernels::add_bias(&mut qkv, &layer.qkv_bias);
 
         let mut context = vec![0.0; total * hidden];
@@ -326,7 +333,7 @@ impl Bert {
         });
 
         let mut attended = vec![0.0; total * hidden];
-        matmul(&mut attended, &context, &layer.output_weight, total, hidden, hidden);
+        matmul(&mut attended, &context, &layer.output_weight, total, hidden, hidden, parallelism);
         let (gamma, beta) = &layer.attention_norm;
         kernels::add_bias_residual_layer_norm(
             &mut attended,
@@ -338,10 +345,10 @@ impl Bert {
             config.layer_norm_eps,
         );
         let mut up = vec![0.0; total * inner];
-        matmul(&mut up, &attended, &layer.up_weight, total, hidden, inner);
+        matmul(&mut up, &attended, &layer.up_weight, total, hidden, inner, parallelism);
         kernels::add_bias_gelu(&mut up, &layer.up_bias);
         let mut down = vec![0.0; total * hidden];
-        matmul(&mut down, &up, &layer.down_weight, total, inner, hidden);
+        matmul(&mut down, &up, &layer.down_weight, total, inner, hidden, parallelism);
         let (gamma, beta) = &layer.output_norm;
         kernels::add_bias_residual_layer_norm(
             &mut down,
@@ -354,6 +361,25 @@ impl Bert {
         );
         down
     }
+}
+
+/// Consecutive groups of sequences with about equal token counts.
+fn split_by_tokens<'a>(batch: &[&'a [u32]], groups: usize) -> Vec<Vec<&'a [u32]>> {
+    let total: usize = batch.iter().map(|tokens| tokens.len()).sum();
+    let share = total.div_ceil(groups.max(1));
+    let mut split = vec![Vec::new()];
+    let mut filled = 0;
+    for tokens in batch {
+        if filled >= share && split.len() < groups {
+            split.push(Vec::new());
+            filled = 0;
+        }
+        filled += tokens.len();
+        if let Some(group) = split.last_mut() {
+            group.push(*tokens);
+        }
+    }
+    split
 }
 
 /// From this sequence length on, attention's two products go to `gemm`;
@@ -435,7 +461,15 @@ fn attend_with_gemm(
 }
 
 /// `out[m, n] = lhs[m, k] · rhs[k, n]`, all row-major.
-fn matmul(out: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, k: usize, n: usize) {
+fn matmul(
+    out: &mut [f32],
+    lhs: &[f32],
+    rhs: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    parallelism: gemm::Parallelism,
+) {
     if m == 0 || out.len() != m * n || lhs.len() != m * k || rhs.len() != k * n {
         return;
     }
@@ -462,7 +496,7 @@ fn matmul(out: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, k: usize, n: usiz
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(0),
+            parallelism,
         );
     }
 }
@@ -495,6 +529,17 @@ impl EmbeddingEngine for Bert {
         for tokens in batch {
             self.check_tokens(tokens)?;
         }
-        Ok(self.pool.install(|| self.forward(batch)))
+        let threads = self.pool.current_num_threads();
+        if batch.len() < threads.max(2) {
+            // One sequence: the threads share each matrix product.
+            return Ok(self.pool.install(|| self.forward(batch, gemm::Parallelism::Rayon(0))));
+        }
+        // Several: each thread takes a share of the sequences (balanced by
+        // tokens) and runs whole products alone, without synchronizing.
+        let groups = split_by_tokens(batch, threads);
+        let outputs: Vec<Vec<Vec<f32>>> = self.pool.install(|| {
+            groups.par_iter().map(|group| self.forward(group, gemm::Parallelism::None)).collect()
+        });
+        Ok(outputs.into_iter().flatten().collect())
     }
 }

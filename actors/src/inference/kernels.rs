@@ -84,13 +84,19 @@ fn erf(x: f32) -> f32 {
 /// the exponent bits and a degree-6 polynomial for the rest.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    let x = x.clamp(-87.0, 88.0);
-    let k = (x * std::f32::consts::LOG2_E).round();
+    let x = x.max(-87.0).min(88.0);
+    // Round to nearest by adding 1.5·2^23: the integer lands in the low
+    // mantissa bits. Plain float and integer lane operations, where
+    // `round()` is a library call and `as i32` a per-lane saturating check.
+    const ROUNDER: f32 = 12_582_912.0;
+    let shifted = x * std::f32::consts::LOG2_E + ROUNDER;
+    let k = shifted - ROUNDER;
+    let exponent = shifted.to_bits() as i32 - ROUNDER.to_bits() as i32;
     let r = x - k * 0.693_145_75 - k * 1.428_606_8e-6;
     let polynomial = 1.0
         + r * (1.0
             + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-    let scale = f32::from_bits(((k as i32 + 127) << 23) as u32);
+    let scale = f32::from_bits(((exponent + 127) << 23) as u32);
     polynomial * scale
 }
 

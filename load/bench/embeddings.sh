@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Embeddings throughput: Blaze in-process (blaze-embed-bench) at batch 1, 8
+# and 32, then over HTTP with 64 concurrent clients each sending one
+# sentence (wrk), and the ratio of the HTTP rate to the in-process batch-32
+# rate (target >= 0.8). Inputs: one sentence per line (for example the
+# anchors' short.txt from ../shared/anchors/gen_inputs.py).
+#
+#   load/bench/embeddings.sh INPUTS [SECONDS]
+#
+# The reference (sentence-transformers, PyTorch CPU, 2 threads) is run
+# beside it with ../shared/anchors/bench_st.py on the same inputs.
+set -euo pipefail
+inputs=${1:?usage: embeddings.sh INPUTS [SECONDS]}
+seconds=${2:-10}
+[ "$seconds" -ge 1 ] && [ "$seconds" -le 120 ] || { echo "SECONDS must be 1..120" >&2; exit 2; }
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 2; }
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/blaze/target}
+cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p blaze -p blaze-load
+bin=$CARGO_TARGET_DIR/release
+echo -10 > /proc/self/autogroup 2>/dev/null || true
+
+"$bin/blaze" models pull all-minilm-l6-v2 >/dev/null
+model_dir=${BLAZE_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/blaze/models}/all-minilm-l6-v2
+in_process=$("$bin/blaze-embed-bench" "$model_dir" "$inputs" bench 1,8,32 --sentences 256 --repeats 3)
+echo "$in_process"
+batch32=$(awk '/bs=32 / { for (i = 1; i <= NF; i++) if ($i ~ /^sent_per_s_median=/) { sub(/.*=/, "", $i); print $i } }' <<<"$in_process")
+
+work=$(mktemp -d)
+port=18481
+BLAZE__SERVER__PORT=$port "$bin/blaze" serve --offline > "$work/blaze.log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 300); do curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.1; done
+curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null || { cat "$work/blaze.log" >&2; exit 1; }
+
+# Each request: one sentence from the inputs, chosen per request.
+python3 - "$inputs" > "$work/post.lua" <<'PY'
+import json, sys
+lines = [l.strip() for l in open(sys.argv[1]) if l.strip()][:256]
+bodies = [json.dumps({"model": "all-minilm-l6-v2", "input": l}) for l in lines]
+print("local bodies = {" + ",".join(json.dumps(b) for b in bodies) + "}")
+print('wrk.method = "POST"')
+print('wrk.headers["Content-Type"] = "application/json"')
+print("local n = 0")
+print("request = function() n = n + 1; return wrk.format(nil, nil, nil, bodies[(n % #bodies) + 1]) end")
+PY
+out=$(wrk -t2 -c64 -d"${seconds}s" --latency -s "$work/post.lua" "http://127.0.0.1:$port/v1/embeddings")
+rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+errors=$(awk '/Non-2xx|Socket errors/' <<<"$out")
+[ -z "$errors" ] || echo "wrk: $errors" >&2
+echo "RESULT engine=blaze-http clients=64 sent_per_s=$rps p99=$p99"
+awk -v http="$rps" -v inproc="$batch32" 'BEGIN {
+  printf "ratio: HTTP, 64 clients x 1 sentence = %.3fx the in-process batch-32 rate (target >= 0.8)\n", http / inproc
+}'
