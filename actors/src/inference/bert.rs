@@ -363,6 +363,10 @@ impl Bert {
     }
 }
 
+/// From this many tokens on, one sequence's products are split across the
+/// worker's threads.
+const SHARED_PRODUCTS_FROM: usize = 64;
+
 /// Consecutive groups of sequences with about equal token counts.
 fn split_by_tokens<'a>(batch: &[&'a [u32]], groups: usize) -> Vec<Vec<&'a [u32]>> {
     let total: usize = batch.iter().map(|tokens| tokens.len()).sum();
@@ -531,8 +535,16 @@ impl EmbeddingEngine for Bert {
         }
         let threads = self.pool.current_num_threads();
         if batch.len() < threads.max(2) {
-            // One sequence: the threads share each matrix product.
-            return Ok(self.pool.install(|| self.forward(batch, gemm::Parallelism::Rayon(0))));
+            // One sequence: the threads share each matrix product, unless it
+            // is too short for that to pay (measured: no gain below ~64
+            // tokens, where reading the weights bounds the time).
+            let tokens: usize = batch.iter().map(|tokens| tokens.len()).sum();
+            let parallelism = if tokens >= SHARED_PRODUCTS_FROM {
+                gemm::Parallelism::Rayon(0)
+            } else {
+                gemm::Parallelism::None
+            };
+            return Ok(self.pool.install(|| self.forward(batch, parallelism)));
         }
         // Several: each thread takes a share of the sequences (balanced by
         // tokens) and runs whole products alone, without synchronizing.
