@@ -13,13 +13,7 @@ set -euo pipefail
 inputs=${1:?usage: embeddings.sh INPUTS [SECONDS]}
 seconds=${2:-10}
 [ "$seconds" -ge 1 ] && [ "$seconds" -le 120 ] || { echo "SECONDS must be 1..120" >&2; exit 2; }
-command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 2; }
-
-root=$(cd "$(dirname "$0")/../.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/blaze/target}
-cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p blaze -p blaze-load
-bin=$CARGO_TARGET_DIR/release
-echo -10 > /proc/self/autogroup 2>/dev/null || true
+. "$(dirname "$0")/common.sh"
 
 "$bin/blaze" models pull all-minilm-l6-v2 >/dev/null
 model_dir=${BLAZE_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/blaze/models}/all-minilm-l6-v2

