@@ -7,7 +7,9 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 use actix_web::{App, HttpServer};
 use blaze_actors::health::{HealthMonitor, HealthMonitorConfig, HealthState};
-use blaze_actors::inference::{BatchSettings, BertTokenizer, EmbeddingPool, InferenceWorker};
+use blaze_actors::inference::{
+    BatchSettings, BertTokenizer, ChatModel, ChatPool, EmbeddingPool, InferenceWorker,
+};
 use blaze_actors::metrics::{MetricsAggregator, Telemetry};
 use blaze_actors::router::{ModelCache, ModelFiles, ModelHandle, ModelKind, ModelRegistry, ServedModel};
 use blaze_actors::supervisor::{ActorBoard, Backoff, ChildSpec, StartAll, StopAll, Supervisor};
@@ -42,16 +44,41 @@ struct Shared {
     models: ModelRegistry,
 }
 
-/// The served models and the worker actors that compute for them. Chat
-/// models are not served yet: their engine comes next.
+/// Context window of chat models (tokens), at most their trained one.
+const CHAT_CONTEXT: usize = 8192;
+
+/// The served models and the worker actors that compute for them.
 fn served_models(settings: &Settings) -> Result<(ModelRegistry, Vec<ChildSpec>), String> {
     let cache = ModelCache::from_environment();
     let created =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs());
     let (mut served, mut specs) = (Vec::new(), Vec::new());
     for (id, spec) in &settings.models.catalog {
-        if spec.kind != ModelKind::Embedding {
-            warn!(model = id.as_str(), "chat models are not served yet; skipping");
+        if spec.kind == ModelKind::Chat {
+            let path = match cache.locate(id, spec) {
+                Some(ModelFiles::File(path)) => path,
+                Some(ModelFiles::Directory(directory)) => directory.join("model.gguf"),
+                None => {
+                    return Err(format!("{id}: its files are not in the cache; run `blaze models pull {id}`"))
+                }
+            };
+            let model = ChatModel::load(&path, CHAT_CONTEXT).map_err(|error| format!("{id}: {error}"))?;
+            let pool = ChatPool::new(id, model, spec.queue_capacity);
+            for index in 0..spec.workers {
+                // Child names live as long as the process; a bounded set made once.
+                let name: &'static str = Box::leak(format!("worker:{id}:{index}").into_boxed_str());
+                let (pool, threads) = (pool.clone(), spec.threads);
+                specs.push(ChildSpec::new(name, true, move || {
+                    let worker = InferenceWorker::chat(pool.clone(), threads);
+                    async move { Ok(worker) }
+                }));
+            }
+            served.push(ServedModel {
+                id: id.clone(),
+                kind: spec.kind,
+                created,
+                handle: ModelHandle::Chat(pool),
+            });
             continue;
         }
         let directory = match cache.locate(id, spec) {

@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, the request middleware, extractor limits and
 //! the mapping of every error to the OpenAI error body.
 
+mod chat;
 mod compression;
 pub mod disconnect;
 mod observe;
@@ -46,6 +47,7 @@ pub fn configure(config: &mut web::ServiceConfig, state: AppState, max_body: usi
         }));
     routes::configure(config);
     openai::configure(config);
+    chat::configure(config);
     #[cfg(feature = "test-hooks")]
     test_hooks::configure(config);
     config.default_service(web::to(not_found));

@@ -4,7 +4,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine as _;
 use blaze_actors::inference::{EmbeddingPool, EngineError, WorkError};
-use blaze_actors::router::{ModelHandle, ModelKind, ServedModel};
+use blaze_actors::router::{ModelHandle, ServedModel};
 use serde::{Deserialize, Serialize};
 
 use super::disconnect::client_gone;
@@ -89,14 +89,10 @@ async fn embeddings(
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
     let model = find_model(&state, &request.model)?;
-    let ModelHandle::Embedding(pool) = &model.handle;
-    if model.kind != ModelKind::Embedding {
-        return Err(ApiError::bad_request(
-            "invalid_model",
-            format!("{} is not an embedding model", request.model),
-        )
-        .with_param("model"));
-    }
+    let ModelHandle::Embedding(pool) = &model.handle else {
+        let message = format!("{} is a chat model; use /v1/chat/completions", request.model);
+        return Err(ApiError::bad_request("invalid_model", message).with_param("model"));
+    };
     let dimensions = pool.tokenizer().dimensions();
     if request.dimensions.is_some_and(|asked| asked != dimensions) {
         let message = format!(

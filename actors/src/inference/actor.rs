@@ -11,6 +11,7 @@ use actix::prelude::*;
 use tracing::{error, info};
 
 use super::bert::Bert;
+use super::chat::ChatPool;
 use super::pool::{EmbeddingPool, WorkerExit};
 
 /// The worker thread ended.
@@ -18,16 +19,68 @@ use super::pool::{EmbeddingPool, WorkerExit};
 #[rtype(result = "()")]
 struct ThreadEnded(String);
 
+/// What a worker computes for.
+enum Work {
+    Embedding { pool: EmbeddingPool, model_directory: PathBuf },
+    Chat(ChatPool),
+}
+
 pub struct InferenceWorker {
-    pool: EmbeddingPool,
-    model_directory: PathBuf,
+    work: Work,
     threads: usize,
     stop: Arc<AtomicBool>,
 }
 
 impl InferenceWorker {
     pub fn embedding(pool: EmbeddingPool, model_directory: PathBuf, threads: usize) -> Self {
-        Self { pool, model_directory, threads, stop: Arc::default() }
+        Self { work: Work::Embedding { pool, model_directory }, threads, stop: Arc::default() }
+    }
+
+    pub fn chat(pool: ChatPool, threads: usize) -> Self {
+        Self { work: Work::Chat(pool), threads, stop: Arc::default() }
+    }
+
+    fn model_id(&self) -> &str {
+        match &self.work {
+            Work::Embedding { pool, .. } => pool.model(),
+            Work::Chat(pool) => pool.model_id(),
+        }
+    }
+}
+
+/// Loads the engine, proves it, and serves until stopped; says why it ended.
+fn embedding_thread(
+    pool: &EmbeddingPool,
+    directory: &std::path::Path,
+    threads: usize,
+    stop: &AtomicBool,
+) -> String {
+    match Bert::load(directory, threads) {
+        Err(problem) => format!("cannot load: {problem}"),
+        Ok(engine) => match pool.warm_up(&engine) {
+            Err(problem) => format!("warm-up failed: {problem}"),
+            Ok(()) => {
+                info!(model = pool.model(), "model loaded and proven by a forward pass");
+                ended(pool.run_worker(&engine, stop))
+            }
+        },
+    }
+}
+
+fn chat_thread(pool: &ChatPool, threads: usize, stop: &AtomicBool) -> String {
+    match pool.warm_up(threads) {
+        Err(problem) => format!("warm-up failed: {problem}"),
+        Ok(()) => {
+            info!(model = pool.model_id(), "model proven by a generation");
+            ended(pool.run_worker(threads, stop))
+        }
+    }
+}
+
+fn ended(exit: WorkerExit) -> String {
+    match exit {
+        WorkerExit::Stopped => "stopped".to_owned(),
+        WorkerExit::Panicked => "the engine panicked".to_owned(),
     }
 }
 
@@ -35,28 +88,25 @@ impl Actor for InferenceWorker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let (pool, directory, threads, stop) =
-            (self.pool.clone(), self.model_directory.clone(), self.threads, self.stop.clone());
+        let (threads, stop) = (self.threads, self.stop.clone());
         let address = ctx.address();
-        let spawned =
-            std::thread::Builder::new().name(format!("blaze-worker-{}", pool.model())).spawn(move || {
-                let ended = match Bert::load(&directory, threads) {
-                    Err(problem) => format!("cannot load: {problem}"),
-                    Ok(engine) => match pool.warm_up(&engine) {
-                        Err(problem) => format!("warm-up failed: {problem}"),
-                        Ok(()) => {
-                            info!(model = pool.model(), "model loaded and proven by a forward pass");
-                            match pool.run_worker(&engine, &stop) {
-                                WorkerExit::Stopped => "stopped".to_owned(),
-                                WorkerExit::Panicked => "the engine panicked".to_owned(),
-                            }
-                        }
-                    },
-                };
-                address.do_send(ThreadEnded(ended));
-            });
+        let name = format!("blaze-worker-{}", self.model_id());
+        let spawned = match &self.work {
+            Work::Embedding { pool, model_directory } => {
+                let (pool, directory) = (pool.clone(), model_directory.clone());
+                std::thread::Builder::new().name(name).spawn(move || {
+                    address.do_send(ThreadEnded(embedding_thread(&pool, &directory, threads, &stop)));
+                })
+            }
+            Work::Chat(pool) => {
+                let pool = pool.clone();
+                std::thread::Builder::new().name(name).spawn(move || {
+                    address.do_send(ThreadEnded(chat_thread(&pool, threads, &stop)));
+                })
+            }
+        };
         if let Err(problem) = spawned {
-            error!(model = self.pool.model(), %problem, "cannot start a worker thread");
+            error!(model = self.model_id(), %problem, "cannot start a worker thread");
             ctx.stop();
         }
     }
@@ -78,11 +128,7 @@ impl Handler<ThreadEnded> for InferenceWorker {
 
     fn handle(&mut self, message: ThreadEnded, ctx: &mut Self::Context) {
         if !self.stop.load(Ordering::Relaxed) {
-            error!(
-                model = self.pool.model(),
-                reason = message.0,
-                "worker thread ended; restarting the worker"
-            );
+            error!(model = self.model_id(), reason = message.0, "worker thread ended; restarting the worker");
         }
         ctx.stop();
     }

@@ -8,11 +8,15 @@
 
 mod actor;
 mod bert;
+mod chat;
 mod engine;
 mod kernels;
+mod llama;
 mod pool;
 
 pub use self::actor::InferenceWorker;
 pub use self::bert::{Bert, BertTokenizer};
+pub use self::chat::{ChatEvent, ChatPool};
 pub use self::engine::{EmbeddingEngine, EngineError};
+pub use self::llama::{ChatModel, FinishReason, SamplingParams};
 pub use self::pool::{BatchSettings, EmbeddingPool, EmbeddingResult, Overloaded, WorkError, WorkerExit};

@@ -8,12 +8,13 @@ use futures_util::future::BoxFuture;
 
 use super::catalog::ModelKind;
 use crate::health::Probe;
-use crate::inference::EmbeddingPool;
+use crate::inference::{ChatPool, EmbeddingPool};
 
 /// How requests reach a served model.
 #[derive(Clone)]
 pub enum ModelHandle {
     Embedding(EmbeddingPool),
+    Chat(ChatPool),
 }
 
 #[derive(Clone)]
@@ -73,6 +74,7 @@ impl Probe for ModelProbe {
     fn check(&self) -> BoxFuture<'static, Result<(), String>> {
         let ready = match &self.model.handle {
             ModelHandle::Embedding(pool) => pool.is_ready(),
+            ModelHandle::Chat(pool) => pool.is_ready(),
         };
         Box::pin(async move {
             if ready {

@@ -1,0 +1,167 @@
+//! /v1/chat/completions and /v1/completions over real HTTP on the real GGUF.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{client, expect_error, Server};
+use serde_json::{json, Value};
+
+const MODEL: &str = "smollm2-135m-instruct";
+
+fn question(extra: Value) -> Value {
+    let mut body = json!({
+        "model": MODEL,
+        "messages": [{ "role": "user", "content": "What is the capital of France?" }],
+        "temperature": 0,
+        "max_tokens": 40,
+    });
+    for (key, value) in extra.as_object().unwrap() {
+        body[key] = value.clone();
+    }
+    body
+}
+
+async fn post(server: &Server, path: &str, body: &Value) -> reqwest::Response {
+    client().post(server.url(path)).json(body).send().await.unwrap()
+}
+
+/// The `data:` payloads of an SSE body, in order.
+fn events(body: &str) -> Vec<String> {
+    assert!(body.ends_with("\n\n"), "events end with a blank line");
+    body.split("\n\n")
+        .filter(|event| !event.is_empty())
+        .map(|event| event.strip_prefix("data: ").unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_chat_completion_answers_in_openai_shape_with_exact_usage() {
+    let server = Server::start(&[], &[]).await;
+    let body: Value = post(&server, "/v1/chat/completions", &question(json!({}))).await.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(body["model"], MODEL);
+    let choice = &body["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert!(choice["message"]["content"].as_str().unwrap().contains("Paris"), "{body}");
+    assert_eq!(choice["finish_reason"], "stop");
+    let usage = &body["usage"];
+    let (prompt, completion) =
+        (usage["prompt_tokens"].as_u64().unwrap(), usage["completion_tokens"].as_u64().unwrap());
+    assert!(prompt > 5 && completion > 0);
+    assert_eq!(usage["total_tokens"].as_u64().unwrap(), prompt + completion);
+
+    let again: Value =
+        post(&server, "/v1/chat/completions", &question(json!({}))).await.json().await.unwrap();
+    assert_eq!(again["choices"][0]["message"], choice["message"], "temperature 0 is greedy");
+    let short: Value =
+        post(&server, "/v1/chat/completions", &question(json!({ "max_completion_tokens": 2 })))
+            .await
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(short["choices"][0]["finish_reason"], "length");
+    assert_eq!(short["usage"]["completion_tokens"], 2);
+    let stopped: Value = post(&server, "/v1/chat/completions", &question(json!({ "stop": ["Paris"] })))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let text = stopped["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!text.contains("Paris") && choice["message"]["content"].as_str().unwrap().starts_with(text));
+    let seeded = question(json!({ "temperature": 1.0, "seed": 7, "max_tokens": 16 }));
+    let first: Value = post(&server, "/v1/chat/completions", &seeded).await.json().await.unwrap();
+    let second: Value = post(&server, "/v1/chat/completions", &seeded).await.json().await.unwrap();
+    assert_eq!(first["choices"][0]["message"], second["choices"][0]["message"], "same seed, same output");
+}
+
+#[tokio::test]
+async fn streaming_sends_sse_chunks_usage_and_done() {
+    let server = Server::start(&[], &[]).await;
+    let plain: Value =
+        post(&server, "/v1/chat/completions", &question(json!({}))).await.json().await.unwrap();
+    let response = post(
+        &server,
+        "/v1/chat/completions",
+        &question(json!({ "stream": true, "stream_options": { "include_usage": true } })),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let events = events(&response.text().await.unwrap());
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> =
+        events[..events.len() - 1].iter().map(|event| serde_json::from_str(event).unwrap()).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|chunk| chunk["choices"].get(0).and_then(|choice| choice["delta"]["content"].as_str()))
+        .collect();
+    assert_eq!(text, plain["choices"][0]["message"]["content"], "the stream says what the JSON says");
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"], plain["usage"]);
+    assert!(chunks
+        .iter()
+        .all(|chunk| chunk["object"] == "chat.completion.chunk" && chunk["id"] == chunks[0]["id"]));
+}
+
+#[tokio::test]
+async fn text_completions_continue_the_prompt() {
+    let server = Server::start(&[], &[]).await;
+    let body =
+        json!({ "model": MODEL, "prompt": "The capital of France is", "temperature": 0, "max_tokens": 5 });
+    let answer: Value = post(&server, "/v1/completions", &body).await.json().await.unwrap();
+    assert_eq!(answer["object"], "text_completion");
+    assert!(answer["choices"][0]["text"].as_str().unwrap().contains("Paris"), "{answer}");
+    assert_eq!(answer["usage"]["completion_tokens"], 5);
+    assert_eq!(answer["choices"][0]["finish_reason"], "length");
+}
+
+#[tokio::test]
+async fn bad_chat_requests_get_400s_that_name_the_field() {
+    let server = Server::start(&[], &[]).await;
+    let long = "word ".repeat(9000);
+    let cases = [
+        (question(json!({ "messages": [] })), "invalid_messages", "messages"),
+        (question(json!({ "n": 2 })), "invalid_n", "n"),
+        (question(json!({ "temperature": 3 })), "invalid_temperature", "temperature"),
+        (question(json!({ "top_p": 0 })), "invalid_top_p", "top_p"),
+        (question(json!({ "stop": ["a", "b", "c", "d", "e"] })), "invalid_stop", "stop"),
+        (question(json!({ "presence_penalty": 5 })), "invalid_penalty", "presence_penalty"),
+        (
+            question(json!({ "messages": [{ "role": "wizard", "content": "x" }] })),
+            "invalid_role",
+            "messages[0].role",
+        ),
+        (
+            question(json!({ "messages": [{ "role": "user", "content": long }] })),
+            "context_length_exceeded",
+            "messages",
+        ),
+        (question(json!({ "max_tokens": 100000 })), "context_length_exceeded", "messages"),
+        (question(json!({ "model": "all-minilm-l6-v2" })), "invalid_model", "model"),
+    ];
+    for (body, code, param) in cases {
+        let error = expect_error(post(&server, "/v1/chat/completions", &body).await, 400, code).await;
+        assert_eq!(error["param"], param, "{code}");
+    }
+    let window = expect_error(
+        post(&server, "/v1/chat/completions", &question(json!({ "max_tokens": 100000 }))).await,
+        400,
+        "context_length_exceeded",
+    )
+    .await;
+    assert!(window["message"].as_str().unwrap().contains("8192"), "names the limit: {window}");
+    expect_error(
+        post(&server, "/v1/chat/completions", &question(json!({ "model": "gpt-5" }))).await,
+        404,
+        "model_not_found",
+    )
+    .await;
+    let embeddings = json!({ "model": MODEL, "input": "x" });
+    expect_error(post(&server, "/v1/embeddings", &embeddings).await, 400, "invalid_model").await;
+}
