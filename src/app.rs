@@ -64,15 +64,11 @@ fn served_models(settings: &Settings) -> Result<(ModelRegistry, Vec<ChildSpec>),
             };
             let model = ChatModel::load(&path, CHAT_CONTEXT).map_err(|error| format!("{id}: {error}"))?;
             let pool = ChatPool::new(id, model, spec.queue_capacity);
-            for index in 0..spec.workers {
-                // Child names live as long as the process; a bounded set made once.
-                let name: &'static str = Box::leak(format!("worker:{id}:{index}").into_boxed_str());
-                let (pool, threads) = (pool.clone(), spec.threads);
-                specs.push(ChildSpec::new(name, true, move || {
-                    let worker = InferenceWorker::chat(pool.clone(), threads);
-                    async move { Ok(worker) }
-                }));
-            }
+            let worker_pool = pool.clone();
+            let threads = spec.threads;
+            specs.extend(worker_specs(id, spec.workers, move || {
+                InferenceWorker::chat(worker_pool.clone(), threads)
+            }));
             served.push(ServedModel {
                 id: id.clone(),
                 kind: spec.kind,
@@ -92,15 +88,10 @@ fn served_models(settings: &Settings) -> Result<(ModelRegistry, Vec<ChildSpec>),
             queue_capacity: spec.queue_capacity,
         };
         let pool = EmbeddingPool::new(id, Arc::new(tokenizer), batching);
-        for index in 0..spec.workers {
-            // Child names live as long as the process; a bounded set made once.
-            let name: &'static str = Box::leak(format!("worker:{id}:{index}").into_boxed_str());
-            let (pool, directory, threads) = (pool.clone(), directory.clone(), spec.threads);
-            specs.push(ChildSpec::new(name, true, move || {
-                let worker = InferenceWorker::embedding(pool.clone(), directory.clone(), threads);
-                async move { Ok(worker) }
-            }));
-        }
+        let (worker_pool, threads) = (pool.clone(), spec.threads);
+        specs.extend(worker_specs(id, spec.workers, move || {
+            InferenceWorker::embedding(worker_pool.clone(), directory.clone(), threads)
+        }));
         served.push(ServedModel {
             id: id.clone(),
             kind: spec.kind,
@@ -109,6 +100,25 @@ fn served_models(settings: &Settings) -> Result<(ModelRegistry, Vec<ChildSpec>),
         });
     }
     Ok((ModelRegistry::new(served), specs))
+}
+
+/// `count` supervised workers of model `id`, named `worker:<id>:<index>`.
+fn worker_specs(
+    id: &str,
+    count: usize,
+    make: impl Fn() -> InferenceWorker + Clone + Send + Sync + 'static,
+) -> Vec<ChildSpec> {
+    (0..count)
+        .map(|index| {
+            // Child names live as long as the process; a bounded set made once.
+            let name: &'static str = Box::leak(format!("worker:{id}:{index}").into_boxed_str());
+            let make = make.clone();
+            ChildSpec::new(name, true, move || {
+                let worker = make();
+                async move { Ok(worker) }
+            })
+        })
+        .collect()
 }
 
 fn child_specs(settings: &Settings, shared: &Shared) -> Vec<ChildSpec> {
