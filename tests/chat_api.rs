@@ -165,3 +165,62 @@ async fn bad_chat_requests_get_400s_that_name_the_field() {
     let embeddings = json!({ "model": MODEL, "input": "x" });
     expect_error(post(&server, "/v1/embeddings", &embeddings).await, 400, "invalid_model").await;
 }
+
+#[tokio::test]
+async fn a_worker_panic_mid_stream_ends_it_with_an_error_event_and_the_worker_comes_back() {
+    let server = Server::start(&[], &[]).await;
+    let panicking = json!({
+        "model": MODEL,
+        "messages": [{ "role": "user", "content": "__blaze_test_panic__" }],
+        "max_tokens": 32,
+        "stream": true,
+    });
+    let response = post(&server, "/v1/chat/completions", &panicking).await;
+    assert_eq!(response.status(), 200, "the stream had started");
+    let events = events(&response.text().await.unwrap());
+    assert!(!events.iter().any(|event| event == "[DONE]"), "no [DONE] after an error: {events:?}");
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "worker_failed", "{last}");
+    assert!(events.len() >= 2, "text came before the failure");
+
+    let mut recovered = false;
+    for _ in 0..100 {
+        if post(&server, "/v1/chat/completions", &question(json!({ "max_tokens": 4 }))).await.status() == 200
+        {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "the restarted worker serves again");
+    let metrics = client().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(&format!("blaze_actor_restarts_total{{actor=\"worker:{MODEL}:0\"}} 1")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_chat_queue_answers_429_at_once() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(
+        &mut file,
+        format!("models:\n  catalog:\n    {MODEL}:\n      queue_capacity: 1\n").as_bytes(),
+    )
+    .unwrap();
+    let server = Server::start(&[], &["--config", file.path().to_str().unwrap()]).await;
+    let long = question(json!({ "max_tokens": 200, "temperature": 1.0 }));
+    let requests = (0..6).map(|_| post(&server, "/v1/chat/completions", &long));
+    let responses = futures_util::future::join_all(requests).await;
+    let mut rejected = 0;
+    for response in responses {
+        if response.status() == 429 {
+            assert!(response.headers().contains_key("retry-after"));
+            expect_error(response, 429, "model_overloaded").await;
+            rejected += 1;
+        } else {
+            assert_eq!(response.status(), 200);
+        }
+    }
+    assert!(rejected >= 1, "6 completions against one worker and a queue of 1");
+}

@@ -221,7 +221,11 @@ async fn chat_completions(
         .render(&messages)
         .map_err(|error| invalid("invalid_messages", "messages", error.to_string()))?;
     let prompt = pool.model().tokenize(&rendered, true);
-    run(&pool, &request, prompt, &body.model, &body.sampling, Kind::Chat).await
+    #[cfg(feature = "test-hooks")]
+    let panic = messages.iter().any(|(_, text)| text == "__blaze_test_panic__");
+    #[cfg(not(feature = "test-hooks"))]
+    let panic = false;
+    run(&pool, &request, prompt, &body.model, &body.sampling, Kind::Chat, panic).await
 }
 
 async fn completions(
@@ -232,7 +236,7 @@ async fn completions(
     let body = body.into_inner();
     let pool = chat_pool(&state, &body.model)?.clone();
     let prompt = pool.model().tokenize(&body.prompt, true);
-    run(&pool, &request, prompt, &body.model, &body.sampling, Kind::Text).await
+    run(&pool, &request, prompt, &body.model, &body.sampling, Kind::Text, false).await
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -248,12 +252,19 @@ async fn run(
     model: &str,
     sampling: &Sampling,
     kind: Kind,
+    panic: bool,
 ) -> Result<HttpResponse, ApiError> {
     let params = sampling_params(sampling, prompt.len(), pool)?;
     let prompt_tokens = prompt.len();
-    let events = pool
-        .submit(prompt, params)
-        .map_err(|overloaded| ApiError::overloaded(pool.model_id(), overloaded.retry_after_s))?;
+    #[cfg(feature = "test-hooks")]
+    let submitted = if panic { pool.submit_panicking(prompt, params) } else { pool.submit(prompt, params) };
+    #[cfg(not(feature = "test-hooks"))]
+    let submitted = {
+        let _ = panic;
+        pool.submit(prompt, params)
+    };
+    let events =
+        submitted.map_err(|overloaded| ApiError::overloaded(pool.model_id(), overloaded.retry_after_s))?;
     let id = match kind {
         Kind::Chat => format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         Kind::Text => format!("cmpl-{}", uuid::Uuid::new_v4().simple()),

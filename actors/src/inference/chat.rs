@@ -32,6 +32,9 @@ struct ChatJob {
     params: SamplingParams,
     events: mpsc::Sender<ChatEvent>,
     queued_at: Instant,
+    /// Test hook: the worker panics after the first piece of text.
+    #[cfg(feature = "test-hooks")]
+    panic: bool,
 }
 
 struct Shared {
@@ -74,8 +77,35 @@ impl ChatPool {
         prompt: Vec<u32>,
         params: SamplingParams,
     ) -> Result<mpsc::Receiver<ChatEvent>, Overloaded> {
+        self.enqueue(prompt, params, false)
+    }
+
+    /// Test hook: queues a completion during which the worker panics.
+    #[cfg(feature = "test-hooks")]
+    pub fn submit_panicking(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+    ) -> Result<mpsc::Receiver<ChatEvent>, Overloaded> {
+        self.enqueue(prompt, params, true)
+    }
+
+    fn enqueue(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        panic: bool,
+    ) -> Result<mpsc::Receiver<ChatEvent>, Overloaded> {
+        let _ = panic;
         let (events, receiver) = mpsc::channel(256);
-        let job = ChatJob { prompt, params, events, queued_at: Instant::now() };
+        let job = ChatJob {
+            prompt,
+            params,
+            events,
+            queued_at: Instant::now(),
+            #[cfg(feature = "test-hooks")]
+            panic,
+        };
         match self.shared.sender.try_send(job) {
             Ok(()) => {
                 gauge!("blaze_inference_queue_depth", "model" => self.shared.model_id.clone())
@@ -135,6 +165,13 @@ impl ChatPool {
             let events = job.events.clone();
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 model.generate(&mut context, &job.prompt, &job.params, &mut |piece| {
+                    #[cfg(feature = "test-hooks")]
+                    if job.panic && first_token.is_some() {
+                        #[allow(clippy::panic)]
+                        {
+                            panic!("test hook: chat worker told to panic");
+                        }
+                    }
                     if first_token.is_none() {
                         first_token = Some(Instant::now());
                         prefill.record(job.queued_at.elapsed().as_secs_f64());
