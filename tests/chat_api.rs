@@ -209,7 +209,7 @@ async fn a_full_chat_queue_answers_429_at_once() {
     )
     .unwrap();
     let server = Server::start(&[], &["--config", file.path().to_str().unwrap()]).await;
-    let long = question(json!({ "max_tokens": 200, "temperature": 1.0 }));
+    let long = question(json!({ "max_tokens": 48, "temperature": 1.0, "seed": 1 }));
     let requests = (0..6).map(|_| post(&server, "/v1/chat/completions", &long));
     let responses = futures_util::future::join_all(requests).await;
     let mut rejected = 0;
