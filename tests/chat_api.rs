@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{client, expect_error, Server};
+use common::{client, config_file, expect_error, Server};
 use serde_json::{json, Value};
 
 const MODEL: &str = "smollm2-135m-instruct";
@@ -193,21 +193,12 @@ async fn a_worker_panic_mid_stream_ends_it_with_an_error_event_and_the_worker_co
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(recovered, "the restarted worker serves again");
-    let metrics = client().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(
-        metrics.contains(&format!("blaze_actor_restarts_total{{actor=\"worker:{MODEL}:0\"}} 1")),
-        "{metrics}"
-    );
+    server.assert_restarts(&format!("worker:{MODEL}:0"), 1).await;
 }
 
 #[tokio::test]
 async fn a_full_chat_queue_answers_429_at_once() {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    std::io::Write::write_all(
-        &mut file,
-        format!("models:\n  catalog:\n    {MODEL}:\n      queue_capacity: 1\n").as_bytes(),
-    )
-    .unwrap();
+    let file = config_file(&format!("models:\n  catalog:\n    {MODEL}:\n      queue_capacity: 1\n"));
     let server = Server::start(&[], &["--config", file.path().to_str().unwrap()]).await;
     let long = question(json!({ "max_tokens": 48, "temperature": 1.0, "seed": 1 }));
     let requests = (0..6).map(|_| post(&server, "/v1/chat/completions", &long));

@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::io::Write;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{client, expect_error, Server};
+use common::{client, config_file, expect_error, Server};
 use serde_json::{json, Value};
 
 const MODEL: &str = "all-minilm-l6-v2";
@@ -174,12 +173,6 @@ async fn concurrent_requests_batched_together_get_their_own_results() {
     assert!(metrics.contains(&format!("blaze_tokens_total{{model=\"{MODEL}\",kind=\"prompt\"}}")));
 }
 
-fn config_file(text: &str) -> tempfile::NamedTempFile {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    file.write_all(text.as_bytes()).unwrap();
-    file
-}
-
 #[tokio::test]
 async fn a_full_queue_answers_429_with_retry_after_at_once() {
     let file = config_file(&format!(
@@ -221,11 +214,7 @@ async fn a_worker_panic_fails_its_requests_with_500_and_the_worker_comes_back() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recovered, "the restarted worker serves again");
-    let metrics = client().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(
-        metrics.contains(&format!("blaze_actor_restarts_total{{actor=\"worker:{MODEL}:0\"}} 1")),
-        "{metrics}"
-    );
+    server.assert_restarts(&format!("worker:{MODEL}:0"), 1).await;
 }
 
 #[tokio::test]

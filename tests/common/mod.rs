@@ -100,6 +100,18 @@ impl Server {
         panic!("no `{message}` event as expected; logs: {:#?}", self.logs());
     }
 
+    /// The Prometheus exposition, as text.
+    pub async fn metrics(&self) -> String {
+        client().get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// Asserts that the supervisor counted `count` restarts of `actor`.
+    pub async fn assert_restarts(&self, actor: &str, count: u64) {
+        let metrics = self.metrics().await;
+        let line = format!("blaze_actor_restarts_total{{actor=\"{actor}\"}} {count}\n");
+        assert!(metrics.contains(&line), "{metrics}");
+    }
+
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, signal).expect("signal delivered");
@@ -141,4 +153,11 @@ pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) 
     assert!(error["type"].is_string(), "{body}");
     assert!(error.as_object().is_some_and(|fields| fields.contains_key("param")), "{body}");
     error
+}
+
+/// A config file for `--config`, deleted when dropped.
+pub fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    std::io::Write::write_all(&mut file, text.as_bytes()).expect("config written");
+    file
 }
