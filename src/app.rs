@@ -44,9 +44,6 @@ struct Shared {
     models: ModelRegistry,
 }
 
-/// Context window of chat models (tokens), at most their trained one.
-const CHAT_CONTEXT: usize = 8192;
-
 /// The served models and the worker actors that compute for them.
 fn served_models(settings: &Settings) -> Result<(ModelRegistry, Vec<ChildSpec>), String> {
     let cache = ModelCache::from_environment();
@@ -62,8 +59,9 @@ fn served_models(settings: &Settings) -> Result<(ModelRegistry, Vec<ChildSpec>),
                     return Err(format!("{id}: its files are not in the cache; run `blaze models pull {id}`"))
                 }
             };
-            let model = ChatModel::load(&path, CHAT_CONTEXT).map_err(|error| format!("{id}: {error}"))?;
-            let pool = ChatPool::new(id, model, spec.queue_capacity);
+            let model =
+                ChatModel::load(&path, spec.context_length).map_err(|error| format!("{id}: {error}"))?;
+            let pool = ChatPool::new(id, model, spec.max_batch, spec.queue_capacity);
             let worker_pool = pool.clone();
             let threads = spec.threads;
             specs.extend(worker_specs(id, spec.workers, move || {

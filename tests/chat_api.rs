@@ -12,7 +12,10 @@ const MODEL: &str = "smollm2-135m-instruct";
 fn question(extra: Value) -> Value {
     let mut body = json!({
         "model": MODEL,
-        "messages": [{ "role": "user", "content": "What is the capital of France?" }],
+        "messages": [
+            { "role": "system", "content": "You are a helpful assistant." },
+            { "role": "user", "content": "What is the capital of France?" },
+        ],
         "temperature": 0,
         "max_tokens": 40,
     });
@@ -155,7 +158,7 @@ async fn bad_chat_requests_get_400s_that_name_the_field() {
         "context_length_exceeded",
     )
     .await;
-    assert!(window["message"].as_str().unwrap().contains("8192"), "names the limit: {window}");
+    assert!(window["message"].as_str().unwrap().contains("2048"), "names the limit: {window}");
     expect_error(
         post(&server, "/v1/chat/completions", &question(json!({ "model": "gpt-5" }))).await,
         404,
@@ -198,7 +201,9 @@ async fn a_worker_panic_mid_stream_ends_it_with_an_error_event_and_the_worker_co
 
 #[tokio::test]
 async fn a_full_chat_queue_answers_429_at_once() {
-    let file = config_file(&format!("models:\n  catalog:\n    {MODEL}:\n      queue_capacity: 1\n"));
+    let file = config_file(&format!(
+        "models:\n  catalog:\n    {MODEL}:\n      max_batch: 1\n      queue_capacity: 1\n"
+    ));
     let server = Server::start(&[], &["--config", file.path().to_str().unwrap()]).await;
     let long = question(json!({ "max_tokens": 48, "temperature": 1.0, "seed": 1 }));
     let requests = (0..6).map(|_| post(&server, "/v1/chat/completions", &long));
@@ -213,5 +218,77 @@ async fn a_full_chat_queue_answers_429_at_once() {
             assert_eq!(response.status(), 200);
         }
     }
-    assert!(rejected >= 1, "6 completions against one worker and a queue of 1");
+    assert!(rejected >= 1, "6 completions against one worker of one sequence and a queue of 1");
+}
+
+/// A counter or gauge of the model, from /metrics.
+async fn model_metric(server: &Server, series: &str) -> f64 {
+    let metrics = client().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+}
+
+#[tokio::test]
+async fn a_stream_whose_client_goes_away_stops_generating() {
+    let server = Server::start(&[], &[]).await;
+    let long = question(json!({ "max_tokens": 400, "temperature": 1.0, "seed": 7, "stream": true,
+        "messages": [{ "role": "user", "content": "Write a very long story about a dragon." }] }));
+    let mut response = post(&server, "/v1/chat/completions", &long).await;
+    assert_eq!(response.status(), 200);
+    let first = response.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).starts_with("data: "), "the stream started");
+    drop(response);
+
+    let completion = format!("blaze_tokens_total{{model=\"{MODEL}\",kind=\"completion\"}}");
+    let running = format!("blaze_inference_running_sequences{{model=\"{MODEL}\"}}");
+    let mut stopped = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if model_metric(&server, &running).await == 0.0 {
+            stopped = true;
+            break;
+        }
+    }
+    assert!(stopped, "the sequence left the decoder after its client went away");
+    let generated = model_metric(&server, &completion).await;
+    assert!(generated < 400.0, "cancelled before max_tokens: {generated} tokens");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(model_metric(&server, &completion).await, generated, "nothing generated afterwards");
+}
+
+#[tokio::test]
+async fn concurrent_streams_share_the_decoder_and_each_gets_its_own_answer() {
+    let server = Server::start(&[], &[]).await;
+    let questions = ["What is the capital of France?", "Name three colors.", "What is 3 times 4?", "Say hi."];
+    let alone = {
+        let mut answers = Vec::new();
+        for question_text in questions {
+            let body = question(json!({ "messages": [{ "role": "user", "content": question_text }] }));
+            let answer: Value = post(&server, "/v1/chat/completions", &body).await.json().await.unwrap();
+            answers.push(answer["choices"][0]["message"]["content"].as_str().unwrap().to_owned());
+        }
+        answers
+    };
+    let together = futures_util::future::join_all(questions.iter().map(|question_text| {
+        let body = question(json!({ "messages": [{ "role": "user", "content": question_text }] }));
+        let server = &server;
+        async move {
+            let answer: Value = post(server, "/v1/chat/completions", &body).await.json().await.unwrap();
+            answer["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
+        }
+    }))
+    .await;
+    assert_eq!(together, alone, "greedy answers do not depend on what runs beside them");
+    let steps =
+        model_metric(&server, &format!("blaze_inference_batch_size_count{{model=\"{MODEL}\"}}")).await;
+    let small =
+        model_metric(&server, &format!("blaze_inference_batch_size_bucket{{model=\"{MODEL}\",le=\"2\"}}"))
+            .await;
+    let batched = steps > small;
+    assert!(
+        batched,
+        "some steps decoded more than 2 sequences together: {small} of {steps} steps had at most 2"
+    );
 }

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use blaze::settings::{ConfigSources, Settings};
-use blaze_actors::inference::{ChatModel, FinishReason, SamplingParams};
+use blaze_actors::inference::{ChatModel, FinishReason, Progress, SamplingParams};
 use blaze_actors::router::{ModelCache, ModelFiles};
 
 const MODEL: &str = "smollm2-135m-instruct";
@@ -34,10 +34,10 @@ fn params(max_tokens: usize, temperature: f32, seed: u32, stop: &[&str]) -> Samp
 }
 
 fn complete(model: &ChatModel, prompt: &[u32], params: &SamplingParams) -> (String, FinishReason, usize) {
-    let mut context = model.new_context(2).unwrap();
+    let mut decoder = model.decoder(2, 1).unwrap();
     let mut text = String::new();
-    let (finish, tokens) = model
-        .generate(&mut context, prompt, params, &mut |piece| {
+    let (finish, tokens) = decoder
+        .generate(prompt, params, &mut |piece| {
             text.push_str(piece);
             true
         })
@@ -76,7 +76,132 @@ fn generation_follows_the_template_and_the_sampling_parameters() {
     assert!(!cut.contains("ris") && greedy.starts_with(&cut), "{cut}");
 
     let too_long = vec![1u32; 2040];
-    let mut context = model.new_context(1).unwrap();
-    let error = model.generate(&mut context, &too_long, &params(16, 0.0, 0, &[]), &mut |_| true).unwrap_err();
+    let mut decoder = model.decoder(1, 1).unwrap();
+    let error = decoder.generate(&too_long, &params(16, 0.0, 0, &[]), &mut |_| true).unwrap_err();
     assert!(error.to_string().contains("2048"), "{error}");
+}
+
+/// Runs `prompts` together in one decoder, the later ones joining a few
+/// steps after the first, and returns each one's text.
+fn complete_together(model: &ChatModel, prompts: &[Vec<u32>], params: &SamplingParams) -> Vec<String> {
+    let mut decoder = model.decoder(2, prompts.len()).unwrap();
+    let mut sequences = vec![decoder.start(0, &prompts[0], params).unwrap()];
+    let mut texts = vec![String::new(); prompts.len()];
+    let mut done = vec![false; prompts.len()];
+    for step in 0..400 {
+        if step == 3 {
+            for (slot, prompt) in prompts.iter().enumerate().skip(1) {
+                sequences.push(decoder.start(slot, prompt, params).unwrap());
+            }
+        }
+        let mut running: Vec<_> = sequences.iter_mut().filter(|sequence| !done[sequence.slot()]).collect();
+        if running.is_empty() {
+            return texts;
+        }
+        let slots: Vec<usize> = running.iter().map(|sequence| sequence.slot()).collect();
+        let progress = decoder.step(&mut running).unwrap();
+        for (slot, progress) in slots.into_iter().zip(progress) {
+            match progress {
+                Progress::Reading => {}
+                Progress::Text(text) => texts[slot].push_str(&text),
+                Progress::Finished { text, .. } => {
+                    texts[slot].push_str(&text);
+                    done[slot] = true;
+                }
+            }
+        }
+    }
+    panic!("the sequences did not finish in 400 steps: {texts:?}");
+}
+
+#[test]
+fn sequences_decoded_together_match_each_decoded_alone() {
+    let model = model();
+    let questions =
+        ["What is 2 + 2?", "Name a color.", "Say hello in French.", "What is the capital of Italy?"];
+    let prompts: Vec<Vec<u32>> = questions
+        .iter()
+        .map(|question| {
+            model.tokenize(&model.render(&[("user".to_owned(), (*question).to_owned())]).unwrap(), true)
+        })
+        .collect();
+    let greedy = params(24, 0.0, 0, &[]);
+    let alone: Vec<String> = prompts.iter().map(|prompt| complete(&model, prompt, &greedy).0).collect();
+    let together = complete_together(&model, &prompts, &greedy);
+    assert_eq!(together, alone, "no cross-talk between the sequences of one batch");
+    assert!(alone.iter().all(|text| !text.is_empty()));
+}
+
+/// Greedy token ids of a prompt, alone (`batched` false) or decoded beside
+/// the other prompts.
+fn greedy_ids(model: &ChatModel, prompts: &[Vec<u32>], max_tokens: usize) -> Vec<Vec<u32>> {
+    let mut decoder = model.decoder(2, prompts.len()).unwrap();
+    let greedy = params(max_tokens, 0.0, 0, &[]);
+    let mut sequences: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(slot, prompt)| decoder.start(slot, prompt, &greedy).unwrap())
+        .collect();
+    let mut done = vec![false; prompts.len()];
+    for _ in 0..(max_tokens + 64) {
+        let mut running: Vec<_> = sequences.iter_mut().filter(|sequence| !done[sequence.slot()]).collect();
+        if running.is_empty() {
+            break;
+        }
+        let slots: Vec<usize> = running.iter().map(|sequence| sequence.slot()).collect();
+        for (slot, progress) in slots.into_iter().zip(decoder.step(&mut running).unwrap()) {
+            done[slot] |= matches!(progress, Progress::Finished { .. });
+        }
+    }
+    assert!(done.iter().all(|done| *done));
+    sequences.iter().map(|sequence| sequence.generated_ids()).collect()
+}
+
+/// Fixtures made by tests/fixtures/make_chat_fixtures.py: llama.cpp (through
+/// llama-cpp-python) on the same GGUF, with the GGUF's Jinja template.
+#[test]
+fn prompts_tokens_and_greedy_ids_match_llama_cpp() {
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/chat-smollm2-135m-instruct.json")).unwrap();
+    let model = model();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert!(cases.len() >= 5);
+    let ids = |value: &serde_json::Value| -> Vec<u32> {
+        value.as_array().unwrap().iter().map(|id| id.as_u64().unwrap() as u32).collect()
+    };
+    let mut prompts = Vec::new();
+    for case in cases {
+        let messages: Vec<(String, String)> = case["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|message| {
+                (
+                    message["role"].as_str().unwrap().to_owned(),
+                    message["content"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let rendered = model.render(&messages).unwrap();
+        assert_eq!(
+            rendered,
+            case["prompt"].as_str().unwrap(),
+            "the GGUF's template, rendered as the reference"
+        );
+        let prompt = model.tokenize(&rendered, true);
+        assert_eq!(prompt, ids(&case["prompt_ids"]), "prompt tokens of {rendered:?}");
+        prompts.push(prompt);
+    }
+    for text in fixture["texts"].as_array().unwrap() {
+        assert_eq!(model.tokenize(text["text"].as_str().unwrap(), true), ids(&text["ids"]), "{text}");
+    }
+    let generated = fixture["generated"].as_u64().unwrap() as usize;
+    let expected: Vec<Vec<u32>> = cases.iter().map(|case| ids(&case["completion_ids"])).collect();
+    for (index, prompt) in prompts.iter().enumerate() {
+        let alone = greedy_ids(&model, std::slice::from_ref(prompt), generated).remove(0);
+        assert_eq!(alone, expected[index], "greedy ids of case {index} alone");
+    }
+    // Decoded together, the matrix products see several rows at once; the
+    // greedy choices must not change.
+    assert_eq!(greedy_ids(&model, &prompts, generated), expected, "greedy ids decoded together");
 }

@@ -50,7 +50,7 @@ def main():
         sys.exit("refusing absurd settings")
     prompt = "Summarize this: " + " ".join(["the quick brown fox jumps over the lazy dog"] * (words // 9 + 1))
     prompt = " ".join(prompt.split()[:words])
-    ttfts, prompt_rates, decode_rates, aggregate = [], [], [], []
+    ttfts, prompt_rates, decode_rates, aggregate, prompt_tokens = [], [], [], [], []
     for _ in range(rounds):
         results = [None] * streams
         def run(index):
@@ -66,11 +66,12 @@ def main():
         for started, first, ended, usage in results:
             total += usage["completion_tokens"]
             ttfts.append(first - started)
+            prompt_tokens.append(usage["prompt_tokens"])
             prompt_rates.append(usage["prompt_tokens"] / (first - started))
             if usage["completion_tokens"] > 1:
                 decode_rates.append((usage["completion_tokens"] - 1) / (ended - first))
         aggregate.append(total / wall)
-    print(f"RESULT engine=blaze streams={streams} prompt_tokens~{words * 1.3:.0f} max_tokens={max_tokens} "
+    print(f"RESULT engine=blaze streams={streams} prompt_tokens={statistics.median(prompt_tokens):.0f} max_tokens={max_tokens} "
           f"ttft_p50_ms={statistics.median(ttfts) * 1000:.1f} prompt_tok_per_s={statistics.median(prompt_rates):.1f} "
           f"decode_tok_per_s_per_stream={statistics.median(decode_rates):.1f} aggregate_tok_per_s={statistics.median(aggregate):.1f}")
 

@@ -3,7 +3,14 @@
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 2; }
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/blaze/target}
-cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p blaze -p blaze-load
-bin=$CARGO_TARGET_DIR/release
+# BLAZE_BENCH_PROFILE=dev measures the test build instead (dependencies,
+# llama.cpp and blaze-actors optimized; the HTTP layer not).
+case ${BLAZE_BENCH_PROFILE:-release} in
+  release) cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p blaze -p blaze-load
+           bin=$CARGO_TARGET_DIR/release ;;
+  dev) cargo build --quiet --manifest-path "$root/Cargo.toml" -p blaze -p blaze-load
+       bin=$CARGO_TARGET_DIR/debug ;;
+  *) echo "BLAZE_BENCH_PROFILE must be release or dev" >&2; exit 2 ;;
+esac
 # Less disturbance from other sessions' work (builds); needs root, best effort.
 echo -10 > /proc/self/autogroup 2>/dev/null || true

@@ -5,11 +5,10 @@
 
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
-use blaze_actors::inference::{ChatEvent, ChatPool, EngineError, SamplingParams, WorkError};
+use blaze_actors::inference::{ChatEvent, ChatEvents, ChatPool, EngineError, SamplingParams, WorkError};
 use blaze_actors::router::ModelHandle;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
 use super::disconnect::client_gone;
 use super::AppState;
@@ -352,7 +351,7 @@ fn work_error(error: WorkError, model: &str) -> ApiError {
     }
 }
 
-async fn collect(reply: Reply, mut events: mpsc::Receiver<ChatEvent>) -> Result<Value, ApiError> {
+async fn collect(reply: Reply, mut events: ChatEvents) -> Result<Value, ApiError> {
     let mut text = String::new();
     while let Some(event) = events.recv().await {
         match event {
@@ -388,12 +387,12 @@ fn event(value: &Value) -> Bytes {
 /// which stops the generation at its next token.
 fn sse(
     reply: Reply,
-    events: mpsc::Receiver<ChatEvent>,
+    events: ChatEvents,
     include_usage: bool,
 ) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> {
     struct State {
         reply: Reply,
-        events: mpsc::Receiver<ChatEvent>,
+        events: ChatEvents,
         first: bool,
         finished: bool,
         queued: Vec<Bytes>,

@@ -223,11 +223,20 @@ fn check_model(id: &str, spec: &blaze_actors::router::ModelSpec) -> Vec<String> 
         ("threads", spec.threads, 1, 256),
         ("max_batch", spec.max_batch, 1, 4096),
         ("queue_capacity", spec.queue_capacity, 1, 1_000_000),
+        ("context_length", spec.context_length, 16, 1_048_576),
     ];
     for (name, value, low, high) in ranges {
         if !(low..=high).contains(&value) {
             problems.push(format!("{id}.{name}: must be {low} to {high}, not {value}"));
         }
+    }
+    if spec.kind == blaze_actors::router::ModelKind::Chat
+        && spec.max_batch > blaze_actors::inference::MAX_SLOTS
+    {
+        problems.push(format!(
+            "{id}.max_batch: a chat model decodes at most {} sequences together",
+            blaze_actors::inference::MAX_SLOTS
+        ));
     }
     if spec.max_wait_ms > 10_000 {
         problems.push(format!("{id}.max_wait_ms: must be at most 10000"));

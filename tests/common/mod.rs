@@ -46,7 +46,7 @@ impl Server {
                 sink.lock().unwrap().push(line);
             }
         });
-        let address = address_receiver.recv_timeout(Duration::from_secs(20)).expect("blaze logs its address");
+        let address = address_receiver.recv_timeout(Duration::from_secs(60)).expect("blaze logs its address");
         let server = Self { child, address, logs };
         server.wait_ready().await;
         server

@@ -1,22 +1,24 @@
 //! A chat model's worker pool: a bounded queue shared by its worker
-//! threads, each with its own llama.cpp context, streaming each
-//! completion's text back as it is generated.
+//! threads, each running a [`Decoder`] that generates several completions
+//! together and streams each one's text back as it is generated.
 //!
-//! A worker runs one sequence at a time; concurrent completions run on
-//! concurrent workers (`workers` in the model's settings). Decoding several
-//! sequences together in one context (continuous batching) is the next step.
+//! Continuous batching: a queued completion joins the running ones between
+//! two steps as soon as one of the worker's `max_batch` slots is free, and
+//! a finished or cancelled one leaves at once, freeing its slot. Queued
+//! completions stay in the shared queue until then, so another worker can
+//! take them and the queue's length is what admission sees.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use metrics::{counter, gauge, histogram};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use tokio::sync::mpsc;
 
 use super::engine::EngineError;
-use super::llama::{ChatModel, FinishReason, SamplingParams};
+use super::llama::{ChatModel, Decoder, FinishReason, Progress, SamplingParams, Sequence};
 use super::pool::{Overloaded, WorkError, WorkerExit};
 
 /// What a completion sends back, in order: pieces of text, then one end.
@@ -27,10 +29,15 @@ pub enum ChatEvent {
     Failed(WorkError),
 }
 
+/// The events of one completion. Unbounded so that a slow reader never
+/// stalls the other sequences of its batch; it holds at most `max_tokens`
+/// pieces.
+pub type ChatEvents = mpsc::UnboundedReceiver<ChatEvent>;
+
 struct ChatJob {
     prompt: Vec<u32>,
     params: SamplingParams,
-    events: mpsc::Sender<ChatEvent>,
+    events: mpsc::UnboundedSender<ChatEvent>,
     queued_at: Instant,
     /// Test hook: the worker panics after the first piece of text.
     #[cfg(feature = "test-hooks")]
@@ -42,6 +49,8 @@ struct Shared {
     model: Arc<ChatModel>,
     sender: Sender<ChatJob>,
     receiver: Receiver<ChatJob>,
+    /// Sequences each worker runs together.
+    max_batch: usize,
     ready: AtomicBool,
 }
 
@@ -52,10 +61,16 @@ pub struct ChatPool {
 }
 
 impl ChatPool {
-    pub fn new(model_id: &str, model: Arc<ChatModel>, queue_capacity: usize) -> Self {
+    pub fn new(model_id: &str, model: Arc<ChatModel>, max_batch: usize, queue_capacity: usize) -> Self {
         let (sender, receiver) = crossbeam_channel::bounded(queue_capacity.max(1));
-        let shared =
-            Shared { model_id: model_id.to_owned(), model, sender, receiver, ready: AtomicBool::new(false) };
+        let shared = Shared {
+            model_id: model_id.to_owned(),
+            model,
+            sender,
+            receiver,
+            max_batch: max_batch.clamp(1, super::llama::MAX_SLOTS),
+            ready: AtomicBool::new(false),
+        };
         Self { shared: Arc::new(shared) }
     }
 
@@ -72,11 +87,7 @@ impl ChatPool {
     }
 
     /// Queues a completion, or refuses it at once when the queue is full.
-    pub fn submit(
-        &self,
-        prompt: Vec<u32>,
-        params: SamplingParams,
-    ) -> Result<mpsc::Receiver<ChatEvent>, Overloaded> {
+    pub fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<ChatEvents, Overloaded> {
         self.enqueue(prompt, params, false)
     }
 
@@ -86,7 +97,7 @@ impl ChatPool {
         &self,
         prompt: Vec<u32>,
         params: SamplingParams,
-    ) -> Result<mpsc::Receiver<ChatEvent>, Overloaded> {
+    ) -> Result<ChatEvents, Overloaded> {
         self.enqueue(prompt, params, true)
     }
 
@@ -95,9 +106,9 @@ impl ChatPool {
         prompt: Vec<u32>,
         params: SamplingParams,
         panic: bool,
-    ) -> Result<mpsc::Receiver<ChatEvent>, Overloaded> {
+    ) -> Result<ChatEvents, Overloaded> {
         let _ = panic;
-        let (events, receiver) = mpsc::channel(256);
+        let (events, receiver) = mpsc::unbounded_channel();
         let job = ChatJob {
             prompt,
             params,
@@ -124,7 +135,7 @@ impl ChatPool {
     /// Proves the model with a short generation before taking requests.
     pub fn warm_up(&self, threads: usize) -> Result<(), EngineError> {
         let model = &self.shared.model;
-        let mut context = model.new_context(threads)?;
+        let mut decoder = model.decoder(threads, 1)?;
         let prompt = model.tokenize(&model.render(&[("user".to_owned(), "Hi".to_owned())])?, true);
         let params = SamplingParams {
             max_tokens: 1,
@@ -135,74 +146,229 @@ impl ChatPool {
             frequency_penalty: 0.0,
             stop: Vec::new(),
         };
-        model.generate(&mut context, &prompt, &params, &mut |_| true)?;
+        decoder.generate(&prompt, &params, &mut |_| true)?;
         self.shared.ready.store(true, Ordering::Relaxed);
         Ok(())
     }
 
     /// The worker loop, until `stop` is set or the engine panics (which
-    /// fails only the completion it was computing).
+    /// fails only the completions this worker held).
     pub fn run_worker(&self, threads: usize, stop: &AtomicBool) -> WorkerExit {
-        let shared = &self.shared;
-        let model = &shared.model;
-        let id = shared.model_id.clone();
-        let prefill = histogram!("blaze_time_to_first_token_seconds", "model" => id.clone());
-        let per_token = histogram!("blaze_time_per_output_token_seconds", "model" => id.clone());
-        let prompt_tokens = counter!("blaze_tokens_total", "model" => id.clone(), "kind" => "prompt");
-        let completion_tokens = counter!("blaze_tokens_total", "model" => id.clone(), "kind" => "completion");
-        let decode = histogram!("blaze_inference_duration_seconds", "model" => id, "phase" => "decode");
-        let Ok(mut context) = model.new_context(threads) else { return WorkerExit::Panicked };
+        let Ok(decoder) = self.shared.model.decoder(threads, self.shared.max_batch) else {
+            return WorkerExit::Panicked;
+        };
+        let mut worker = Worker::new(&self.shared, decoder);
         while !stop.load(Ordering::Relaxed) {
-            let job = match shared.receiver.recv_timeout(Duration::from_millis(100)) {
-                Ok(job) => job,
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => continue,
-            };
-            if job.events.is_closed() {
-                continue;
+            if worker.running.is_empty() {
+                match self.shared.receiver.recv_timeout(Duration::from_millis(100)) {
+                    Ok(job) => worker.start(job),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => continue,
+                }
             }
-            let started = Instant::now();
-            let mut first_token: Option<Instant> = None;
-            let events = job.events.clone();
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                model.generate(&mut context, &job.prompt, &job.params, &mut |piece| {
-                    #[cfg(feature = "test-hooks")]
-                    if job.panic && first_token.is_some() {
-                        #[allow(clippy::panic)]
-                        {
-                            panic!("test hook: chat worker told to panic");
-                        }
-                    }
-                    if first_token.is_none() {
-                        first_token = Some(Instant::now());
-                        prefill.record(job.queued_at.elapsed().as_secs_f64());
-                    }
-                    // A client that went away cancels the generation here.
-                    events.blocking_send(ChatEvent::Text(piece.to_owned())).is_ok()
-                        && !stop.load(Ordering::Relaxed)
-                })
-            }));
-            let elapsed = started.elapsed();
-            decode.record(elapsed.as_secs_f64());
-            prompt_tokens.increment(job.prompt.len() as u64);
-            match outcome {
-                Ok(Ok((finish_reason, generated))) => {
-                    completion_tokens.increment(generated as u64);
-                    if let (Some(first), true) = (first_token, generated > 1) {
-                        per_token.record(first.elapsed().as_secs_f64() / (generated - 1) as f64);
-                    }
-                    let _ = job
-                        .events
-                        .blocking_send(ChatEvent::Done { finish_reason, completion_tokens: generated });
-                }
-                Ok(Err(error)) => {
-                    let _ = job.events.blocking_send(ChatEvent::Failed(WorkError::Engine(error)));
-                }
-                Err(_) => {
-                    let _ = job.events.blocking_send(ChatEvent::Failed(WorkError::WorkerFailed));
-                    return WorkerExit::Panicked;
+            if std::panic::catch_unwind(AssertUnwindSafe(|| worker.step())).is_err() {
+                worker.fail_all(&WorkError::WorkerFailed);
+                return WorkerExit::Panicked;
+            }
+        }
+        worker.stop_all();
+        WorkerExit::Stopped
+    }
+}
+
+/// A completion in the decoder.
+struct Running {
+    job: ChatJob,
+    sequence: Sequence,
+    first_token: Option<Instant>,
+}
+
+/// One worker's state: its decoder and the completions it runs.
+struct Worker<'a> {
+    shared: &'a Shared,
+    decoder: Decoder<'a>,
+    running: Vec<Running>,
+    free_slots: Vec<usize>,
+    metrics: WorkerMetrics,
+}
+
+struct WorkerMetrics {
+    time_to_first_token: Histogram,
+    time_per_output_token: Histogram,
+    prompt_tokens: Counter,
+    completion_tokens: Counter,
+    prefill: Histogram,
+    decode: Histogram,
+    batch_size: Histogram,
+    queue_depth: Gauge,
+    running: Gauge,
+}
+
+impl WorkerMetrics {
+    fn new(model: &str) -> Self {
+        let id = model.to_owned();
+        Self {
+            time_to_first_token: histogram!("blaze_time_to_first_token_seconds", "model" => id.clone()),
+            time_per_output_token: histogram!("blaze_time_per_output_token_seconds", "model" => id.clone()),
+            prompt_tokens: counter!("blaze_tokens_total", "model" => id.clone(), "kind" => "prompt"),
+            completion_tokens: counter!("blaze_tokens_total", "model" => id.clone(), "kind" => "completion"),
+            prefill: histogram!("blaze_inference_duration_seconds", "model" => id.clone(), "phase" => "prefill"),
+            decode: histogram!("blaze_inference_duration_seconds", "model" => id.clone(), "phase" => "decode"),
+            batch_size: histogram!("blaze_inference_batch_size", "model" => id.clone()),
+            queue_depth: gauge!("blaze_inference_queue_depth", "model" => id.clone()),
+            running: gauge!("blaze_inference_running_sequences", "model" => id),
+        }
+    }
+}
+
+impl<'a> Worker<'a> {
+    fn new(shared: &'a Shared, decoder: Decoder<'a>) -> Self {
+        let free_slots = (0..decoder.slots()).rev().collect();
+        Self {
+            shared,
+            decoder,
+            running: Vec::new(),
+            free_slots,
+            metrics: WorkerMetrics::new(&shared.model_id),
+        }
+    }
+
+    /// One step: drop cancelled completions, let queued ones join while
+    /// slots are free, then feed every running sequence once.
+    fn step(&mut self) {
+        self.drop_cancelled();
+        while !self.free_slots.is_empty() {
+            match self.shared.receiver.try_recv() {
+                Ok(job) => self.start(job),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        self.metrics.queue_depth.set(self.shared.receiver.len() as f64);
+        self.metrics.running.set(self.running.len() as f64);
+        if self.running.is_empty() {
+            return;
+        }
+        let reading = self.running.iter().any(|running| running.sequence.is_reading());
+        let started = Instant::now();
+        let mut sequences: Vec<&mut Sequence> =
+            self.running.iter_mut().map(|running| &mut running.sequence).collect();
+        let outcome = self.decoder.step(&mut sequences);
+        let phase = if reading { &self.metrics.prefill } else { &self.metrics.decode };
+        phase.record(started.elapsed().as_secs_f64());
+        self.metrics.batch_size.record(self.running.len() as f64);
+        match outcome {
+            Ok(progress) => self.deliver(progress),
+            // The cache holds none of this step's tokens: fail its sequences
+            // rather than retry a step that may fail again.
+            Err(error) => {
+                for running in std::mem::take(&mut self.running) {
+                    self.release(running, ChatEvent::Failed(WorkError::Engine(error.clone())));
                 }
             }
         }
-        WorkerExit::Stopped
+        self.metrics.running.set(self.running.len() as f64);
+    }
+
+    /// Starts a queued completion in a free slot.
+    fn start(&mut self, job: ChatJob) {
+        if job.events.is_closed() {
+            return;
+        }
+        let Some(slot) = self.free_slots.pop() else {
+            let _ = job.events.send(ChatEvent::Failed(WorkError::WorkerFailed));
+            return;
+        };
+        match self.decoder.start(slot, &job.prompt, &job.params) {
+            Ok(sequence) => {
+                self.metrics.prompt_tokens.increment(sequence.prompt_tokens() as u64);
+                self.running.push(Running { job, sequence, first_token: None });
+            }
+            Err(error) => {
+                self.free_slots.push(slot);
+                let _ = job.events.send(ChatEvent::Failed(WorkError::Engine(error)));
+            }
+        }
+    }
+
+    /// Completions whose client went away leave the decoder.
+    fn drop_cancelled(&mut self) {
+        let mut index = 0;
+        while index < self.running.len() {
+            if self.running[index].job.events.is_closed() {
+                let mut running = self.running.remove(index);
+                self.metrics.completion_tokens.increment(running.sequence.completion_tokens() as u64);
+                self.decoder.release(&mut running.sequence);
+                self.free_slots.push(running.sequence.slot());
+            } else {
+                index += 1;
+            }
+        }
+    }
+
+    /// Sends each sequence's progress to its client; releases the finished.
+    fn deliver(&mut self, progress: Vec<Progress>) {
+        let mut finished = Vec::new();
+        for (index, (running, progress)) in self.running.iter_mut().zip(progress).enumerate() {
+            let text = match progress {
+                Progress::Reading => continue,
+                Progress::Text(text) => text,
+                Progress::Finished { text, reason, completion_tokens } => {
+                    finished.push((index, text, reason, completion_tokens));
+                    continue;
+                }
+            };
+            if running.first_token.is_none() {
+                running.first_token = Some(Instant::now());
+                self.metrics.time_to_first_token.record(running.job.queued_at.elapsed().as_secs_f64());
+            }
+            #[cfg(feature = "test-hooks")]
+            if running.job.panic && running.sequence.completion_tokens() > 1 {
+                #[allow(clippy::panic)]
+                {
+                    panic!("test hook: chat worker told to panic");
+                }
+            }
+            if !text.is_empty() {
+                // A client that went away is dropped before the next step.
+                let _ = running.job.events.send(ChatEvent::Text(text));
+            }
+        }
+        for (index, text, finish_reason, completion_tokens) in finished.into_iter().rev() {
+            let running = self.running.remove(index);
+            if !text.is_empty() {
+                let _ = running.job.events.send(ChatEvent::Text(text));
+            }
+            if running.first_token.is_none() {
+                self.metrics.time_to_first_token.record(running.job.queued_at.elapsed().as_secs_f64());
+            }
+            if let (Some(first), true) = (running.first_token, completion_tokens > 1) {
+                self.metrics
+                    .time_per_output_token
+                    .record(first.elapsed().as_secs_f64() / (completion_tokens - 1) as f64);
+            }
+            self.metrics.completion_tokens.increment(completion_tokens as u64);
+            self.release(running, ChatEvent::Done { finish_reason, completion_tokens });
+        }
+    }
+
+    /// Ends a completion with its last event, freeing its slot.
+    fn release(&mut self, mut running: Running, last: ChatEvent) {
+        self.decoder.release(&mut running.sequence);
+        self.free_slots.push(running.sequence.slot());
+        let _ = running.job.events.send(last);
+    }
+
+    /// After a panic: every completion this worker ran fails.
+    fn fail_all(&mut self, error: &WorkError) {
+        for running in std::mem::take(&mut self.running) {
+            let _ = running.job.events.send(ChatEvent::Failed(error.clone()));
+        }
+    }
+
+    /// On shutdown, running completions end where they are.
+    fn stop_all(&mut self) {
+        for running in std::mem::take(&mut self.running) {
+            let completion_tokens = running.sequence.completion_tokens();
+            self.release(running, ChatEvent::Done { finish_reason: FinishReason::Stop, completion_tokens });
+        }
     }
 }

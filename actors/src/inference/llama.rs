@@ -13,7 +13,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
@@ -62,20 +62,24 @@ impl FinishReason {
 /// A loaded chat model.
 pub struct ChatModel {
     model: LlamaModel,
-    template: LlamaChatTemplate,
+    template: ChatTemplate,
     context_length: usize,
 }
 
 impl ChatModel {
-    /// Loads a `.gguf` file; the context window is the model's trained one,
-    /// capped at `max_context`.
+    /// Loads a `.gguf` file; the context window of a sequence is the
+    /// model's trained one, capped at `max_context`.
     pub fn load(path: &Path, max_context: usize) -> Result<Arc<Self>, EngineError> {
         let backend = backend()?;
         let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
             .map_err(|error| EngineError::Load(error.to_string()))?;
-        let template = model
-            .chat_template(None)
+        let source = model
+            .meta_val_str("tokenizer.chat_template")
             .map_err(|error| EngineError::Load(format!("the GGUF has no chat template: {error}")))?;
+        let special = |token: LlamaToken| {
+            model.vocab().text(token).map(|text| text.to_string_lossy().into_owned()).unwrap_or_default()
+        };
+        let template = ChatTemplate::new(source, special(model.vocab().bos()), special(model.vocab().eos()))?;
         let context_length = (model.n_ctx_train() as usize).min(max_context).max(16);
         Ok(Arc::new(Self { model, template, context_length }))
     }
@@ -87,14 +91,7 @@ impl ChatModel {
     /// The prompt of a conversation, by the model's own chat template, with
     /// the assistant's turn opened.
     pub fn render(&self, messages: &[(String, String)]) -> Result<String, EngineError> {
-        let messages = messages
-            .iter()
-            .map(|(role, content)| LlamaChatMessage::new(role.clone(), content.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| EngineError::Input(format!("a message holds a NUL byte: {error}")))?;
-        self.model
-            .apply_chat_template(&self.template, &messages, true)
-            .map_err(|error| EngineError::Input(format!("cannot apply the chat template: {error}")))
+        self.template.render(messages)
     }
 
     /// The model's tokens of `text`; special tokens in the text are parsed
@@ -119,76 +116,55 @@ impl ChatModel {
         Ok(())
     }
 
-    /// A context for one worker: `threads` compute threads.
-    pub fn new_context(&self, threads: usize) -> Result<LlamaContext<'_>, EngineError> {
-        let length = NonZeroU32::new(self.context_length as u32);
+    /// A decoder for one worker: one llama.cpp context of `threads` compute
+    /// threads, holding up to `slots` sequences at once, each in its own
+    /// part of the KV cache (`context_length` tokens). Separate parts keep
+    /// every sequence's arithmetic the same whatever runs beside it: in one
+    /// shared cache, attention sums would run over the other sequences'
+    /// masked cells and round differently, so a greedy or seeded completion
+    /// would depend on the load.
+    pub fn decoder(&self, threads: usize, slots: usize) -> Result<Decoder<'_>, EngineError> {
+        let slots = slots.clamp(1, MAX_SLOTS);
+        let cells = NonZeroU32::new((self.context_length * slots) as u32);
         let threads = threads.max(1) as i32;
+        let batch_tokens = self.context_length.min(STEP_TOKENS);
         let params = LlamaContextParams::default()
-            .with_n_ctx(length)
-            .with_n_batch(self.context_length as u32)
+            .with_n_ctx(cells)
+            .with_n_batch(batch_tokens as u32)
+            .with_n_ubatch(batch_tokens as u32)
+            .with_n_seq_max(slots as u32)
+            .with_kv_unified(false)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
-        self.model.new_context(backend()?, params).map_err(|error| EngineError::Load(error.to_string()))
+        let context = self
+            .model
+            .new_context(backend()?, params)
+            .map_err(|error| EngineError::Load(error.to_string()))?;
+        Ok(Decoder { model: self, context, batch: LlamaBatch::new(batch_tokens, 1), batch_tokens, slots })
     }
 
-    /// Generates a completion of `prompt` in `context`, calling `emit` with
-    /// each piece of text as it is decided (never a part of a stop string,
-    /// never half a UTF-8 character). `emit` returns false to cancel.
-    /// Returns why it stopped and how many tokens it generated.
-    pub fn generate(
+    /// A completion of `prompt` to run in slot `slot` of a decoder.
+    fn sequence(
         &self,
-        context: &mut LlamaContext<'_>,
+        slot: usize,
         prompt: &[u32],
         params: &SamplingParams,
-        emit: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<(FinishReason, usize), EngineError> {
+    ) -> Result<Sequence, EngineError> {
         self.check_window(prompt.len(), params.max_tokens)?;
-        let decode_error =
-            |error: llama_cpp_2::DecodeError| EngineError::Input(format!("decode failed: {error}"));
-        context.clear_kv_cache();
-        let mut batch = LlamaBatch::new(prompt.len().max(1), 1);
-        for (position, &token) in prompt.iter().enumerate() {
-            let last = position + 1 == prompt.len();
-            batch
-                .add(LlamaToken(token as i32), position as i32, &[0], last)
-                .map_err(|error| EngineError::Input(error.to_string()))?;
+        if prompt.is_empty() {
+            return Err(EngineError::Input("the prompt has no tokens".to_owned()));
         }
-        context.decode(&mut batch).map_err(decode_error)?;
-        let mut sampler = self.sampler(params);
-        let mut text = StopScanner::new(&params.stop);
-        let mut utf8 = Vec::new();
-        let mut logits_index = batch.n_tokens() - 1;
-        for (generated, position) in (0..params.max_tokens).zip(prompt.len()..) {
-            let token = sampler.sample(context, logits_index);
-            sampler.accept(token);
-            if self.model.vocab().is_eog(token) {
-                emit_all(&mut text, emit);
-                return Ok((FinishReason::Stop, generated));
-            }
-            utf8.extend(self.model.vocab().token_to_piece(token, false, None));
-            let complete = complete_utf8(&mut utf8);
-            match text.push(&complete) {
-                Scan::Continue(ready) => {
-                    if !ready.is_empty() && !emit(&ready) {
-                        return Ok((FinishReason::Stop, generated + 1));
-                    }
-                }
-                Scan::Stopped(ready) => {
-                    if !ready.is_empty() {
-                        emit(&ready);
-                    }
-                    return Ok((FinishReason::Stop, generated + 1));
-                }
-            }
-            batch.clear();
-            batch
-                .add(token, position as i32, &[0], true)
-                .map_err(|error| EngineError::Input(error.to_string()))?;
-            logits_index = 0;
-            context.decode(&mut batch).map_err(decode_error)?;
-        }
-        emit_all(&mut text, emit);
-        Ok((FinishReason::Length, params.max_tokens))
+        Ok(Sequence {
+            slot: slot as i32,
+            tokens: prompt.iter().map(|&token| LlamaToken(token as i32)).collect(),
+            cached: 0,
+            prompt_tokens: prompt.len(),
+            max_tokens: params.max_tokens,
+            sampler: self.sampler(params),
+            text: StopScanner::new(params.stop.clone()),
+            utf8: Vec::new(),
+            logits: None,
+        })
     }
 
     fn sampler(&self, params: &SamplingParams) -> LlamaSampler {
@@ -214,10 +190,267 @@ impl ChatModel {
     }
 }
 
-fn emit_all(text: &mut StopScanner, emit: &mut dyn FnMut(&str) -> bool) {
-    let rest = text.finish();
-    if !rest.is_empty() {
-        emit(&rest);
+/// The GGUF's chat template, a Jinja template run the way Hugging Face's
+/// `apply_chat_template` runs it (blocks trimmed, Python string methods),
+/// so the prompt is exactly the one the model was trained on: llama.cpp's
+/// built-in approximations drop parts such as a default system message.
+struct ChatTemplate {
+    environment: minijinja::Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl ChatTemplate {
+    fn new(source: String, bos_token: String, eos_token: String) -> Result<Self, EngineError> {
+        let mut environment = minijinja::Environment::new();
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(|error| EngineError::Load(format!("template syntax: {error}")))?;
+        environment.set_syntax(syntax);
+        environment.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        environment.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
+        });
+        environment.add_template_owned("chat", source).map_err(|error| {
+            EngineError::Load(format!("the GGUF's chat template does not parse: {error}"))
+        })?;
+        Ok(Self { environment, bos_token, eos_token })
+    }
+
+    fn render(&self, messages: &[(String, String)]) -> Result<String, EngineError> {
+        let messages: Vec<_> = messages
+            .iter()
+            .map(|(role, content)| minijinja::context! { role => role, content => content })
+            .collect();
+        let template = self
+            .environment
+            .get_template("chat")
+            .map_err(|error| EngineError::Input(format!("cannot apply the chat template: {error}")))?;
+        template
+            .render(minijinja::context! {
+                messages => messages,
+                add_generation_prompt => true,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+            })
+            .map_err(|error| EngineError::Input(format!("cannot apply the chat template: {error}")))
+    }
+}
+
+/// Most sequences one decoder holds at once.
+pub const MAX_SLOTS: usize = 64;
+
+/// Most tokens fed to the model in one step: a long prompt is read in
+/// chunks of this size, so the sequences already generating beside it wait
+/// at most one chunk for their next token.
+const STEP_TOKENS: usize = 512;
+
+/// One completion in a decoder: its tokens so far (the prompt, then what was
+/// generated) and how many of them its part of the KV cache holds.
+pub struct Sequence {
+    slot: i32,
+    tokens: Vec<LlamaToken>,
+    /// How many of `tokens` (from the start) are in the KV cache; the rest
+    /// are fed in the next steps.
+    cached: usize,
+    prompt_tokens: usize,
+    max_tokens: usize,
+    sampler: LlamaSampler,
+    text: StopScanner,
+    utf8: Vec<u8>,
+    /// Where this sequence's logits are in the last batch, if it has some.
+    logits: Option<i32>,
+}
+
+impl Sequence {
+    pub fn slot(&self) -> usize {
+        self.slot as usize
+    }
+
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
+    pub fn completion_tokens(&self) -> usize {
+        self.tokens.len() - self.prompt_tokens
+    }
+
+    /// The ids of the tokens generated so far.
+    pub fn generated_ids(&self) -> Vec<u32> {
+        self.tokens[self.prompt_tokens..].iter().map(|token| token.0 as u32).collect()
+    }
+
+    /// Whether its prompt is still being read, as opposed to one token fed
+    /// per step.
+    pub fn is_reading(&self) -> bool {
+        self.tokens.len() - self.cached > 1 || self.completion_tokens() == 0
+    }
+}
+
+/// What one step did for one sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// Its input is not all read yet; no token this step.
+    Reading,
+    /// Its next token was decided; the text now safe to send (may be empty:
+    /// part of a character, or of a possible stop string).
+    Text(String),
+    /// The completion ended, with its last text.
+    Finished { text: String, reason: FinishReason, completion_tokens: usize },
+}
+
+/// A llama.cpp context running several sequences together: each step feeds
+/// every sequence its next input in one batch (continuous batching: a new
+/// sequence joins between steps, and a finished one leaves).
+pub struct Decoder<'m> {
+    model: &'m ChatModel,
+    context: LlamaContext<'m>,
+    batch: LlamaBatch<'m>,
+    batch_tokens: usize,
+    slots: usize,
+}
+
+impl<'m> Decoder<'m> {
+    /// Sequences it can hold at once.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Starts a completion of `prompt` in `slot` (one no other live
+    /// sequence uses); it is read in the next steps.
+    pub fn start(
+        &mut self,
+        slot: usize,
+        prompt: &[u32],
+        params: &SamplingParams,
+    ) -> Result<Sequence, EngineError> {
+        if slot >= self.slots {
+            return Err(EngineError::Input(format!("slot {slot} of a decoder with {} slots", self.slots)));
+        }
+        let mut sequence = self.model.sequence(slot, prompt, params)?;
+        self.release(&mut sequence);
+        Ok(sequence)
+    }
+
+    /// Drops a sequence's cells from the KV cache (it finished or was
+    /// cancelled); its slot is free again.
+    pub fn release(&mut self, sequence: &mut Sequence) {
+        let _ = self.context.clear_kv_cache_seq(Some(sequence.slot as u32), None, None);
+        sequence.cached = 0;
+        sequence.logits = None;
+    }
+
+    /// Feeds each sequence its next input in one batch (those generating
+    /// first, one token each; then chunks of the prompts being read), then
+    /// decides the next token of each sequence whose input is all read.
+    /// On an error, the cache holds none of this step's tokens.
+    pub fn step(&mut self, sequences: &mut [&mut Sequence]) -> Result<Vec<Progress>, EngineError> {
+        self.batch.clear();
+        let mut budget = self.batch_tokens;
+        let mut fed = vec![0; sequences.len()];
+        let generating_first = (0..sequences.len())
+            .filter(|&index| !sequences[index].is_reading())
+            .chain((0..sequences.len()).filter(|&index| sequences[index].is_reading()));
+        for index in generating_first.collect::<Vec<_>>() {
+            let sequence = &mut *sequences[index];
+            sequence.logits = None;
+            let count = (sequence.tokens.len() - sequence.cached).min(budget);
+            for offset in 0..count {
+                let position = sequence.cached + offset;
+                let last = position + 1 == sequence.tokens.len();
+                self.batch
+                    .add(sequence.tokens[position], position as i32, &[sequence.slot], last)
+                    .map_err(|error| EngineError::Input(error.to_string()))?;
+                if last {
+                    sequence.logits = Some(self.batch.n_tokens() - 1);
+                }
+            }
+            fed[index] = count;
+            budget -= count;
+        }
+        if self.batch.n_tokens() > 0 {
+            if let Err(error) = self.context.decode(&mut self.batch) {
+                for (sequence, &count) in sequences.iter_mut().zip(&fed) {
+                    if count > 0 {
+                        self.release(sequence);
+                    }
+                }
+                return Err(EngineError::Input(format!("decode failed: {error}")));
+            }
+        }
+        let mut progress = Vec::with_capacity(sequences.len());
+        for (sequence, count) in sequences.iter_mut().zip(fed) {
+            sequence.cached += count;
+            progress.push(match sequence.logits.take() {
+                Some(index) => self.decide(sequence, index),
+                None => Progress::Reading,
+            });
+        }
+        Ok(progress)
+    }
+
+    /// Samples a sequence's next token from its logits at `index`.
+    fn decide(&mut self, sequence: &mut Sequence, index: i32) -> Progress {
+        let vocabulary = self.model.model.vocab();
+        // Also records the token in the sampler (for the penalties).
+        let token = sequence.sampler.sample(&self.context, index);
+        if vocabulary.is_eog(token) {
+            let text = sequence.text.finish();
+            return Progress::Finished {
+                text,
+                reason: FinishReason::Stop,
+                completion_tokens: sequence.completion_tokens(),
+            };
+        }
+        sequence.tokens.push(token);
+        sequence.utf8.extend(vocabulary.token_to_piece(token, false, None));
+        let complete = complete_utf8(&mut sequence.utf8);
+        let completion_tokens = sequence.completion_tokens();
+        match sequence.text.push(&complete) {
+            Scan::Stopped(text) => Progress::Finished { text, reason: FinishReason::Stop, completion_tokens },
+            Scan::Continue(mut text) if completion_tokens >= sequence.max_tokens => {
+                text.push_str(&String::from_utf8_lossy(&std::mem::take(&mut sequence.utf8)));
+                text.push_str(&sequence.text.finish());
+                Progress::Finished { text, reason: FinishReason::Length, completion_tokens }
+            }
+            Scan::Continue(text) => Progress::Text(text),
+        }
+    }
+
+    /// Generates one completion alone, calling `emit` with each piece of
+    /// text as it is decided (never a part of a stop string, never half a
+    /// UTF-8 character); `emit` returns false to cancel. Returns why it
+    /// stopped and how many tokens it generated.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &SamplingParams,
+        emit: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(FinishReason, usize), EngineError> {
+        let mut sequence = self.start(0, prompt, params)?;
+        let outcome = loop {
+            match self.step(&mut [&mut sequence]) {
+                Err(error) => break Err(error),
+                Ok(progress) => match progress.into_iter().next() {
+                    Some(Progress::Text(text)) => {
+                        if !text.is_empty() && !emit(&text) {
+                            break Ok((FinishReason::Stop, sequence.completion_tokens()));
+                        }
+                    }
+                    Some(Progress::Finished { text, reason, completion_tokens }) => {
+                        if !text.is_empty() {
+                            emit(&text);
+                        }
+                        break Ok((reason, completion_tokens));
+                    }
+                    Some(Progress::Reading) | None => {}
+                },
+            }
+        };
+        self.release(&mut sequence);
+        outcome
     }
 }
 
@@ -246,13 +479,13 @@ enum Scan {
 }
 
 /// Holds back the end of the text that could still become a stop string.
-struct StopScanner<'a> {
-    stops: &'a [String],
+struct StopScanner {
+    stops: Vec<String>,
     pending: String,
 }
 
-impl<'a> StopScanner<'a> {
-    fn new(stops: &'a [String]) -> Self {
+impl StopScanner {
+    fn new(stops: Vec<String>) -> Self {
         Self { stops, pending: String::new() }
     }
 
@@ -293,11 +526,11 @@ mod tests {
     #[test]
     fn stop_strings_are_held_back_across_pieces_and_cut() {
         let stops = vec!["END".to_owned()];
-        let mut scanner = StopScanner::new(&stops);
+        let mut scanner = StopScanner::new(stops.clone());
         assert!(matches!(scanner.push("hello E"), Scan::Continue(text) if text == "hello "));
         assert!(matches!(scanner.push("N"), Scan::Continue(text) if text.is_empty()));
         assert!(matches!(scanner.push("Dgame"), Scan::Stopped(text) if text.is_empty()));
-        let mut scanner = StopScanner::new(&stops);
+        let mut scanner = StopScanner::new(stops.clone());
         assert!(matches!(scanner.push("E"), Scan::Continue(text) if text.is_empty()));
         assert!(matches!(scanner.push("x"), Scan::Continue(text) if text == "Ex"));
         assert_eq!(scanner.finish(), "");

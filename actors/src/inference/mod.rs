@@ -3,8 +3,11 @@
 //! Embeddings run on [`Bert`], a packed-batch BERT encoder in f32. Each
 //! model has an [`EmbeddingPool`]: a bounded queue that sheds load at
 //! admission, and [`InferenceWorker`] actors, each owning a dedicated
-//! thread that batches requests across callers. The chat engine joins this
-//! module next.
+//! thread that batches requests across callers.
+//!
+//! Chat runs on [`ChatModel`], a GGUF model through llama.cpp. Each model
+//! has a [`ChatPool`] whose workers each own a [`Decoder`]: one context
+//! running several completions together, a new one joining between steps.
 
 mod actor;
 mod bert;
@@ -16,7 +19,7 @@ mod pool;
 
 pub use self::actor::InferenceWorker;
 pub use self::bert::{Bert, BertTokenizer};
-pub use self::chat::{ChatEvent, ChatPool};
+pub use self::chat::{ChatEvent, ChatEvents, ChatPool};
 pub use self::engine::{EmbeddingEngine, EngineError};
-pub use self::llama::{ChatModel, FinishReason, SamplingParams};
+pub use self::llama::{ChatModel, Decoder, FinishReason, Progress, SamplingParams, Sequence, MAX_SLOTS};
 pub use self::pool::{BatchSettings, EmbeddingPool, EmbeddingResult, Overloaded, WorkError, WorkerExit};

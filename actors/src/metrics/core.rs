@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use hdrhistogram::Histogram as Hdr;
 use metrics::{describe_counter, describe_gauge, Gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use parking_lot::Mutex;
 use serde::Serialize;
 
@@ -34,7 +34,7 @@ fn install_recorder() -> Result<PrometheusHandle, MetricsError> {
     if let Some(handle) = PROMETHEUS.get() {
         return Ok(handle.clone());
     }
-    let recorder = PrometheusBuilder::new().build_recorder();
+    let recorder = inference_buckets(PrometheusBuilder::new())?.build_recorder();
     let handle = recorder.handle();
     // Losing the race to another thread leaves its recorder installed; use its handle.
     if metrics::set_global_recorder(recorder).is_err() {
@@ -44,6 +44,28 @@ fn install_recorder() -> Result<PrometheusHandle, MetricsError> {
             .ok_or_else(|| MetricsError::Recorder("another recorder is installed".to_owned()));
     }
     Ok(PROMETHEUS.get_or_init(|| handle).clone())
+}
+
+/// The inference series are histograms (buckets can be summed across
+/// replicas, unlike quantiles); the buckets fit what each one measures.
+fn inference_buckets(builder: PrometheusBuilder) -> Result<PrometheusBuilder, MetricsError> {
+    const SECONDS: &[f64] =
+        &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+    const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+    let seconds = [
+        "blaze_inference_duration_seconds",
+        "blaze_time_to_first_token_seconds",
+        "blaze_time_per_output_token_seconds",
+    ];
+    let mut builder = builder;
+    for name in seconds {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(name.to_owned()), SECONDS)
+            .map_err(|error| MetricsError::Recorder(error.to_string()))?;
+    }
+    builder
+        .set_buckets_for_metric(Matcher::Full("blaze_inference_batch_size".to_owned()), BATCH)
+        .map_err(|error| MetricsError::Recorder(error.to_string()))
 }
 
 fn describe_metrics() {

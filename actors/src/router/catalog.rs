@@ -38,6 +38,15 @@ pub struct ModelSpec {
     pub max_wait_ms: u64,
     /// Requests waiting beyond the running ones; more get 429.
     pub queue_capacity: usize,
+    /// Chat: tokens one sequence holds (prompt and completion), at most the
+    /// model's trained window. Each worker keeps a KV cache of
+    /// `max_batch` x `context_length` tokens.
+    #[serde(default = "default_context_length")]
+    pub context_length: usize,
+}
+
+fn default_context_length() -> usize {
+    2048
 }
 
 /// Where a model comes from, parsed from [`ModelSpec::source`].

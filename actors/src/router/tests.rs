@@ -16,6 +16,7 @@ fn spec(source: &str, sha256: &str, files: &[(&str, &str)]) -> ModelSpec {
         threads: 1,
         max_batch: 8,
         max_wait_ms: 1,
+        context_length: 2048,
         queue_capacity: 8,
     }
 }

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Chat engine speed beside llama.cpp, in the same run, on the same GGUF and
+# prompt: prompt processing and decode tokens/s of one sequence, then 8
+# sequences decoded together (aggregate tokens/s against one stream); then,
+# over HTTP on a running release server, time to first token of a
+# 100-token prompt and the 8-stream aggregate, and resident memory.
+#
+#   load/bench/chat.sh REFERENCE_PYTHON [ROUNDS]
+#
+# REFERENCE_PYTHON: a Python with llama-cpp-python installed (see
+# ../shared/anchors/README.md); ../shared/anchors/bench_llama.py runs with it.
+set -euo pipefail
+python=${1:?usage: chat.sh REFERENCE_PYTHON [ROUNDS]}
+rounds=${2:-2}
+[ "$rounds" -ge 1 ] && [ "$rounds" -le 10 ] || { echo "ROUNDS must be 1..10" >&2; exit 2; }
+. "$(dirname "$0")/common.sh"
+anchors=${ANCHORS:-$root/../shared/anchors}
+
+"$bin/blaze" models pull smollm2-135m-instruct >/dev/null
+gguf=${BLAZE_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/blaze/models}/smollm2-135m-instruct/model.gguf
+work=$(mktemp -d)
+pid=
+trap '[ -z "$pid" ] || kill $pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+
+# Alternate the engines; the reference writes the prompt ids both use.
+for round in $(seq "$rounds"); do
+  echo "# round $round"
+  "$python" "$anchors/bench_llama.py" "$gguf" "$work/prompt_ids.txt" 128 128 3 2 2>/dev/null | grep '^RESULT'
+  "$bin/blaze-chat-bench" "$gguf" "$work/prompt_ids.txt" --generate 128 --repeats 3 --threads 2 --streams 8 \
+    2>/dev/null | grep '^RESULT'
+done
+
+port=18482
+BLAZE__SERVER__PORT=$port "$bin/blaze" serve --offline > "$work/blaze.log" 2>&1 &
+pid=$!
+for _ in $(seq 300); do curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.1; done
+curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null || { cat "$work/blaze.log" >&2; exit 1; }
+url=http://127.0.0.1:$port
+# About 100 prompt tokens with the chat template; 64 completion tokens.
+python3 "$root/load/bench/chat.py" "$url" smollm2-135m-instruct 75 64 5 1
+python3 "$root/load/bench/chat.py" "$url" smollm2-135m-instruct 75 128 3 8
+echo "RESULT resident_memory_mb=$(awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' /proc/$pid/status) (both models loaded)"
