@@ -180,6 +180,8 @@ struct Running {
     job: ChatJob,
     sequence: Sequence,
     first_token: Option<Instant>,
+    /// Some text reached the client (the test hook panics after that).
+    sent_text: bool,
 }
 
 /// One worker's state: its decoder and the completions it runs.
@@ -280,7 +282,7 @@ impl<'a> Worker<'a> {
         match self.decoder.start(slot, &job.prompt, &job.params) {
             Ok(sequence) => {
                 self.metrics.prompt_tokens.increment(sequence.prompt_tokens() as u64);
-                self.running.push(Running { job, sequence, first_token: None });
+                self.running.push(Running { job, sequence, first_token: None, sent_text: false });
             }
             Err(error) => {
                 self.free_slots.push(slot);
@@ -321,13 +323,14 @@ impl<'a> Worker<'a> {
                 self.metrics.time_to_first_token.record(running.job.queued_at.elapsed().as_secs_f64());
             }
             #[cfg(feature = "test-hooks")]
-            if running.job.panic && running.sequence.completion_tokens() > 1 {
+            if running.job.panic && running.sent_text {
                 #[allow(clippy::panic)]
                 {
                     panic!("test hook: chat worker told to panic");
                 }
             }
             if !text.is_empty() {
+                running.sent_text = true;
                 // A client that went away is dropped before the next step.
                 let _ = running.job.events.send(ChatEvent::Text(text));
             }
