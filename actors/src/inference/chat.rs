@@ -137,16 +137,7 @@ impl ChatPool {
         let model = &self.shared.model;
         let mut decoder = model.decoder(threads, 1)?;
         let prompt = model.tokenize(&model.render(&[("user".to_owned(), "Hi".to_owned())])?, true);
-        let params = SamplingParams {
-            max_tokens: 1,
-            temperature: 0.0,
-            top_p: 1.0,
-            seed: 0,
-            presence_penalty: 0.0,
-            frequency_penalty: 0.0,
-            stop: Vec::new(),
-        };
-        decoder.generate(&prompt, &params, &mut |_| true)?;
+        decoder.generate(&prompt, &SamplingParams::greedy(1), &mut |_| true)?;
         self.shared.ready.store(true, Ordering::Relaxed);
         Ok(())
     }

@@ -33,18 +33,6 @@ struct Args {
     streams: usize,
 }
 
-fn greedy(max_tokens: usize) -> SamplingParams {
-    SamplingParams {
-        max_tokens,
-        temperature: 0.0,
-        top_p: 1.0,
-        seed: 0,
-        presence_penalty: 0.0,
-        frequency_penalty: 0.0,
-        stop: Vec::new(),
-    }
-}
-
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -106,8 +94,9 @@ fn main() -> Result<(), String> {
 
     let (mut prompt_rates, mut decode_rates, mut ids) = (Vec::new(), Vec::new(), Vec::new());
     for repeat in 0..=args.repeats {
-        let mut sequence =
-            decoder.start(0, &prompt, &greedy(args.generate + 1)).map_err(|error| error.to_string())?;
+        let mut sequence = decoder
+            .start(0, &prompt, &SamplingParams::greedy(args.generate + 1))
+            .map_err(|error| error.to_string())?;
         let started = Instant::now();
         decoder.step(&mut [&mut sequence]).map_err(|error| error.to_string())?;
         let prompt_rate = prompt.len() as f64 / started.elapsed().as_secs_f64();
@@ -144,7 +133,7 @@ fn main() -> Result<(), String> {
             // Each stream starts from the same prompt read once per stream;
             // the rate counts decoding only, after the first token.
             let mut sequences = (0..args.streams)
-                .map(|slot| decoder.start(slot, &prompt, &greedy(args.generate)))
+                .map(|slot| decoder.start(slot, &prompt, &SamplingParams::greedy(args.generate)))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|error| error.to_string())?;
             let (generated, seconds) = run_together(&mut decoder, &mut sequences)?;
