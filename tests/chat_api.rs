@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{client, config_file, expect_error, Server};
+use common::{client, config_file, decoding_turn, expect_error, Server};
 use serde_json::{json, Value};
 
 const MODEL: &str = "smollm2-135m-instruct";
@@ -40,6 +40,7 @@ fn events(body: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_chat_completion_answers_in_openai_shape_with_exact_usage() {
+    let _turn = decoding_turn().await;
     let server = Server::start(&[], &[]).await;
     let body: Value = post(&server, "/v1/chat/completions", &question(json!({}))).await.json().await.unwrap();
     assert_eq!(body["object"], "chat.completion");
@@ -81,6 +82,7 @@ async fn a_chat_completion_answers_in_openai_shape_with_exact_usage() {
 
 #[tokio::test]
 async fn streaming_sends_sse_chunks_usage_and_done() {
+    let _turn = decoding_turn().await;
     let server = Server::start(&[], &[]).await;
     let plain: Value =
         post(&server, "/v1/chat/completions", &question(json!({}))).await.json().await.unwrap();
@@ -114,6 +116,7 @@ async fn streaming_sends_sse_chunks_usage_and_done() {
 
 #[tokio::test]
 async fn text_completions_continue_the_prompt() {
+    let _turn = decoding_turn().await;
     let server = Server::start(&[], &[]).await;
     let body =
         json!({ "model": MODEL, "prompt": "The capital of France is", "temperature": 0, "max_tokens": 5 });
@@ -126,6 +129,7 @@ async fn text_completions_continue_the_prompt() {
 
 #[tokio::test]
 async fn bad_chat_requests_get_400s_that_name_the_field() {
+    let _turn = decoding_turn().await;
     let server = Server::start(&[], &[]).await;
     let long = "word ".repeat(9000);
     let cases = [
@@ -171,6 +175,7 @@ async fn bad_chat_requests_get_400s_that_name_the_field() {
 
 #[tokio::test]
 async fn a_worker_panic_mid_stream_ends_it_with_an_error_event_and_the_worker_comes_back() {
+    let _turn = decoding_turn().await;
     let server = Server::start(&[], &[]).await;
     let panicking = json!({
         "model": MODEL,
@@ -201,6 +206,7 @@ async fn a_worker_panic_mid_stream_ends_it_with_an_error_event_and_the_worker_co
 
 #[tokio::test]
 async fn a_full_chat_queue_answers_429_at_once() {
+    let _turn = decoding_turn().await;
     let file = config_file(&format!(
         "models:\n  catalog:\n    {MODEL}:\n      max_batch: 1\n      queue_capacity: 1\n"
     ));
@@ -232,6 +238,7 @@ async fn model_metric(server: &Server, series: &str) -> f64 {
 
 #[tokio::test]
 async fn a_stream_whose_client_goes_away_stops_generating() {
+    let _turn = decoding_turn().await;
     let server = Server::start(&[], &[]).await;
     let long = question(json!({ "max_tokens": 1500, "temperature": 1.0, "seed": 7, "stream": true,
         "messages": [{ "role": "user", "content": "Write a very long story about a dragon." }] }));
@@ -261,6 +268,7 @@ async fn a_stream_whose_client_goes_away_stops_generating() {
 
 #[tokio::test]
 async fn concurrent_streams_share_the_decoder_and_each_gets_its_own_answer() {
+    let _turn = decoding_turn().await;
     let server = Server::start(&[], &[]).await;
     let questions = ["What is the capital of France?", "Name three colors.", "What is 3 times 4?", "Say hi."];
     let alone = {

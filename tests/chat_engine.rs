@@ -8,6 +8,16 @@ use blaze_actors::router::{ModelCache, ModelFiles};
 
 const MODEL: &str = "smollm2-135m-instruct";
 
+/// The tests take turns: llama.cpp's compute threads spin at barriers, so
+/// decoders running at once on two cores starve each other.
+static DECODING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn decoding_turn() -> std::sync::MutexGuard<'static, ()> {
+    // A test that failed while holding the turn leaves it poisoned; the
+    // others still run.
+    DECODING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn model() -> std::sync::Arc<ChatModel> {
     let settings = Settings::load(&ConfigSources::default()).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -47,6 +57,7 @@ fn complete(model: &ChatModel, prompt: &[u32], params: &SamplingParams) -> (Stri
 
 #[test]
 fn generation_follows_the_template_and_the_sampling_parameters() {
+    let _turn = decoding_turn();
     let model = model();
     let rendered = model
         .render(&[("user".to_owned(), "What is the capital of France? Answer in one word.".to_owned())])
@@ -116,6 +127,7 @@ fn complete_together(model: &ChatModel, prompts: &[Vec<u32>], params: &SamplingP
 
 #[test]
 fn sequences_decoded_together_match_each_decoded_alone() {
+    let _turn = decoding_turn();
     let model = model();
     let questions =
         ["What is 2 + 2?", "Name a color.", "Say hello in French.", "What is the capital of Italy?"];
@@ -161,6 +173,7 @@ fn greedy_ids(model: &ChatModel, prompts: &[Vec<u32>], max_tokens: usize) -> Vec
 /// llama-cpp-python) on the same GGUF, with the GGUF's Jinja template.
 #[test]
 fn prompts_tokens_and_greedy_ids_match_llama_cpp() {
+    let _turn = decoding_turn();
     let fixture: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/chat-smollm2-135m-instruct.json")).unwrap();
     let model = model();

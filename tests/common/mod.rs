@@ -10,6 +10,19 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_blaze");
 
+/// One test of a binary at a time may generate text: llama.cpp's compute
+/// threads spin at every barrier, so eight servers decoding at once on two
+/// cores do not share the cores, they starve each other (requests of 40
+/// tokens then ran past the 30 s client limit in CI). Tests that generate
+/// take a turn first.
+static DECODING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// Waits for this test's turn to generate text; the turn lasts as long as
+/// the permit.
+pub async fn decoding_turn() -> tokio::sync::SemaphorePermit<'static> {
+    DECODING.acquire().await.expect("the semaphore is never closed")
+}
+
 pub struct Server {
     child: Child,
     pub address: String,
