@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use safetensors::SafeTensors;
 use serde::Deserialize;
 
+use super::amx;
 use super::engine::{EmbeddingEngine, EngineError};
 use super::kernels;
 
@@ -33,14 +34,14 @@ struct SentenceBertConfig {
 
 struct Layer {
     /// `[hidden, 3 * hidden]`: query, key and value side by side.
-    qkv_weight: Vec<f32>,
+    qkv_weight: Dense,
     qkv_bias: Vec<f32>,
-    output_weight: Vec<f32>,
+    output_weight: Dense,
     output_bias: Vec<f32>,
     attention_norm: (Vec<f32>, Vec<f32>),
-    up_weight: Vec<f32>,
+    up_weight: Dense,
     up_bias: Vec<f32>,
-    down_weight: Vec<f32>,
+    down_weight: Dense,
     down_bias: Vec<f32>,
     output_norm: (Vec<f32>, Vec<f32>),
 }
@@ -194,19 +195,26 @@ impl Bert {
                 )?);
             }
             layers.push(Layer {
-                qkv_weight,
+                qkv_weight: Dense::new(qkv_weight, hidden, 3 * hidden),
                 qkv_bias,
-                output_weight: linear(
-                    &tensors,
-                    &format!("{prefix}.attention.output.dense.weight"),
+                output_weight: Dense::new(
+                    linear(&tensors, &format!("{prefix}.attention.output.dense.weight"), hidden, hidden)?,
                     hidden,
                     hidden,
-                )?,
+                ),
                 output_bias: tensor(&tensors, &format!("{prefix}.attention.output.dense.bias"), &[hidden])?,
                 attention_norm: norm(&format!("{prefix}.attention.output.LayerNorm"))?,
-                up_weight: linear(&tensors, &format!("{prefix}.intermediate.dense.weight"), inner, hidden)?,
+                up_weight: Dense::new(
+                    linear(&tensors, &format!("{prefix}.intermediate.dense.weight"), inner, hidden)?,
+                    hidden,
+                    inner,
+                ),
                 up_bias: tensor(&tensors, &format!("{prefix}.intermediate.dense.bias"), &[inner])?,
-                down_weight: linear(&tensors, &format!("{prefix}.output.dense.weight"), hidden, inner)?,
+                down_weight: Dense::new(
+                    linear(&tensors, &format!("{prefix}.output.dense.weight"), hidden, inner)?,
+                    inner,
+                    hidden,
+                ),
                 down_bias: tensor(&tensors, &format!("{prefix}.output.dense.bias"), &[hidden])?,
                 output_norm: norm(&format!("{prefix}.output.LayerNorm"))?,
             });
@@ -299,7 +307,7 @@ impl Bert {
             (config.hidden_size, config.intermediate_size, config.num_attention_heads);
         let head_width = hidden / heads;
         let mut qkv = vec![0.0; total * 3 * hidden];
-        matmul(&mut qkv, &states, &layer.qkv_weight, total, hidden, 3 * hidden, parallelism);
+        layer.qkv_weight.apply(&mut qkv, &states, total, parallelism);
         kernels::add_bias(&mut qkv, &layer.qkv_bias);
 
         let mut context = vec![0.0; total * hidden];
@@ -333,7 +341,7 @@ impl Bert {
         });
 
         let mut attended = vec![0.0; total * hidden];
-        matmul(&mut attended, &context, &layer.output_weight, total, hidden, hidden, parallelism);
+        layer.output_weight.apply(&mut attended, &context, total, parallelism);
         let (gamma, beta) = &layer.attention_norm;
         kernels::add_bias_residual_layer_norm(
             &mut attended,
@@ -345,10 +353,10 @@ impl Bert {
             config.layer_norm_eps,
         );
         let mut up = vec![0.0; total * inner];
-        matmul(&mut up, &attended, &layer.up_weight, total, hidden, inner, parallelism);
+        layer.up_weight.apply(&mut up, &attended, total, parallelism);
         kernels::add_bias_gelu(&mut up, &layer.up_bias);
         let mut down = vec![0.0; total * hidden];
-        matmul(&mut down, &up, &layer.down_weight, total, inner, hidden, parallelism);
+        layer.down_weight.apply(&mut down, &up, total, parallelism);
         let (gamma, beta) = &layer.output_norm;
         kernels::add_bias_residual_layer_norm(
             &mut down,
@@ -457,6 +465,35 @@ fn attend_with_gemm(
             false,
             gemm::Parallelism::None,
         );
+    }
+}
+
+/// A linear layer's `[in, out]` weight, in the form the products run on:
+/// bf16 tiles where the CPU has AMX, f32 for `gemm` otherwise.
+enum Dense {
+    F32 { weight: Vec<f32>, depth: usize, columns: usize },
+    Amx(amx::PackedWeight),
+}
+
+impl Dense {
+    fn new(weight: Vec<f32>, depth: usize, columns: usize) -> Self {
+        if amx::available() {
+            Self::Amx(amx::PackedWeight::pack(&weight, depth, columns))
+        } else {
+            Self::F32 { weight, depth, columns }
+        }
+    }
+
+    /// `out[rows, out] = lhs[rows, in] · weight`.
+    fn apply(&self, out: &mut [f32], lhs: &[f32], rows: usize, parallelism: gemm::Parallelism) {
+        match self {
+            Self::F32 { weight, depth, columns } => {
+                matmul(out, lhs, weight, rows, *depth, *columns, parallelism)
+            }
+            Self::Amx(packed) => {
+                amx::product(out, lhs, rows, packed, !matches!(parallelism, gemm::Parallelism::None))
+            }
+        }
     }
 }
 

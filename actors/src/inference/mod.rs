@@ -10,6 +10,7 @@
 //! running several completions together, a new one joining between steps.
 
 mod actor;
+mod amx;
 mod bert;
 mod chat;
 mod engine;
