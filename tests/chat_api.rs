@@ -14,7 +14,7 @@ fn question(extra: Value) -> Value {
         "model": MODEL,
         "messages": [
             { "role": "system", "content": "You are a helpful assistant." },
-            { "role": "user", "content": "What is the capital of France?" },
+            { "role": "user", "content": "What is the capital city of France?" },
         ],
         "temperature": 0,
         "max_tokens": 40,

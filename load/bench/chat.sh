@@ -25,20 +25,7 @@ trap '[ -z "$pid" ] || kill $pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' 
 # Alternate the engines; the reference writes the prompt ids both use.
 for round in $(seq "$rounds"); do
   echo "# round $round"
-  # As Blaze, without llama.cpp's AMX kernels (they die with SIGILL on
-  # machines that list AMX without running it).
-  "$python" - "$anchors/bench_llama.py" "$gguf" "$work/prompt_ids.txt" 128 128 3 2 2>/dev/null <<'PY' | grep '^RESULT'
-import runpy, sys
-import llama_cpp.llama_cpp as native
-defaults = native.llama_model_default_params
-def without_extra_buffers():
-    params = defaults()
-    params.use_extra_bufts = False
-    return params
-native.llama_model_default_params = without_extra_buffers
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-PY
+  "$python" "$anchors/bench_llama.py" "$gguf" "$work/prompt_ids.txt" 128 128 3 2 2>/dev/null | grep '^RESULT'
   "$bin/blaze-chat-bench" "$gguf" "$work/prompt_ids.txt" --generate 128 --repeats 3 --threads 2 --streams 8 \
     2>/dev/null | grep '^RESULT'
 done

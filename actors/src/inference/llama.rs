@@ -81,6 +81,14 @@ pub struct ChatModel {
     context_length: usize,
 }
 
+/// Whether llama.cpp was built with its AMX kernels (the Q4_1 products on
+/// AMX tiles, on a CPU that has them); they round differently from its
+/// plain CPU kernels.
+pub fn llama_has_amx() -> bool {
+    // SAFETY: a constant query without arguments.
+    unsafe { llama_cpp_sys_2::ggml_cpu_has_amx_int8() != 0 }
+}
+
 impl ChatModel {
     /// Loads a `.gguf` file; the context window of a sequence is the
     /// model's trained one, capped at `max_context`.

@@ -22,5 +22,7 @@ pub use self::actor::InferenceWorker;
 pub use self::bert::{Bert, BertTokenizer};
 pub use self::chat::{ChatEvent, ChatEvents, ChatPool};
 pub use self::engine::{EmbeddingEngine, EngineError};
-pub use self::llama::{ChatModel, Decoder, FinishReason, Progress, SamplingParams, Sequence, MAX_SLOTS};
+pub use self::llama::{
+    llama_has_amx, ChatModel, Decoder, FinishReason, Progress, SamplingParams, Sequence, MAX_SLOTS,
+};
 pub use self::pool::{BatchSettings, EmbeddingPool, EmbeddingResult, Overloaded, WorkError, WorkerExit};
