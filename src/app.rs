@@ -1,18 +1,15 @@
 //! Wiring: the actor tree, the HTTP server, and the shutdown sequence.
 
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use actix::{Actor, Addr};
+use actix::{Actor, Addr, Recipient};
 use actix_web::{App, HttpServer};
 use blaze_actors::health::{HealthMonitor, HealthMonitorConfig, HealthState};
-use blaze_actors::inference::{
-    BatchSettings, BertTokenizer, ChatModel, ChatPool, EmbeddingPool, InferenceWorker,
-};
 use blaze_actors::metrics::{MetricsAggregator, Telemetry};
-use blaze_actors::router::{ModelCache, ModelFiles, ModelHandle, ModelKind, ModelRegistry, ServedModel};
-use blaze_actors::supervisor::{ActorBoard, Backoff, ChildSpec, StartAll, StopAll, Supervisor};
+use blaze_actors::router::{ModelCache, ModelRegistry, Router};
+use blaze_actors::supervisor::{ActorBoard, Adopt, Backoff, ChildSpec, StartAll, StopAll, Supervisor};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
@@ -44,79 +41,24 @@ struct Shared {
     models: ModelRegistry,
 }
 
-/// The served models and the worker actors that compute for them.
-fn served_models(settings: &Settings) -> Result<(ModelRegistry, Vec<ChildSpec>), String> {
-    let cache = ModelCache::from_environment();
-    let created =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs());
-    let (mut served, mut specs) = (Vec::new(), Vec::new());
-    for (id, spec) in &settings.models.catalog {
-        if spec.kind == ModelKind::Chat {
-            let path = match cache.locate(id, spec) {
-                Some(ModelFiles::File(path)) => path,
-                Some(ModelFiles::Directory(directory)) => directory.join("model.gguf"),
-                None => {
-                    return Err(format!("{id}: its files are not in the cache; run `blaze models pull {id}`"))
-                }
-            };
-            let model =
-                ChatModel::load(&path, spec.context_length).map_err(|error| format!("{id}: {error}"))?;
-            let pool = ChatPool::new(id, model, spec.max_batch, spec.queue_capacity);
-            let worker_pool = pool.clone();
-            let threads = spec.threads;
-            specs.extend(worker_specs(id, spec.workers, move || {
-                InferenceWorker::chat(worker_pool.clone(), threads)
-            }));
-            served.push(ServedModel {
-                id: id.clone(),
-                kind: spec.kind,
-                created,
-                handle: ModelHandle::Chat(pool),
-            });
-            continue;
-        }
-        let directory = match cache.locate(id, spec) {
-            Some(ModelFiles::Directory(directory)) => directory,
-            _ => return Err(format!("{id}: its files are not in the cache; run `blaze models pull {id}`")),
+/// The Router, which loads the models and hands their workers to the
+/// supervisor (known once it runs, hence the cell).
+fn router_spec(
+    settings: &Settings,
+    shared: &Shared,
+    supervisor: Arc<OnceLock<Recipient<Adopt>>>,
+) -> ChildSpec {
+    let catalog = Arc::new(settings.models.catalog.clone());
+    let registry = shared.models.clone();
+    ChildSpec::new("router", true, move || {
+        let started = match supervisor.get() {
+            Some(supervisor) => {
+                Router::start(&catalog, &ModelCache::from_environment(), registry.clone(), supervisor)
+            }
+            None => Err("the supervisor is not running yet".to_owned()),
         };
-        let tokenizer = BertTokenizer::load(&directory).map_err(|error| format!("{id}: {error}"))?;
-        let batching = BatchSettings {
-            max_batch: spec.max_batch,
-            max_wait: Duration::from_millis(spec.max_wait_ms),
-            queue_capacity: spec.queue_capacity,
-        };
-        let pool = EmbeddingPool::new(id, Arc::new(tokenizer), batching);
-        let (worker_pool, threads) = (pool.clone(), spec.threads);
-        specs.extend(worker_specs(id, spec.workers, move || {
-            InferenceWorker::embedding(worker_pool.clone(), directory.clone(), threads)
-        }));
-        served.push(ServedModel {
-            id: id.clone(),
-            kind: spec.kind,
-            created,
-            handle: ModelHandle::Embedding(pool),
-        });
-    }
-    Ok((ModelRegistry::new(served), specs))
-}
-
-/// `count` supervised workers of model `id`, named `worker:<id>:<index>`.
-fn worker_specs(
-    id: &str,
-    count: usize,
-    make: impl Fn() -> InferenceWorker + Clone + Send + Sync + 'static,
-) -> Vec<ChildSpec> {
-    (0..count)
-        .map(|index| {
-            // Child names live as long as the process; a bounded set made once.
-            let name: &'static str = Box::leak(format!("worker:{id}:{index}").into_boxed_str());
-            let make = make.clone();
-            ChildSpec::new(name, true, move || {
-                let worker = make();
-                async move { Ok(worker) }
-            })
-        })
-        .collect()
+        async move { started }
+    })
 }
 
 fn child_specs(settings: &Settings, shared: &Shared) -> Vec<ChildSpec> {
@@ -151,11 +93,13 @@ async fn serve(settings: Settings, offline: bool) -> Result<(), String> {
         Duration::from_secs(monitoring.retention_s),
     )
     .map_err(|error| error.to_string())?;
-    let (models, workers) = served_models(&settings)?;
+    let models = ModelRegistry::expecting(settings.models.catalog.keys().cloned());
     let shared = Shared { health: HealthState::new(build), telemetry, board: ActorBoard::default(), models };
+    let adopt = Arc::new(OnceLock::new());
     let mut specs = child_specs(&settings, &shared);
-    specs.extend(workers);
+    specs.push(router_spec(&settings, &shared, adopt.clone()));
     let supervisor = Supervisor::new(specs, shared.board.clone(), Backoff::default()).start();
+    let _ = adopt.set(supervisor.clone().recipient());
     supervisor.send(StartAll).await.map_err(|error| format!("supervisor: {error}"))?;
 
     let result = run_http(&settings, &shared, supervisor.clone()).await;

@@ -96,6 +96,16 @@ impl ApiError {
             .with_param("model")
     }
 
+    /// A catalog model that is not served yet (loading, or its load failed
+    /// and the Router tries again).
+    pub fn model_not_ready(id: &str) -> Self {
+        let message = format!("The model `{id}` is loading and not served yet; retry in 1 s");
+        let mut error =
+            Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "model_not_ready", message);
+        error.retry_after_s = Some(1);
+        error
+    }
+
     /// The model's queue is full; `retry_after_s` goes in `Retry-After`.
     pub fn overloaded(model: &str, retry_after_s: u64) -> Self {
         let message =

@@ -243,3 +243,54 @@ async fn a_client_that_disconnects_cancels_its_queued_work() {
     let counted = format!("blaze_tokens_total{{model=\"{MODEL}\",kind=\"prompt\"}} {busy_tokens}\n");
     assert!(metrics.contains(&counted), "only the busy request was computed: {metrics}");
 }
+
+#[tokio::test]
+async fn a_model_that_cannot_load_is_named_by_readiness_and_the_others_serve() {
+    let broken = tempfile::Builder::new().suffix(".gguf").tempfile().unwrap();
+    std::fs::write(broken.path(), b"GGUF but not a model").unwrap();
+    let file = config_file(&format!(
+        "models:\n  catalog:\n    broken-chat:\n      kind: chat\n      source: {}\n      sha256: ''\n      workers: 1\n      threads: 1\n      max_batch: 1\n      max_wait_ms: 1\n      queue_capacity: 1\n",
+        broken.path().display()
+    ));
+    let server = Server::listening(&[], &["--config", file.path().to_str().unwrap()]);
+    let client = client();
+    // The embedding model gets served while the broken one keeps failing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut served = false;
+    while std::time::Instant::now() < deadline && !served {
+        served = embed(&server, json!({ "model": MODEL, "input": "still served" })).await.status() == 200;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "the embedding model serves beside a broken one");
+
+    let ready = client.get(server.url("/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body = ready.text().await.unwrap();
+    assert!(body.contains("model:broken-chat") && !body.contains(&format!("model:{MODEL}")), "{body}");
+    // The probe's error says why, once a probe has run since the failure.
+    let mut why = Value::Null;
+    for _ in 0..100 {
+        let detailed: Value =
+            client.get(server.url("/health/detailed")).send().await.unwrap().json().await.unwrap();
+        why = detailed["components"]["model:broken-chat"]["last_error"].clone();
+        if why.as_str().is_some_and(|error| error.contains("cannot load")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(why.as_str().is_some_and(|error| error.contains("cannot load")), "{why}");
+
+    let chat = client
+        .post(server.url("/v1/chat/completions"))
+        .json(&json!({ "model": "broken-chat", "messages": [{ "role": "user", "content": "hi" }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chat.headers()["retry-after"], "1");
+    expect_error(chat, 503, "model_not_ready").await;
+    let listed: Value = client.get(server.url("/v1/models")).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> =
+        listed["data"].as_array().unwrap().iter().map(|model| model["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&MODEL) && !ids.contains(&"broken-chat"), "{ids:?}");
+    server.wait_event("actor stopped unexpectedly; restarting", |event| event["actor"] == "router").await;
+}

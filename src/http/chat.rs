@@ -94,10 +94,10 @@ fn invalid(code: &'static str, param: &str, message: String) -> ApiError {
     ApiError::bad_request(code, message).with_param(param)
 }
 
-fn chat_pool<'a>(state: &'a AppState, id: &str) -> Result<&'a ChatPool, ApiError> {
-    let model = state.models.get(id).ok_or_else(|| ApiError::model_not_found(id))?;
+fn chat_pool(state: &AppState, id: &str) -> Result<ChatPool, ApiError> {
+    let model = super::openai::find_model(state, id)?;
     match &model.handle {
-        ModelHandle::Chat(pool) => Ok(pool),
+        ModelHandle::Chat(pool) => Ok(pool.clone()),
         ModelHandle::Embedding(_) => {
             Err(invalid("invalid_model", "model", format!("{id} is an embedding model; use /v1/embeddings")))
         }
@@ -202,7 +202,7 @@ async fn chat_completions(
     body: web::Json<ChatRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let pool = chat_pool(&state, &body.model)?.clone();
+    let pool = chat_pool(&state, &body.model)?;
     if body.messages.is_empty() {
         return Err(invalid("invalid_messages", "messages", "messages must not be empty".to_owned()));
     }
@@ -233,7 +233,7 @@ async fn completions(
     body: web::Json<CompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let pool = chat_pool(&state, &body.model)?.clone();
+    let pool = chat_pool(&state, &body.model)?;
     let prompt = pool.model().tokenize(&body.prompt, true);
     run(&pool, &request, prompt, &body.model, &body.sampling, Kind::Text, false).await
 }

@@ -1,10 +1,12 @@
 //! The OpenAI-compatible API: `/v1/embeddings`, `/v1/models`. Same field
 //! names and shapes as OpenAI's, so the official SDKs work unchanged.
 
+use std::sync::Arc;
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine as _;
 use blaze_actors::inference::{EmbeddingPool, EngineError, WorkError};
-use blaze_actors::router::{ModelHandle, ServedModel};
+use blaze_actors::router::{ModelHandle, ModelState, ServedModel};
 use serde::{Deserialize, Serialize};
 
 use super::disconnect::client_gone;
@@ -78,8 +80,16 @@ struct Usage {
     total_tokens: usize,
 }
 
-fn find_model<'a>(state: &'a AppState, id: &str) -> Result<&'a ServedModel, ApiError> {
-    state.models.get(id).ok_or_else(|| ApiError::model_not_found(id))
+/// The served model `id`: 404 when the catalog has no such model, 503 while
+/// it is still loading or its load failed.
+pub(crate) fn find_model(state: &AppState, id: &str) -> Result<Arc<ServedModel>, ApiError> {
+    match state.models.get(id) {
+        Some(model) => Ok(model),
+        None => match state.models.state(id) {
+            ModelState::Unknown => Err(ApiError::model_not_found(id)),
+            _ => Err(ApiError::model_not_ready(id)),
+        },
+    }
 }
 
 async fn embeddings(
@@ -233,11 +243,12 @@ fn model_object(model: &ServedModel) -> ModelObject<'_> {
 }
 
 async fn list_models(state: web::Data<AppState>) -> HttpResponse {
-    let data: Vec<_> = state.models.all().map(model_object).collect();
+    let models = state.models.all();
+    let data: Vec<_> = models.iter().map(|model| model_object(model)).collect();
     HttpResponse::Ok().json(serde_json::json!({ "object": "list", "data": data }))
 }
 
 async fn get_model(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let model = find_model(&state, &id)?;
-    Ok(HttpResponse::Ok().json(model_object(model)))
+    Ok(HttpResponse::Ok().json(model_object(&model)))
 }

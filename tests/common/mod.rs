@@ -33,6 +33,14 @@ impl Server {
     /// Starts `blaze serve` with these environment variables (on top of a
     /// random port and one worker) and arguments, and waits until ready.
     pub async fn start(environment: &[(&str, &str)], arguments: &[&str]) -> Self {
+        let server = Self::listening(environment, arguments);
+        server.wait_ready().await;
+        server
+    }
+
+    /// Starts `blaze serve` as [`Server::start`] does, and returns once it
+    /// listens, ready or not.
+    pub fn listening(environment: &[(&str, &str)], arguments: &[&str]) -> Self {
         let mut command = Command::new(BIN);
         command
             .arg("serve")
@@ -60,9 +68,7 @@ impl Server {
             }
         });
         let address = address_receiver.recv_timeout(Duration::from_secs(60)).expect("blaze logs its address");
-        let server = Self { child, address, logs };
-        server.wait_ready().await;
-        server
+        Self { child, address, logs }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,9 +1,11 @@
 //! The registry of served models: what the request path reads to dispatch
-//! by model id, without a mailbox hop.
+//! by model id, without a mailbox hop. The Router actor publishes into it;
+//! handlers and probes only read.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use futures_util::future::BoxFuture;
 
 use super::catalog::ModelKind;
@@ -17,7 +19,6 @@ pub enum ModelHandle {
     Chat(ChatPool),
 }
 
-#[derive(Clone)]
 pub struct ServedModel {
     pub id: String,
     pub kind: ModelKind,
@@ -26,31 +27,97 @@ pub struct ServedModel {
     pub handle: ModelHandle,
 }
 
-/// Served models by id; built at start-up, shared read-only.
+/// Where a model of the catalog stands in this process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelState {
+    /// The Router has not loaded it yet.
+    Loading,
+    /// Its last load failed; the Router tries again.
+    Failed(String),
+    /// Published: requests reach its workers.
+    Served,
+    /// Not in the catalog.
+    Unknown,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    served: BTreeMap<String, Arc<ServedModel>>,
+    /// Catalog models not served yet, with the last load failure if any.
+    pending: BTreeMap<String, Option<String>>,
+}
+
+/// Served models by id, as one atomically swapped snapshot.
 #[derive(Clone, Default)]
 pub struct ModelRegistry {
-    models: Arc<BTreeMap<String, ServedModel>>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
 }
 
 impl ModelRegistry {
-    pub fn new(models: Vec<ServedModel>) -> Self {
-        Self { models: Arc::new(models.into_iter().map(|model| (model.id.clone(), model)).collect()) }
+    /// A registry expecting the catalog's `ids`, none of them served yet.
+    pub fn expecting(ids: impl IntoIterator<Item = String>) -> Self {
+        let pending = ids.into_iter().map(|id| (id, None)).collect();
+        Self { snapshot: Arc::new(ArcSwap::from_pointee(Snapshot { served: BTreeMap::new(), pending })) }
     }
 
-    pub fn get(&self, id: &str) -> Option<&ServedModel> {
-        self.models.get(id)
+    pub fn get(&self, id: &str) -> Option<Arc<ServedModel>> {
+        self.snapshot.load().served.get(id).cloned()
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &ServedModel> {
-        self.models.values()
+    pub fn all(&self) -> Vec<Arc<ServedModel>> {
+        self.snapshot.load().served.values().cloned().collect()
     }
 
-    /// One readiness probe per model: up once a forward pass succeeded.
+    pub fn state(&self, id: &str) -> ModelState {
+        let snapshot = self.snapshot.load();
+        if snapshot.served.contains_key(id) {
+            return ModelState::Served;
+        }
+        match snapshot.pending.get(id) {
+            Some(Some(failure)) => ModelState::Failed(failure.clone()),
+            Some(None) => ModelState::Loading,
+            None => ModelState::Unknown,
+        }
+    }
+
+    /// Ids of the catalog models not served yet.
+    pub fn pending(&self) -> Vec<String> {
+        self.snapshot.load().pending.keys().cloned().collect()
+    }
+
+    /// Makes `model` reachable by its id.
+    pub(crate) fn publish(&self, model: ServedModel) {
+        let model = Arc::new(model);
+        self.snapshot.rcu(|current| {
+            let mut served = current.served.clone();
+            let mut pending = current.pending.clone();
+            pending.remove(&model.id);
+            served.insert(model.id.clone(), model.clone());
+            Snapshot { served, pending }
+        });
+    }
+
+    /// Records why `id` could not be loaded, for readiness to report.
+    pub(crate) fn record_failure(&self, id: &str, reason: &str) {
+        self.snapshot.rcu(|current| {
+            let mut pending = current.pending.clone();
+            if let Some(slot) = pending.get_mut(id) {
+                *slot = Some(reason.to_owned());
+            }
+            Snapshot { served: current.served.clone(), pending }
+        });
+    }
+
+    /// One readiness probe per catalog model: up once it is served and a
+    /// forward pass on it succeeded.
     pub fn probes(&self) -> Vec<Arc<dyn Probe>> {
-        self.models
-            .values()
-            .map(|model| {
-                Arc::new(ModelProbe { name: format!("model:{}", model.id), model: model.clone() })
+        let snapshot = self.snapshot.load();
+        snapshot
+            .served
+            .keys()
+            .chain(snapshot.pending.keys())
+            .map(|id| {
+                Arc::new(ModelProbe { name: format!("model:{id}"), id: id.clone(), registry: self.clone() })
                     as Arc<dyn Probe>
             })
             .collect()
@@ -59,7 +126,8 @@ impl ModelRegistry {
 
 struct ModelProbe {
     name: String,
-    model: ServedModel,
+    id: String,
+    registry: ModelRegistry,
 }
 
 impl Probe for ModelProbe {
@@ -72,16 +140,23 @@ impl Probe for ModelProbe {
     }
 
     fn check(&self) -> BoxFuture<'static, Result<(), String>> {
-        let ready = match &self.model.handle {
-            ModelHandle::Embedding(pool) => pool.is_ready(),
-            ModelHandle::Chat(pool) => pool.is_ready(),
-        };
-        Box::pin(async move {
-            if ready {
-                Ok(())
-            } else {
-                Err("loading: no forward pass has succeeded yet".to_owned())
+        let outcome = match self.registry.get(&self.id) {
+            Some(model) => {
+                let ready = match &model.handle {
+                    ModelHandle::Embedding(pool) => pool.is_ready(),
+                    ModelHandle::Chat(pool) => pool.is_ready(),
+                };
+                if ready {
+                    Ok(())
+                } else {
+                    Err("loading: no forward pass has succeeded yet".to_owned())
+                }
             }
-        })
+            None => match self.registry.state(&self.id) {
+                ModelState::Failed(reason) => Err(format!("cannot load: {reason}")),
+                _ => Err("loading: not loaded yet".to_owned()),
+            },
+        };
+        Box::pin(async move { outcome })
     }
 }

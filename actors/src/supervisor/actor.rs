@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::core::{ActorBoard, ActorStatus, Backoff, ChildSpec, Reporter};
-use super::messages::{ChildDown, ChildHandle, ChildUp, StartAll, Stop, StopAll};
+use super::messages::{Adopt, ChildDown, ChildHandle, ChildUp, StartAll, Stop, StopAll};
 
 /// How long shutdown waits for the children to stop before it stops their
 /// arbiters anyway.
@@ -24,6 +24,21 @@ struct Child {
     reported_once: bool,
 }
 
+impl Child {
+    fn new(spec: ChildSpec, board: &ActorBoard) -> Self {
+        board.update(spec.name, |state| state.required = spec.required);
+        Self {
+            spec,
+            arbiter: Arbiter::new(),
+            generation: 0,
+            handle: None,
+            failures_in_a_row: 0,
+            up_since: None,
+            reported_once: false,
+        }
+    }
+}
+
 /// Owns the actor tree; see the module documentation.
 pub struct Supervisor {
     children: Vec<Child>,
@@ -36,21 +51,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn new(specs: Vec<ChildSpec>, board: ActorBoard, backoff: Backoff) -> Self {
-        let children = specs
-            .into_iter()
-            .map(|spec| {
-                board.update(spec.name, |state| state.required = spec.required);
-                Child {
-                    spec,
-                    arbiter: Arbiter::new(),
-                    generation: 0,
-                    handle: None,
-                    failures_in_a_row: 0,
-                    up_since: None,
-                    reported_once: false,
-                }
-            })
-            .collect();
+        let children = specs.into_iter().map(|spec| Child::new(spec, &board)).collect();
         Self {
             children,
             board,
@@ -130,6 +131,24 @@ impl Handler<StartAll> for Supervisor {
         Box::pin(async move {
             let _ = receiver.await;
         })
+    }
+}
+
+impl Handler<Adopt> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, message: Adopt, ctx: &mut Self::Context) {
+        if self.stopping {
+            return;
+        }
+        for spec in message.0 {
+            let name = spec.name;
+            if self.child_mut(name).is_some() {
+                continue;
+            }
+            self.children.push(Child::new(spec, &self.board));
+            self.launch(name, ctx);
+        }
     }
 }
 

@@ -21,6 +21,12 @@ pub struct StartAll;
 #[rtype(result = "()")]
 pub struct StopAll;
 
+/// Adds children to the tree and starts them (the Router hands over the
+/// workers of each model it loads); a name already supervised is skipped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Adopt(pub Vec<super::ChildSpec>);
+
 /// Asks a supervised actor to stop cleanly (at shutdown).
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]

@@ -18,7 +18,7 @@ mod tests;
 
 pub use self::actor::Supervisor;
 pub use self::core::{ActorBoard, ActorState, ActorStatus, Backoff, ChildSpec, SupervisedActor};
-pub use self::messages::{ChildHandle, Ping, StartAll, Stop, StopAll};
+pub use self::messages::{Adopt, ChildHandle, Ping, StartAll, Stop, StopAll};
 #[cfg(feature = "test-hooks")]
 pub use self::messages::{Fail, FailChild, FailMode};
 
