@@ -9,6 +9,16 @@
 #
 # REFERENCE_PYTHON: a Python with llama-cpp-python installed (see
 # ../shared/anchors/README.md); ../shared/anchors/bench_llama.py runs with it.
+# For the reference to run the same kernels as Blaze (AMX included), give
+# it llama.cpp built from llama-cpp-sys-2's sources the way Blaze builds
+# them, through LLAMA_CPP_LIB_PATH:
+#
+#   CMAKE_ARGS=-DLLAMA_BUILD=OFF pip install llama-cpp-python   # bindings only
+#   CC=clang CXX=clang++ CXXFLAGS=-D__AMX_INT8__ cmake -S LLAMA_CPP_SOURCES -B build \
+#     -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+#     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+#     -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_COMMON=OFF
+#   cmake --build build -j2 && LLAMA_CPP_LIB_PATH=$PWD/build/bin load/bench/chat.sh venv/bin/python
 set -euo pipefail
 python=${1:?usage: chat.sh REFERENCE_PYTHON [ROUNDS]}
 rounds=${2:-2}
@@ -27,7 +37,7 @@ for round in $(seq "$rounds"); do
   echo "# round $round"
   "$python" "$anchors/bench_llama.py" "$gguf" "$work/prompt_ids.txt" 128 128 3 2 2>/dev/null | grep '^RESULT'
   "$bin/blaze-chat-bench" "$gguf" "$work/prompt_ids.txt" --generate 128 --repeats 3 --threads 2 --streams 8 \
-    2>/dev/null | grep '^RESULT'
+    --context-length 2048 2>/dev/null | grep '^RESULT'
 done
 
 port=18482

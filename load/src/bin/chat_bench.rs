@@ -3,6 +3,7 @@
 //! llama.cpp's, so the figures sit side by side:
 //!
 //!     blaze-chat-bench MODEL.gguf PROMPT_IDS [--generate 128] [--repeats 3] [--threads 2] [--streams 8]
+//!         [--context-length 2048]
 //!
 //! One sequence: prompt processing (the prompt read in one step) and greedy
 //! decoding tokens/s. Then STREAMS sequences decoded together in one
@@ -31,6 +32,9 @@ struct Args {
     /// Sequences decoded together in the batched run (0: skip it).
     #[arg(long, default_value_t = 8)]
     streams: usize,
+    /// Tokens per sequence in the KV cache; the server's default.
+    #[arg(long, default_value_t = 2048)]
+    context_length: usize,
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -80,8 +84,14 @@ fn main() -> Result<(), String> {
         || args.repeats == 0
         || args.repeats > 50
         || args.streams > 64
+        || !(16..=8192).contains(&args.context_length)
+        || args.context_length < args.generate + 256
     {
-        return Err("generate must be 1..=4096, repeats 1..=50 and streams 0..=64".to_owned());
+        return Err(
+            "generate must be 1..=4096, repeats 1..=50, streams 0..=64 and context-length 16..=8192, \
+             at least generate + 256"
+                .to_owned(),
+        );
     }
     let prompt: Vec<u32> = std::fs::read_to_string(&args.prompt_ids)
         .map_err(|error| error.to_string())?
@@ -89,7 +99,7 @@ fn main() -> Result<(), String> {
         .map(str::parse)
         .collect::<Result<_, _>>()
         .map_err(|error| format!("prompt ids: {error}"))?;
-    let model = ChatModel::load(&args.model, 8192).map_err(|error| error.to_string())?;
+    let model = ChatModel::load(&args.model, args.context_length).map_err(|error| error.to_string())?;
     let mut decoder = model.decoder(args.threads, args.streams.max(1)).map_err(|error| error.to_string())?;
 
     let (mut prompt_rates, mut decode_rates, mut ids) = (Vec::new(), Vec::new(), Vec::new());
