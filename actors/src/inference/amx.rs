@@ -278,40 +278,32 @@ unsafe fn blocks_of(
             for depth_block in 0..weight.depth_blocks {
                 let upper = rows_bf16.at(row_start, depth_block);
                 let (b_left, b_right) = (weight.tile(left, depth_block), weight.tile(right, depth_block));
+                unsafe {
+                    asm!(
+                        "tileloadd tmm4, [{upper} + {a_stride}*1]",
+                        "tileloadd tmm6, [{b_left} + {b_stride}*1]",
+                        "tileloadd tmm7, [{b_right} + {b_stride}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        upper = in(reg) upper,
+                        b_left = in(reg) b_left,
+                        b_right = in(reg) b_right,
+                        a_stride = in(reg) a_stride,
+                        b_stride = in(reg) ROW_BYTES,
+                        options(nostack, readonly),
+                    );
+                }
                 if two_row_tiles {
+                    // The weight tiles are still in tmm6-7: no code between
+                    // the two statements touches tile registers.
                     let lower = rows_bf16.at(row_start + TILE_ROWS, depth_block);
                     unsafe {
                         asm!(
-                            "tileloadd tmm4, [{upper} + {a_stride}*1]",
-                            "tileloadd tmm6, [{b_left} + {b_stride}*1]",
-                            "tileloadd tmm7, [{b_right} + {b_stride}*1]",
-                            "tdpbf16ps tmm0, tmm4, tmm6",
                             "tileloadd tmm5, [{lower} + {a_stride}*1]",
-                            "tdpbf16ps tmm1, tmm4, tmm7",
                             "tdpbf16ps tmm2, tmm5, tmm6",
                             "tdpbf16ps tmm3, tmm5, tmm7",
-                            upper = in(reg) upper,
                             lower = in(reg) lower,
-                            b_left = in(reg) b_left,
-                            b_right = in(reg) b_right,
                             a_stride = in(reg) a_stride,
-                            b_stride = in(reg) ROW_BYTES,
-                            options(nostack, readonly),
-                        );
-                    }
-                } else {
-                    unsafe {
-                        asm!(
-                            "tileloadd tmm4, [{upper} + {a_stride}*1]",
-                            "tileloadd tmm6, [{b_left} + {b_stride}*1]",
-                            "tileloadd tmm7, [{b_right} + {b_stride}*1]",
-                            "tdpbf16ps tmm0, tmm4, tmm6",
-                            "tdpbf16ps tmm1, tmm4, tmm7",
-                            upper = in(reg) upper,
-                            b_left = in(reg) b_left,
-                            b_right = in(reg) b_right,
-                            a_stride = in(reg) a_stride,
-                            b_stride = in(reg) ROW_BYTES,
                             options(nostack, readonly),
                         );
                     }
