@@ -263,10 +263,22 @@ async fn a_model_that_cannot_load_is_named_by_readiness_and_the_others_serve() {
     }
     assert!(served, "the embedding model serves beside a broken one");
 
-    let ready = client.get(server.url("/health/ready")).send().await.unwrap();
-    assert_eq!(ready.status(), 503);
-    let body = ready.text().await.unwrap();
-    assert!(body.contains("model:broken-chat") && !body.contains(&format!("model:{MODEL}")), "{body}");
+    // Readiness follows the probes, which run on an interval: wait until
+    // the served model's probe has seen it serve.
+    let mut failing = Value::Null;
+    for _ in 0..100 {
+        let ready = client.get(server.url("/health/ready")).send().await.unwrap();
+        assert_eq!(ready.status(), 503);
+        failing = ready.json::<Value>().await.unwrap()["failing"].clone();
+        let names: Vec<&str> = failing.as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        if names.contains(&"model:broken-chat") && !names.contains(&format!("model:{MODEL}").as_str()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let names: Vec<&str> = failing.as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(names.contains(&"model:broken-chat"), "{failing}");
+    assert!(!names.contains(&format!("model:{MODEL}").as_str()), "{failing}");
     // The probe's error says why, once a probe has run since the failure.
     let mut why = Value::Null;
     for _ in 0..100 {
