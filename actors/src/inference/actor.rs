@@ -60,7 +60,11 @@ fn embedding_thread(
         Ok(engine) => match pool.warm_up(&engine) {
             Err(problem) => format!("warm-up failed: {problem}"),
             Ok(()) => {
-                info!(model = pool.model(), "model loaded and proven by a forward pass");
+                info!(
+                    model = pool.model(),
+                    amx = super::amx::available(),
+                    "model loaded and proven by a forward pass"
+                );
                 ended(pool.run_worker(&engine, stop))
             }
         },
@@ -71,7 +75,7 @@ fn chat_thread(pool: &ChatPool, threads: usize, stop: &AtomicBool) -> String {
     match pool.warm_up(threads) {
         Err(problem) => format!("warm-up failed: {problem}"),
         Ok(()) => {
-            info!(model = pool.model_id(), "model proven by a generation");
+            info!(model = pool.model_id(), amx = super::llama_has_amx(), "model proven by a generation");
             ended(pool.run_worker(threads, stop))
         }
     }
