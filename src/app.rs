@@ -53,7 +53,7 @@ fn router_spec(
     ChildSpec::new("router", true, move || {
         let started = match supervisor.get() {
             Some(supervisor) => {
-                Router::start(&catalog, &ModelCache::from_environment(), registry.clone(), supervisor)
+                Router::start(&catalog, &ModelCache::from_environment(), &registry, supervisor)
             }
             None => Err("the supervisor is not running yet".to_owned()),
         };

@@ -17,10 +17,9 @@ use super::registry::{ModelHandle, ModelRegistry, ServedModel};
 use crate::inference::{BatchSettings, BertTokenizer, ChatModel, ChatPool, EmbeddingPool, InferenceWorker};
 use crate::supervisor::{Adopt, ChildSpec};
 
-pub struct Router {
-    /// Shared with the request path; the Router is the only writer.
-    _registry: ModelRegistry,
-}
+/// The registry it fills is shared with the request path; the Router is
+/// its only writer and keeps no state of its own.
+pub struct Router;
 
 impl Router {
     /// Loads what the registry still expects, then runs. `Err` names each
@@ -28,7 +27,7 @@ impl Router {
     pub fn start(
         catalog: &BTreeMap<String, ModelSpec>,
         cache: &ModelCache,
-        registry: ModelRegistry,
+        registry: &ModelRegistry,
         supervisor: &Recipient<Adopt>,
     ) -> Result<Self, String> {
         let created = std::time::SystemTime::now()
@@ -51,7 +50,7 @@ impl Router {
             }
         }
         if failures.is_empty() {
-            Ok(Self { _registry: registry })
+            Ok(Self)
         } else {
             Err(failures.join("; "))
         }
