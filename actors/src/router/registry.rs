@@ -40,7 +40,6 @@ pub enum ModelState {
     Unknown,
 }
 
-#[derive(Default)]
 struct Snapshot {
     served: BTreeMap<String, Arc<ServedModel>>,
     /// Catalog models not served yet, with the last load failure if any.
@@ -48,7 +47,7 @@ struct Snapshot {
 }
 
 /// Served models by id, as one atomically swapped snapshot.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ModelRegistry {
     snapshot: Arc<ArcSwap<Snapshot>>,
 }
