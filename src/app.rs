@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use actix::{Actor, Addr, Recipient};
 use actix_web::{App, HttpServer};
+use blaze_actors::auth::{AuthActor, AuthActorConfig, Authenticator, EventSource, StoreProbe};
 use blaze_actors::health::{HealthMonitor, HealthMonitorConfig, HealthState};
 use blaze_actors::metrics::{MetricsAggregator, Telemetry};
 use blaze_actors::router::{ModelCache, ModelRegistry, Router};
@@ -13,7 +14,7 @@ use blaze_actors::supervisor::{ActorBoard, Adopt, Backoff, ChildSpec, StartAll, 
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-use crate::http::{self, AppState, Compression, Observe};
+use crate::http::{self, AppState, Authenticate, Compression, Observe};
 use crate::settings::{ServerSettings, Settings};
 
 /// Runs the server on an actix system until a signal stops it. Exit code 0
@@ -39,6 +40,8 @@ struct Shared {
     telemetry: Arc<Telemetry>,
     board: ActorBoard,
     models: ModelRegistry,
+    identity: Arc<Authenticator>,
+    identity_events: EventSource,
 }
 
 /// The Router, which loads the models and hands their workers to the
@@ -68,7 +71,13 @@ fn child_specs(settings: &Settings, shared: &Shared) -> Vec<ChildSpec> {
         HealthMonitorConfig { probe_interval, probe_timeout: probe_interval.min(Duration::from_secs(2)) };
     let (health, board) = (shared.health.clone(), shared.board.clone());
     let telemetry = shared.telemetry.clone();
-    let probes = shared.models.probes();
+    let mut probes = shared.models.probes();
+    probes.push(Arc::new(StoreProbe(shared.identity.clone())));
+    let (authenticator, events) = (shared.identity.clone(), shared.identity_events.clone());
+    let auth_config = AuthActorConfig {
+        last_used_flush: Duration::from_secs(settings.auth.last_used_flush_s),
+        resync_interval: Duration::from_secs(settings.auth.resync_interval_s),
+    };
     let collection_interval = Duration::from_secs(monitoring.collection_interval_s);
     vec![
         ChildSpec::new("health_monitor", true, move || {
@@ -78,6 +87,10 @@ fn child_specs(settings: &Settings, shared: &Shared) -> Vec<ChildSpec> {
         ChildSpec::new("metrics_aggregator", true, move || {
             let aggregator = MetricsAggregator::new(telemetry.clone(), collection_interval);
             async move { Ok(aggregator) }
+        }),
+        ChildSpec::new("auth", true, move || {
+            let actor = AuthActor::new(authenticator.clone(), events.clone(), auth_config.clone());
+            async move { Ok(actor) }
         }),
     ]
 }
@@ -94,7 +107,15 @@ async fn serve(settings: Settings, offline: bool) -> Result<(), String> {
     )
     .map_err(|error| error.to_string())?;
     let models = ModelRegistry::expecting(settings.models.catalog.keys().cloned());
-    let shared = Shared { health: HealthState::new(build), telemetry, board: ActorBoard::default(), models };
+    let identity = open_identity(&settings).await?;
+    let shared = Shared {
+        health: HealthState::new(build),
+        telemetry,
+        board: ActorBoard::default(),
+        models,
+        identity: identity.authenticator,
+        identity_events: identity.events,
+    };
     let adopt = Arc::new(OnceLock::new());
     let mut specs = child_specs(&settings, &shared);
     specs.push(router_spec(&settings, &shared, adopt.clone()));
@@ -106,7 +127,33 @@ async fn serve(settings: Settings, offline: bool) -> Result<(), String> {
     if supervisor.send(StopAll).await.is_err() {
         warn!("the supervisor was gone at shutdown");
     }
+    if let Err(error) = shared.identity.flush_last_used().await {
+        warn!(error = %error, "cannot write the last key uses at shutdown");
+    }
     result
+}
+
+/// Opens the identity store and, on an empty one, creates the first admin.
+/// A generated key is printed once on stdout, outside the logs.
+async fn open_identity(settings: &Settings) -> Result<blaze_actors::auth::Identity, String> {
+    let identity = blaze_actors::auth::open(crate::identity::options(settings)).await?;
+    let configured = Some(settings.auth.bootstrap_key.as_str()).filter(|key| !key.is_empty());
+    match identity.authenticator.bootstrap(configured, &settings.auth.bootstrap_email).await? {
+        Some(key) => {
+            info!(
+                key_id = key.id,
+                email = settings.auth.bootstrap_email,
+                "created the first admin; its API key is printed once on stdout"
+            );
+            println!(
+                "\nBlaze created the first admin ({}). Its API key, shown this once:\n\n    {}\n",
+                settings.auth.bootstrap_email, key.text
+            );
+        }
+        None if configured.is_some() => info!("the store has users; auth.bootstrap_key is not used"),
+        None => {}
+    }
+    Ok(identity)
 }
 
 /// Pulls the models missing from the cache, or with `--offline` refuses to
@@ -133,7 +180,9 @@ async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervi
         telemetry: shared.telemetry.clone(),
         supervisor,
         models: shared.models.clone(),
+        auth: shared.identity.clone(),
     };
+    let metrics_access = settings.security.metrics_access;
     let compression = settings.performance.compression;
     let (max_body, timeout_s) = (server_settings.max_request_bytes, server_settings.request_timeout_s);
     let workers = server_settings.worker_count();
@@ -141,6 +190,7 @@ async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervi
         let state = state.clone();
         App::new()
             .configure(|config| http::configure(config, state.clone(), max_body))
+            .wrap(Authenticate::new(state.auth.clone(), metrics_access))
             .wrap(Observe::new(state.telemetry.clone(), timeout_s, max_body))
             .wrap(Compression::new(compression))
     })

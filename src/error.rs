@@ -7,6 +7,7 @@ use std::fmt;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
+use blaze_actors::auth::Failure;
 use serde::Serialize;
 
 /// An error as the client sees it.
@@ -18,6 +19,8 @@ pub struct ApiError {
     param: Option<String>,
     code: Option<&'static str>,
     retry_after_s: Option<u64>,
+    /// 401s name the scheme to use (`WWW-Authenticate: Bearer`).
+    challenge: bool,
 }
 
 #[derive(Serialize)]
@@ -36,7 +39,7 @@ struct Detail<'a> {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, code: &'static str, message: String) -> Self {
-        Self { status, kind, message, param: None, code: Some(code), retry_after_s: None }
+        Self { status, kind, message, param: None, code: Some(code), retry_after_s: None, challenge: false }
     }
 
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
@@ -137,6 +140,69 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "unavailable", message.to_owned())
     }
 
+    /// 401: the request is not authenticated. The message says what to
+    /// fix and never echoes the credential.
+    pub fn unauthenticated(failure: Failure) -> Self {
+        let (code, message) = match failure {
+            Failure::Missing => (
+                "invalid_api_key",
+                "You didn't provide an API key. Send `Authorization: Bearer <key>` with an API key \
+                 (blz_...) or an access token from POST /auth/token",
+            ),
+            Failure::Malformed => ("invalid_api_key", "The API key or token is malformed"),
+            Failure::Unknown => ("invalid_api_key", "Incorrect API key provided"),
+            Failure::Revoked => ("invalid_api_key", "The API key or token has been revoked"),
+            Failure::Expired => ("invalid_api_key", "The API key or token has expired"),
+            Failure::Invalid => ("invalid_api_key", "The token is invalid"),
+            Failure::WrongType => (
+                "invalid_api_key",
+                "This is not an access token; a refresh token is exchanged at POST /auth/refresh",
+            ),
+            Failure::Disabled => ("invalid_api_key", "The user of this API key or token is disabled"),
+            Failure::BadPassword => ("invalid_credentials", "Incorrect email or password"),
+            Failure::StoreUnavailable => return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "auth_unavailable",
+                "Credentials cannot be checked right now (the identity store is unreachable); retry shortly"
+                    .to_owned(),
+            )
+            .retry_after(1),
+        };
+        let mut error =
+            Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", code, message.to_owned());
+        error.challenge = true;
+        error
+    }
+
+    /// 403: authenticated, but the role does not allow this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "invalid_request_error", "insufficient_permissions", message.into())
+    }
+
+    /// 429: this client address failed authentication too often.
+    pub fn auth_cooldown(retry_after_s: u64) -> Self {
+        let message =
+            format!("Too many failed authentication attempts from your address; retry in {retry_after_s} s");
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", "too_many_auth_failures", message)
+            .retry_after(retry_after_s)
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "invalid_request_error", code, message.into())
+    }
+
+    /// 404 for a resource of the admin API.
+    pub fn no_such(what: &str, id: &str) -> Self {
+        let message = format!("No {what} with id `{id}`");
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", "not_found", message)
+    }
+
+    fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_s = Some(seconds);
+        self
+    }
+
     pub fn status(&self) -> StatusCode {
         self.status
     }
@@ -170,6 +236,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status);
         if let Some(seconds) = self.retry_after_s {
             response.insert_header((actix_web::http::header::RETRY_AFTER, seconds));
+        }
+        if self.challenge {
+            response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer realm=\"blaze\""));
         }
         response.json(Body { error: self.detail() })
     }

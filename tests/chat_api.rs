@@ -48,12 +48,17 @@ async fn a_chat_completion_answers_in_openai_shape_with_exact_usage() {
     assert_eq!(body["model"], MODEL);
     let choice = &body["choices"][0];
     assert_eq!(choice["message"]["role"], "assistant");
-    assert!(choice["message"]["content"].as_str().unwrap().contains("Paris"), "{body}");
-    assert_eq!(choice["finish_reason"], "stop");
+    // What a 135M model answers depends on the CPU kernels llama.cpp runs
+    // (AMX or not; chat_engine pins both against llama.cpp itself), so
+    // this checks the shape, not the words.
+    let answer = choice["message"]["content"].as_str().unwrap();
+    assert!(answer.split_whitespace().count() >= 3, "{body}");
     let usage = &body["usage"];
     let (prompt, completion) =
         (usage["prompt_tokens"].as_u64().unwrap(), usage["completion_tokens"].as_u64().unwrap());
     assert!(prompt > 5 && completion > 0);
+    let expected_finish = if completion < 40 { "stop" } else { "length" };
+    assert_eq!(choice["finish_reason"], expected_finish, "{body}");
     assert_eq!(usage["total_tokens"].as_u64().unwrap(), prompt + completion);
 
     let again: Value =
@@ -67,13 +72,16 @@ async fn a_chat_completion_answers_in_openai_shape_with_exact_usage() {
             .unwrap();
     assert_eq!(short["choices"][0]["finish_reason"], "length");
     assert_eq!(short["usage"]["completion_tokens"], 2);
-    let stopped: Value = post(&server, "/v1/chat/completions", &question(json!({ "stop": ["Paris"] })))
+    // A stop sequence from the middle of the answer cuts it there.
+    let stop_word = answer.split_whitespace().nth(2).unwrap();
+    let stopped: Value = post(&server, "/v1/chat/completions", &question(json!({ "stop": [stop_word] })))
         .await
         .json()
         .await
         .unwrap();
     let text = stopped["choices"][0]["message"]["content"].as_str().unwrap();
-    assert!(!text.contains("Paris") && choice["message"]["content"].as_str().unwrap().starts_with(text));
+    assert_eq!(stopped["choices"][0]["finish_reason"], "stop", "{stopped}");
+    assert!(!text.contains(stop_word) && answer.starts_with(text) && text.len() < answer.len(), "{stopped}");
     let seeded = question(json!({ "temperature": 1.0, "seed": 7, "max_tokens": 16 }));
     let first: Value = post(&server, "/v1/chat/completions", &seeded).await.json().await.unwrap();
     let second: Value = post(&server, "/v1/chat/completions", &seeded).await.json().await.unwrap();
@@ -105,7 +113,7 @@ async fn streaming_sends_sse_chunks_usage_and_done() {
         .collect();
     assert_eq!(text, plain["choices"][0]["message"]["content"], "the stream says what the JSON says");
     let finish = &chunks[chunks.len() - 2];
-    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    assert_eq!(finish["choices"][0]["finish_reason"], plain["choices"][0]["finish_reason"]);
     let usage = chunks.last().unwrap();
     assert_eq!(usage["choices"], json!([]));
     assert_eq!(usage["usage"], plain["usage"]);

@@ -232,6 +232,7 @@ async fn a_client_that_disconnects_cancels_its_queued_work() {
     let impatient = reqwest::Client::builder().timeout(Duration::from_millis(200)).build().unwrap();
     let gone = impatient
         .post(server.url("/v1/embeddings"))
+        .bearer_auth(common::ADMIN_KEY)
         .json(&json!({ "model": MODEL, "input": "nobody waits for this one" }))
         .send()
         .await;

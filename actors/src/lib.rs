@@ -13,6 +13,7 @@
 //! failure; request handlers read what actors publish (an `ArcSwap`, atomics,
 //! a lock-free recorder) and never wait on a mailbox for it.
 
+pub mod auth;
 pub mod health;
 pub mod inference;
 pub mod metrics;

@@ -10,6 +10,7 @@ Standard library only. The reference for the same GGUF is
 ../shared/anchors/bench_llama.py (llama.cpp through llama-cpp-python).
 """
 import json
+import os
 import statistics
 import sys
 import threading
@@ -22,7 +23,7 @@ def stream_once(url, model, prompt, max_tokens):
         "model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
         "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True},
     }).encode()
-    request = urllib.request.Request(url + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json", "Authorization": "Bearer " + os.environ["BLAZE_BENCH_KEY"]})
     started = time.perf_counter()
     first = None
     usage = None

@@ -30,7 +30,7 @@ anchors=${ANCHORS:-$root/../shared/anchors}
 gguf=${BLAZE_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/blaze/models}/smollm2-135m-instruct/model.gguf
 work=$(mktemp -d)
 pid=
-trap '[ -z "$pid" ] || kill $pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+trap '[ -z "$pid" ] || kill $pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work" "$bench_data"' EXIT
 
 # Alternate the engines; the reference writes the prompt ids both use.
 for round in $(seq "$rounds"); do

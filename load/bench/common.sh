@@ -14,3 +14,8 @@ case ${BLAZE_BENCH_PROFILE:-release} in
 esac
 # Less disturbance from other sessions' work (builds); needs root, best effort.
 echo -10 > /proc/self/autogroup 2>/dev/null || true
+# Blaze authenticates every /v1 call: each run gets a throwaway data dir
+# and a fresh admin key (BLAZE_BENCH_KEY), removed when the script exits.
+BLAZE_BENCH_KEY="blz_$(openssl rand -hex 8)_$(openssl rand -hex 32)"
+bench_data=$(mktemp -d)
+export BLAZE_BENCH_KEY BLAZE__AUTH__BOOTSTRAP_KEY=$BLAZE_BENCH_KEY BLAZE__STORAGE__DATA_DIR=$bench_data

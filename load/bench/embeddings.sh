@@ -25,18 +25,19 @@ work=$(mktemp -d)
 port=18481
 BLAZE__SERVER__PORT=$port "$bin/blaze" serve --offline > "$work/blaze.log" 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work" "$bench_data"' EXIT
 for _ in $(seq 300); do curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.1; done
 curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null || { cat "$work/blaze.log" >&2; exit 1; }
 
 # Each request: one sentence from the inputs, chosen per request.
 python3 - "$inputs" > "$work/post.lua" <<'PY'
-import json, sys
+import json, os, sys
 lines = [l.strip() for l in open(sys.argv[1]) if l.strip()][:256]
 bodies = [json.dumps({"model": "all-minilm-l6-v2", "input": l}) for l in lines]
 print("local bodies = {" + ",".join(json.dumps(b) for b in bodies) + "}")
 print('wrk.method = "POST"')
 print('wrk.headers["Content-Type"] = "application/json"')
+print('wrk.headers["Authorization"] = "Bearer ' + os.environ["BLAZE_BENCH_KEY"] + '"')
 print("local n = 0")
 print("request = function() n = n + 1; return wrk.format(nil, nil, nil, bodies[(n % #bodies) + 1]) end")
 PY

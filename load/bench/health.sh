@@ -17,7 +17,7 @@ connections=${3:-64}
 blaze_port=18480
 reference_port=18490
 work=$(mktemp -d)
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work" "$bench_data"; }
 pids=()
 trap cleanup EXIT
 

@@ -1,6 +1,8 @@
 //! The HTTP surface: routes, the request middleware, extractor limits and
 //! the mapping of every error to the OpenAI error body.
 
+mod admin;
+pub mod auth;
 mod chat;
 mod compression;
 pub mod disconnect;
@@ -16,6 +18,7 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use blaze_actors::health::HealthState;
 use blaze_actors::metrics::Telemetry;
 
+pub use self::auth::Authenticate;
 pub use self::compression::Compression;
 pub use self::observe::{Observe, RequestId, REQUEST_ID};
 use crate::error::{self, ApiError};
@@ -27,6 +30,7 @@ pub struct AppState {
     pub telemetry: Arc<Telemetry>,
     pub supervisor: actix::Addr<blaze_actors::supervisor::Supervisor>,
     pub models: blaze_actors::router::ModelRegistry,
+    pub auth: Arc<blaze_actors::auth::Authenticator>,
 }
 
 /// Registers every route, the extractor limits and the fallbacks.
@@ -48,6 +52,7 @@ pub fn configure(config: &mut web::ServiceConfig, state: AppState, max_body: usi
     routes::configure(config);
     openai::configure(config);
     chat::configure(config);
+    admin::configure(config);
     #[cfg(feature = "test-hooks")]
     test_hooks::configure(config);
     config.default_service(web::to(not_found));

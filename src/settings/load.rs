@@ -202,8 +202,85 @@ impl Settings {
             "monitoring.retention_s",
             "keeps more than 100000 rollups; raise monitoring.collection_interval_s",
         );
+        problems.extend(self.identity_problems());
         for (id, spec) in &self.models.catalog {
             problems.extend(check_model(id, spec).into_iter().map(|problem| ("models.catalog", problem)));
+        }
+        problems
+    }
+}
+
+impl Settings {
+    fn identity_problems(&self) -> Vec<(&'static str, String)> {
+        use blaze_actors::auth::{secrets, store::postgres_schema_name_is_valid};
+        let mut problems = Vec::new();
+        let mut require = |ok: bool, key: &'static str, problem: &str| {
+            if !ok {
+                problems.push((key, problem.to_owned()));
+            }
+        };
+        let (storage, security, auth) = (&self.storage, &self.security, &self.auth);
+        let postgres = &storage.postgres;
+        require(
+            postgres_schema_name_is_valid(&postgres.schema),
+            "storage.postgres.schema",
+            "must be a plain lower-case identifier (letters, digits, _)",
+        );
+        require(postgres.max_connections >= 1, "storage.postgres.max_connections", "must be at least 1");
+        require(
+            postgres.min_connections <= postgres.max_connections,
+            "storage.postgres.min_connections",
+            "must be at most storage.postgres.max_connections",
+        );
+        for (key, value) in [
+            ("storage.postgres.wait_timeout_ms", postgres.wait_timeout_ms),
+            ("storage.postgres.create_timeout_ms", postgres.create_timeout_ms),
+            ("storage.postgres.recycle_timeout_ms", postgres.recycle_timeout_ms),
+        ] {
+            require((1..=600_000).contains(&value), key, "must be 1 to 600000");
+        }
+        require(
+            security.pepper.is_empty() || security.pepper.len() >= secrets::MIN_PEPPER_LEN,
+            "security.pepper",
+            "must be at least 32 bytes (or empty for one generated in the data dir)",
+        );
+        require(
+            security.api_key.max_keys_per_user >= 1,
+            "security.api_key.max_keys_per_user",
+            "must be at least 1",
+        );
+        let brute = &security.brute_force;
+        require(brute.max_failures >= 1, "security.brute_force.max_failures", "must be at least 1");
+        require(brute.window_s >= 1, "security.brute_force.window_s", "must be at least 1");
+        require(brute.cooldown_s >= 1, "security.brute_force.cooldown_s", "must be at least 1");
+        require(
+            auth.bootstrap_key.is_empty() || secrets::PresentedKey::parse(&auth.bootstrap_key).is_some(),
+            "auth.bootstrap_key",
+            "must be a Blaze key: blz_, 16 lower-case hex digits, _, 64 lower-case hex digits",
+        );
+        require(auth.bootstrap_email.contains('@'), "auth.bootstrap_email", "must be an email address");
+        require(auth.cache_ttl_s >= 1, "auth.cache_ttl_s", "must be at least 1");
+        require(auth.negative_cache_ttl_s >= 1, "auth.negative_cache_ttl_s", "must be at least 1");
+        require(auth.cache_capacity >= 1, "auth.cache_capacity", "must be at least 1");
+        require(auth.last_used_flush_s >= 1, "auth.last_used_flush_s", "must be at least 1");
+        require(auth.resync_interval_s >= 1, "auth.resync_interval_s", "must be at least 1");
+        let tokens = &auth.jwt;
+        require(!tokens.issuer.is_empty(), "auth.jwt.issuer", "must not be empty");
+        require(!tokens.audience.is_empty(), "auth.jwt.audience", "must not be empty");
+        require((1..=86_400).contains(&tokens.access_ttl_s), "auth.jwt.access_ttl_s", "must be 1 to 86400");
+        require(
+            tokens.refresh_ttl_s >= tokens.access_ttl_s,
+            "auth.jwt.refresh_ttl_s",
+            "must be at least auth.jwt.access_ttl_s",
+        );
+        require(tokens.leeway_s <= 300, "auth.jwt.leeway_s", "must be at most 300");
+        let mut kids = std::collections::BTreeSet::new();
+        for key in &tokens.keys {
+            require(
+                !key.kid.is_empty() && key.kid.len() <= 64 && kids.insert(key.kid.clone()),
+                "auth.jwt.keys",
+                "every key needs a kid of 1 to 64 characters, unique",
+            );
         }
         problems
     }

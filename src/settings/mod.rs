@@ -28,6 +28,114 @@ pub struct Settings {
     pub performance: PerformanceSettings,
     pub monitoring: MonitoringSettings,
     pub models: ModelsSettings,
+    pub storage: StorageSettings,
+    pub security: SecuritySettings,
+    pub auth: AuthSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    /// Users, keys and the pepper live here; empty means
+    /// `$XDG_DATA_HOME/blaze`, else `~/.local/share/blaze`.
+    pub data_dir: String,
+    /// PostgreSQL, shared by replicas; empty means the embedded file.
+    pub database_url: String,
+    /// Redis, for events (and later limits and cache) across replicas.
+    pub redis_url: String,
+    pub postgres: PostgresSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSettings {
+    pub schema: String,
+    pub min_connections: usize,
+    pub max_connections: usize,
+    pub wait_timeout_ms: u64,
+    pub create_timeout_ms: u64,
+    pub recycle_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySettings {
+    /// The secret API keys are hashed with (at least 32 bytes); empty
+    /// means one generated in the data dir (embedded store only).
+    pub pepper: String,
+    pub api_key: ApiKeySettings,
+    pub brute_force: BruteForceSettings,
+    /// Who may read /metrics and /api/metrics/summary.
+    pub metrics_access: MetricsAccess,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricsAccess {
+    Public,
+    Authenticated,
+    Admin,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySettings {
+    pub max_keys_per_user: u64,
+    pub rotation_grace_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BruteForceSettings {
+    pub max_failures: u32,
+    pub window_s: u64,
+    pub cooldown_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The first admin's key on an empty store; empty means one is made
+    /// and printed once.
+    pub bootstrap_key: String,
+    pub bootstrap_email: String,
+    pub cache_ttl_s: u64,
+    pub negative_cache_ttl_s: u64,
+    pub cache_capacity: u64,
+    pub last_used_flush_s: u64,
+    pub resync_interval_s: u64,
+    pub jwt: JwtSettingsSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettingsSection {
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl_s: u64,
+    pub refresh_ttl_s: u64,
+    pub leeway_s: u64,
+    /// The kid that signs; empty means the first key that can.
+    pub signing_kid: String,
+    /// Configured keys; empty means HS256 with a secret derived from the
+    /// pepper.
+    pub keys: Vec<blaze_actors::auth::JwtKeySpec>,
+}
+
+impl StorageSettings {
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        if !self.data_dir.is_empty() {
+            return self.data_dir.clone().into();
+        }
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .filter(|path| !path.is_empty())
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".local/share"))
+            })
+            .unwrap_or_else(|| std::path::PathBuf::from("."));
+        base.join("blaze")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

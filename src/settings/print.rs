@@ -5,9 +5,10 @@ use yaml_rust2::{Yaml, YamlEmitter};
 
 use super::{ConfigSources, Settings};
 
-/// Keys whose values are secrets and are never printed. None of today's
-/// settings is one; keys holding secrets are added here as they arrive.
-const SECRET_KEYS: &[&str] = &[];
+/// Keys whose values are secrets (or may hold a password) and are never
+/// printed.
+const SECRET_KEYS: &[&str] =
+    &["security.pepper", "auth.bootstrap_key", "storage.database_url", "storage.redis_url"];
 
 impl Settings {
     /// The effective configuration as YAML, with the layers it came from in
@@ -33,7 +34,7 @@ impl Settings {
 
 fn to_yaml(path: &str, value: &serde_json::Value) -> Yaml {
     use serde_json::Value as Json;
-    if SECRET_KEYS.contains(&path) && !value.is_null() {
+    if SECRET_KEYS.contains(&path) && !value.is_null() && value.as_str() != Some("") {
         return Yaml::String("[redacted]".to_owned());
     }
     match value {

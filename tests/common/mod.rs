@@ -23,10 +23,17 @@ pub async fn decoding_turn() -> tokio::sync::SemaphorePermit<'static> {
     DECODING.acquire().await.expect("the semaphore is never closed")
 }
 
+/// The first admin's key of every test server (BLAZE__AUTH__BOOTSTRAP_KEY),
+/// unless a test sets its own.
+pub const ADMIN_KEY: &str =
+    "blz_00000000000000aa_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
 pub struct Server {
     child: Child,
     pub address: String,
     logs: Arc<Mutex<Vec<String>>>,
+    /// The server's own data dir (identity store), unless the test gave one.
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -42,6 +49,11 @@ impl Server {
     /// listens, ready or not.
     pub fn listening(environment: &[(&str, &str)], arguments: &[&str]) -> Self {
         let mut command = Command::new(BIN);
+        let given_data_dir = environment.iter().any(|(name, _)| *name == "BLAZE__STORAGE__DATA_DIR");
+        let data_dir = (!given_data_dir).then(|| tempfile::tempdir().expect("data dir"));
+        if let Some(directory) = &data_dir {
+            command.env("BLAZE__STORAGE__DATA_DIR", directory.path());
+        }
         command
             .arg("serve")
             .args(arguments)
@@ -49,6 +61,7 @@ impl Server {
             .env("BLAZE__SERVER__PORT", "0")
             .env("BLAZE__SERVER__WORKERS", "1")
             .env("BLAZE_LOG", "info")
+            .env("BLAZE__AUTH__BOOTSTRAP_KEY", ADMIN_KEY)
             .envs(environment.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -68,7 +81,7 @@ impl Server {
             }
         });
         let address = address_receiver.recv_timeout(Duration::from_secs(60)).expect("blaze logs its address");
-        Self { child, address, logs }
+        Self { child, address, logs, _data_dir: data_dir }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -156,8 +169,26 @@ impl Drop for Server {
     }
 }
 
-/// A plain client: no automatic decompression, no retries.
+/// A plain client authenticated as the first admin: no automatic
+/// decompression, no retries.
 pub fn client() -> reqwest::Client {
+    client_with_key(ADMIN_KEY)
+}
+
+/// A plain client that sends `key` (an API key or an access token).
+pub fn client_with_key(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).expect("header value");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
+/// A plain client without credentials.
+pub fn anonymous_client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client")
 }
 

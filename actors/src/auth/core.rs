@@ -1,0 +1,891 @@
+//! The authenticator: the state the Auth actor owns and request handlers
+//! read directly. Validation runs from bounded caches (a hit costs one
+//! HMAC or one signature check, no store round trip, no mailbox hop); a
+//! miss reads the store once for every concurrent caller (the cache
+//! coalesces them), and when the store cannot answer, authentication
+//! fails closed.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use moka::Expiry;
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+
+use super::events::{AuthEvent, EventBus};
+use super::jwt::{Claims, JwtKeys, JwtSettings, TokenProblem, TokenType};
+use super::now_ms;
+use super::secrets::{self, KeyHasher, NewKey, PresentedKey};
+use super::store::{
+    KeyRecord, RefreshRecord, RefreshUse, Revocation, RevocationKind, Role, Store, StoreError, User,
+    UserChanges, UserStatus,
+};
+
+/// Failures allowed from one client address before it is cooled down.
+#[derive(Debug, Clone)]
+pub struct BruteForceConfig {
+    pub max_failures: u32,
+    pub window: Duration,
+    pub cooldown: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub max_keys_per_user: u64,
+    /// How long a rotated key keeps working.
+    pub rotation_grace: Duration,
+    pub cache_ttl: Duration,
+    /// How long an unknown key id is remembered as unknown.
+    pub negative_cache_ttl: Duration,
+    pub cache_capacity: u64,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub jwt: JwtSettings,
+    pub brute_force: BruteForceConfig,
+}
+
+/// Why a request was not authenticated; each is a reason label of
+/// `blaze_auth_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Missing,
+    Malformed,
+    Unknown,
+    Revoked,
+    Expired,
+    /// A token with a bad signature, bad claims or an unknown kid.
+    Invalid,
+    /// A refresh token presented as an access token, or the reverse.
+    WrongType,
+    Disabled,
+    BadPassword,
+    StoreUnavailable,
+}
+
+impl Failure {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Failure::Missing => "missing",
+            Failure::Malformed => "malformed",
+            Failure::Unknown => "unknown",
+            Failure::Revoked => "revoked",
+            Failure::Expired => "expired",
+            Failure::Invalid => "invalid",
+            Failure::WrongType => "wrong_type",
+            Failure::Disabled => "disabled",
+            Failure::BadPassword => "bad_password",
+            Failure::StoreUnavailable => "store_unavailable",
+        }
+    }
+}
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    ApiKey { key_id: String },
+    Token { jti: String, sid: String, expires_at: i64 },
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: String,
+    pub role: Role,
+    pub scopes: Vec<String>,
+    pub credential: Credential,
+}
+
+impl Principal {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+}
+
+/// A new access and refresh token.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+    pub refresh_token: String,
+    pub refresh_expires_in: u64,
+}
+
+/// Errors of the management operations.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the user already has {max} active API keys, the most allowed; revoke one first")]
+    KeyLimit { max: u64 },
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict(message) => AdminError::Conflict(message),
+            other => AdminError::Store(other),
+        }
+    }
+}
+
+/// A cached lookup: what the store said, including "no such thing".
+#[derive(Clone)]
+enum Cached<T> {
+    Found(Arc<T>),
+    Missing,
+}
+
+struct Lifetimes {
+    found: Duration,
+    missing: Duration,
+}
+
+impl<K, T> Expiry<K, Cached<T>> for Lifetimes {
+    fn expire_after_create(&self, _: &K, value: &Cached<T>, _: Instant) -> Option<Duration> {
+        Some(match value {
+            Cached::Found(_) => self.found,
+            Cached::Missing => self.missing,
+        })
+    }
+}
+
+/// Failures of one client address in the current window.
+struct FailureWindow {
+    started: Instant,
+    failures: u32,
+    blocked_until: Option<Instant>,
+}
+
+/// Revoked access tokens and sign-ins, until the tokens they name expire.
+#[derive(Default)]
+struct Revoked {
+    tokens: HashMap<String, i64>,
+    families: HashMap<String, i64>,
+}
+
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    postgres: Option<deadpool_postgres::Pool>,
+    bus: EventBus,
+    hasher: KeyHasher,
+    jwt: JwtKeys,
+    config: AuthConfig,
+    keys: Cache<String, Cached<KeyRecord>>,
+    users: Cache<String, Cached<User>>,
+    revoked: RwLock<Revoked>,
+    last_used: Mutex<HashMap<String, i64>>,
+    failures: moka::sync::Cache<IpAddr, Arc<Mutex<FailureWindow>>>,
+}
+
+/// A page of a listing: `next_cursor` goes in `after` for the next page.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub has_more: bool,
+}
+
+pub struct NewUser {
+    pub email: String,
+    pub name: String,
+    pub role: Role,
+    pub password: Option<String>,
+}
+
+pub struct KeyRequest {
+    /// Whose key: `None` for the caller's own.
+    pub user_id: Option<String>,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub expires_in: Option<Duration>,
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Authenticator {
+    pub fn new(
+        store: Arc<dyn Store>,
+        postgres: Option<deadpool_postgres::Pool>,
+        bus: EventBus,
+        hasher: KeyHasher,
+        jwt: JwtKeys,
+        config: AuthConfig,
+    ) -> Self {
+        let lifetimes = || Lifetimes { found: config.cache_ttl, missing: config.negative_cache_ttl };
+        let keys = Cache::builder().max_capacity(config.cache_capacity).expire_after(lifetimes()).build();
+        let users = Cache::builder().max_capacity(config.cache_capacity).expire_after(lifetimes()).build();
+        let brute = &config.brute_force;
+        let failures = moka::sync::Cache::builder()
+            .max_capacity(config.cache_capacity)
+            .time_to_idle(brute.window + brute.cooldown)
+            .build();
+        Self {
+            store,
+            postgres,
+            bus,
+            hasher,
+            jwt,
+            keys,
+            users,
+            revoked: RwLock::new(Revoked::default()),
+            last_used: Mutex::new(HashMap::new()),
+            failures,
+            config,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
+    }
+
+    pub fn jwt(&self) -> &JwtKeys {
+        &self.jwt
+    }
+
+    // ---- the hot path ----
+
+    /// Authenticates a bearer credential: an API key or an access token.
+    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, Failure> {
+        let bearer = bearer.map(str::trim).filter(|text| !text.is_empty()).ok_or(Failure::Missing)?;
+        if bearer.starts_with(secrets::KEY_PREFIX) {
+            self.authenticate_key(bearer).await
+        } else {
+            self.authenticate_token(bearer).await
+        }
+    }
+
+    async fn authenticate_key(&self, text: &str) -> Result<Principal, Failure> {
+        let presented = PresentedKey::parse(text).ok_or(Failure::Malformed)?;
+        let Cached::Found(key) = self.cached_key(presented.id).await? else {
+            return Err(Failure::Unknown);
+        };
+        if !self.hasher.matches(presented, &key.secret_hash) {
+            return Err(Failure::Unknown);
+        }
+        let now = now_ms();
+        if key.revoked_at.is_some() {
+            return Err(Failure::Revoked);
+        }
+        if key.expires_at.is_some_and(|end| now >= end) {
+            return Err(Failure::Expired);
+        }
+        let user = self.active_user(&key.user_id).await?;
+        self.note_use(&key.id, now);
+        Ok(Principal {
+            user_id: user.id.clone(),
+            role: user.role,
+            scopes: key.scopes.clone(),
+            credential: Credential::ApiKey { key_id: key.id.clone() },
+        })
+    }
+
+    async fn authenticate_token(&self, token: &str) -> Result<Principal, Failure> {
+        let claims = self.jwt.verify(token, TokenType::Access).map_err(token_failure)?;
+        {
+            let revoked = self.revoked.read();
+            if revoked.tokens.contains_key(&claims.jti) || revoked.families.contains_key(&claims.sid) {
+                return Err(Failure::Revoked);
+            }
+        }
+        let user = self.active_user(&claims.sub).await?;
+        Ok(Principal {
+            user_id: user.id.clone(),
+            role: user.role,
+            scopes: claims.scopes,
+            credential: Credential::Token { jti: claims.jti, sid: claims.sid, expires_at: claims.exp },
+        })
+    }
+
+    async fn cached_key(&self, id: &str) -> Result<Cached<KeyRecord>, Failure> {
+        if let Some(hit) = self.keys.get(id).await {
+            return Ok(hit);
+        }
+        let store = self.store.clone();
+        let owned = id.to_owned();
+        self.keys
+            .try_get_with(owned.clone(), async move {
+                Ok::<_, StoreError>(
+                    store.key(owned).await?.map_or(Cached::Missing, |key| Cached::Found(Arc::new(key))),
+                )
+            })
+            .await
+            .map_err(|_| Failure::StoreUnavailable)
+    }
+
+    async fn cached_user(&self, id: &str) -> Result<Cached<User>, Failure> {
+        if let Some(hit) = self.users.get(id).await {
+            return Ok(hit);
+        }
+        let store = self.store.clone();
+        let owned = id.to_owned();
+        self.users
+            .try_get_with(owned.clone(), async move {
+                Ok::<_, StoreError>(
+                    store.user(owned).await?.map_or(Cached::Missing, |user| Cached::Found(Arc::new(user))),
+                )
+            })
+            .await
+            .map_err(|_| Failure::StoreUnavailable)
+    }
+
+    async fn active_user(&self, id: &str) -> Result<Arc<User>, Failure> {
+        match self.cached_user(id).await? {
+            Cached::Found(user) if user.status == UserStatus::Active => Ok(user),
+            Cached::Found(_) => Err(Failure::Disabled),
+            Cached::Missing => Err(Failure::Unknown),
+        }
+    }
+
+    fn note_use(&self, key_id: &str, now: i64) {
+        let mut uses = self.last_used.lock();
+        match uses.get_mut(key_id) {
+            Some(at) => *at = now,
+            None => {
+                uses.insert(key_id.to_owned(), now);
+            }
+        }
+    }
+
+    // ---- brute force ----
+
+    /// How long a client address is still cooled down, if it is.
+    pub fn cooldown_left(&self, client: IpAddr) -> Option<Duration> {
+        let window = self.failures.get(&client)?;
+        let until = window.lock().blocked_until?;
+        until.checked_duration_since(Instant::now()).filter(|left| !left.is_zero())
+    }
+
+    /// Counts a failure: metrics always, and against the client address.
+    pub fn record_failure(&self, client: Option<IpAddr>, failure: Failure) {
+        metrics::counter!("blaze_auth_failures_total", "reason" => failure.reason()).increment(1);
+        // The store being down is not the client's fault.
+        let (Some(client), false) = (client, failure == Failure::StoreUnavailable) else { return };
+        let brute = &self.config.brute_force;
+        let window = self.failures.get_with(client, || {
+            Arc::new(Mutex::new(FailureWindow { started: Instant::now(), failures: 0, blocked_until: None }))
+        });
+        let mut window = window.lock();
+        let now = Instant::now();
+        if now.duration_since(window.started) > brute.window {
+            window.started = now;
+            window.failures = 0;
+        }
+        window.failures = window.failures.saturating_add(1);
+        if window.failures >= brute.max_failures && window.blocked_until.is_none_or(|until| until <= now) {
+            window.blocked_until = Some(now + brute.cooldown);
+            window.started = now;
+            window.failures = 0;
+            metrics::counter!("blaze_auth_cooldowns_total").increment(1);
+            tracing::warn!(client = %client, cooldown_s = brute.cooldown.as_secs(), "too many authentication failures; client cooled down");
+        }
+    }
+
+    // ---- tokens ----
+
+    fn claims(
+        &self,
+        user: &User,
+        scopes: Vec<String>,
+        sid: &str,
+        kind: TokenType,
+        now_s: i64,
+    ) -> Option<Claims> {
+        let ttl = match kind {
+            TokenType::Access => self.config.access_ttl,
+            TokenType::Refresh => self.config.refresh_ttl,
+        };
+        Some(Claims {
+            sub: user.id.clone(),
+            role: user.role,
+            scopes,
+            iat: now_s,
+            nbf: now_s,
+            exp: now_s + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
+            iss: self.config.jwt.issuer.clone(),
+            aud: self.config.jwt.audience.clone(),
+            jti: hex::encode(secrets::random_bytes::<16>()?),
+            typ: kind,
+            sid: sid.to_owned(),
+        })
+    }
+
+    /// Signs a new pair for `user` in sign-in `sid` (a new one if `None`)
+    /// and records the refresh token.
+    async fn issue(
+        &self,
+        user: &User,
+        scopes: Vec<String>,
+        sid: Option<String>,
+    ) -> Result<TokenPair, Failure> {
+        let now_s = now_ms() / 1000;
+        let sid = match sid {
+            Some(sid) => sid,
+            None => hex::encode(secrets::random_bytes::<16>().ok_or(Failure::StoreUnavailable)?),
+        };
+        let access = self
+            .claims(user, scopes.clone(), &sid, TokenType::Access, now_s)
+            .ok_or(Failure::StoreUnavailable)?;
+        let refresh =
+            self.claims(user, scopes, &sid, TokenType::Refresh, now_s).ok_or(Failure::StoreUnavailable)?;
+        let record = RefreshRecord {
+            jti: refresh.jti.clone(),
+            family_id: sid,
+            user_id: user.id.clone(),
+            expires_at: refresh.exp.saturating_mul(1000),
+            used_at: None,
+            revoked_at: None,
+        };
+        self.store.insert_refresh(record).await.map_err(|_| Failure::StoreUnavailable)?;
+        let sign = |claims: &Claims| {
+            self.jwt.sign(claims).map_err(|error| {
+                tracing::error!(error, "cannot sign a token");
+                Failure::StoreUnavailable
+            })
+        };
+        Ok(TokenPair {
+            access_token: sign(&access)?,
+            token_type: "Bearer",
+            expires_in: self.config.access_ttl.as_secs(),
+            refresh_token: sign(&refresh)?,
+            refresh_expires_in: self.config.refresh_ttl.as_secs(),
+        })
+    }
+
+    /// Exchanges an API key for a token pair with the key's scopes.
+    pub async fn token_for_key(&self, key: &str) -> Result<TokenPair, Failure> {
+        if !key.starts_with(secrets::KEY_PREFIX) {
+            return Err(Failure::Malformed);
+        }
+        let principal = self.authenticate_key(key).await?;
+        let user = self.active_user(&principal.user_id).await?;
+        self.issue(&user, principal.scopes, None).await
+    }
+
+    /// Exchanges an email and password for a token pair.
+    pub async fn token_for_password(&self, email: &str, password: &str) -> Result<TokenPair, Failure> {
+        let user = self
+            .store
+            .user_by_email(email.trim().to_lowercase())
+            .await
+            .map_err(|_| Failure::StoreUnavailable)?;
+        let stored = user.as_ref().and_then(|user| user.password_hash.clone());
+        let password = password.to_owned();
+        let verified = tokio::task::spawn_blocking(move || {
+            // An unknown email costs one hash too, so timing tells nothing.
+            let hash = stored.as_deref().unwrap_or_else(|| secrets::dummy_password_hash());
+            secrets::verify_password(&password, hash) && stored.is_some()
+        })
+        .await
+        .unwrap_or(false);
+        let user = user.filter(|_| verified).ok_or(Failure::BadPassword)?;
+        if user.status != UserStatus::Active {
+            return Err(Failure::Disabled);
+        }
+        self.issue(&user, vec!["*".to_owned()], None).await
+    }
+
+    /// Spends a refresh token for a new pair in the same sign-in. A token
+    /// spent before is a replay: its whole sign-in is revoked.
+    pub async fn refresh(&self, token: &str) -> Result<TokenPair, Failure> {
+        let claims = self.jwt.verify(token, TokenType::Refresh).map_err(token_failure)?;
+        let outcome = self
+            .store
+            .use_refresh(claims.jti.clone(), now_ms())
+            .await
+            .map_err(|_| Failure::StoreUnavailable)?;
+        match outcome {
+            RefreshUse::Spent(record) if record.user_id == claims.sub && record.family_id == claims.sid => {
+                let user = self.active_user(&record.user_id).await?;
+                self.issue(&user, claims.scopes, Some(record.family_id)).await
+            }
+            RefreshUse::Spent(_) | RefreshUse::Unknown => Err(Failure::Invalid),
+            RefreshUse::Replayed(record) => {
+                tracing::warn!(user = %record.user_id, "a spent refresh token was presented again; its sign-in is revoked");
+                metrics::counter!("blaze_auth_refresh_replays_total").increment(1);
+                self.revoke_family(&record.family_id).await.map_err(|_| Failure::StoreUnavailable)?;
+                Err(Failure::Revoked)
+            }
+            RefreshUse::Revoked => Err(Failure::Revoked),
+        }
+    }
+
+    /// Ends the sign-in of an access token: the token, its refresh tokens
+    /// and every other access token of the sign-in stop working.
+    pub async fn logout(&self, principal: &Principal) -> Result<(), AdminError> {
+        let Credential::Token { jti, sid, expires_at } = &principal.credential else {
+            return Err(AdminError::Invalid(
+                "logout ends a token sign-in; an API key is revoked with DELETE /admin/keys/{id}".to_owned(),
+            ));
+        };
+        let now = now_ms();
+        let revocation = Revocation {
+            kind: RevocationKind::Token,
+            subject: jti.clone(),
+            expires_at: expires_at.saturating_mul(1000)
+                + millis(Duration::from_secs(self.config.jwt.leeway_s)),
+            created_at: now,
+        };
+        self.store.add_revocation(revocation.clone()).await?;
+        self.announce(AuthEvent::Revoked { revocation }).await;
+        self.revoke_family(sid).await?;
+        Ok(())
+    }
+
+    async fn revoke_family(&self, sid: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        self.store.revoke_family(sid.to_owned(), now).await?;
+        // Access tokens of the sign-in live at most access_ttl (plus the
+        // leeway) from now; the revocation lasts as long.
+        let lasts = self.config.access_ttl + Duration::from_secs(self.config.jwt.leeway_s);
+        let revocation = Revocation {
+            kind: RevocationKind::Family,
+            subject: sid.to_owned(),
+            expires_at: now + millis(lasts),
+            created_at: now,
+        };
+        self.store.add_revocation(revocation.clone()).await?;
+        self.announce(AuthEvent::Revoked { revocation }).await;
+        Ok(())
+    }
+
+    // ---- events and background work (driven by the actor) ----
+
+    /// Applies an event here, then tells the other replicas.
+    async fn announce(&self, event: AuthEvent) {
+        self.apply(&event).await;
+        self.bus.publish(&event, self.postgres.as_ref()).await;
+    }
+
+    /// Applies an event from any replica (idempotent).
+    pub async fn apply(&self, event: &AuthEvent) {
+        match event {
+            AuthEvent::KeyChanged { id } => self.keys.invalidate(id).await,
+            AuthEvent::UserChanged { id } => self.users.invalidate(id).await,
+            AuthEvent::Revoked { revocation } => {
+                let mut revoked = self.revoked.write();
+                let map = match revocation.kind {
+                    RevocationKind::Token => &mut revoked.tokens,
+                    RevocationKind::Family => &mut revoked.families,
+                };
+                map.insert(revocation.subject.clone(), revocation.expires_at);
+            }
+        }
+    }
+
+    /// Reloads the revocations in force, and forgets expired ones.
+    pub async fn resync(&self) -> Result<(), StoreError> {
+        let now = now_ms();
+        let revocations = self.store.revocations(now).await?;
+        let mut fresh = Revoked::default();
+        for revocation in revocations {
+            let map = match revocation.kind {
+                RevocationKind::Token => &mut fresh.tokens,
+                RevocationKind::Family => &mut fresh.families,
+            };
+            map.insert(revocation.subject, revocation.expires_at);
+        }
+        let mut revoked = self.revoked.write();
+        // Keep what arrived by event meanwhile and is still in force.
+        for (subject, until) in revoked.tokens.drain() {
+            if until > now {
+                fresh.tokens.entry(subject).or_insert(until);
+            }
+        }
+        for (subject, until) in revoked.families.drain() {
+            if until > now {
+                fresh.families.entry(subject).or_insert(until);
+            }
+        }
+        *revoked = fresh;
+        Ok(())
+    }
+
+    /// Forgets every cached key and user (after events may have been missed).
+    pub fn clear_caches(&self) {
+        self.keys.invalidate_all();
+        self.users.invalidate_all();
+    }
+
+    /// Writes the batched last-used times; on failure they are kept for
+    /// the next flush.
+    pub async fn flush_last_used(&self) -> Result<usize, StoreError> {
+        let uses: Vec<(String, i64)> = self.last_used.lock().drain().collect();
+        if uses.is_empty() {
+            return Ok(0);
+        }
+        let count = uses.len();
+        if let Err(error) = self.store.touch_keys(uses.clone()).await {
+            let mut pending = self.last_used.lock();
+            for (id, at) in uses {
+                pending.entry(id).or_insert(at);
+            }
+            return Err(error);
+        }
+        Ok(count)
+    }
+
+    // ---- bootstrap ----
+
+    /// On an empty store, creates the first admin with `configured_key`
+    /// (BLAZE__AUTH__BOOTSTRAP_KEY) or a new key. Returns the new key only
+    /// when it was generated here, for the caller to show once.
+    pub async fn bootstrap(
+        &self,
+        configured_key: Option<&str>,
+        email: &str,
+    ) -> Result<Option<NewKey>, String> {
+        let (key, generated) = match configured_key {
+            Some(text) => {
+                let presented = PresentedKey::parse(text).ok_or(
+                    "auth.bootstrap_key is not a Blaze key (blz_ then 16 and 64 lower-case hex digits)",
+                )?;
+                (NewKey { id: presented.id.to_owned(), text: text.to_owned() }, false)
+            }
+            None => (secrets::generate_key().ok_or("the system has no randomness")?, true),
+        };
+        let now = now_ms();
+        let admin = User {
+            id: secrets::random_id().ok_or("the system has no randomness")?,
+            email: email.trim().to_lowercase(),
+            name: "Administrator".to_owned(),
+            role: Role::Admin,
+            status: UserStatus::Active,
+            password_hash: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let record = KeyRecord {
+            id: key.id.clone(),
+            user_id: admin.id.clone(),
+            name: "bootstrap".to_owned(),
+            secret_hash: self.hasher.hash(&key.text),
+            scopes: vec!["*".to_owned()],
+            created_at: now,
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+            replaced_by: None,
+        };
+        let created = self.store.bootstrap(admin, record).await.map_err(|error| error.to_string())?;
+        Ok((created && generated).then_some(key))
+    }
+
+    // ---- management ----
+
+    pub async fn create_user(&self, new: NewUser) -> Result<User, AdminError> {
+        let email = new.email.trim().to_lowercase();
+        if !valid_email(&email) {
+            return Err(AdminError::Invalid("`email` must be an email address".to_owned()));
+        }
+        let password_hash = match new.password {
+            Some(password) => Some(hash_password(password).await?),
+            None => None,
+        };
+        let now = now_ms();
+        let user = User {
+            id: secrets::random_id().ok_or(AdminError::Invalid("no randomness".to_owned()))?,
+            email,
+            name: new.name,
+            role: new.role,
+            status: UserStatus::Active,
+            password_hash,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.create_user(user.clone()).await.map_err(|error| match error {
+            StoreError::Conflict(_) => {
+                AdminError::Conflict(format!("a user with email `{}` exists", user.email))
+            }
+            other => AdminError::Store(other),
+        })?;
+        Ok(user)
+    }
+
+    pub async fn users(&self, after: Option<String>, limit: u32) -> Result<Page<User>, AdminError> {
+        let mut items = self.store.users(after, limit + 1).await?;
+        let has_more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        Ok(Page { items, has_more })
+    }
+
+    pub async fn user(&self, id: &str) -> Result<User, AdminError> {
+        self.store.user(id.to_owned()).await?.ok_or(AdminError::NotFound("user"))
+    }
+
+    /// Changes a user; a disabled user's keys and tokens stop working on
+    /// every replica at once.
+    pub async fn update_user(
+        &self,
+        actor: &Principal,
+        id: &str,
+        name: Option<String>,
+        role: Option<Role>,
+        status: Option<UserStatus>,
+        password: Option<String>,
+    ) -> Result<User, AdminError> {
+        if actor.user_id == id && (role == Some(Role::User) || status == Some(UserStatus::Disabled)) {
+            return Err(AdminError::Forbidden("an admin cannot demote or disable themselves"));
+        }
+        let password_hash = match password {
+            Some(password) => Some(Some(hash_password(password).await?)),
+            None => None,
+        };
+        let changes = UserChanges { name, role, status, password_hash };
+        let user = self
+            .store
+            .update_user(id.to_owned(), changes, now_ms())
+            .await?
+            .ok_or(AdminError::NotFound("user"))?;
+        self.announce(AuthEvent::UserChanged { id: id.to_owned() }).await;
+        Ok(user)
+    }
+
+    /// Creates a key for the caller, or (admins only) for another user.
+    pub async fn create_key(
+        &self,
+        actor: &Principal,
+        request: KeyRequest,
+    ) -> Result<(KeyRecord, NewKey), AdminError> {
+        let owner = request.user_id.unwrap_or_else(|| actor.user_id.clone());
+        if owner != actor.user_id && !actor.is_admin() {
+            return Err(AdminError::Forbidden("only an admin creates keys for other users"));
+        }
+        let user = self.user(&owner).await?;
+        if user.status != UserStatus::Active {
+            return Err(AdminError::Conflict(format!("user `{owner}` is disabled")));
+        }
+        let key = secrets::generate_key().ok_or(AdminError::Invalid("no randomness".to_owned()))?;
+        let now = now_ms();
+        let record = KeyRecord {
+            id: key.id.clone(),
+            user_id: owner,
+            name: request.name,
+            secret_hash: self.hasher.hash(&key.text),
+            scopes: request.scopes,
+            created_at: now,
+            expires_at: request.expires_in.map(|lifetime| now + millis(lifetime)),
+            revoked_at: None,
+            last_used_at: None,
+            replaced_by: None,
+        };
+        let max = self.config.max_keys_per_user;
+        self.store.create_key(record.clone(), max).await.map_err(|error| match error {
+            StoreError::KeyLimit { .. } => AdminError::KeyLimit { max },
+            other => other.into(),
+        })?;
+        Ok((record, key))
+    }
+
+    /// A key the caller may see: any for admins, their own otherwise (the
+    /// keys of others are "not found", so their ids leak nothing).
+    pub async fn key(&self, actor: &Principal, id: &str) -> Result<KeyRecord, AdminError> {
+        let key = self.store.key(id.to_owned()).await?.ok_or(AdminError::NotFound("API key"))?;
+        if key.user_id != actor.user_id && !actor.is_admin() {
+            return Err(AdminError::NotFound("API key"));
+        }
+        Ok(key)
+    }
+
+    pub async fn keys(
+        &self,
+        actor: &Principal,
+        user_id: Option<String>,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Page<KeyRecord>, AdminError> {
+        let user_id = match user_id {
+            Some(user) if user != actor.user_id && !actor.is_admin() => {
+                return Err(AdminError::Forbidden("only an admin lists the keys of other users"))
+            }
+            Some(user) => Some(user),
+            None if actor.is_admin() => None,
+            None => Some(actor.user_id.clone()),
+        };
+        let mut items = self.store.keys(user_id, after, limit + 1).await?;
+        let has_more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        Ok(Page { items, has_more })
+    }
+
+    /// Revokes a key; every replica refuses it within the event's delivery.
+    pub async fn revoke_key(&self, actor: &Principal, id: &str) -> Result<KeyRecord, AdminError> {
+        self.key(actor, id).await?;
+        let key =
+            self.store.revoke_key(id.to_owned(), now_ms()).await?.ok_or(AdminError::NotFound("API key"))?;
+        self.announce(AuthEvent::KeyChanged { id: id.to_owned() }).await;
+        Ok(key)
+    }
+
+    /// Replaces a key with a new one; the old one works for the rotation
+    /// grace period, then stops.
+    pub async fn rotate_key(
+        &self,
+        actor: &Principal,
+        id: &str,
+    ) -> Result<(KeyRecord, NewKey, KeyRecord), AdminError> {
+        let old = self.key(actor, id).await?;
+        let key = secrets::generate_key().ok_or(AdminError::Invalid("no randomness".to_owned()))?;
+        let now = now_ms();
+        let record = KeyRecord {
+            id: key.id.clone(),
+            secret_hash: self.hasher.hash(&key.text),
+            created_at: now,
+            expires_at: old.expires_at,
+            revoked_at: None,
+            last_used_at: None,
+            replaced_by: None,
+            ..old.clone()
+        };
+        let grace_end = now + millis(self.config.rotation_grace);
+        let retired =
+            self.store.rotate_key(id.to_owned(), record.clone(), grace_end).await?.ok_or(
+                AdminError::Conflict(format!("API key `{id}` is revoked, expired or already rotated")),
+            )?;
+        self.announce(AuthEvent::KeyChanged { id: id.to_owned() }).await;
+        Ok((record, key, retired))
+    }
+}
+
+fn token_failure(problem: TokenProblem) -> Failure {
+    match problem {
+        TokenProblem::Expired => Failure::Expired,
+        TokenProblem::Invalid => Failure::Invalid,
+        TokenProblem::WrongType => Failure::WrongType,
+    }
+}
+
+async fn hash_password(password: String) -> Result<String, AdminError> {
+    if password.chars().count() < 12 || password.len() > 1024 {
+        return Err(AdminError::Invalid("`password` must be 12 to 1024 characters".to_owned()));
+    }
+    tokio::task::spawn_blocking(move || secrets::hash_password(&password))
+        .await
+        .map_err(|error| AdminError::Invalid(error.to_string()))?
+        .map_err(AdminError::Invalid)
+}
+
+fn valid_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else { return false };
+    !local.is_empty()
+        && !domain.is_empty()
+        && email.len() <= 254
+        && !email.chars().any(|character| character.is_whitespace() || character.is_control())
+        && !domain.contains('@')
+}

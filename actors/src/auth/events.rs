@@ -1,0 +1,185 @@
+//! Identity events between replicas: a key changed (revoked, rotated), a
+//! user changed (role, status), a token or sign-in revoked. Every event is
+//! applied locally at once, then published so other replicas apply it too:
+//! through Redis pub/sub when `storage.redis_url` is set, PostgreSQL
+//! LISTEN/NOTIFY when only the database is shared, and nowhere else for
+//! the embedded default (one process).
+
+use std::time::Duration;
+
+use fred::clients::SubscriberClient;
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::prelude::{Builder, Client, Config, ReconnectPolicy};
+use serde::{Deserialize, Serialize};
+
+use super::store::Revocation;
+
+/// The channel every replica listens on (Redis channel, PostgreSQL
+/// notification channel).
+pub const CHANNEL: &str = "blaze_auth";
+
+/// How long any one Redis call may take.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AuthEvent {
+    KeyChanged { id: String },
+    UserChanged { id: String },
+    Revoked { revocation: Revocation },
+}
+
+/// Where events go to reach other replicas.
+#[derive(Clone)]
+pub enum EventBus {
+    /// One process: applying locally is all there is.
+    Local,
+    Redis(Client),
+    /// NOTIFY through the store's pool.
+    Postgres,
+}
+
+/// The Redis client config: explicit timeouts on every call, and a
+/// reconnect policy that never gives up.
+fn redis_builder(url: &str) -> Result<Builder, String> {
+    let config = Config::from_url(url).map_err(|error| format!("redis_url: {error}"))?;
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_connection_config(|connection| {
+            connection.connection_timeout = REDIS_TIMEOUT;
+            connection.internal_command_timeout = REDIS_TIMEOUT;
+            connection.max_command_attempts = 1;
+        })
+        .with_performance_config(|performance| performance.default_command_timeout = REDIS_TIMEOUT)
+        .set_policy(ReconnectPolicy::new_constant(0, 250));
+    Ok(builder)
+}
+
+impl EventBus {
+    /// A Redis publisher; it connects in the background, so a Redis that
+    /// is down at start-up delays nothing.
+    pub fn redis(url: &str) -> Result<Self, String> {
+        let client = redis_builder(url)?.build().map_err(|error| error.to_string())?;
+        client.connect();
+        Ok(Self::Redis(client))
+    }
+
+    /// Sends an event to the other replicas. Failures are logged: the
+    /// periodic resync and the cache lifetimes bound what they cost.
+    pub async fn publish(&self, event: &AuthEvent, postgres: Option<&deadpool_postgres::Pool>) {
+        let Ok(payload) = serde_json::to_string(event) else { return };
+        let result = match self {
+            EventBus::Local => Ok(()),
+            EventBus::Redis(client) => client
+                .publish::<i64, _, _>(CHANNEL, payload)
+                .await
+                .map(drop)
+                .map_err(|error| error.to_string()),
+            EventBus::Postgres => match postgres {
+                Some(pool) => notify(pool, &payload).await,
+                None => Err("no database pool".to_owned()),
+            },
+        };
+        if let Err(error) = result {
+            metrics::counter!("blaze_auth_event_publish_failures_total").increment(1);
+            tracing::warn!(error, "cannot publish an identity event; other replicas catch up on resync");
+        }
+    }
+}
+
+async fn notify(pool: &deadpool_postgres::Pool, payload: &str) -> Result<(), String> {
+    let client = pool.get().await.map_err(|error| error.to_string())?;
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+        .await
+        .map(drop)
+        .map_err(|error| error.to_string())
+}
+
+/// What a subscription yields.
+pub enum Incoming {
+    Event(AuthEvent),
+    /// The connection came back after a loss: events may have been missed,
+    /// so the caller drops its caches and reloads revocations.
+    Resync,
+}
+
+/// A live subscription: yields events published by any replica.
+pub enum Subscription {
+    Redis {
+        client: SubscriberClient,
+        messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
+        reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+        resubscribe: tokio::task::JoinHandle<()>,
+    },
+    Postgres {
+        _client: tokio_postgres::Client,
+        notifications: tokio::sync::mpsc::UnboundedReceiver<String>,
+        task: tokio::task::JoinHandle<()>,
+    },
+}
+
+impl Subscription {
+    pub async fn redis(url: &str) -> Result<Self, String> {
+        let client = redis_builder(url)?.build_subscriber_client().map_err(|error| error.to_string())?;
+        let messages = client.message_rx();
+        let reconnects = client.reconnect_rx();
+        client.init().await.map_err(|error| error.to_string())?;
+        let resubscribe = client.manage_subscriptions();
+        client.subscribe(CHANNEL).await.map_err(|error| error.to_string())?;
+        Ok(Self::Redis { client, messages, reconnects, resubscribe })
+    }
+
+    /// A dedicated connection (not from the pool) that LISTENs.
+    pub async fn postgres(config: tokio_postgres::Config) -> Result<Self, String> {
+        let (client, mut connection) =
+            config.connect(tokio_postgres::NoTls).await.map_err(|error| error.to_string())?;
+        let (sender, notifications) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |context| connection.poll_message(context));
+            while let Some(Ok(message)) = futures_util::StreamExt::next(&mut messages).await {
+                if let tokio_postgres::AsyncMessage::Notification(notification) = message {
+                    if sender.send(notification.payload().to_owned()).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(|error| error.to_string())?;
+        Ok(Self::Postgres { _client: client, notifications, task })
+    }
+
+    /// The next event; `None` when the subscription is lost (the caller
+    /// resubscribes and resyncs).
+    pub async fn next(&mut self) -> Option<Incoming> {
+        loop {
+            let payload = match self {
+                Subscription::Redis { messages, reconnects, .. } => tokio::select! {
+                    message = messages.recv() => match message {
+                        Ok(message) => message.value.as_string(),
+                        Err(_) => return None,
+                    },
+                    reconnected = reconnects.recv() => match reconnected {
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return Some(Incoming::Resync),
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    },
+                },
+                Subscription::Postgres { notifications, .. } => Some(notifications.recv().await?),
+            };
+            match payload.as_deref().map(serde_json::from_str::<AuthEvent>) {
+                Some(Ok(event)) => return Some(Incoming::Event(event)),
+                _ => tracing::warn!("ignored an identity event that does not parse"),
+            }
+        }
+    }
+
+    pub async fn close(self) {
+        match self {
+            Subscription::Redis { client, resubscribe, .. } => {
+                resubscribe.abort();
+                let _ = client.quit().await;
+            }
+            Subscription::Postgres { task, .. } => task.abort(),
+        }
+    }
+}

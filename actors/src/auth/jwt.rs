@@ -1,0 +1,258 @@
+//! JSON Web Tokens: signing and verification keys by `kid`, the claims
+//! Blaze issues, and the strict validation of what clients present.
+//!
+//! Every verification key carries its own algorithm allow-list (exactly its
+//! algorithm, never `none`); the header's `kid` picks the key, so an
+//! unknown kid, or a header naming another algorithm than the key's (HS256
+//! signed with a public key), is refused before any signature check. `exp`,
+//! `nbf`, `iss`, `aud` and `sub` are required; `typ` tells access from
+//! refresh tokens.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use super::store::Role;
+
+/// The longest token examined; anything longer is refused unread.
+pub const MAX_TOKEN_LEN: usize = 8192;
+/// The shortest HS256 secret accepted.
+pub const MIN_SECRET_LEN: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    EdDSA,
+    RS256,
+}
+
+impl JwtAlgorithm {
+    fn algorithm(self) -> Algorithm {
+        match self {
+            JwtAlgorithm::HS256 => Algorithm::HS256,
+            JwtAlgorithm::EdDSA => Algorithm::EdDSA,
+            JwtAlgorithm::RS256 => Algorithm::RS256,
+        }
+    }
+}
+
+/// One signing or verification key, from config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKeySpec {
+    /// The key id written in the header of the tokens it signs.
+    pub kid: String,
+    pub algorithm: JwtAlgorithm,
+    /// HS256: a file holding the secret (at least 32 bytes).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// EdDSA and RS256: the private key (PEM); without it the key only
+    /// verifies (a retired key kept so its tokens stay valid).
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    /// EdDSA and RS256: the public key (PEM).
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenType {
+    Access,
+    Refresh,
+}
+
+/// The claims of every token Blaze issues.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub role: Role,
+    pub scopes: Vec<String>,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    pub iss: String,
+    pub aud: String,
+    pub jti: String,
+    pub typ: TokenType,
+    /// The sign-in (refresh family) the token belongs to.
+    pub sid: String,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenProblem {
+    Expired,
+    /// Malformed, badly signed, wrong claims, unknown kid, wrong type.
+    Invalid,
+    WrongType,
+}
+
+struct VerifyingKey {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// The loaded keys: one signs, all verify.
+pub struct JwtKeys {
+    signing: (String, Algorithm, EncodingKey),
+    verifying: HashMap<String, VerifyingKey>,
+}
+
+/// Issuer, audience and clock leeway shared by every key.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub leeway_s: u64,
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))
+}
+
+fn hs256(secret: &[u8]) -> Result<(DecodingKey, EncodingKey), String> {
+    let decoding = DecodingKey::from_secret(secret).map_err(|error| error.to_string())?;
+    let encoding = EncodingKey::from_secret(secret).map_err(|error| error.to_string())?;
+    Ok((decoding, encoding))
+}
+
+/// A kid derived from a secret: stable across restarts, reveals nothing.
+pub fn kid_of_secret(secret: &[u8]) -> String {
+    let digest = sha2::Sha256::digest(secret);
+    format!("hs256-{}", hex::encode(&digest[..6]))
+}
+
+impl JwtKeys {
+    /// Loads the keys. `generated_secret` is the data dir's HS256 secret,
+    /// used when no key is configured. The signing key is `signing_kid`, or
+    /// the first key that can sign.
+    pub fn load(
+        specs: &[JwtKeySpec],
+        signing_kid: &str,
+        generated_secret: Option<Vec<u8>>,
+        settings: &JwtSettings,
+    ) -> Result<Self, String> {
+        let mut verifying = HashMap::new();
+        let mut signers = Vec::new();
+        let mut add =
+            |kid: String, algorithm: Algorithm, decoding: DecodingKey, encoding: Option<EncodingKey>| {
+                let mut validation = Validation::new(algorithm);
+                validation.algorithms = vec![algorithm];
+                validation.set_issuer(&[&settings.issuer]);
+                validation.set_audience(&[&settings.audience]);
+                validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+                validation.validate_nbf = true;
+                validation.validate_exp = true;
+                validation.leeway = settings.leeway_s;
+                if let Some(encoding) = encoding {
+                    signers.push((kid.clone(), algorithm, encoding));
+                }
+                verifying.insert(kid, VerifyingKey { key: decoding, validation });
+            };
+        if specs.is_empty() {
+            let secret = generated_secret.ok_or("no JWT key is configured and none was generated")?;
+            let (decoding, encoding) = hs256(&secret)?;
+            add(kid_of_secret(&secret), Algorithm::HS256, decoding, Some(encoding));
+        }
+        for spec in specs {
+            let problem = |text: String| format!("auth.jwt.keys `{}`: {text}", spec.kid);
+            match spec.algorithm {
+                JwtAlgorithm::HS256 => {
+                    let path =
+                        spec.secret_file.as_ref().ok_or_else(|| problem("HS256 needs secret_file".into()))?;
+                    let secret = read(path).map_err(problem)?;
+                    let secret = secret.trim_ascii().to_vec();
+                    if secret.len() < MIN_SECRET_LEN {
+                        return Err(problem(format!("the secret must be at least {MIN_SECRET_LEN} bytes")));
+                    }
+                    let (decoding, encoding) = hs256(&secret).map_err(problem)?;
+                    add(spec.kid.clone(), Algorithm::HS256, decoding, Some(encoding));
+                }
+                JwtAlgorithm::EdDSA | JwtAlgorithm::RS256 => {
+                    let path = spec
+                        .public_key_file
+                        .as_ref()
+                        .ok_or_else(|| problem("needs public_key_file".into()))?;
+                    let public = read(path).map_err(problem)?;
+                    let private = spec.private_key_file.as_ref().map(read).transpose().map_err(problem)?;
+                    let (decoding, encoding) = if spec.algorithm == JwtAlgorithm::EdDSA {
+                        (
+                            DecodingKey::from_ed_pem(&public).map_err(|error| problem(error.to_string()))?,
+                            private
+                                .map(|pem| EncodingKey::from_ed_pem(&pem))
+                                .transpose()
+                                .map_err(|error| problem(error.to_string()))?,
+                        )
+                    } else {
+                        (
+                            DecodingKey::from_rsa_pem(&public).map_err(|error| problem(error.to_string()))?,
+                            private
+                                .map(|pem| EncodingKey::from_rsa_pem(&pem))
+                                .transpose()
+                                .map_err(|error| problem(error.to_string()))?,
+                        )
+                    };
+                    add(spec.kid.clone(), spec.algorithm.algorithm(), decoding, encoding);
+                }
+            }
+        }
+        let signing = if signing_kid.is_empty() {
+            signers.into_iter().next()
+        } else {
+            signers.into_iter().find(|(kid, ..)| kid == signing_kid)
+        };
+        let signing = signing.ok_or_else(|| {
+            format!("auth.jwt.signing_kid `{signing_kid}`: no configured key with that kid can sign")
+        })?;
+        Ok(Self { signing, verifying })
+    }
+
+    /// Signs claims with the signing key, its kid in the header.
+    pub fn sign(&self, claims: &Claims) -> Result<String, String> {
+        let (kid, algorithm, key) = &self.signing;
+        let mut header = Header::new(*algorithm);
+        header.kid = Some(kid.clone());
+        jsonwebtoken::encode(&header, claims, key).map_err(|error| error.to_string())
+    }
+
+    /// Checks a token completely and returns its claims if it is a valid
+    /// token of the expected type.
+    pub fn verify(&self, token: &str, expected: TokenType) -> Result<Claims, TokenProblem> {
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return Err(TokenProblem::Invalid);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenProblem::Invalid)?;
+        let kid = header.kid.as_deref().ok_or(TokenProblem::Invalid)?;
+        let key = self.verifying.get(kid).ok_or(TokenProblem::Invalid)?;
+        if !key.validation.algorithms.contains(&header.alg) {
+            return Err(TokenProblem::Invalid);
+        }
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation).map_err(|error| match error
+                .kind()
+            {
+                ErrorKind::ExpiredSignature => TokenProblem::Expired,
+                _ => TokenProblem::Invalid,
+            })?;
+        if data.claims.typ != expected {
+            return Err(TokenProblem::WrongType);
+        }
+        Ok(data.claims)
+    }
+
+    /// The kids that verify, for the logs at start-up.
+    pub fn kids(&self) -> Vec<String> {
+        let mut kids: Vec<String> = self.verifying.keys().cloned().collect();
+        kids.sort();
+        kids
+    }
+
+    pub fn signing_kid(&self) -> &str {
+        &self.signing.0
+    }
+}

@@ -1,0 +1,115 @@
+//! The one schema and the SQL both backends run. Statements use `$1`
+//! placeholders (PostgreSQL's); the embedded backend rewrites them to
+//! SQLite's `?1`, so the text is shared and cannot drift.
+
+/// Migrations, in order; `MIGRATIONS[n]` takes the schema to version n+1.
+/// Applied once each, recorded in `blaze_schema_version`.
+pub const MIGRATIONS: &[&[&str]] = &[&[
+    "CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        email TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'user')),
+        status TEXT NOT NULL CHECK (status IN ('active', 'disabled')),
+        password_hash TEXT,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    )",
+    "CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users (id),
+        name TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT,
+        revoked_at BIGINT,
+        last_used_at BIGINT,
+        replaced_by TEXT
+    )",
+    "CREATE INDEX api_keys_by_user ON api_keys (user_id, id)",
+    "CREATE TABLE refresh_tokens (
+        jti TEXT PRIMARY KEY,
+        family_id TEXT NOT NULL,
+        user_id TEXT NOT NULL REFERENCES users (id),
+        expires_at BIGINT NOT NULL,
+        used_at BIGINT,
+        revoked_at BIGINT
+    )",
+    "CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family_id)",
+    "CREATE INDEX refresh_tokens_by_expiry ON refresh_tokens (expires_at)",
+    "CREATE TABLE revocations (
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (kind, subject)
+    )",
+    "CREATE INDEX revocations_by_expiry ON revocations (expires_at)",
+]];
+
+pub const CREATE_VERSION_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS blaze_schema_version (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)";
+pub const CURRENT_VERSION: &str = "SELECT COALESCE(MAX(version), 0) FROM blaze_schema_version";
+pub const RECORD_VERSION: &str = "INSERT INTO blaze_schema_version (version, applied_at) VALUES ($1, $2)";
+
+const USER_COLUMNS: &str = "id, email, name, role, status, password_hash, created_at, updated_at";
+const KEY_COLUMNS: &str =
+    "id, user_id, name, secret_hash, scopes, created_at, expires_at, revoked_at, last_used_at, replaced_by";
+
+pub fn insert_user() -> String {
+    format!("INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+}
+pub fn user_by_id() -> String {
+    format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1")
+}
+pub fn user_by_email() -> String {
+    format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1")
+}
+pub fn users_after() -> String {
+    format!("SELECT {USER_COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2")
+}
+pub const COUNT_USERS: &str = "SELECT COUNT(*) FROM users";
+pub const UPDATE_USER: &str =
+    "UPDATE users SET name = $2, role = $3, status = $4, password_hash = $5, updated_at = $6 WHERE id = $1";
+
+pub fn insert_key() -> String {
+    format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+}
+pub fn key_by_id() -> String {
+    format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1")
+}
+pub fn keys_after() -> String {
+    format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id > $1 ORDER BY id LIMIT $2")
+}
+pub fn keys_of_user_after() -> String {
+    format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3")
+}
+/// Keys that count against the limit: not revoked, not replaced, not expired.
+pub const COUNT_ACTIVE_KEYS: &str = "SELECT COUNT(*) FROM api_keys WHERE user_id = $1 \
+     AND revoked_at IS NULL AND replaced_by IS NULL AND (expires_at IS NULL OR expires_at > $2)";
+pub const REVOKE_KEY: &str = "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1";
+/// Replaces a usable key; touches nothing if it is not usable any more.
+pub const RETIRE_KEY: &str = "UPDATE api_keys SET replaced_by = $2, \
+     expires_at = CASE WHEN expires_at IS NULL OR expires_at > $3 THEN $3 ELSE expires_at END \
+     WHERE id = $1 AND revoked_at IS NULL AND replaced_by IS NULL AND (expires_at IS NULL OR expires_at > $4)";
+pub const TOUCH_KEY: &str =
+    "UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)";
+
+pub const INSERT_REFRESH: &str =
+    "INSERT INTO refresh_tokens (jti, family_id, user_id, expires_at, used_at, revoked_at) \
+     VALUES ($1, $2, $3, $4, NULL, NULL)";
+pub const REFRESH_BY_JTI: &str =
+    "SELECT jti, family_id, user_id, expires_at, used_at, revoked_at FROM refresh_tokens WHERE jti = $1";
+/// Spends a token once: a concurrent second use changes no row.
+pub const SPEND_REFRESH: &str = "UPDATE refresh_tokens SET used_at = $2 \
+     WHERE jti = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $2";
+pub const REVOKE_FAMILY: &str =
+    "UPDATE refresh_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE family_id = $1";
+
+pub const INSERT_REVOCATION: &str = "INSERT INTO revocations (kind, subject, expires_at, created_at) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (kind, subject) DO NOTHING";
+pub const REVOCATIONS_IN_FORCE: &str =
+    "SELECT kind, subject, expires_at, created_at FROM revocations WHERE expires_at > $1";
+pub const PRUNE_REVOCATIONS: &str = "DELETE FROM revocations WHERE expires_at <= $1";
+pub const PRUNE_REFRESH: &str = "DELETE FROM refresh_tokens WHERE expires_at <= $1";

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# What authentication costs: authenticated GET /v1/models (with an API key,
+# then with a JWT access token) against unauthenticated GET /health on the
+# same Blaze process, same load generator (wrk), alternating rounds.
+# Target: each authenticated rate at least 0.85x the /health rate (cached
+# validation costs at most 15%).
+#
+#   load/bench/auth.sh [ROUNDS] [SECONDS] [CONNECTIONS]
+#
+# Defaults: 3 rounds of 10 s at 64 connections. Needs wrk and openssl.
+set -euo pipefail
+rounds=${1:-3}
+seconds=${2:-10}
+connections=${3:-64}
+[ "$rounds" -ge 1 ] && [ "$rounds" -le 20 ] || { echo "ROUNDS must be 1..20" >&2; exit 2; }
+[ "$seconds" -ge 1 ] && [ "$seconds" -le 120 ] || { echo "SECONDS must be 1..120" >&2; exit 2; }
+. "$(dirname "$0")/common.sh"
+
+port=18483
+work=$(mktemp -d)
+pid=
+trap '[ -z "$pid" ] || kill $pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work" "$bench_data"' EXIT
+BLAZE__SERVER__PORT=$port "$bin/blaze" serve --offline > "$work/blaze.log" 2>&1 &
+pid=$!
+url=http://127.0.0.1:$port
+for _ in $(seq 300); do curl -fs "$url/health/ready" >/dev/null && break; sleep 0.1; done
+curl -fs "$url/health/ready" >/dev/null || { cat "$work/blaze.log" >&2; exit 1; }
+token=$(curl -fs "$url/auth/token" -H 'content-type: application/json' -d "{\"api_key\": \"$BLAZE_BENCH_KEY\"}" \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')
+for credential in "$BLAZE_BENCH_KEY" "$token"; do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "$url/v1/models" -H "Authorization: Bearer $credential")" = 200 ] \
+    || { echo "the credential is refused" >&2; exit 1; }
+done
+
+to_us() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); print v } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v*1000 } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000000 } }'; }
+run() { # path [credential] -> "rps p99_us"
+  local out
+  if [ -n "${2:-}" ]; then
+    out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency -H "Authorization: Bearer $2" "$url$1")
+  else
+    out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency "$url$1")
+  fi
+  local errors; errors=$(awk '/Non-2xx|Socket errors/' <<<"$out")
+  [ -z "$errors" ] || echo "  $1: $errors" >&2
+  echo "$(awk '/^Requests\/sec:/ {print $2}' <<<"$out") $(awk '$1 == "99%" {print $2}' <<<"$out" | to_us)"
+}
+median() { sort -g | awk '{ a[NR]=$1 } END { if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+
+echo "wrk -t2 -c$connections -d${seconds}s, $rounds alternating rounds"
+: > "$work/health"; : > "$work/key"; : > "$work/jwt"
+for round in $(seq "$rounds"); do
+  read -r rps p99 < <(run /health); echo "$rps $p99" >> "$work/health"
+  printf '  round %d %-28s %10.0f req/s   p99 %8.0f us\n' "$round" "GET /health (public)" "$rps" "$p99"
+  read -r rps p99 < <(run /v1/models "$BLAZE_BENCH_KEY"); echo "$rps $p99" >> "$work/key"
+  printf '  round %d %-28s %10.0f req/s   p99 %8.0f us\n' "$round" "GET /v1/models (API key)" "$rps" "$p99"
+  read -r rps p99 < <(run /v1/models "$token"); echo "$rps $p99" >> "$work/jwt"
+  printf '  round %d %-28s %10.0f req/s   p99 %8.0f us\n' "$round" "GET /v1/models (JWT)" "$rps" "$p99"
+done
+h=$(cut -d' ' -f1 "$work/health" | median); k=$(cut -d' ' -f1 "$work/key" | median); j=$(cut -d' ' -f1 "$work/jwt" | median)
+hp=$(cut -d' ' -f2 "$work/health" | median); kp=$(cut -d' ' -f2 "$work/key" | median); jp=$(cut -d' ' -f2 "$work/jwt" | median)
+printf 'median GET /health           %10.0f req/s   p99 %8.0f us\n' "$h" "$hp"
+printf 'median /v1/models, API key   %10.0f req/s   p99 %8.0f us\n' "$k" "$kp"
+printf 'median /v1/models, JWT       %10.0f req/s   p99 %8.0f us\n' "$j" "$jp"
+awk -v h="$h" -v k="$k" -v j="$j" 'BEGIN {
+  printf "ratio: API key %.3fx, JWT %.3fx the /health rate (target >= 0.85)\n", k/h, j/h
+  printf "{\"benchmark\":\"auth\",\"health_rps\":%.1f,\"api_key_rps\":%.1f,\"jwt_rps\":%.1f,\"api_key_ratio\":%.4f,\"jwt_ratio\":%.4f}\n", h, k, j, k/h, j/h
+}'
