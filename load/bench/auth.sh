@@ -32,7 +32,6 @@ for credential in "$BLAZE_BENCH_KEY" "$token"; do
     || { echo "the credential is refused" >&2; exit 1; }
 done
 
-to_us() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); print v } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v*1000 } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000000 } }'; }
 run() { # path [credential] -> "rps p99_us"
   local out
   if [ -n "${2:-}" ]; then
@@ -44,7 +43,6 @@ run() { # path [credential] -> "rps p99_us"
   [ -z "$errors" ] || echo "  $1: $errors" >&2
   echo "$(awk '/^Requests\/sec:/ {print $2}' <<<"$out") $(awk '$1 == "99%" {print $2}' <<<"$out" | to_us)"
 }
-median() { sort -g | awk '{ a[NR]=$1 } END { if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 
 echo "wrk -t2 -c$connections -d${seconds}s, $rounds alternating rounds"
 : > "$work/health"; : > "$work/key"; : > "$work/jwt"

@@ -19,3 +19,7 @@ echo -10 > /proc/self/autogroup 2>/dev/null || true
 BLAZE_BENCH_KEY="blz_$(openssl rand -hex 8)_$(openssl rand -hex 32)"
 bench_data=$(mktemp -d)
 export BLAZE_BENCH_KEY BLAZE__AUTH__BOOTSTRAP_KEY=$BLAZE_BENCH_KEY BLAZE__STORAGE__DATA_DIR=$bench_data
+# wrk's "99%  1.23ms" -> microseconds
+to_us() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); print v } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v*1000 } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000000 } }'; }
+# The median of numbers, one a line.
+median() { sort -g | awk '{ a[NR]=$1 } END { if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }

@@ -30,8 +30,6 @@ for port in $blaze_port $reference_port; do
   curl -fs "http://127.0.0.1:$port/health" >/dev/null || { echo "server on $port did not start" >&2; cat "$work"/*.log >&2; exit 1; }
 done
 
-# wrk's "99%  1.23ms" -> microseconds
-to_us() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); print v } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v*1000 } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000000 } }'; }
 run() { # name port -> "rps p99_us"
   local out; out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency "http://127.0.0.1:$2/health")
   local rps p99
@@ -41,7 +39,6 @@ run() { # name port -> "rps p99_us"
   [ -z "$errors" ] || echo "  $1: $errors" >&2
   echo "$rps $p99"
 }
-median() { sort -g | awk '{ a[NR]=$1 } END { if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 
 echo "GET /health, wrk -t2 -c$connections -d${seconds}s, $rounds alternating rounds"
 : > "$work/blaze"; : > "$work/reference"

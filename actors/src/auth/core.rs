@@ -314,35 +314,15 @@ impl Authenticator {
     }
 
     async fn cached_key(&self, id: &str) -> Result<Cached<KeyRecord>, Failure> {
-        if let Some(hit) = self.keys.get(id).await {
-            return Ok(hit);
-        }
         let store = self.store.clone();
         let owned = id.to_owned();
-        self.keys
-            .try_get_with(owned.clone(), async move {
-                Ok::<_, StoreError>(
-                    store.key(owned).await?.map_or(Cached::Missing, |key| Cached::Found(Arc::new(key))),
-                )
-            })
-            .await
-            .map_err(|_| Failure::StoreUnavailable)
+        cached(&self.keys, id, async move { store.key(owned).await }).await
     }
 
     async fn cached_user(&self, id: &str) -> Result<Cached<User>, Failure> {
-        if let Some(hit) = self.users.get(id).await {
-            return Ok(hit);
-        }
         let store = self.store.clone();
         let owned = id.to_owned();
-        self.users
-            .try_get_with(owned.clone(), async move {
-                Ok::<_, StoreError>(
-                    store.user(owned).await?.map_or(Cached::Missing, |user| Cached::Found(Arc::new(user))),
-                )
-            })
-            .await
-            .map_err(|_| Failure::StoreUnavailable)
+        cached(&self.users, id, async move { store.user(owned).await }).await
     }
 
     async fn active_user(&self, id: &str) -> Result<Arc<User>, Failure> {
@@ -861,6 +841,22 @@ impl Authenticator {
         self.announce(AuthEvent::KeyChanged { id: id.to_owned() }).await;
         Ok((record, key, retired))
     }
+}
+
+/// A cache hit, or one store read shared by every concurrent caller that
+/// missed; a store that cannot answer fails the lookup (closed).
+async fn cached<T, F>(cache: &Cache<String, Cached<T>>, id: &str, load: F) -> Result<Cached<T>, Failure>
+where
+    T: Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<Option<T>, StoreError>>,
+{
+    if let Some(hit) = cache.get(id).await {
+        return Ok(hit);
+    }
+    let found = async move {
+        Ok::<_, StoreError>(load.await?.map_or(Cached::Missing, |value| Cached::Found(Arc::new(value))))
+    };
+    cache.try_get_with(id.to_owned(), found).await.map_err(|_| Failure::StoreUnavailable)
 }
 
 fn token_failure(problem: TokenProblem) -> Failure {

@@ -339,3 +339,50 @@ fn tokens_verify_only_with_their_kid_type_and_lifetime() {
     std::fs::write(&old_secret, [1u8; 8]).unwrap();
     assert!(JwtKeys::load(&[spec("old", &old_secret)], "", None, &settings()).is_err(), "short secret");
 }
+
+fn openssl(arguments: &[&str]) {
+    let status = std::process::Command::new("openssl").args(arguments).status().expect("openssl runs");
+    assert!(status.success(), "openssl {arguments:?}");
+}
+
+#[test]
+fn rs256_keys_from_pem_sign_and_verify_and_refuse_hs256_forgeries() {
+    let directory = tempfile::tempdir().unwrap();
+    let private = directory.path().join("rsa.pem");
+    let public = directory.path().join("rsa.pub.pem");
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        private.to_str().unwrap(),
+    ]);
+    openssl(&["pkey", "-in", private.to_str().unwrap(), "-pubout", "-out", public.to_str().unwrap()]);
+    let spec = |private_key_file: Option<std::path::PathBuf>| super::jwt::JwtKeySpec {
+        kid: "rsa-1".into(),
+        algorithm: super::jwt::JwtAlgorithm::RS256,
+        secret_file: None,
+        private_key_file,
+        public_key_file: Some(public.clone()),
+    };
+    let keys = JwtKeys::load(&[spec(Some(private.clone()))], "", None, &settings()).unwrap();
+    let token = keys.sign(&claims(TokenType::Access, 60)).unwrap();
+    let header = jsonwebtoken::decode_header(&token).unwrap();
+    assert_eq!((header.alg, header.kid.as_deref()), (jsonwebtoken::Algorithm::RS256, Some("rsa-1")));
+    assert_eq!(keys.verify(&token, TokenType::Access).unwrap().sub, "u1");
+    // A verification-only key cannot be the signing key.
+    assert!(JwtKeys::load(&[spec(None)], "", None, &settings()).is_err());
+    // HS256 keyed with the public PEM, under the RSA key's kid: refused.
+    let public_pem = std::fs::read(&public).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("rsa-1".into());
+    let forged = jsonwebtoken::encode(
+        &header,
+        &claims(TokenType::Access, 60),
+        &jsonwebtoken::EncodingKey::from_secret(&public_pem).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(keys.verify(&forged, TokenType::Access), Err(TokenProblem::Invalid));
+}
