@@ -139,6 +139,53 @@ impl ChatModel {
         Ok(())
     }
 
+    /// llama.cpp's plainest greedy loop, the oracle of the fidelity tests:
+    /// a context of its own holding one sequence, the prompt read in
+    /// batches of `STEP_TOKENS`, then one token per decode, each the argmax
+    /// of the last logits, until end of turn or `max_tokens` (as the
+    /// fixture script runs llama.cpp). None of the decoder's slots, batch
+    /// scheduling, sampling or stop handling takes part.
+    pub fn reference_greedy(&self, prompt: &[u32], max_tokens: usize) -> Result<Vec<u32>, EngineError> {
+        let failed = |error: &dyn std::fmt::Display| EngineError::Input(error.to_string());
+        let batch_tokens = self.context_length.min(STEP_TOKENS);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(self.context_length as u32))
+            .with_n_batch(batch_tokens as u32)
+            .with_n_ubatch(batch_tokens as u32)
+            .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
+            .with_n_threads(2)
+            .with_n_threads_batch(2);
+        let mut context = self
+            .model
+            .new_context(backend()?, params)
+            .map_err(|error| EngineError::Load(error.to_string()))?;
+        let mut batch = LlamaBatch::new(batch_tokens, 1);
+        let mut tokens: Vec<LlamaToken> = prompt.iter().map(|&token| LlamaToken(token as i32)).collect();
+        let mut read = 0;
+        let mut generated = Vec::new();
+        while generated.len() < max_tokens {
+            batch.clear();
+            let end = tokens.len().min(read + batch_tokens);
+            for (position, token) in tokens.iter().enumerate().take(end).skip(read) {
+                batch
+                    .add(*token, position as i32, &[0], position + 1 == end)
+                    .map_err(|error| failed(&error))?;
+            }
+            context.decode(&mut batch).map_err(|error| failed(&error))?;
+            read = end;
+            if read < tokens.len() {
+                continue;
+            }
+            let token = first_argmax(context.get_logits_ith(batch.n_tokens() - 1));
+            if self.model.vocab().is_eog(token) {
+                break;
+            }
+            generated.push(token.0 as u32);
+            tokens.push(token);
+        }
+        Ok(generated)
+    }
+
     /// A decoder for one worker: one llama.cpp context of `threads` compute
     /// threads, holding up to `slots` sequences at once, each in its own
     /// part of the KV cache (`context_length` tokens). Separate parts keep
