@@ -365,3 +365,24 @@ async fn every_kind_of_bad_credential_is_refused_with_401() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_token_verified_once_still_expires_on_time() {
+    let server =
+        Server::start(&[("BLAZE__AUTH__JWT__ACCESS_TTL_S", "2"), ("BLAZE__AUTH__JWT__LEEWAY_S", "0")], &[])
+            .await;
+    let pair: Value = tokens(&server, json!({"api_key": ADMIN_KEY})).await.json().await.unwrap();
+    let access = &pair["access_token"];
+    // Verified once, then served from the verified-token cache.
+    for _ in 0..3 {
+        assert_eq!(models_status(&server, access).await, 200);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while models_status(&server, access).await == 200 {
+        assert!(std::time::Instant::now() < deadline, "the token outlived its exp");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let refused =
+        client_with_key(access.as_str().unwrap()).get(server.url("/v1/models")).send().await.unwrap();
+    expect_unauthenticated(refused, "expired after being cached").await;
+}

@@ -82,6 +82,9 @@ impl Failure {
     }
 }
 
+/// Bytes of verified access tokens remembered (with their claims).
+const VERIFIED_TOKEN_BYTES: u64 = 32 << 20;
+
 /// How the caller proved who they are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
@@ -184,6 +187,10 @@ pub struct Authenticator {
     config: AuthConfig,
     keys: Cache<String, Cached<KeyRecord>>,
     users: Cache<String, Cached<User>>,
+    /// Access tokens whose signature and claims were checked, by the whole
+    /// token text: a token seen again skips the signature and the JSON.
+    /// Expiry and revocation are still checked on every use.
+    verified: moka::sync::Cache<String, Arc<Claims>>,
     revoked: RwLock<Revoked>,
     last_used: Mutex<HashMap<String, i64>>,
     failures: moka::sync::Cache<IpAddr, Arc<Mutex<FailureWindow>>>,
@@ -227,6 +234,11 @@ impl Authenticator {
         let lifetimes = || Lifetimes { found: config.cache_ttl, missing: config.negative_cache_ttl };
         let keys = Cache::builder().max_capacity(config.cache_capacity).expire_after(lifetimes()).build();
         let users = Cache::builder().max_capacity(config.cache_capacity).expire_after(lifetimes()).build();
+        let verified = moka::sync::Cache::builder()
+            .max_capacity(VERIFIED_TOKEN_BYTES)
+            .weigher(|token: &String, _: &Arc<Claims>| u32::try_from(token.len() + 256).unwrap_or(u32::MAX))
+            .time_to_live(config.cache_ttl)
+            .build();
         let brute = &config.brute_force;
         let failures = moka::sync::Cache::builder()
             .max_capacity(config.cache_capacity)
@@ -240,6 +252,7 @@ impl Authenticator {
             jwt,
             keys,
             users,
+            verified,
             revoked: RwLock::new(Revoked::default()),
             last_used: Mutex::new(HashMap::new()),
             failures,
@@ -297,7 +310,21 @@ impl Authenticator {
     }
 
     async fn authenticate_token(&self, token: &str) -> Result<Principal, Failure> {
-        let claims = self.jwt.verify(token, TokenType::Access).map_err(token_failure)?;
+        let claims = match self.verified.get(token) {
+            Some(claims) => {
+                let leeway = i64::try_from(self.config.jwt.leeway_s).unwrap_or(i64::MAX);
+                if now_ms() / 1000 > claims.exp.saturating_add(leeway) {
+                    self.verified.invalidate(token);
+                    return Err(Failure::Expired);
+                }
+                claims
+            }
+            None => {
+                let claims = Arc::new(self.jwt.verify(token, TokenType::Access).map_err(token_failure)?);
+                self.verified.insert(token.to_owned(), claims.clone());
+                claims
+            }
+        };
         {
             let revoked = self.revoked.read();
             if revoked.tokens.contains_key(&claims.jti) || revoked.families.contains_key(&claims.sid) {
@@ -308,8 +335,12 @@ impl Authenticator {
         Ok(Principal {
             user_id: user.id.clone(),
             role: user.role,
-            scopes: claims.scopes,
-            credential: Credential::Token { jti: claims.jti, sid: claims.sid, expires_at: claims.exp },
+            scopes: claims.scopes.clone(),
+            credential: Credential::Token {
+                jti: claims.jti.clone(),
+                sid: claims.sid.clone(),
+                expires_at: claims.exp,
+            },
         })
     }
 
