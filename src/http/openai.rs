@@ -242,10 +242,33 @@ fn model_object(model: &ServedModel) -> ModelObject<'_> {
     ModelObject { id: &model.id, object: "model", created: model.created, owned_by: "blaze" }
 }
 
+#[derive(Serialize)]
+struct ModelList<'a> {
+    object: &'static str,
+    data: Vec<ModelObject<'a>>,
+}
+
+thread_local! {
+    /// This worker's serialized model list and the registry generation it
+    /// shows: SDKs ask for the list often, and it changes only when a
+    /// model is published.
+    static MODEL_LIST: std::cell::RefCell<Option<(u64, web::Bytes)>> = const { std::cell::RefCell::new(None) };
+}
+
 async fn list_models(state: web::Data<AppState>) -> HttpResponse {
-    let models = state.models.all();
-    let data: Vec<_> = models.iter().map(|model| model_object(model)).collect();
-    HttpResponse::Ok().json(serde_json::json!({ "object": "list", "data": data }))
+    let generation = state.models.generation();
+    let body = MODEL_LIST.with_borrow_mut(|cached| match cached {
+        Some((shown, body)) if *shown == generation => body.clone(),
+        _ => {
+            let (generation, models) = state.models.all_with_generation();
+            let list =
+                ModelList { object: "list", data: models.iter().map(|model| model_object(model)).collect() };
+            let body = web::Bytes::from(serde_json::to_vec(&list).unwrap_or_default());
+            *cached = Some((generation, body.clone()));
+            body
+        }
+    });
+    HttpResponse::Ok().content_type(actix_web::http::header::ContentType::json()).body(body)
 }
 
 async fn get_model(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {

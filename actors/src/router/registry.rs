@@ -44,6 +44,9 @@ struct Snapshot {
     served: BTreeMap<String, Arc<ServedModel>>,
     /// Catalog models not served yet, with the last load failure if any.
     pending: BTreeMap<String, Option<String>>,
+    /// Grows each time a model is published: readers that keep something
+    /// derived from `served` know when it is stale.
+    generation: u64,
 }
 
 /// Served models by id, as one atomically swapped snapshot.
@@ -56,7 +59,13 @@ impl ModelRegistry {
     /// A registry expecting the catalog's `ids`, none of them served yet.
     pub fn expecting(ids: impl IntoIterator<Item = String>) -> Self {
         let pending = ids.into_iter().map(|id| (id, None)).collect();
-        Self { snapshot: Arc::new(ArcSwap::from_pointee(Snapshot { served: BTreeMap::new(), pending })) }
+        Self {
+            snapshot: Arc::new(ArcSwap::from_pointee(Snapshot {
+                served: BTreeMap::new(),
+                pending,
+                generation: 0,
+            })),
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<ServedModel>> {
@@ -65,6 +74,17 @@ impl ModelRegistry {
 
     pub fn all(&self) -> Vec<Arc<ServedModel>> {
         self.snapshot.load().served.values().cloned().collect()
+    }
+
+    /// The served models with the generation of the snapshot they come
+    /// from; the generation alone tells whether they changed since.
+    pub fn all_with_generation(&self) -> (u64, Vec<Arc<ServedModel>>) {
+        let snapshot = self.snapshot.load();
+        (snapshot.generation, snapshot.served.values().cloned().collect())
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.snapshot.load().generation
     }
 
     pub fn state(&self, id: &str) -> ModelState {
@@ -92,7 +112,7 @@ impl ModelRegistry {
             let mut pending = current.pending.clone();
             pending.remove(&model.id);
             served.insert(model.id.clone(), model.clone());
-            Snapshot { served, pending }
+            Snapshot { served, pending, generation: current.generation + 1 }
         });
     }
 
@@ -103,7 +123,7 @@ impl ModelRegistry {
             if let Some(slot) = pending.get_mut(id) {
                 *slot = Some(reason.to_owned());
             }
-            Snapshot { served: current.served.clone(), pending }
+            Snapshot { served: current.served.clone(), pending, generation: current.generation }
         });
     }
 
