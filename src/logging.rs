@@ -8,7 +8,11 @@ use tracing_subscriber::EnvFilter;
 /// `BLAZE_LOG` (tracing's env-filter syntax), `info` by default. Keep the
 /// guard alive: dropping it flushes the lines still queued.
 pub fn init() -> WorkerGuard {
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    // Buffered: under load the writer thread sends many lines per write
+    // call; it flushes whenever its queue runs empty, so a line still
+    // lands at once when the server is quiet.
+    let (writer, guard) =
+        tracing_appender::non_blocking(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
     let filter = EnvFilter::try_from_env("BLAZE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let installed = tracing_subscriber::fmt()
         .json()
