@@ -7,14 +7,16 @@ use std::time::Duration;
 use actix::{Actor, Addr, Recipient};
 use actix_web::{App, HttpServer};
 use blaze_actors::auth::{AuthActor, AuthActorConfig, Authenticator, EventSource, StoreProbe};
+use blaze_actors::cache::{CacheActor, CacheOptions, ResponseCache};
 use blaze_actors::health::{HealthMonitor, HealthMonitorConfig, HealthState};
 use blaze_actors::metrics::{MetricsAggregator, Telemetry};
+use blaze_actors::ratelimit::{RateLimiter, RateLimiterActor, RateLimiterOptions};
 use blaze_actors::router::{ModelCache, ModelRegistry, Router};
 use blaze_actors::supervisor::{ActorBoard, Adopt, Backoff, ChildSpec, StartAll, StopAll, Supervisor};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-use crate::http::{self, AppState, Authenticate, Compression, Observe};
+use crate::http::{self, AppState, Authenticate, Compression, Limiting, Observe, RateLimit};
 use crate::settings::{ServerSettings, Settings};
 
 /// Runs the server on an actix system until a signal stops it. Exit code 0
@@ -42,6 +44,8 @@ struct Shared {
     models: ModelRegistry,
     identity: Arc<Authenticator>,
     identity_events: EventSource,
+    limiting: Arc<Limiting>,
+    cache: Option<Arc<ResponseCache>>,
 }
 
 /// The Router, which loads the models and hands their workers to the
@@ -79,7 +83,21 @@ fn child_specs(settings: &Settings, shared: &Shared) -> Vec<ChildSpec> {
         resync_interval: Duration::from_secs(settings.auth.resync_interval_s),
     };
     let collection_interval = Duration::from_secs(monitoring.collection_interval_s);
-    vec![
+    let limiter = shared.limiting.limiter.clone();
+    let mut specs = Vec::new();
+    if let Some(cache) = shared.cache.clone() {
+        let redis_url = cache_redis_url(settings);
+        let timeout = Duration::from_millis(settings.cache.redis_timeout_ms);
+        specs.push(ChildSpec::new("cache", true, move || {
+            let actor = CacheActor::new(cache.clone(), redis_url.clone(), timeout);
+            async move { Ok(actor) }
+        }));
+    }
+    specs.extend([
+        ChildSpec::new("rate_limiter", true, move || {
+            let actor = RateLimiterActor::new(limiter.clone());
+            async move { Ok(actor) }
+        }),
         ChildSpec::new("health_monitor", true, move || {
             let monitor = HealthMonitor::new(health_config, health.clone(), board.clone(), probes.clone());
             async move { Ok(monitor) }
@@ -92,7 +110,38 @@ fn child_specs(settings: &Settings, shared: &Shared) -> Vec<ChildSpec> {
             let actor = AuthActor::new(authenticator.clone(), events.clone(), auth_config.clone());
             async move { Ok(actor) }
         }),
-    ]
+    ]);
+    specs
+}
+
+fn cache_redis_url(settings: &Settings) -> Option<String> {
+    let url = &settings.storage.redis_url;
+    (settings.cache.redis && !url.is_empty()).then(|| url.clone())
+}
+
+/// The response cache, if on: memory, then Redis when configured, then
+/// disk under the data dir.
+fn open_cache(settings: &Settings) -> Result<Option<Arc<ResponseCache>>, String> {
+    let cache = &settings.cache;
+    if !cache.enabled {
+        return Ok(None);
+    }
+    let options = CacheOptions {
+        ttl: Duration::from_secs(settings.performance.cache_ttl_s),
+        memory_bytes: cache.memory_bytes,
+        disk_directory: (cache.disk_bytes > 0).then(|| settings.storage.data_dir()),
+        disk_bytes: cache.disk_bytes,
+        redis_url: cache_redis_url(settings),
+        redis_timeout: Duration::from_millis(cache.redis_timeout_ms),
+        redis_max_value_bytes: cache.redis_max_value_bytes,
+    };
+    info!(
+        memory_bytes = cache.memory_bytes,
+        disk_bytes = cache.disk_bytes,
+        redis = options.redis_url.is_some(),
+        "response cache"
+    );
+    ResponseCache::open(&options).map(Some)
 }
 
 async fn serve(settings: Settings, offline: bool) -> Result<(), String> {
@@ -115,6 +164,8 @@ async fn serve(settings: Settings, offline: bool) -> Result<(), String> {
         models,
         identity: identity.authenticator,
         identity_events: identity.events,
+        limiting: limiting(&settings)?,
+        cache: open_cache(&settings)?,
     };
     let adopt = Arc::new(OnceLock::new());
     let mut specs = child_specs(&settings, &shared);
@@ -127,10 +178,40 @@ async fn serve(settings: Settings, offline: bool) -> Result<(), String> {
     if supervisor.send(StopAll).await.is_err() {
         warn!("the supervisor was gone at shutdown");
     }
+    if let Some(cache) = &shared.cache {
+        // Queued disk writes land before the process goes.
+        cache.flush().await;
+    }
     if let Err(error) = shared.identity.flush_last_used().await {
         warn!(error = %error, "cannot write the last key uses at shutdown");
     }
     result
+}
+
+/// The rate limiter, on Redis when configured (shared by replicas).
+fn limiting(settings: &Settings) -> Result<Arc<Limiting>, String> {
+    use crate::settings::RateLimitBackend;
+    let limits = &settings.rate_limits;
+    let redis_url = match limits.backend {
+        RateLimitBackend::Local => None,
+        RateLimitBackend::Auto | RateLimitBackend::Redis => {
+            Some(settings.storage.redis_url.clone()).filter(|url| !url.is_empty())
+        }
+    };
+    let limiter = RateLimiter::new(RateLimiterOptions {
+        redis_url,
+        redis_timeout: Duration::from_millis(limits.redis_timeout_ms),
+        fail_mode: limits.fail_mode,
+        replicas: limits.replicas,
+        burst_seconds: limits.burst_s,
+    })?;
+    info!(backend = limiter.backend_name(), fail_mode = ?limits.fail_mode, "rate limits");
+    Ok(Arc::new(Limiting {
+        limiter,
+        defaults: limits.default_limits(),
+        anonymous: limits.anonymous_limits(),
+        routes: limits.route_limits(),
+    }))
 }
 
 /// Opens the identity store and, on an empty one, creates the first admin.
@@ -181,8 +262,14 @@ async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervi
         supervisor,
         models: shared.models.clone(),
         auth: shared.identity.clone(),
+        cache: shared
+            .cache
+            .clone()
+            .map(|cache| http::cache::CacheAccess { cache, shared: settings.cache.shared_across_users }),
     };
+    let warm_state = state.clone();
     let metrics_access = settings.security.metrics_access;
+    let limiting = shared.limiting.clone();
     let compression = settings.performance.compression;
     let (max_body, timeout_s) = (server_settings.max_request_bytes, server_settings.request_timeout_s);
     let workers = server_settings.worker_count();
@@ -190,6 +277,7 @@ async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervi
         let state = state.clone();
         App::new()
             .configure(|config| http::configure(config, state.clone(), max_body))
+            .wrap(RateLimit::new(limiting.clone()))
             .wrap(Authenticate::new(state.auth.clone(), metrics_access))
             .wrap(Observe::new(state.telemetry.clone(), timeout_s, max_body))
             .wrap(Compression::new(compression))
@@ -211,6 +299,10 @@ async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervi
         info!(address = %address, workers, "listening");
     }
     let server = server.run();
+    if !settings.cache.warm_file.is_empty() {
+        let warm_state = warm_state.clone();
+        actix_rt::spawn(http::cache::warm(warm_state, settings.cache.warm_file.clone().into()));
+    }
     actix_rt::spawn(drain_on_signal(server.handle(), shared.health.clone(), server_settings));
     server.await.map_err(|error| format!("server: {error}"))
 }

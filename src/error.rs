@@ -188,6 +188,24 @@ impl ApiError {
             .retry_after(retry_after_s)
     }
 
+    /// 429: a rate limit refused the request. `budget` is `requests` or
+    /// `tokens` (OpenAI's error type for it).
+    pub fn rate_limited(budget: &'static str, message: String, retry_after_s: Option<u64>) -> Self {
+        let error = Self::new(StatusCode::TOO_MANY_REQUESTS, budget, "rate_limit_exceeded", message);
+        match retry_after_s {
+            Some(seconds) => error.retry_after(seconds),
+            None => error,
+        }
+    }
+
+    /// 503: rate limits are shared through Redis, Redis is unreachable,
+    /// and the configured fail mode is closed.
+    pub fn rate_limiter_unavailable() -> Self {
+        let message = "Rate limits cannot be checked right now; retry in 1 s".to_owned();
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "rate_limiter_unavailable", message)
+            .retry_after(1)
+    }
+
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "invalid_request_error", code, message.into())
     }

@@ -25,8 +25,10 @@ fn question(extra: Value) -> Value {
     body
 }
 
+/// These tests are about generation: every request is generated, never
+/// answered from the response cache (tests/cache_api.rs covers that).
 async fn post(server: &Server, path: &str, body: &Value) -> reqwest::Response {
-    client().post(server.url(path)).json(body).send().await.unwrap()
+    client().post(server.url(path)).header("cache-control", "no-store").json(body).send().await.unwrap()
 }
 
 /// The `data:` payloads of an SSE body, in order.

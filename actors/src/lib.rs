@@ -14,9 +14,12 @@
 //! a lock-free recorder) and never wait on a mailbox for it.
 
 pub mod auth;
+pub mod cache;
 pub mod health;
 pub mod inference;
 pub mod metrics;
+pub mod ratelimit;
+mod redis;
 pub mod router;
 pub mod supervisor;
 

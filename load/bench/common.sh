@@ -23,3 +23,6 @@ export BLAZE_BENCH_KEY BLAZE__AUTH__BOOTSTRAP_KEY=$BLAZE_BENCH_KEY BLAZE__STORAG
 to_us() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); print v } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v*1000 } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000000 } }'; }
 # The median of numbers, one a line.
 median() { sort -g | awk '{ a[NR]=$1 } END { if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+# Rate limits stay on (their check is part of what is measured), with
+# budgets no benchmark reaches.
+export BLAZE__RATE_LIMITS__REQUESTS_PER_MINUTE=1000000000000 BLAZE__RATE_LIMITS__TOKENS_PER_MINUTE=1000000000000

@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use blaze_actors::auth::{AdminError, Failure, KeyRecord, KeyRequest, NewUser, Page, Role, User, UserStatus};
+use blaze_actors::auth::{
+    AdminError, Failure, KeyRecord, KeyRequest, NewUser, Page, Role, User, UserStatus, UserUpdate,
+};
+use blaze_actors::ratelimit::Limits;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -85,9 +88,34 @@ fn user_json(user: &User) -> Value {
         "role": user.role,
         "status": user.status,
         "has_password": user.password_hash.is_some(),
+        "rate_limits": limits_json(&user.limits),
         "created_at": seconds(user.created_at),
         "updated_at": seconds(user.updated_at),
     })
+}
+
+/// Unset budgets show as null: the configured default applies.
+fn limits_json(limits: &Limits) -> Value {
+    json!({
+        "requests_per_minute": limits.requests_per_minute,
+        "tokens_per_minute": limits.tokens_per_minute,
+    })
+}
+
+/// Budgets an admin sets: at least 1 each (null keeps the default).
+fn checked_limits(limits: Option<Limits>) -> Result<Option<Limits>, ApiError> {
+    const MOST: u64 = 1_000_000_000_000;
+    let valid = |value: Option<u64>| value.is_none_or(|value| (1..=MOST).contains(&value));
+    match limits {
+        Some(limits) if !valid(limits.requests_per_minute) || !valid(limits.tokens_per_minute) => {
+            Err(ApiError::bad_request(
+                "invalid_value",
+                "`rate_limits`: requests_per_minute and tokens_per_minute are 1 to 10^12, or null for the default",
+            )
+            .with_param("rate_limits"))
+        }
+        limits => Ok(limits),
+    }
 }
 
 fn key_json(key: &KeyRecord) -> Value {
@@ -108,6 +136,7 @@ fn key_json(key: &KeyRecord) -> Value {
         "name": key.name,
         "prefix": format!("{}{}", blaze_actors::auth::secrets::KEY_PREFIX, key.id),
         "scopes": key.scopes,
+        "rate_limits": limits_json(&key.limits),
         "status": status,
         "created_at": seconds(key.created_at),
         "expires_at": key.expires_at.map(seconds),
@@ -211,6 +240,7 @@ struct CreateUser {
     #[serde(default = "default_role")]
     role: Role,
     password: Option<String>,
+    rate_limits: Option<Limits>,
 }
 
 fn default_role() -> Role {
@@ -243,7 +273,9 @@ async fn create_user(
         return Err(ApiError::bad_request("invalid_value", "`name` must be at most 200 characters")
             .with_param("name"));
     }
-    let new = NewUser { email: body.email, name: body.name, role: body.role, password: body.password };
+    let limits = checked_limits(body.rate_limits)?.unwrap_or_default();
+    let new =
+        NewUser { email: body.email, name: body.name, role: body.role, password: body.password, limits };
     let user = state.auth.create_user(new).await.map_err(admin_error)?;
     Ok(HttpResponse::Created().json(user_json(&user)))
 }
@@ -273,6 +305,7 @@ struct UpdateUser {
     role: Option<Role>,
     status: Option<UserStatus>,
     password: Option<String>,
+    rate_limits: Option<Limits>,
 }
 
 async fn update_user(
@@ -282,11 +315,14 @@ async fn update_user(
     body: web::Json<UpdateUser>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let user = state
-        .auth
-        .update_user(&caller.0, &id, body.name, body.role, body.status, body.password)
-        .await
-        .map_err(not_found("user", &id))?;
+    let update = UserUpdate {
+        name: body.name,
+        role: body.role,
+        status: body.status,
+        password: body.password,
+        limits: checked_limits(body.rate_limits)?,
+    };
+    let user = state.auth.update_user(&caller.0, &id, update).await.map_err(not_found("user", &id))?;
     Ok(HttpResponse::Ok().json(user_json(&user)))
 }
 
@@ -297,7 +333,7 @@ async fn disable_user(
 ) -> Result<HttpResponse, ApiError> {
     let user = state
         .auth
-        .update_user(&caller.0, &id, None, None, Some(UserStatus::Disabled), None)
+        .update_user(&caller.0, &id, UserUpdate { status: Some(UserStatus::Disabled), ..Default::default() })
         .await
         .map_err(not_found("user", &id))?;
     Ok(HttpResponse::Ok().json(user_json(&user)))
@@ -313,6 +349,7 @@ struct CreateKey {
     user_id: Option<String>,
     scopes: Option<Vec<String>>,
     expires_in_s: Option<u64>,
+    rate_limits: Option<Limits>,
 }
 
 async fn create_key(
@@ -344,6 +381,7 @@ async fn create_key(
         name: body.name,
         scopes,
         expires_in: body.expires_in_s.map(Duration::from_secs),
+        limits: checked_limits(body.rate_limits)?.unwrap_or_default(),
     };
     let (record, key) =
         state.auth.create_key(&caller.0, request).await.map_err(not_found("user", "given"))?;

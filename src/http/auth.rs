@@ -38,6 +38,7 @@ pub fn access_for(path: &str, metrics: MetricsAccess) -> Access {
             MetricsAccess::Admin => Access::Admin,
         },
         path if path == "/admin/users" || path.starts_with("/admin/users/") => Access::Admin,
+        "/admin/cache" => Access::Admin,
         #[cfg(feature = "test-hooks")]
         path if path.starts_with("/__test/") => Access::Public,
         _ => Access::Authenticated,

@@ -5,12 +5,18 @@
 
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
-use blaze_actors::inference::{ChatEvent, ChatEvents, ChatPool, EngineError, SamplingParams, WorkError};
+use blaze_actors::cache::{CacheKey, Lookup};
+use blaze_actors::inference::{
+    ChatEvent, ChatEvents, ChatPool, EngineError, FinishReason, SamplingParams, WorkError,
+};
 use blaze_actors::router::ModelHandle;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::auth::Caller;
+use super::cache::{mark, Caching};
 use super::disconnect::client_gone;
+use super::ratelimit::{Gate, Reservation};
 use super::AppState;
 use crate::error::ApiError;
 
@@ -199,43 +205,134 @@ fn text_of(content: &Option<Content>, index: usize) -> Result<String, ApiError> 
 async fn chat_completions(
     state: web::Data<AppState>,
     request: HttpRequest,
+    caller: Caller,
+    gate: Gate,
     body: web::Json<ChatRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let pool = chat_pool(&state, &body.model)?;
-    if body.messages.is_empty() {
+    let (prompt, panic) = chat_prompt(&pool, &body.messages)?;
+    let caching = Caching::of(&state, &request, &caller.0);
+    let call =
+        Call { pool: &pool, request: &request, gate: &gate, model: &body.model, kind: Kind::Chat, caching };
+    run(call, prompt, &body.sampling, panic).await
+}
+
+/// The prompt's tokens: the messages through the model's template. Also
+/// whether a test asked the worker to panic.
+fn chat_prompt(pool: &ChatPool, messages: &[Message]) -> Result<(Vec<u32>, bool), ApiError> {
+    if messages.is_empty() {
         return Err(invalid("invalid_messages", "messages", "messages must not be empty".to_owned()));
     }
-    let mut messages = Vec::with_capacity(body.messages.len());
-    for (index, message) in body.messages.iter().enumerate() {
+    let mut turns = Vec::with_capacity(messages.len());
+    for (index, message) in messages.iter().enumerate() {
         if !matches!(message.role.as_str(), "system" | "developer" | "user" | "assistant") {
             let message = format!("messages[{index}].role must be system, developer, user or assistant");
             return Err(invalid("invalid_role", &format!("messages[{index}].role"), message));
         }
         let role = if message.role == "developer" { "system".to_owned() } else { message.role.clone() };
-        messages.push((role, text_of(&message.content, index)?));
+        turns.push((role, text_of(&message.content, index)?));
     }
     let rendered = pool
         .model()
-        .render(&messages)
+        .render(&turns)
         .map_err(|error| invalid("invalid_messages", "messages", error.to_string()))?;
-    let prompt = pool.model().tokenize(&rendered, true);
     #[cfg(feature = "test-hooks")]
-    let panic = messages.iter().any(|(_, text)| text == "__blaze_test_panic__");
+    let panic = turns.iter().any(|(_, text)| text == "__blaze_test_panic__");
     #[cfg(not(feature = "test-hooks"))]
     let panic = false;
-    run(&pool, &request, prompt, &body.model, &body.sampling, Kind::Chat, panic).await
+    Ok((pool.model().tokenize(&rendered, true), panic))
+}
+
+/// Answers one request of the warming file into the cache, in `caching`'s
+/// scope; a request that is not deterministic is refused.
+pub async fn warm(
+    state: &AppState,
+    caching: Caching,
+    endpoint: &str,
+    body: Value,
+) -> Result<Lookup, ApiError> {
+    let not_schema =
+        |error: serde_json::Error| ApiError::bad_request("invalid_request_body", error.to_string());
+    let (pool, prompt, sampling, kind, model) = match endpoint {
+        "/v1/chat/completions" => {
+            let request: ChatRequest = serde_json::from_value(body).map_err(not_schema)?;
+            let pool = chat_pool(state, &request.model)?;
+            let (prompt, _) = chat_prompt(&pool, &request.messages)?;
+            (pool, prompt, request.sampling, Kind::Chat, request.model)
+        }
+        _ => {
+            let request: CompletionRequest = serde_json::from_value(body).map_err(not_schema)?;
+            let pool = chat_pool(state, &request.model)?;
+            let prompt = pool.model().tokenize(&request.prompt, true);
+            (pool, prompt, request.sampling, Kind::Text, request.model)
+        }
+    };
+    if !deterministic(&sampling) {
+        return Err(ApiError::bad_request(
+            "not_cacheable",
+            "set temperature 0 or a seed: only those are cached",
+        ));
+    }
+    let params = sampling_params(&sampling, prompt.len(), &pool)?;
+    let key = cache_key(&caching, kind, &model, &prompt, &params, &sampling);
+    let cached = Some((caching, key));
+    Ok(answer(&pool, &model, prompt, params, false, cached.as_ref()).await?.1)
+}
+
+fn submit(
+    pool: &ChatPool,
+    prompt: Vec<u32>,
+    params: SamplingParams,
+    panic: bool,
+) -> Result<ChatEvents, ApiError> {
+    #[cfg(feature = "test-hooks")]
+    let submitted = if panic { pool.submit_panicking(prompt, params) } else { pool.submit(prompt, params) };
+    #[cfg(not(feature = "test-hooks"))]
+    let submitted = {
+        let _ = panic;
+        pool.submit(prompt, params)
+    };
+    submitted.map_err(|overloaded| ApiError::overloaded(pool.model_id(), overloaded.retry_after_s))
+}
+
+/// The whole completion: from the cache, or generated once for every
+/// identical request missing at the same time.
+async fn answer(
+    pool: &ChatPool,
+    model: &str,
+    prompt: Vec<u32>,
+    params: SamplingParams,
+    panic: bool,
+    cached: Option<&(Caching, CacheKey)>,
+) -> Result<(Record, Lookup), ApiError> {
+    let Some((caching, key)) = cached else {
+        return Ok((collect(submit(pool, prompt, params, panic)?, model).await?, Lookup::Bypass));
+    };
+    let compute = async {
+        let record = collect(submit(pool, prompt, params, panic)?, model).await?;
+        serde_json::to_vec(&record).map_err(|_| ApiError::internal("cache record"))
+    };
+    let (bytes, lookup) =
+        caching.cache().get_or_compute(key, compute).await.map_err(|error| (*error).clone())?;
+    let record = serde_json::from_slice(&bytes).map_err(|_| ApiError::internal("cache record"))?;
+    Ok((record, lookup))
 }
 
 async fn completions(
     state: web::Data<AppState>,
     request: HttpRequest,
+    caller: Caller,
+    gate: Gate,
     body: web::Json<CompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let pool = chat_pool(&state, &body.model)?;
     let prompt = pool.model().tokenize(&body.prompt, true);
-    run(&pool, &request, prompt, &body.model, &body.sampling, Kind::Text, false).await
+    let caching = Caching::of(&state, &request, &caller.0);
+    let call =
+        Call { pool: &pool, request: &request, gate: &gate, model: &body.model, kind: Kind::Text, caching };
+    run(call, prompt, &body.sampling, false).await
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -244,26 +341,108 @@ enum Kind {
     Text,
 }
 
-async fn run(
-    pool: &ChatPool,
-    request: &HttpRequest,
-    prompt: Vec<u32>,
-    model: &str,
-    sampling: &Sampling,
+/// What a generation runs with, besides its prompt and sampling.
+struct Call<'a> {
+    pool: &'a ChatPool,
+    request: &'a HttpRequest,
+    gate: &'a Gate,
+    model: &'a str,
     kind: Kind,
+    caching: Option<Caching>,
+}
+
+/// A finished completion as the cache keeps it: enough to answer again as
+/// JSON, or as a stream of the same chunks.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    pieces: Vec<String>,
+    finish_reason: String,
+    completion_tokens: usize,
+}
+
+impl Record {
+    fn finish_reason(&self) -> FinishReason {
+        if self.finish_reason == "length" {
+            FinishReason::Length
+        } else {
+            FinishReason::Stop
+        }
+    }
+
+    /// The completion's events again, for the stream that replays it.
+    fn replay(self) -> ChatEvents {
+        let (sender, events) = tokio::sync::mpsc::unbounded_channel();
+        let finish_reason = self.finish_reason();
+        for piece in self.pieces {
+            let _ = sender.send(ChatEvent::Text(piece));
+        }
+        let _ = sender.send(ChatEvent::Done { finish_reason, completion_tokens: self.completion_tokens });
+        events
+    }
+}
+
+/// Whether a request's answer is always the same: greedy, or seeded.
+fn deterministic(sampling: &Sampling) -> bool {
+    sampling.temperature == Some(0.0) || sampling.seed.is_some()
+}
+
+/// The cache key of a generation: the prompt's tokens (the messages
+/// through the template) and every parameter that changes the output.
+fn cache_key(
+    caching: &Caching,
+    kind: Kind,
+    model: &str,
+    prompt: &[u32],
+    params: &SamplingParams,
+    sampling: &Sampling,
+) -> CacheKey {
+    let endpoint = match kind {
+        Kind::Chat => "/v1/chat/completions",
+        Kind::Text => "/v1/completions",
+    };
+    let fields = json!({
+        "prompt": prompt,
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "seed": if params.temperature == 0.0 { None } else { sampling.seed },
+        "stop": params.stop,
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
+    });
+    caching.key(endpoint, model, &fields)
+}
+
+/// A token reservation that settles when dropped, with the tokens counted
+/// so far: the prompt, then each generated piece, then the exact usage.
+struct Settlement {
+    reservation: Option<Reservation>,
+    used: u64,
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            reservation.settle(self.used);
+        }
+    }
+}
+
+async fn run(
+    call: Call<'_>,
+    prompt: Vec<u32>,
+    sampling: &Sampling,
     panic: bool,
 ) -> Result<HttpResponse, ApiError> {
+    let Call { pool, request, gate, model, kind, caching } = call;
     let params = sampling_params(sampling, prompt.len(), pool)?;
     let prompt_tokens = prompt.len();
-    #[cfg(feature = "test-hooks")]
-    let submitted = if panic { pool.submit_panicking(prompt, params) } else { pool.submit(prompt, params) };
-    #[cfg(not(feature = "test-hooks"))]
-    let submitted = {
-        let _ = panic;
-        pool.submit(prompt, params)
-    };
-    let events =
-        submitted.map_err(|overloaded| ApiError::overloaded(pool.model_id(), overloaded.retry_after_s))?;
+    let reservation = gate.admit((prompt_tokens + params.max_tokens) as u64).await?;
+    let mut settlement = Settlement { reservation, used: prompt_tokens as u64 };
+    let cached = caching.filter(|_| deterministic(sampling)).map(|caching| {
+        let key = cache_key(&caching, kind, model, &prompt, &params, sampling);
+        (caching, key)
+    });
     let id = match kind {
         Kind::Chat => format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         Kind::Text => format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
@@ -273,15 +452,31 @@ async fn run(
     let reply = Reply { id, created, model: model.to_owned(), kind, prompt_tokens };
     if sampling.stream {
         let include_usage = sampling.stream_options.as_ref().is_some_and(|options| options.include_usage);
-        return Ok(HttpResponse::Ok()
+        let (events, lookup, store) = match cached {
+            Some((caching, key)) => match caching.cache().get(&key).await.and_then(|(bytes, tier)| {
+                serde_json::from_slice::<Record>(&bytes).ok().map(|record| (record, tier))
+            }) {
+                Some((record, tier)) => (record.replay(), Lookup::Hit(tier), Some((caching, key, false))),
+                None => (submit(pool, prompt, params, panic)?, Lookup::Miss, Some((caching, key, true))),
+            },
+            None => (submit(pool, prompt, params, panic)?, Lookup::Bypass, None),
+        };
+        let mut response = HttpResponse::Ok();
+        mark(&mut response, lookup, store.as_ref().map(|(_, key, _)| key));
+        let store = store.and_then(|(caching, key, write)| write.then_some((caching, key)));
+        return Ok(response
             .content_type("text/event-stream")
             .insert_header(("cache-control", "no-cache"))
-            .streaming(sse(reply, events, include_usage)));
+            .streaming(sse(reply, events, include_usage, settlement, store)));
     }
-    tokio::select! {
-        answer = collect(reply, events) => answer.map(|body| HttpResponse::Ok().json(body)),
-        () = client_gone(request) => Err(ApiError::client_closed()),
-    }
+    let (record, lookup) = tokio::select! {
+        answer = answer(pool, model, prompt, params, panic, cached.as_ref()) => answer?,
+        () = client_gone(request) => return Err(ApiError::client_closed()),
+    };
+    settlement.used += record.completion_tokens as u64;
+    let mut response = HttpResponse::Ok();
+    mark(&mut response, lookup, cached.as_ref().map(|(_, key)| key));
+    Ok(response.json(reply.body(&record)))
 }
 
 struct Reply {
@@ -339,6 +534,28 @@ impl Reply {
     }
 }
 
+impl Reply {
+    /// The whole answer as JSON.
+    fn body(&self, record: &Record) -> Value {
+        let text = record.pieces.concat();
+        let choice = match self.kind {
+            Kind::Chat => json!({
+                "index": 0,
+                "message": { "role": "assistant", "content": text, "refusal": null },
+                "logprobs": null,
+                "finish_reason": record.finish_reason,
+            }),
+            Kind::Text => {
+                json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": record.finish_reason })
+            }
+        };
+        json!({
+            "id": self.id, "object": self.object(false), "created": self.created, "model": self.model,
+            "system_fingerprint": null, "choices": [choice], "usage": self.usage(record.completion_tokens),
+        })
+    }
+}
+
 fn work_error(error: WorkError, model: &str) -> ApiError {
     match error {
         WorkError::Engine(EngineError::TooLong { tokens, limit }) => invalid(
@@ -351,32 +568,23 @@ fn work_error(error: WorkError, model: &str) -> ApiError {
     }
 }
 
-async fn collect(reply: Reply, mut events: ChatEvents) -> Result<Value, ApiError> {
-    let mut text = String::new();
+/// The whole completion, piece by piece.
+async fn collect(mut events: ChatEvents, model: &str) -> Result<Record, ApiError> {
+    let mut pieces = Vec::new();
     while let Some(event) = events.recv().await {
         match event {
-            ChatEvent::Text(piece) => text.push_str(&piece),
+            ChatEvent::Text(piece) => pieces.push(piece),
             ChatEvent::Done { finish_reason, completion_tokens } => {
-                let choice = match reply.kind {
-                    Kind::Chat => json!({
-                        "index": 0,
-                        "message": { "role": "assistant", "content": text, "refusal": null },
-                        "logprobs": null,
-                        "finish_reason": finish_reason.as_str(),
-                    }),
-                    Kind::Text => {
-                        json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason.as_str() })
-                    }
-                };
-                return Ok(json!({
-                    "id": reply.id, "object": reply.object(false), "created": reply.created, "model": reply.model,
-                    "system_fingerprint": null, "choices": [choice], "usage": reply.usage(completion_tokens),
-                }));
+                return Ok(Record {
+                    pieces,
+                    finish_reason: finish_reason.as_str().to_owned(),
+                    completion_tokens,
+                });
             }
-            ChatEvent::Failed(error) => return Err(work_error(error, &reply.model)),
+            ChatEvent::Failed(error) => return Err(work_error(error, model)),
         }
     }
-    Err(ApiError::worker_failed(&reply.model))
+    Err(ApiError::worker_failed(model))
 }
 
 fn event(value: &Value) -> Bytes {
@@ -389,6 +597,8 @@ fn sse(
     reply: Reply,
     events: ChatEvents,
     include_usage: bool,
+    settlement: Settlement,
+    store: Option<(Caching, CacheKey)>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> {
     struct State {
         reply: Reply,
@@ -396,8 +606,21 @@ fn sse(
         first: bool,
         finished: bool,
         queued: Vec<Bytes>,
+        settlement: Settlement,
+        /// Where a complete stream is cached, with its pieces so far.
+        store: Option<(Caching, CacheKey)>,
+        pieces: Vec<String>,
     }
-    let state = State { reply, events, first: true, finished: false, queued: Vec::new() };
+    let state = State {
+        reply,
+        events,
+        first: true,
+        finished: false,
+        queued: Vec::new(),
+        settlement,
+        store,
+        pieces: Vec::new(),
+    };
     futures_util::stream::unfold(state, move |mut state| async move {
         loop {
             if let Some(bytes) = state.queued.pop() {
@@ -409,11 +632,24 @@ fn sse(
             let reply = &state.reply;
             match state.events.recv().await {
                 Some(ChatEvent::Text(piece)) => {
+                    state.settlement.used += 1;
                     let chunk = reply.chunk(reply.delta(Some(&piece), state.first, None), None);
                     state.first = false;
+                    if state.store.is_some() {
+                        state.pieces.push(piece);
+                    }
                     return Some((Ok(event(&chunk)), state));
                 }
                 Some(ChatEvent::Done { finish_reason, completion_tokens }) => {
+                    state.settlement.used = (reply.prompt_tokens + completion_tokens) as u64;
+                    if let Some((caching, key)) = state.store.take() {
+                        let pieces = std::mem::take(&mut state.pieces);
+                        let finish_reason = finish_reason.as_str().to_owned();
+                        let record = Record { pieces, finish_reason, completion_tokens };
+                        if let Ok(bytes) = serde_json::to_vec(&record) {
+                            caching.cache().put(&key, bytes).await;
+                        }
+                    }
                     let mut out = vec![event(
                         &reply.chunk(reply.delta(None, state.first, Some(finish_reason.as_str())), None),
                     )];

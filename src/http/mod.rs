@@ -3,11 +3,13 @@
 
 mod admin;
 pub mod auth;
+pub mod cache;
 mod chat;
 mod compression;
 pub mod disconnect;
 mod observe;
 mod openai;
+pub mod ratelimit;
 mod routes;
 #[cfg(feature = "test-hooks")]
 mod test_hooks;
@@ -21,6 +23,7 @@ use blaze_actors::metrics::Telemetry;
 pub use self::auth::Authenticate;
 pub use self::compression::Compression;
 pub use self::observe::{Observe, RequestId, REQUEST_ID};
+pub use self::ratelimit::{Limiting, RateLimit};
 use crate::error::{self, ApiError};
 
 /// What handlers read; cheap to clone into every worker.
@@ -31,6 +34,8 @@ pub struct AppState {
     pub supervisor: actix::Addr<blaze_actors::supervisor::Supervisor>,
     pub models: blaze_actors::router::ModelRegistry,
     pub auth: Arc<blaze_actors::auth::Authenticator>,
+    /// `None` when `cache.enabled` is false.
+    pub cache: Option<cache::CacheAccess>,
 }
 
 /// Registers every route, the extractor limits and the fallbacks.
@@ -53,6 +58,7 @@ pub fn configure(config: &mut web::ServiceConfig, state: AppState, max_body: usi
     openai::configure(config);
     chat::configure(config);
     admin::configure(config);
+    cache::configure(config);
     #[cfg(feature = "test-hooks")]
     test_hooks::configure(config);
     config.default_service(web::to(not_found));

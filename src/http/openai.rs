@@ -5,11 +5,15 @@ use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine as _;
+use blaze_actors::cache::{CacheKey, Lookup, Tier};
 use blaze_actors::inference::{EmbeddingPool, EngineError, WorkError};
 use blaze_actors::router::{ModelHandle, ModelState, ServedModel};
 use serde::{Deserialize, Serialize};
 
+use super::auth::Caller;
+use super::cache::{mark, Caching};
 use super::disconnect::client_gone;
+use super::ratelimit::Gate;
 use super::AppState;
 use crate::error::ApiError;
 
@@ -95,6 +99,8 @@ pub(crate) fn find_model(state: &AppState, id: &str) -> Result<Arc<ServedModel>,
 async fn embeddings(
     state: web::Data<AppState>,
     http_request: HttpRequest,
+    caller: Caller,
+    gate: Gate,
     body: web::Json<EmbeddingsRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
@@ -113,8 +119,11 @@ async fn embeddings(
     }
     let tokens = tokenize(pool, request.input).await?;
     let prompt_tokens = tokens.iter().map(Vec::len).sum();
-    let vectors = tokio::select! {
-        vectors = compute(pool, tokens) => vectors?,
+    // The exact count is known: nothing to settle later.
+    gate.admit(prompt_tokens as u64).await?;
+    let caching = Caching::of(&state, &http_request, &caller.0);
+    let (vectors, lookup, key) = tokio::select! {
+        answer = answer(pool, &request.model, caching.as_ref(), tokens) => answer?,
         () = client_gone(&http_request) => return Err(ApiError::client_closed()),
     };
     let data = vectors
@@ -126,12 +135,82 @@ async fn embeddings(
             embedding: encode(vector, request.encoding_format),
         })
         .collect();
-    Ok(HttpResponse::Ok().json(EmbeddingsResponse {
+    let mut response = HttpResponse::Ok();
+    mark(&mut response, lookup, key.as_ref());
+    Ok(response.json(EmbeddingsResponse {
         object: "list",
         data,
         model: request.model,
         usage: Usage { prompt_tokens, total_tokens: prompt_tokens },
     }))
+}
+
+/// Answers one embeddings request of the warming file into the cache.
+pub async fn warm(state: &AppState, caching: Caching, body: serde_json::Value) -> Result<Lookup, ApiError> {
+    let request: EmbeddingsRequest = serde_json::from_value(body)
+        .map_err(|error| ApiError::bad_request("invalid_request_body", error.to_string()))?;
+    let model = find_model(state, &request.model)?;
+    let ModelHandle::Embedding(pool) = &model.handle else {
+        return Err(ApiError::bad_request(
+            "invalid_model",
+            format!("{} is not an embedding model", request.model),
+        ));
+    };
+    let tokens = tokenize(pool, request.input).await?;
+    Ok(answer(pool, &request.model, Some(&caching), tokens).await?.1)
+}
+
+fn vector_bytes(vector: &[f32]) -> Vec<u8> {
+    vector.iter().flat_map(|value| value.to_le_bytes()).collect()
+}
+
+fn vector_of(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|chunk| f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]])).collect()
+}
+
+/// The vectors of every input: each one cached on its own (the model and
+/// its tokens), so inputs already cached are not computed again inside a
+/// larger batch; one input alone computes once however many ask at once.
+/// Returns what the lookup found (the slowest tier when every input was
+/// cached; a miss when any was computed) and, for one input, its key.
+async fn answer(
+    pool: &EmbeddingPool,
+    model: &str,
+    caching: Option<&Caching>,
+    tokens: Vec<Vec<u32>>,
+) -> Result<(Vec<Vec<f32>>, Lookup, Option<CacheKey>), ApiError> {
+    let Some(caching) = caching else {
+        return Ok((compute(pool, tokens).await?, Lookup::Bypass, None));
+    };
+    let keys: Vec<CacheKey> = tokens
+        .iter()
+        .map(|tokens| caching.key("/v1/embeddings", model, &serde_json::json!({ "tokens": tokens })))
+        .collect();
+    if let [key] = keys.as_slice() {
+        let compute = async { compute(pool, tokens).await.map(|vectors| vector_bytes(&vectors[0])) };
+        let (bytes, lookup) =
+            caching.cache().get_or_compute(key, compute).await.map_err(|error| (*error).clone())?;
+        return Ok((vec![vector_of(&bytes)], lookup, Some(key.clone())));
+    }
+    let found = futures_util::future::join_all(keys.iter().map(|key| caching.cache().get(key))).await;
+    let missing: Vec<usize> = (0..keys.len()).filter(|&index| found[index].is_none()).collect();
+    let mut vectors: Vec<Vec<f32>> =
+        found.iter().map(|hit| hit.as_ref().map_or_else(Vec::new, |(bytes, _)| vector_of(bytes))).collect();
+    if missing.is_empty() {
+        let slowest = found.iter().flatten().map(|(_, tier)| *tier).max_by_key(|tier| match tier {
+            Tier::Memory => 0,
+            Tier::Redis => 1,
+            Tier::Disk => 2,
+        });
+        return Ok((vectors, slowest.map_or(Lookup::Miss, Lookup::Hit), None));
+    }
+    let inputs: Vec<Vec<u32>> = missing.iter().map(|&index| tokens[index].clone()).collect();
+    let computed = compute(pool, inputs).await?;
+    for (&index, vector) in missing.iter().zip(computed) {
+        caching.cache().put(&keys[index], vector_bytes(&vector)).await;
+        vectors[index] = vector;
+    }
+    Ok((vectors, Lookup::Miss, None))
 }
 
 /// The model's tokens of every input, checked; on the blocking pool when

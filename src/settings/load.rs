@@ -203,6 +203,8 @@ impl Settings {
             "keeps more than 100000 rollups; raise monitoring.collection_interval_s",
         );
         problems.extend(self.identity_problems());
+        problems.extend(self.rate_limit_problems());
+        problems.extend(self.cache_problems());
         for (id, spec) in &self.models.catalog {
             problems.extend(check_model(id, spec).into_iter().map(|problem| ("models.catalog", problem)));
         }
@@ -211,6 +213,69 @@ impl Settings {
 }
 
 impl Settings {
+    fn cache_problems(&self) -> Vec<(&'static str, String)> {
+        let cache = &self.cache;
+        let mut problems = Vec::new();
+        let mut require = |ok: bool, key: &'static str, problem: &str| {
+            if !ok {
+                problems.push((key, problem.to_owned()));
+            }
+        };
+        require(
+            (1..=30 * 86_400).contains(&self.performance.cache_ttl_s),
+            "performance.cache_ttl_s",
+            "must be 1 to 2592000",
+        );
+        require(cache.memory_bytes >= 1 << 20, "cache.memory_bytes", "must be at least 1048576");
+        require(
+            cache.disk_bytes == 0 || cache.disk_bytes >= 1 << 20,
+            "cache.disk_bytes",
+            "must be 0 (off) or at least 1048576",
+        );
+        require(
+            (1024..=512 << 20).contains(&cache.redis_max_value_bytes),
+            "cache.redis_max_value_bytes",
+            "must be 1024 to 536870912",
+        );
+        require(
+            (1..=10_000).contains(&cache.redis_timeout_ms),
+            "cache.redis_timeout_ms",
+            "must be 1 to 10000",
+        );
+        require(
+            cache.warm_file.is_empty() || std::path::Path::new(&cache.warm_file).is_file(),
+            "cache.warm_file",
+            "must name a readable file of JSON lines",
+        );
+        problems
+    }
+
+    fn rate_limit_problems(&self) -> Vec<(&'static str, String)> {
+        let limits = &self.rate_limits;
+        let mut problems = Vec::new();
+        if !(1..=3600).contains(&limits.burst_s) {
+            problems.push(("rate_limits.burst_s", "must be 1 to 3600".to_owned()));
+        }
+        if !(1..=10_000).contains(&limits.redis_timeout_ms) {
+            problems.push(("rate_limits.redis_timeout_ms", "must be 1 to 10000".to_owned()));
+        }
+        if !(1..=1000).contains(&limits.replicas) {
+            problems.push(("rate_limits.replicas", "must be 1 to 1000".to_owned()));
+        }
+        if limits.backend == super::RateLimitBackend::Redis && self.storage.redis_url.is_empty() {
+            problems.push(("rate_limits.backend", "redis needs storage.redis_url".to_owned()));
+        }
+        for route in &limits.routes {
+            if !route.route.starts_with('/') {
+                problems.push(("rate_limits.routes", format!("route `{}` must start with /", route.route)));
+            }
+            if route.requests_per_minute == 0 && route.tokens_per_minute == 0 {
+                problems.push(("rate_limits.routes", format!("route `{}` sets no budget", route.route)));
+            }
+        }
+        problems
+    }
+
     fn identity_problems(&self) -> Vec<(&'static str, String)> {
         use blaze_actors::auth::{secrets, store::postgres_schema_name_is_valid};
         let mut problems = Vec::new();

@@ -31,6 +31,103 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub security: SecuritySettings,
     pub auth: AuthSettings,
+    pub rate_limits: RateLimitSettings,
+    pub cache: CacheSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Answers of deterministic requests are cached; false bypasses every
+    /// tier.
+    pub enabled: bool,
+    pub memory_bytes: u64,
+    /// The disk tier under the data dir; 0 turns it off.
+    pub disk_bytes: u64,
+    /// The Redis tier (storage.redis_url) when set.
+    pub redis: bool,
+    pub redis_max_value_bytes: usize,
+    pub redis_timeout_ms: u64,
+    /// Entries are per user unless this is set.
+    pub shared_across_users: bool,
+    /// JSON lines of requests answered into the cache at start-up.
+    pub warm_file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Budgets of every caller whose key and user set none; 0 is
+    /// unlimited.
+    pub requests_per_minute: u64,
+    pub tokens_per_minute: u64,
+    /// Per client address, on the routes that need no credential (health
+    /// probes excepted); 0 is unlimited.
+    pub anonymous_requests_per_minute: u64,
+    /// Budgets of one route per caller, on top of the caller's.
+    pub routes: Vec<RouteLimitSettings>,
+    /// How many seconds of its rate a budget may spend at once.
+    pub burst_s: u64,
+    pub backend: RateLimitBackend,
+    /// The longest one Redis call may take.
+    pub redis_timeout_ms: u64,
+    pub fail_mode: blaze_actors::ratelimit::FailMode,
+    /// Replicas sharing the limits; while Redis is down each allows this
+    /// share of every budget (fail_open).
+    pub replicas: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimitSettings {
+    pub route: String,
+    #[serde(default)]
+    pub requests_per_minute: u64,
+    #[serde(default)]
+    pub tokens_per_minute: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitBackend {
+    /// Redis when storage.redis_url is set, else in-process.
+    Auto,
+    Local,
+    Redis,
+}
+
+/// A configured budget: 0 is unlimited.
+fn budget(per_minute: u64) -> Option<u64> {
+    (per_minute > 0).then_some(per_minute)
+}
+
+impl RateLimitSettings {
+    pub fn default_limits(&self) -> blaze_actors::ratelimit::Limits {
+        blaze_actors::ratelimit::Limits {
+            requests_per_minute: budget(self.requests_per_minute),
+            tokens_per_minute: budget(self.tokens_per_minute),
+        }
+    }
+
+    pub fn anonymous_limits(&self) -> blaze_actors::ratelimit::Limits {
+        blaze_actors::ratelimit::Limits {
+            requests_per_minute: budget(self.anonymous_requests_per_minute),
+            tokens_per_minute: None,
+        }
+    }
+
+    pub fn route_limits(&self) -> Vec<(String, blaze_actors::ratelimit::Limits)> {
+        self.routes
+            .iter()
+            .map(|route| {
+                let limits = blaze_actors::ratelimit::Limits {
+                    requests_per_minute: budget(route.requests_per_minute),
+                    tokens_per_minute: budget(route.tokens_per_minute),
+                };
+                (route.route.clone(), limits)
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,6 +274,8 @@ pub struct ServerSettings {
 pub struct PerformanceSettings {
     /// Compress responses (gzip, brotli, zstd) as Accept-Encoding asks.
     pub compression: bool,
+    /// How long a cached answer lives, in every tier.
+    pub cache_ttl_s: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -20,7 +20,7 @@ use super::jwt::{Claims, JwtKeys, JwtSettings, TokenProblem, TokenType};
 use super::now_ms;
 use super::secrets::{self, KeyHasher, NewKey, PresentedKey};
 use super::store::{
-    KeyRecord, RefreshRecord, RefreshUse, Revocation, RevocationKind, Role, Store, StoreError, User,
+    KeyRecord, Limits, RefreshRecord, RefreshUse, Revocation, RevocationKind, Role, Store, StoreError, User,
     UserChanges, UserStatus,
 };
 
@@ -99,6 +99,9 @@ pub struct Principal {
     pub role: Role,
     pub scopes: Vec<String>,
     pub credential: Credential,
+    /// The budgets set on the key, else on the user; unset ones take the
+    /// configured defaults.
+    pub limits: Limits,
 }
 
 impl Principal {
@@ -208,6 +211,17 @@ pub struct NewUser {
     pub name: String,
     pub role: Role,
     pub password: Option<String>,
+    pub limits: Limits,
+}
+
+/// What an admin changes on a user; `None` keeps a field.
+#[derive(Debug, Default)]
+pub struct UserUpdate {
+    pub name: Option<String>,
+    pub role: Option<Role>,
+    pub status: Option<UserStatus>,
+    pub password: Option<String>,
+    pub limits: Option<Limits>,
 }
 
 pub struct KeyRequest {
@@ -216,6 +230,8 @@ pub struct KeyRequest {
     pub name: String,
     pub scopes: Vec<String>,
     pub expires_in: Option<Duration>,
+    /// Budgets of the key itself; only an admin sets them.
+    pub limits: Limits,
 }
 
 fn millis(duration: Duration) -> i64 {
@@ -306,6 +322,7 @@ impl Authenticator {
             role: user.role,
             scopes: key.scopes.clone(),
             credential: Credential::ApiKey { key_id: key.id.clone() },
+            limits: key.limits.or(user.limits),
         })
     }
 
@@ -341,6 +358,7 @@ impl Authenticator {
                 sid: claims.sid.clone(),
                 expires_at: claims.exp,
             },
+            limits: user.limits,
         })
     }
 
@@ -681,6 +699,7 @@ impl Authenticator {
             password_hash: None,
             created_at: now,
             updated_at: now,
+            limits: Limits::default(),
         };
         let record = KeyRecord {
             id: key.id.clone(),
@@ -693,6 +712,7 @@ impl Authenticator {
             revoked_at: None,
             last_used_at: None,
             replaced_by: None,
+            limits: Limits::default(),
         };
         let created = self.store.bootstrap(admin, record).await.map_err(|error| error.to_string())?;
         Ok((created && generated).then_some(key))
@@ -719,6 +739,7 @@ impl Authenticator {
             password_hash,
             created_at: now,
             updated_at: now,
+            limits: new.limits,
         };
         self.store.create_user(user.clone()).await.map_err(|error| match error {
             StoreError::Conflict(_) => {
@@ -746,11 +767,9 @@ impl Authenticator {
         &self,
         actor: &Principal,
         id: &str,
-        name: Option<String>,
-        role: Option<Role>,
-        status: Option<UserStatus>,
-        password: Option<String>,
+        update: UserUpdate,
     ) -> Result<User, AdminError> {
+        let UserUpdate { name, role, status, password, limits } = update;
         if actor.user_id == id && (role == Some(Role::User) || status == Some(UserStatus::Disabled)) {
             return Err(AdminError::Forbidden("an admin cannot demote or disable themselves"));
         }
@@ -758,7 +777,7 @@ impl Authenticator {
             Some(password) => Some(Some(hash_password(password).await?)),
             None => None,
         };
-        let changes = UserChanges { name, role, status, password_hash };
+        let changes = UserChanges { name, role, status, password_hash, limits };
         let user = self
             .store
             .update_user(id.to_owned(), changes, now_ms())
@@ -778,6 +797,9 @@ impl Authenticator {
         if owner != actor.user_id && !actor.is_admin() {
             return Err(AdminError::Forbidden("only an admin creates keys for other users"));
         }
+        if request.limits != Limits::default() && !actor.is_admin() {
+            return Err(AdminError::Forbidden("only an admin sets the rate limits of a key"));
+        }
         let user = self.user(&owner).await?;
         if user.status != UserStatus::Active {
             return Err(AdminError::Conflict(format!("user `{owner}` is disabled")));
@@ -795,6 +817,7 @@ impl Authenticator {
             revoked_at: None,
             last_used_at: None,
             replaced_by: None,
+            limits: request.limits,
         };
         let max = self.config.max_keys_per_user;
         self.store.create_key(record.clone(), max).await.map_err(|error| match error {

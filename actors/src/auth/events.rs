@@ -7,12 +7,12 @@
 
 use std::time::Duration;
 
-use fred::clients::SubscriberClient;
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
-use fred::prelude::{Builder, Client, Config, ReconnectPolicy};
+use fred::interfaces::{ClientLike, PubsubInterface};
+use fred::prelude::Client;
 use serde::{Deserialize, Serialize};
 
 use super::store::Revocation;
+use crate::redis::{client_builder, ChannelSubscription, Delivery};
 
 /// The channel every replica listens on (Redis channel, PostgreSQL
 /// notification channel).
@@ -39,27 +39,11 @@ pub enum EventBus {
     Postgres,
 }
 
-/// The Redis client config: explicit timeouts on every call, and a
-/// reconnect policy that never gives up.
-fn redis_builder(url: &str) -> Result<Builder, String> {
-    let config = Config::from_url(url).map_err(|error| format!("redis_url: {error}"))?;
-    let mut builder = Builder::from_config(config);
-    builder
-        .with_connection_config(|connection| {
-            connection.connection_timeout = REDIS_TIMEOUT;
-            connection.internal_command_timeout = REDIS_TIMEOUT;
-            connection.max_command_attempts = 1;
-        })
-        .with_performance_config(|performance| performance.default_command_timeout = REDIS_TIMEOUT)
-        .set_policy(ReconnectPolicy::new_constant(0, 250));
-    Ok(builder)
-}
-
 impl EventBus {
     /// A Redis publisher; it connects in the background, so a Redis that
     /// is down at start-up delays nothing.
     pub fn redis(url: &str) -> Result<Self, String> {
-        let client = redis_builder(url)?.build().map_err(|error| error.to_string())?;
+        let client = client_builder(url, REDIS_TIMEOUT)?.build().map_err(|error| error.to_string())?;
         client.connect();
         Ok(Self::Redis(client))
     }
@@ -106,12 +90,7 @@ pub enum Incoming {
 
 /// A live subscription: yields events published by any replica.
 pub enum Subscription {
-    Redis {
-        client: SubscriberClient,
-        messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
-        reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
-        resubscribe: tokio::task::JoinHandle<()>,
-    },
+    Redis(ChannelSubscription),
     Postgres {
         _client: tokio_postgres::Client,
         notifications: tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -121,13 +100,7 @@ pub enum Subscription {
 
 impl Subscription {
     pub async fn redis(url: &str) -> Result<Self, String> {
-        let client = redis_builder(url)?.build_subscriber_client().map_err(|error| error.to_string())?;
-        let messages = client.message_rx();
-        let reconnects = client.reconnect_rx();
-        client.init().await.map_err(|error| error.to_string())?;
-        let resubscribe = client.manage_subscriptions();
-        client.subscribe(CHANNEL).await.map_err(|error| error.to_string())?;
-        Ok(Self::Redis { client, messages, reconnects, resubscribe })
+        ChannelSubscription::open(url, CHANNEL, REDIS_TIMEOUT).await.map(Self::Redis)
     }
 
     /// A dedicated connection (not from the pool) that LISTENs.
@@ -154,15 +127,9 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Incoming> {
         loop {
             let payload = match self {
-                Subscription::Redis { messages, reconnects, .. } => tokio::select! {
-                    message = messages.recv() => match message {
-                        Ok(message) => message.value.as_string(),
-                        Err(_) => return None,
-                    },
-                    reconnected = reconnects.recv() => match reconnected {
-                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return Some(Incoming::Resync),
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                    },
+                Subscription::Redis(subscription) => match subscription.next().await? {
+                    Delivery::Message(text) => Some(text),
+                    Delivery::Reconnected => return Some(Incoming::Resync),
                 },
                 Subscription::Postgres { notifications, .. } => Some(notifications.recv().await?),
             };
@@ -175,10 +142,7 @@ impl Subscription {
 
     pub async fn close(self) {
         match self {
-            Subscription::Redis { client, resubscribe, .. } => {
-                resubscribe.abort();
-                let _ = client.quit().await;
-            }
+            Subscription::Redis(subscription) => subscription.close().await,
             Subscription::Postgres { task, .. } => task.abort(),
         }
     }

@@ -31,7 +31,7 @@ use hmac::Mac;
 pub use self::actor::{AuthActor, AuthActorConfig, EventSource};
 pub use self::core::{
     AdminError, AuthConfig, Authenticator, BruteForceConfig, Credential, Failure, KeyRequest, NewUser, Page,
-    Principal, TokenPair,
+    Principal, TokenPair, UserUpdate,
 };
 pub use self::jwt::{JwtAlgorithm, JwtKeySpec, JwtSettings};
 pub use self::store::{

@@ -11,6 +11,7 @@ use super::store::{
     EmbeddedStore, KeyRecord, PostgresOptions, PostgresStore, RefreshRecord, RefreshUse, Revocation,
     RevocationKind, Role, Store, StoreError, User, UserChanges, UserStatus,
 };
+use crate::ratelimit::Limits;
 
 const POSTGRES_URL: &str = "postgresql://postgres@127.0.0.1:5432/test";
 
@@ -68,6 +69,7 @@ fn user(email: &str, role: Role) -> User {
         password_hash: None,
         created_at: 1_000,
         updated_at: 1_000,
+        limits: Limits::default(),
     }
 }
 
@@ -83,6 +85,7 @@ fn key(user_id: &str, at: i64) -> KeyRecord {
         revoked_at: None,
         last_used_at: None,
         replaced_by: None,
+        limits: Limits { requests_per_minute: Some(120), tokens_per_minute: None },
     }
 }
 
@@ -111,13 +114,21 @@ async fn store_suite(store: Arc<dyn Store>) {
     assert_eq!(first.len() + rest.len(), 7);
     assert!(first.windows(2).all(|pair| pair[0].id < pair[1].id));
     assert!(rest.iter().all(|user| user.id > first[3].id));
-    let changes =
-        UserChanges { role: Some(Role::Admin), status: Some(UserStatus::Disabled), ..Default::default() };
+    let limits = Limits { requests_per_minute: None, tokens_per_minute: Some(u64::MAX) };
+    let changes = UserChanges {
+        role: Some(Role::Admin),
+        status: Some(UserStatus::Disabled),
+        limits: Some(limits),
+        ..Default::default()
+    };
     let changed = store.update_user(alice.id.clone(), changes, 2_000).await.unwrap().unwrap();
     assert_eq!(
         (changed.role, changed.status, changed.updated_at),
         (Role::Admin, UserStatus::Disabled, 2_000)
     );
+    // Limits round-trip; a count past a BIGINT is stored as the largest.
+    let stored = store.user(alice.id.clone()).await.unwrap().unwrap();
+    assert_eq!(stored.limits, Limits { requests_per_minute: None, tokens_per_minute: Some(i64::MAX as u64) });
     assert_eq!(changed.name, alice.name);
     assert_eq!(store.update_user("nobody".into(), UserChanges::default(), 1).await.unwrap(), None);
 
@@ -142,7 +153,8 @@ async fn store_suite(store: Arc<dyn Store>) {
     assert_eq!(store.keys(Some(bob.id.clone()), None, 100).await.unwrap().len(), 4);
     let all = store.keys(None, None, 100).await.unwrap();
     assert_eq!(all.len(), 5, "bootstrap key and bob's four");
-    assert_eq!(store.key(bobs[1].id.clone()).await.unwrap().unwrap().scopes, bobs[1].scopes);
+    let stored = store.key(bobs[1].id.clone()).await.unwrap().unwrap();
+    assert_eq!((&stored.scopes, stored.limits), (&bobs[1].scopes, bobs[1].limits));
 
     // Rotation: the old key expires at the end of the grace period, the
     // new one is stored, and a rotated key cannot be rotated again.

@@ -10,8 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::schema::{self, MIGRATIONS};
 use super::{
-    scopes_parse, scopes_text, KeyRecord, RefreshRecord, RefreshUse, Revocation, RevocationKind, Role, Store,
-    StoreError, StoreResult, User, UserChanges, UserStatus,
+    limit_columns, limits_from, scopes_parse, scopes_text, KeyRecord, RefreshRecord, RefreshUse, Revocation,
+    RevocationKind, Role, Store, StoreError, StoreResult, User, UserChanges, UserStatus,
 };
 
 #[derive(Clone)]
@@ -94,6 +94,7 @@ fn user_from(row: &Row<'_>) -> rusqlite::Result<(User, String, String)> {
         password_hash: row.get(5)?,
         created_at: row.get(6)?,
         updated_at: row.get(7)?,
+        limits: limits_from(row.get(8)?, row.get(9)?),
     };
     Ok((user, role, status))
 }
@@ -117,6 +118,7 @@ fn key_from(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
         revoked_at: row.get(7)?,
         last_used_at: row.get(8)?,
         replaced_by: row.get(9)?,
+        limits: limits_from(row.get(10)?, row.get(11)?),
     })
 }
 
@@ -143,7 +145,9 @@ fn insert_user(connection: &Connection, user: &User) -> StoreResult<()> {
                 user.status.as_str(),
                 user.password_hash,
                 user.created_at,
-                user.updated_at
+                user.updated_at,
+                limit_columns(&user.limits)[0],
+                limit_columns(&user.limits)[1]
             ],
         )
         .map(drop)
@@ -164,7 +168,9 @@ fn insert_key(connection: &Connection, key: &KeyRecord) -> StoreResult<()> {
                 key.expires_at,
                 key.revoked_at,
                 key.last_used_at,
-                key.replaced_by
+                key.replaced_by,
+                limit_columns(&key.limits)[0],
+                limit_columns(&key.limits)[1]
             ],
         )
         .map(drop)
@@ -256,7 +262,9 @@ impl Store for EmbeddedStore {
                         user.role.as_str(),
                         user.status.as_str(),
                         user.password_hash,
-                        user.updated_at
+                        user.updated_at,
+                        limit_columns(&user.limits)[0],
+                        limit_columns(&user.limits)[1]
                     ],
                 )
                 .map_err(failed)?;

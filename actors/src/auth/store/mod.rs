@@ -11,6 +11,8 @@ mod schema;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+pub use crate::ratelimit::Limits;
+
 pub use self::embedded::EmbeddedStore;
 pub use self::postgres::{
     valid_schema_name as postgres_schema_name_is_valid, PostgresOptions, PostgresStore,
@@ -78,6 +80,8 @@ pub struct User {
     pub password_hash: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Budgets for every key of the user that sets none of its own.
+    pub limits: Limits,
 }
 
 /// An API key as stored: its hash, never its secret.
@@ -96,6 +100,8 @@ pub struct KeyRecord {
     pub last_used_at: Option<i64>,
     /// The key that replaced this one on rotation.
     pub replaced_by: Option<String>,
+    /// The key's own budgets, over its user's.
+    pub limits: Limits,
 }
 
 impl KeyRecord {
@@ -177,6 +183,7 @@ pub struct UserChanges {
     pub role: Option<Role>,
     pub status: Option<UserStatus>,
     pub password_hash: Option<Option<String>>,
+    pub limits: Option<Limits>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -251,6 +258,19 @@ pub trait Store: Send + Sync + 'static {
     fn prune(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>>;
 }
 
+/// Limits as stored: NULL is "the default", and a count fits a BIGINT.
+fn limit_columns(limits: &Limits) -> [Option<i64>; 2] {
+    let column = |value: Option<u64>| value.map(|value| i64::try_from(value).unwrap_or(i64::MAX));
+    [column(limits.requests_per_minute), column(limits.tokens_per_minute)]
+}
+
+fn limits_from(requests_per_minute: Option<i64>, tokens_per_minute: Option<i64>) -> Limits {
+    Limits {
+        requests_per_minute: requests_per_minute.map(|value| value.max(0) as u64),
+        tokens_per_minute: tokens_per_minute.map(|value| value.max(0) as u64),
+    }
+}
+
 fn scopes_text(scopes: &[String]) -> String {
     scopes.join(" ")
 }
@@ -271,6 +291,9 @@ fn apply_changes(user: &mut User, changes: UserChanges, at: i64) {
     }
     if let Some(password_hash) = changes.password_hash {
         user.password_hash = password_hash;
+    }
+    if let Some(limits) = changes.limits {
+        user.limits = limits;
     }
     user.updated_at = at;
 }

@@ -10,8 +10,8 @@ use tokio_postgres::{NoTls, Row};
 
 use super::schema::{self, MIGRATIONS};
 use super::{
-    scopes_parse, scopes_text, KeyRecord, RefreshRecord, RefreshUse, Revocation, RevocationKind, Role, Store,
-    StoreError, StoreResult, User, UserChanges, UserStatus,
+    limit_columns, limits_from, scopes_parse, scopes_text, KeyRecord, RefreshRecord, RefreshUse, Revocation,
+    RevocationKind, Role, Store, StoreError, StoreResult, User, UserChanges, UserStatus,
 };
 
 /// An arbitrary constant naming Blaze's migration and bootstrap lock.
@@ -141,6 +141,7 @@ fn user_from(row: &Row) -> StoreResult<User> {
         password_hash: row.get(5),
         created_at: row.get(6),
         updated_at: row.get(7),
+        limits: limits_from(row.get(8), row.get(9)),
     })
 }
 
@@ -156,6 +157,7 @@ fn key_from(row: &Row) -> KeyRecord {
         revoked_at: row.get(7),
         last_used_at: row.get(8),
         replaced_by: row.get(9),
+        limits: limits_from(row.get(10), row.get(11)),
     }
 }
 
@@ -184,6 +186,8 @@ async fn insert_user(client: &impl deadpool_postgres::GenericClient, user: &User
                 &user.password_hash,
                 &user.created_at,
                 &user.updated_at,
+                &limit_columns(&user.limits)[0],
+                &limit_columns(&user.limits)[1],
             ],
         )
         .await
@@ -207,6 +211,8 @@ async fn insert_key(client: &impl deadpool_postgres::GenericClient, key: &KeyRec
                 &key.revoked_at,
                 &key.last_used_at,
                 &key.replaced_by,
+                &limit_columns(&key.limits)[0],
+                &limit_columns(&key.limits)[1],
             ],
         )
         .await
@@ -312,6 +318,8 @@ impl Store for PostgresStore {
                         &user.status.as_str(),
                         &user.password_hash,
                         &user.updated_at,
+                        &limit_columns(&user.limits)[0],
+                        &limit_columns(&user.limits)[1],
                     ],
                 )
                 .await

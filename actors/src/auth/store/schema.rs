@@ -4,8 +4,9 @@
 
 /// Migrations, in order; `MIGRATIONS[n]` takes the schema to version n+1.
 /// Applied once each, recorded in `blaze_schema_version`.
-pub const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE users (
+pub const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE users (
         id TEXT PRIMARY KEY,
         email TEXT NOT NULL UNIQUE,
         name TEXT NOT NULL,
@@ -15,7 +16,7 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
         created_at BIGINT NOT NULL,
         updated_at BIGINT NOT NULL
     )",
-    "CREATE TABLE api_keys (
+        "CREATE TABLE api_keys (
         id TEXT PRIMARY KEY,
         user_id TEXT NOT NULL REFERENCES users (id),
         name TEXT NOT NULL,
@@ -27,8 +28,8 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
         last_used_at BIGINT,
         replaced_by TEXT
     )",
-    "CREATE INDEX api_keys_by_user ON api_keys (user_id, id)",
-    "CREATE TABLE refresh_tokens (
+        "CREATE INDEX api_keys_by_user ON api_keys (user_id, id)",
+        "CREATE TABLE refresh_tokens (
         jti TEXT PRIMARY KEY,
         family_id TEXT NOT NULL,
         user_id TEXT NOT NULL REFERENCES users (id),
@@ -36,29 +37,39 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
         used_at BIGINT,
         revoked_at BIGINT
     )",
-    "CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family_id)",
-    "CREATE INDEX refresh_tokens_by_expiry ON refresh_tokens (expires_at)",
-    "CREATE TABLE revocations (
+        "CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family_id)",
+        "CREATE INDEX refresh_tokens_by_expiry ON refresh_tokens (expires_at)",
+        "CREATE TABLE revocations (
         kind TEXT NOT NULL,
         subject TEXT NOT NULL,
         expires_at BIGINT NOT NULL,
         created_at BIGINT NOT NULL,
         PRIMARY KEY (kind, subject)
     )",
-    "CREATE INDEX revocations_by_expiry ON revocations (expires_at)",
-]];
+        "CREATE INDEX revocations_by_expiry ON revocations (expires_at)",
+    ],
+    &[
+        // Rate limits set on a user or a key; NULL takes the configured default.
+        "ALTER TABLE users ADD COLUMN requests_per_minute BIGINT",
+        "ALTER TABLE users ADD COLUMN tokens_per_minute BIGINT",
+        "ALTER TABLE api_keys ADD COLUMN requests_per_minute BIGINT",
+        "ALTER TABLE api_keys ADD COLUMN tokens_per_minute BIGINT",
+    ],
+];
 
 pub const CREATE_VERSION_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS blaze_schema_version (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)";
 pub const CURRENT_VERSION: &str = "SELECT COALESCE(MAX(version), 0) FROM blaze_schema_version";
 pub const RECORD_VERSION: &str = "INSERT INTO blaze_schema_version (version, applied_at) VALUES ($1, $2)";
 
-const USER_COLUMNS: &str = "id, email, name, role, status, password_hash, created_at, updated_at";
+const USER_COLUMNS: &str =
+    "id, email, name, role, status, password_hash, created_at, updated_at, requests_per_minute, tokens_per_minute";
 const KEY_COLUMNS: &str =
-    "id, user_id, name, secret_hash, scopes, created_at, expires_at, revoked_at, last_used_at, replaced_by";
+    "id, user_id, name, secret_hash, scopes, created_at, expires_at, revoked_at, last_used_at, replaced_by, \
+     requests_per_minute, tokens_per_minute";
 
 pub fn insert_user() -> String {
-    format!("INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+    format!("INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
 }
 pub fn user_by_id() -> String {
     format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1")
@@ -71,10 +82,11 @@ pub fn users_after() -> String {
 }
 pub const COUNT_USERS: &str = "SELECT COUNT(*) FROM users";
 pub const UPDATE_USER: &str =
-    "UPDATE users SET name = $2, role = $3, status = $4, password_hash = $5, updated_at = $6 WHERE id = $1";
+    "UPDATE users SET name = $2, role = $3, status = $4, password_hash = $5, updated_at = $6, \
+     requests_per_minute = $7, tokens_per_minute = $8 WHERE id = $1";
 
 pub fn insert_key() -> String {
-    format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+    format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
 }
 pub fn key_by_id() -> String {
     format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1")

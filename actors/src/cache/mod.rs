@@ -1,0 +1,19 @@
+//! The Cache: deterministic answers kept in three tiers. Memory (moka,
+//! bounded in bytes, with a TTL) in front of Redis (shared by replicas,
+//! values compressed and capped) in front of a disk tier (SQLite under the
+//! data dir, bounded in bytes, surviving restarts). Reads go memory, Redis,
+//! disk and promote what they find; writes reach memory at once and the
+//! slower tiers off the request path. Identical concurrent misses compute
+//! once. The actor sweeps the disk tier, probes Redis while it is down,
+//! and applies other replicas' invalidations.
+
+mod actor;
+mod core;
+mod disk;
+mod memory;
+mod redis;
+#[cfg(test)]
+mod tests;
+
+pub use self::actor::CacheActor;
+pub use self::core::{CacheKey, CacheOptions, Invalidation, Lookup, ResponseCache, Tier};
