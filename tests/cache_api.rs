@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, client_with_key, expect_error, Server};
+use common::{client, expect_error, new_user_client, OwnRedis, Server};
 use serde_json::{json, Value};
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -75,25 +75,7 @@ async fn embeddings_are_cached_per_input_and_per_user() {
     assert_eq!(all_cached, "hit-memory");
 
     // Another user never sees the admin's entries; no-cache bypasses.
-    let user: Value = admin
-        .post(server.url("/admin/users"))
-        .json(&json!({"email": "dan@example.com"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key: Value = admin
-        .post(server.url("/admin/keys"))
-        .json(&json!({"user_id": user["id"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let dan = client_with_key(key["key"].as_str().unwrap());
+    let dan = new_user_client(&server, "dan@example.com").await;
     assert_eq!(embed(&dan, &server, json!("a sentence to keep")).await.0, "miss", "scoped per user");
     let bypass = admin
         .post(server.url("/v1/embeddings"))
@@ -216,25 +198,7 @@ async fn the_disk_tier_survives_a_restart_and_invalidation_reaches_it() {
     assert_eq!(everything.status(), 200);
     assert_eq!(embed(&admin, &server, json!("kept across a restart")).await.0, "miss");
 
-    let user: Value = admin
-        .post(server.url("/admin/users"))
-        .json(&json!({"email": "eve@example.com"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key: Value = admin
-        .post(server.url("/admin/keys"))
-        .json(&json!({"user_id": user["id"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let eve = client_with_key(key["key"].as_str().unwrap());
+    let eve = new_user_client(&server, "eve@example.com").await;
     let forbidden = eve.delete(server.url("/admin/cache")).send().await.unwrap();
     expect_error(forbidden, 403, "insufficient_permissions").await;
 }
@@ -276,39 +240,10 @@ async fn replicas_share_the_redis_tier_and_its_invalidations() {
     assert!(missed, "the second replica dropped the entry");
 }
 
-/// A redis-server of the test's own on a free port, to kill and restart.
-struct OwnRedis {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl OwnRedis {
-    fn start(port: u16) -> Self {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian's redis-server package) runs");
-        Self { port, child }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[tokio::test]
 async fn a_redis_outage_is_skipped_and_nothing_fails() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut redis = OwnRedis::start(port);
-    let url = format!("redis://127.0.0.1:{port}");
+    let mut redis = OwnRedis::on_free_port();
+    let url = redis.url();
     let server = Server::start(&[("BLAZE__STORAGE__REDIS_URL", url.as_str())], &[]).await;
     let admin = client();
     let mut up = false;

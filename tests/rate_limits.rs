@@ -11,7 +11,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{anonymous_client, client, client_with_key, config_file, expect_error, Server, ADMIN_KEY};
+use common::{
+    anonymous_client, client, client_with_key, config_file, expect_error, OwnRedis, Server, ADMIN_KEY,
+};
 use serde_json::{json, Value};
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -294,34 +296,6 @@ async fn two_processes_sharing_redis_admit_the_budget_once() {
     );
 }
 
-/// A redis-server of the test's own on a free port, to kill and restart.
-struct OwnRedis {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl OwnRedis {
-    fn start(port: u16) -> Self {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian's redis-server package) runs");
-        Self { port, child }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 async fn until(mut check: impl AsyncFnMut() -> bool, what: &str) {
     for _ in 0..100 {
         if check().await {
@@ -334,9 +308,8 @@ async fn until(mut check: impl AsyncFnMut() -> bool, what: &str) {
 
 #[tokio::test]
 async fn a_redis_outage_fails_open_to_a_local_share_or_fails_closed_and_recovers() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut redis = OwnRedis::start(port);
-    let url = format!("redis://127.0.0.1:{port}");
+    let mut redis = OwnRedis::on_free_port();
+    let url = redis.url();
     let environment = |mode| {
         [
             ("BLAZE__STORAGE__REDIS_URL", url.as_str()),

@@ -22,6 +22,8 @@ pub mod ratelimit;
 mod redis;
 pub mod router;
 pub mod supervisor;
+#[cfg(test)]
+mod test_redis;
 
 /// The build this binary came from, shared by health and metrics reports.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -211,3 +211,71 @@ pub fn config_file(text: &str) -> tempfile::NamedTempFile {
     std::io::Write::write_all(&mut file, text.as_bytes()).expect("config written");
     file
 }
+
+/// A redis-server of the test's own on a free port, to kill and restart
+/// without touching the shared one.
+pub struct OwnRedis {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl OwnRedis {
+    pub fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package) runs");
+        Self { port, child }
+    }
+
+    /// On a port nothing listens on.
+    pub fn on_free_port() -> Self {
+        Self::start(
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .expect("a free port")
+                .local_addr()
+                .expect("its address")
+                .port(),
+        )
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A client holding a new key of a new user (role user) of `server`.
+pub async fn new_user_client(server: &Server, email: &str) -> reqwest::Client {
+    let admin = client();
+    let user: serde_json::Value = admin
+        .post(server.url("/admin/users"))
+        .json(&serde_json::json!({"email": email}))
+        .send()
+        .await
+        .expect("user created")
+        .json()
+        .await
+        .expect("user JSON");
+    let key: serde_json::Value = admin
+        .post(server.url("/admin/keys"))
+        .json(&serde_json::json!({"user_id": user["id"]}))
+        .send()
+        .await
+        .expect("key created")
+        .json()
+        .await
+        .expect("key JSON");
+    client_with_key(key["key"].as_str().expect("the new key"))
+}

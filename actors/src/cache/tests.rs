@@ -8,6 +8,7 @@ use std::time::Duration;
 use actix::Actor;
 
 use super::*;
+use crate::test_redis::OwnRedis;
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
@@ -157,39 +158,10 @@ async fn redis_shares_entries_between_replicas_compressed_and_capped() {
     assert!(writer.get(&big).await.is_some(), "still in the writer's memory");
 }
 
-/// A redis-server of the test's own on a free port, to kill and restart.
-struct OwnRedis {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl OwnRedis {
-    fn start(port: u16) -> Self {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian's redis-server package) runs");
-        Self { port, child }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[actix_rt::test]
 async fn a_redis_outage_skips_its_tier_and_nothing_fails() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut redis = OwnRedis::start(port);
-    let url = format!("redis://127.0.0.1:{port}");
+    let mut redis = OwnRedis::on_free_port();
+    let url = redis.url();
     let directory = tempfile::tempdir().unwrap();
     let cache = ResponseCache::open(&options(Some(directory.path()), Some(&url))).unwrap();
     let before = key("m");

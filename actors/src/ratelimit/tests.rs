@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use super::gcra::{self, Pace};
 use super::*;
+use crate::test_redis::OwnRedis;
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
@@ -179,43 +180,10 @@ async fn redis_down_fails_open_to_a_local_share_or_fails_closed() {
     assert!(!closed.redis_up(), "nothing answers the probe");
 }
 
-/// A Redis server of the test's own on a free port, so it can be killed
-/// and restarted without touching the shared one.
-struct OwnRedis {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl OwnRedis {
-    fn start(port: u16) -> Self {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian's redis-server package) runs");
-        Self { port, child }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[actix_rt::test]
 async fn recovers_when_redis_comes_back() {
-    let mut redis = OwnRedis::start(free_port());
-    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let mut redis = OwnRedis::on_free_port();
+    let url = redis.url();
     let limiter = RateLimiter::new(options(Some(&url), FailMode::FailOpen)).unwrap();
     let subject = subject("recover");
     let mut up = false;
