@@ -5,14 +5,15 @@
 //! LISTEN/NOTIFY when only the database is shared, and nowhere else for
 //! the embedded default (one process).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use fred::interfaces::{ClientLike, PubsubInterface};
+use fred::interfaces::PubsubInterface;
 use fred::prelude::Client;
 use serde::{Deserialize, Serialize};
 
 use super::store::Revocation;
-use crate::redis::{client_builder, ChannelSubscription, Delivery};
+use crate::redis::{client_builder, ChannelSubscription, Connection, Delivery};
 
 /// The channel every replica listens on (Redis channel, PostgreSQL
 /// notification channel).
@@ -34,18 +35,21 @@ pub enum AuthEvent {
 pub enum EventBus {
     /// One process: applying locally is all there is.
     Local,
-    Redis(Client),
+    /// The connection is kept up (and retried while Redis is down) for as
+    /// long as any copy of the bus lives.
+    Redis { client: Client, _connection: Arc<Connection> },
     /// NOTIFY through the store's pool.
     Postgres,
 }
 
 impl EventBus {
-    /// A Redis publisher; it connects in the background, so a Redis that
-    /// is down at start-up delays nothing.
+    /// A Redis publisher; it connects in the background and keeps trying,
+    /// so a Redis that is down at start-up delays nothing and is used once
+    /// it is up. Must be called within the Tokio runtime.
     pub fn redis(url: &str) -> Result<Self, String> {
         let client = client_builder(url, REDIS_TIMEOUT)?.build().map_err(|error| error.to_string())?;
-        client.connect();
-        Ok(Self::Redis(client))
+        let connection = Arc::new(Connection::open(&client));
+        Ok(Self::Redis { client, _connection: connection })
     }
 
     /// Sends an event to the other replicas. Failures are logged: the
@@ -54,7 +58,7 @@ impl EventBus {
         let Ok(payload) = serde_json::to_string(event) else { return };
         let result = match self {
             EventBus::Local => Ok(()),
-            EventBus::Redis(client) => client
+            EventBus::Redis { client, .. } => client
                 .publish::<i64, _, _>(CHANNEL, payload)
                 .await
                 .map(drop)

@@ -398,3 +398,44 @@ fn rs256_keys_from_pem_sign_and_verify_and_refuse_hs256_forgeries() {
     .unwrap();
     assert_eq!(keys.verify(&forged, TokenType::Access), Err(TokenProblem::Invalid));
 }
+
+#[actix_rt::test]
+async fn the_redis_event_bus_publishes_once_a_redis_that_was_down_at_start_comes_up() {
+    use super::events::{AuthEvent, EventBus, Incoming, Subscription};
+    use crate::test_redis::OwnRedis;
+
+    // Nothing listens on the port yet: the bus is made while Redis is down.
+    let mut placeholder = OwnRedis::on_free_port();
+    placeholder.kill();
+    let port = placeholder.port;
+    let url = format!("redis://127.0.0.1:{port}");
+    let bus = EventBus::redis(&url).unwrap();
+    bus.publish(&AuthEvent::KeyChanged { id: "lost".to_owned() }, None).await;
+
+    let _redis = OwnRedis::start(port);
+    let mut subscription = None;
+    for _ in 0..50 {
+        if let Ok(opened) = Subscription::redis(&url).await {
+            subscription = Some(opened);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut subscription = subscription.expect("the test's redis-server started");
+    let event = AuthEvent::KeyChanged { id: "delivered".to_owned() };
+    // The publisher reconnects on its own; publish until one arrives
+    // (bounded). A resync notice (the subscription's own reconnection while
+    // the server was starting) is fine: only the event matters.
+    let mut received = None;
+    for _ in 0..40 {
+        bus.publish(&event, None).await;
+        if let Ok(Some(Incoming::Event(got))) =
+            tokio::time::timeout(Duration::from_millis(250), subscription.next()).await
+        {
+            received = Some(got);
+            break;
+        }
+    }
+    assert_eq!(received, Some(event), "the bus publishes once Redis is up");
+    subscription.close().await;
+}

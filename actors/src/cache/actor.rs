@@ -15,6 +15,8 @@ use crate::redis::{ChannelSubscription, Delivery};
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 const SIZES_EVERY: Duration = Duration::from_secs(5);
 const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// Counting the shared Redis tier scans its keys: less often.
+const REDIS_SIZES_EVERY: Duration = Duration::from_secs(30);
 
 pub struct CacheActor {
     cache: Arc<ResponseCache>,
@@ -22,11 +24,23 @@ pub struct CacheActor {
     redis_url: Option<String>,
     redis_timeout: Duration,
     probing: bool,
+    counting_redis: bool,
 }
 
 impl CacheActor {
     pub fn new(cache: Arc<ResponseCache>, redis_url: Option<String>, redis_timeout: Duration) -> Self {
-        Self { cache, redis_url, redis_timeout, probing: false }
+        Self { cache, redis_url, redis_timeout, probing: false, counting_redis: false }
+    }
+
+    fn count_redis(&mut self, ctx: &mut Context<Self>) {
+        if self.counting_redis {
+            return;
+        }
+        self.counting_redis = true;
+        let cache = self.cache.clone();
+        ctx.spawn(async move { cache.publish_redis_sizes().await }.into_actor(self).map(|_, actor, _| {
+            actor.counting_redis = false;
+        }));
     }
 }
 
@@ -49,6 +63,10 @@ impl Actor for CacheActor {
             ctx.spawn(async move { cache.probe_redis().await }.into_actor(actor).map(|(), actor, _| {
                 actor.probing = false;
             }));
+        });
+        ctx.run_later(Duration::from_secs(1), |actor, ctx| {
+            actor.count_redis(ctx);
+            ctx.run_interval(REDIS_SIZES_EVERY, |actor, ctx| actor.count_redis(ctx));
         });
         if let Some(url) = self.redis_url.clone() {
             let listening = listen(self.cache.clone(), url, self.redis_timeout);

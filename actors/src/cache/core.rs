@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::disk::DiskTier;
 use super::memory::{memory_tier, MemoryTier, Stored};
-use super::redis::RedisTier;
+use super::redis::{RedisSizes, RedisTier};
 
 #[derive(Debug, Clone)]
 pub struct CacheOptions {
@@ -214,6 +214,16 @@ impl ResponseCache {
         if let Some(redis) = &self.redis {
             metrics::gauge!("blaze_cache_redis_up").set(if redis.is_up() { 1.0 } else { 0.0 });
         }
+    }
+
+    /// Counts the shared Redis tier (a scan, so the actor does it less
+    /// often than [`Self::publish_sizes`]) and publishes it; every replica
+    /// reports the same cluster-wide figures.
+    pub async fn publish_redis_sizes(&self) -> Option<RedisSizes> {
+        let sizes = self.redis.as_ref()?.sizes().await?;
+        metrics::gauge!("blaze_cache_bytes", "tier" => "redis").set(sizes.bytes as f64);
+        metrics::gauge!("blaze_cache_entries", "tier" => "redis").set(sizes.entries as f64);
+        Some(sizes)
     }
 
     /// Waits until the disk tier holds every write sent so far (tests, and

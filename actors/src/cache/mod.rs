@@ -17,3 +17,4 @@ mod tests;
 
 pub use self::actor::CacheActor;
 pub use self::core::{CacheKey, CacheOptions, Invalidation, Lookup, ResponseCache, Tier};
+pub use self::redis::RedisSizes;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use fred::interfaces::{ClientLike, KeysInterface, PubsubInterface};
 use fred::prelude::{Client, Expiration};
+use fred::types::scripts::Script;
 use futures_util::StreamExt;
 
 use super::core::Invalidation;
@@ -17,6 +18,15 @@ use crate::redis::{client_builder, Connection};
 const PREFIX: &str = "blaze:cache:v1";
 /// The channel invalidations travel on.
 pub const CHANNEL: &str = "blaze_cache";
+/// Keys counted per SCAN step and per size script call.
+const SCAN_BATCH: usize = 500;
+/// A size count stops here, so a huge shared cache costs a bounded scan;
+/// the figures then read "at least".
+const COUNT_AT_MOST: u64 = 200_000;
+/// The stored (compressed) bytes of the keys it is given, in one call.
+const STORED_BYTES_SCRIPT: &str = "local bytes = 0\n\
+for _, key in ipairs(KEYS) do bytes = bytes + redis.call('STRLEN', key) end\n\
+return bytes";
 
 pub struct RedisTier {
     client: Client,
@@ -24,6 +34,15 @@ pub struct RedisTier {
     timeout: Duration,
     max_value_bytes: usize,
     up: AtomicBool,
+    stored_bytes: Script,
+}
+
+/// What the Redis tier holds, for every replica together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisSizes {
+    pub entries: u64,
+    /// Compressed, as stored.
+    pub bytes: u64,
 }
 
 fn key(model: &str, id: &str) -> String {
@@ -44,7 +63,14 @@ impl RedisTier {
     pub fn connect(url: &str, timeout: Duration, max_value_bytes: usize) -> Result<Self, String> {
         let client = client_builder(url, timeout)?.build().map_err(|error| error.to_string())?;
         let connection = Connection::open(&client);
-        Ok(Self { client, _connection: connection, timeout, max_value_bytes, up: AtomicBool::new(true) })
+        Ok(Self {
+            client,
+            _connection: connection,
+            timeout,
+            max_value_bytes,
+            up: AtomicBool::new(true),
+            stored_bytes: Script::from_lua(STORED_BYTES_SCRIPT),
+        })
     }
 
     pub fn is_up(&self) -> bool {
@@ -109,11 +135,11 @@ impl RedisTier {
             Invalidation::Key(id) => format!("{PREFIX}:*:{}", escape_glob(id)),
         };
         let removal = async {
-            let mut keys = self.client.scan_buffered(pattern, Some(500), None);
+            let mut keys = self.client.scan_buffered(pattern, Some(SCAN_BATCH as u32), None);
             let mut batch = Vec::new();
             while let Some(key) = keys.next().await {
                 batch.push(key?);
-                if batch.len() == 500 {
+                if batch.len() == SCAN_BATCH {
                     self.client.del::<i64, _>(std::mem::take(&mut batch)).await?;
                 }
             }
@@ -134,6 +160,48 @@ impl RedisTier {
         if let Ok(payload) = serde_json::to_string(invalidation) {
             self.bounded(self.client.publish::<i64, _, _>(CHANNEL, payload)).await;
         }
+    }
+
+    /// Counts the tier's entries and stored bytes: a SCAN of its keys and
+    /// one script call per batch, stopped at [`COUNT_AT_MOST`] keys and
+    /// bounded in time. None while Redis does not answer.
+    pub async fn sizes(&self) -> Option<RedisSizes> {
+        if !self.is_up() {
+            return None;
+        }
+        let counting = async {
+            let mut sizes = RedisSizes { entries: 0, bytes: 0 };
+            let mut keys = self.client.scan_buffered(format!("{PREFIX}:*"), Some(SCAN_BATCH as u32), None);
+            let mut batch = Vec::with_capacity(SCAN_BATCH);
+            while let Some(key) = keys.next().await {
+                batch.push(key?);
+                if batch.len() == SCAN_BATCH {
+                    self.count(std::mem::take(&mut batch), &mut sizes).await?;
+                    if sizes.entries >= COUNT_AT_MOST {
+                        return Ok(sizes);
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                self.count(batch, &mut sizes).await?;
+            }
+            Ok::<_, fred::error::Error>(sizes)
+        };
+        match tokio::time::timeout(self.timeout * 10, counting).await {
+            Ok(Ok(sizes)) => Some(sizes),
+            _ => None,
+        }
+    }
+
+    async fn count(
+        &self,
+        batch: Vec<fred::types::Key>,
+        sizes: &mut RedisSizes,
+    ) -> fred::prelude::FredResult<()> {
+        sizes.entries += batch.len() as u64;
+        let bytes: i64 = self.stored_bytes.evalsha_with_reload(&self.client, batch, ()).await?;
+        sizes.bytes += bytes.max(0) as u64;
+        Ok(())
     }
 
     /// Back to the tier when Redis answers again.

@@ -233,3 +233,29 @@ async fn invalidations_reach_every_tier_and_other_replicas() {
     assert!(there.get(&other).await.is_some());
     here.invalidate(Invalidation::Key(other.id.clone())).await;
 }
+
+#[actix_rt::test]
+async fn the_redis_tier_reports_its_entries_and_stored_bytes() {
+    let redis = OwnRedis::on_free_port();
+    let url = redis.url();
+    let cache = ResponseCache::open(&options(None, Some(&url))).unwrap();
+    let text = "a compressible answer ".repeat(1_000).into_bytes();
+    let mut sizes = None;
+    for _ in 0..50 {
+        for model in ["a", "b", "c"] {
+            cache
+                .put(&CacheKey::new("/v1/test", model, "tester", &serde_json::json!({})), text.clone())
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        sizes = cache.publish_redis_sizes().await;
+        if sizes.is_some_and(|sizes| sizes.entries == 3) {
+            break;
+        }
+    }
+    let sizes = sizes.expect("the test's redis-server answers");
+    assert_eq!(sizes.entries, 3, "three entries, counted once each");
+    assert!(sizes.bytes > 0 && sizes.bytes < 3 * text.len() as u64, "compressed bytes: {sizes:?}");
+    cache.invalidate(Invalidation::All).await;
+    assert_eq!(cache.publish_redis_sizes().await.map(|sizes| sizes.entries), Some(0));
+}
