@@ -8,6 +8,7 @@ use actix::{Actor, Addr, Recipient};
 use actix_web::{App, HttpServer};
 use blaze_actors::auth::{AuthActor, AuthActorConfig, Authenticator, EventSource, StoreProbe};
 use blaze_actors::cache::{CacheActor, CacheOptions, ResponseCache};
+use blaze_actors::guard::{Guard, GuardActor, Reload};
 use blaze_actors::health::{HealthMonitor, HealthMonitorConfig, HealthState};
 use blaze_actors::metrics::{MetricsAggregator, Telemetry};
 use blaze_actors::ratelimit::{RateLimiter, RateLimiterActor, RateLimiterOptions};
@@ -17,14 +18,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::http::{self, AppState, Authenticate, Compression, Limiting, Observe, RateLimit};
-use crate::settings::{ServerSettings, Settings};
+use crate::settings::{ConfigSources, ServerSettings, Settings};
 
 /// Runs the server on an actix system until a signal stops it. Exit code 0
 /// after a clean drain.
-pub fn serve_blocking(settings: Settings, offline: bool) -> ExitCode {
+pub fn serve_blocking(settings: Settings, sources: ConfigSources, offline: bool) -> ExitCode {
     let _log_guard = crate::logging::init();
     let system = actix_rt::System::new();
-    match system.block_on(serve(settings, offline)) {
+    match system.block_on(serve(settings, guard_reload(sources), offline)) {
         Ok(()) => {
             info!("stopped");
             ExitCode::SUCCESS
@@ -46,6 +47,21 @@ struct Shared {
     identity_events: EventSource,
     limiting: Arc<Limiting>,
     cache: Option<Arc<ResponseCache>>,
+    guard: Arc<Guard>,
+    guard_reload: Option<Reload>,
+}
+
+/// What reloads the guard's patterns: the --config file (the layers under
+/// it are compiled in, and the environment does not change), read again
+/// with every layer.
+fn guard_reload(sources: ConfigSources) -> Option<Reload> {
+    let file = sources.file.clone()?;
+    let load = move || {
+        Settings::load(&sources)
+            .map(|settings| settings.guard)
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+    };
+    Some(Reload { files: vec![file], load: Arc::new(load) })
 }
 
 /// The Router, which loads the models and hands their workers to the
@@ -84,7 +100,11 @@ fn child_specs(settings: &Settings, shared: &Shared) -> Vec<ChildSpec> {
     };
     let collection_interval = Duration::from_secs(monitoring.collection_interval_s);
     let limiter = shared.limiting.limiter.clone();
-    let mut specs = Vec::new();
+    let (guard, guard_reload) = (shared.guard.clone(), shared.guard_reload.clone());
+    let mut specs = vec![ChildSpec::new("guard", true, move || {
+        let actor = GuardActor::new(guard.clone(), guard_reload.clone());
+        async move { Ok(actor) }
+    })];
     if let Some(cache) = shared.cache.clone() {
         let redis_url = cache_redis_url(settings);
         let timeout = Duration::from_millis(settings.cache.redis_timeout_ms);
@@ -144,7 +164,7 @@ fn open_cache(settings: &Settings) -> Result<Option<Arc<ResponseCache>>, String>
     ResponseCache::open(&options).map(Some)
 }
 
-async fn serve(settings: Settings, offline: bool) -> Result<(), String> {
+async fn serve(settings: Settings, guard_reload: Option<Reload>, offline: bool) -> Result<(), String> {
     let build = crate::build_info();
     info!(version = build.version, git_sha = build.git_sha, profile = build.profile, "starting");
     ensure_models(&settings, offline).await?;
@@ -166,6 +186,8 @@ async fn serve(settings: Settings, offline: bool) -> Result<(), String> {
         identity_events: identity.events,
         limiting: limiting(&settings)?,
         cache: open_cache(&settings)?,
+        guard: Guard::new(settings.guard.clone())?,
+        guard_reload,
     };
     let adopt = Arc::new(OnceLock::new());
     let mut specs = child_specs(&settings, &shared);
@@ -266,6 +288,8 @@ async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervi
             .cache
             .clone()
             .map(|cache| http::cache::CacheAccess { cache, shared: settings.cache.shared_across_users }),
+        guard: shared.guard.clone(),
+        validation: settings.validation,
     };
     let warm_state = state.clone();
     let metrics_access = settings.security.metrics_access;

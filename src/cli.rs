@@ -96,7 +96,7 @@ pub fn run() -> ExitCode {
             print!("{}", settings.to_redacted_yaml(&sources));
             ExitCode::SUCCESS
         }
-        Command::Serve { offline } => crate::app::serve_blocking(settings, offline),
+        Command::Serve { offline } => crate::app::serve_blocking(settings, sources, offline),
         Command::Models { command: ModelsCommand::List } => {
             print!("{}", crate::models::list(&settings.models));
             ExitCode::SUCCESS

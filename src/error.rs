@@ -206,6 +206,25 @@ impl ApiError {
             .retry_after(1)
     }
 
+    /// 400: the guard blocked a text bound for the model; the category is
+    /// named, the matched text never echoed.
+    pub fn content_blocked(category: &str, param: &str) -> Self {
+        let message = format!(
+            "The request was blocked by the content guard ({category}); rephrase it without that content"
+        );
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", "content_blocked", message)
+            .with_param(param)
+    }
+
+    /// 429: this client's requests were blocked too often; it cools down.
+    pub fn guard_cool_down(retry_after_s: u64) -> Self {
+        let message = format!(
+            "Too many of your requests were blocked by the content guard; retry in {retry_after_s} s"
+        );
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", "content_guard_cool_down", message)
+            .retry_after(retry_after_s)
+    }
+
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "invalid_request_error", code, message.into())
     }

@@ -159,7 +159,25 @@ async fn bad_chat_requests_get_400s_that_name_the_field() {
             "context_length_exceeded",
             "messages",
         ),
-        (question(json!({ "max_tokens": 100000 })), "context_length_exceeded", "messages"),
+        (question(json!({ "max_tokens": 5000 })), "context_length_exceeded", "messages"),
+        (question(json!({ "max_tokens": 100000 })), "invalid_max_tokens", "max_tokens"),
+        (
+            question(json!({ "messages": [{ "role": 7, "content": "x" }] })),
+            "invalid_request_body",
+            "messages[0].role",
+        ),
+        (
+            question(json!({ "messages": [{ "role": "user", "content": "a\u{7}b" }] })),
+            "invalid_characters",
+            "messages[0].content",
+        ),
+        (question(json!({ "logit_bias": { "50256": -100 } })), "unsupported_parameter", "logit_bias"),
+        (
+            question(json!({ "tools": [{ "type": "function", "function": { "name": "f" } }] })),
+            "unsupported_parameter",
+            "tools",
+        ),
+        (question(json!({ "frobnicate": true })), "unknown_parameter", "frobnicate"),
         (question(json!({ "model": "all-minilm-l6-v2" })), "invalid_model", "model"),
     ];
     for (body, code, param) in cases {
@@ -167,7 +185,7 @@ async fn bad_chat_requests_get_400s_that_name_the_field() {
         assert_eq!(error["param"], param, "{code}");
     }
     let window = expect_error(
-        post(&server, "/v1/chat/completions", &question(json!({ "max_tokens": 100000 }))).await,
+        post(&server, "/v1/chat/completions", &question(json!({ "max_tokens": 5000 }))).await,
         400,
         "context_length_exceeded",
     )
@@ -310,4 +328,50 @@ async fn concurrent_streams_share_the_decoder_and_each_gets_its_own_answer() {
         batched,
         "some steps decoded more than 2 sequences together: {small} of {steps} steps had at most 2"
     );
+}
+
+#[tokio::test]
+async fn openai_fields_with_their_defaults_are_accepted_and_limits_name_the_field() {
+    let server = Server::start(
+        &[("BLAZE__VALIDATION__MAX_MESSAGES", "3"), ("BLAZE__VALIDATION__MAX_TEXT_CHARS", "2000")],
+        &[],
+    )
+    .await;
+    {
+        let _turn = decoding_turn().await;
+        let body = question(json!({
+            "max_tokens": 2, "user": "u-1", "metadata": {"team": "a"}, "store": false, "logprobs": false,
+            "tools": [], "tool_choice": "auto", "response_format": {"type": "text"}, "parallel_tool_calls": true,
+            "logit_bias": {}, "service_tier": "auto",
+        }));
+        let response = post(&server, "/v1/chat/completions", &body).await;
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
+    let many = json!({ "messages": vec![json!({ "role": "user", "content": "hi" }); 4] });
+    let error =
+        expect_error(post(&server, "/v1/chat/completions", &question(many)).await, 400, "too_many_items")
+            .await;
+    assert_eq!(error["param"], "messages");
+    let long = question(json!({ "messages": [{ "role": "user", "content": "x".repeat(2001) }] }));
+    let error = expect_error(post(&server, "/v1/chat/completions", &long).await, 400, "text_too_long").await;
+    assert_eq!(error["param"], "messages[0].content");
+    let prompt = json!({ "model": MODEL, "prompt": "\u{1b}[2J clear", "max_tokens": 2 });
+    let error =
+        expect_error(post(&server, "/v1/completions", &prompt).await, 400, "invalid_characters").await;
+    assert_eq!(error["param"], "prompt");
+    let echo = json!({ "model": MODEL, "prompt": "hi", "echo": true });
+    expect_error(post(&server, "/v1/completions", &echo).await, 400, "unsupported_parameter").await;
+    // Not UTF-8: refused as JSON, never half-read.
+    let mut bytes =
+        br#"{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "caf"#.to_vec();
+    bytes.extend_from_slice(&[0xc3, 0x28]);
+    bytes.extend_from_slice(br#""}]}"#);
+    let response = client()
+        .post(server.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, 400, "invalid_json").await;
 }

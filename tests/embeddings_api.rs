@@ -126,13 +126,18 @@ async fn bad_requests_get_400s_that_name_the_field() {
     let cases = [
         (json!({ "model": MODEL, "input": [] }), "invalid_input", "input"),
         (json!({ "model": MODEL, "input": "" }), "invalid_input", "input"),
-        (json!({ "model": MODEL, "input": vec!["x"; 2049] }), "invalid_input", "input"),
+        (json!({ "model": MODEL, "input": vec!["x"; 2049] }), "too_many_items", "input"),
+        (json!({ "model": MODEL, "input": ["x", "a\u{0}b"] }), "invalid_characters", "input[1]"),
         (json!({ "model": MODEL, "input": { "text": "x" } }), "invalid_input", "input"),
         (json!({ "model": MODEL, "input": "word ".repeat(300) }), "context_length_exceeded", "input"),
         (json!({ "model": MODEL, "input": [101, 99999, 102] }), "invalid_input", "input"),
         (json!({ "model": MODEL, "input": "x", "dimensions": 1536 }), "invalid_dimensions", "dimensions"),
-        (json!({ "model": MODEL, "input": "x", "encoding_format": "hex" }), "invalid_request_body", ""),
-        (json!({ "model": MODEL, "input": "x", "temperature": 1 }), "invalid_request_body", ""),
+        (
+            json!({ "model": MODEL, "input": "x", "encoding_format": "hex" }),
+            "invalid_request_body",
+            "encoding_format",
+        ),
+        (json!({ "model": MODEL, "input": "x", "temperature": 1 }), "unknown_parameter", "temperature"),
     ];
     for (body, code, param) in cases {
         let error = expect_error(embed(&server, body.clone()).await, 400, code).await;

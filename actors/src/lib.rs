@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod guard;
 pub mod health;
 pub mod inference;
 pub mod metrics;

@@ -12,7 +12,7 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{forward_ready, Payload, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError};
-use blaze_actors::auth::{Authenticator, Failure, Principal};
+use blaze_actors::auth::{Authenticator, Credential, Failure, Principal};
 use futures_util::future::LocalBoxFuture;
 
 use crate::error::ApiError;
@@ -55,6 +55,18 @@ pub fn bearer(request: &HttpRequest) -> Option<&str> {
 
 pub fn client_address(request: &HttpRequest) -> Option<IpAddr> {
     request.peer_addr().map(|address| address.ip())
+}
+
+/// Whose request this is, for budgets and scores: the API key, the token
+/// holder, or the client address.
+pub fn subject_of(principal: Option<&Principal>, request: &HttpRequest) -> Option<String> {
+    match principal {
+        Some(principal) => Some(match &principal.credential {
+            Credential::ApiKey { key_id } => format!("key:{key_id}"),
+            Credential::Token { .. } => format!("user:{}", principal.user_id),
+        }),
+        None => client_address(request).map(|address| format!("ip:{address}")),
+    }
 }
 
 /// Authenticates a request for a route that needs it, counting failures

@@ -6,6 +6,7 @@
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use blaze_actors::cache::{CacheKey, Lookup};
+use blaze_actors::guard::{Guard, OutputFilter};
 use blaze_actors::inference::{
     ChatEvent, ChatEvents, ChatPool, EngineError, FinishReason, SamplingParams, WorkError,
 };
@@ -16,9 +17,13 @@ use serde_json::{json, Value};
 use super::auth::Caller;
 use super::cache::{mark, Caching};
 use super::disconnect::client_gone;
+use super::guard::screen_input;
+use super::json::StrictJson;
 use super::ratelimit::{Gate, Reservation};
+use super::validate::{check_count, check_other_fields, check_text, Endpoint};
 use super::AppState;
 use crate::error::ApiError;
+use crate::settings::ValidationSettings;
 
 pub fn configure(config: &mut web::ServiceConfig) {
     config
@@ -82,8 +87,9 @@ struct ChatRequest {
     messages: Vec<Message>,
     #[serde(flatten)]
     sampling: Sampling,
-    #[allow(dead_code)]
-    user: Option<String>,
+    /// Every other field: accepted only if OpenAI's and harmless.
+    #[serde(flatten)]
+    other: std::collections::BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,8 +98,8 @@ struct CompletionRequest {
     prompt: String,
     #[serde(flatten)]
     sampling: Sampling,
-    #[allow(dead_code)]
-    user: Option<String>,
+    #[serde(flatten)]
+    other: std::collections::BTreeMap<String, Value>,
 }
 
 fn invalid(code: &'static str, param: &str, message: String) -> ApiError {
@@ -115,6 +121,7 @@ fn sampling_params(
     sampling: &Sampling,
     prompt_tokens: usize,
     pool: &ChatPool,
+    limits: &ValidationSettings,
 ) -> Result<SamplingParams, ApiError> {
     if sampling.n.is_some_and(|n| n != 1) {
         return Err(invalid("invalid_n", "n", "only n = 1 is supported".to_owned()));
@@ -143,8 +150,12 @@ fn sampling_params(
         Some(Stop::One(stop)) => vec![stop.clone()],
         Some(Stop::Many(stops)) => stops.clone(),
     };
-    if stop.len() > 4 || stop.iter().any(String::is_empty) {
-        return Err(invalid("invalid_stop", "stop", "stop takes at most 4 non-empty strings".to_owned()));
+    if stop.len() > limits.max_stop_sequences || stop.iter().any(String::is_empty) {
+        let message = format!("stop takes at most {} non-empty strings", limits.max_stop_sequences);
+        return Err(invalid("invalid_stop", "stop", message));
+    }
+    for (index, sequence) in stop.iter().enumerate() {
+        check_text(sequence, || format!("stop[{index}]"), limits)?;
     }
     let window = pool.model().context_length();
     let max_tokens = match sampling.max_completion_tokens.or(sampling.max_tokens) {
@@ -154,6 +165,10 @@ fn sampling_params(
                 "max_tokens",
                 "max_tokens must be at least 1".to_owned(),
             ))
+        }
+        Some(max) if max > limits.max_tokens => {
+            let message = format!("max_tokens is {max}; at most {} is accepted", limits.max_tokens);
+            return Err(invalid("invalid_max_tokens", "max_tokens", message));
         }
         Some(max) => max,
         None => window.saturating_sub(prompt_tokens),
@@ -207,23 +222,36 @@ async fn chat_completions(
     request: HttpRequest,
     caller: Caller,
     gate: Gate,
-    body: web::Json<ChatRequest>,
+    body: StrictJson<ChatRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    check_other_fields(&body.other, Endpoint::Chat)?;
     let pool = chat_pool(&state, &body.model)?;
-    let (prompt, panic) = chat_prompt(&pool, &body.messages)?;
+    let mut turns = chat_turns(&body.messages, &state.validation)?;
+    screen_input(&state, &request, turns.iter_mut().map(|(_, text)| text), |index| {
+        format!("messages[{index}].content")
+    })?;
+    let (prompt, panic) = chat_prompt(&pool, &turns)?;
     let caching = Caching::of(&state, &request, &caller.0);
-    let call =
-        Call { pool: &pool, request: &request, gate: &gate, model: &body.model, kind: Kind::Chat, caching };
+    let call = Call {
+        pool: &pool,
+        request: &request,
+        gate: &gate,
+        guard: &state.guard,
+        limits: &state.validation,
+        model: &body.model,
+        kind: Kind::Chat,
+        caching,
+    };
     run(call, prompt, &body.sampling, panic).await
 }
 
-/// The prompt's tokens: the messages through the model's template. Also
-/// whether a test asked the worker to panic.
-fn chat_prompt(pool: &ChatPool, messages: &[Message]) -> Result<(Vec<u32>, bool), ApiError> {
+/// The messages as (role, text) turns, developer read as system.
+fn chat_turns(messages: &[Message], limits: &ValidationSettings) -> Result<Vec<(String, String)>, ApiError> {
     if messages.is_empty() {
         return Err(invalid("invalid_messages", "messages", "messages must not be empty".to_owned()));
     }
+    check_count(messages.len(), limits.max_messages, "messages")?;
     let mut turns = Vec::with_capacity(messages.len());
     for (index, message) in messages.iter().enumerate() {
         if !matches!(message.role.as_str(), "system" | "developer" | "user" | "assistant") {
@@ -231,11 +259,19 @@ fn chat_prompt(pool: &ChatPool, messages: &[Message]) -> Result<(Vec<u32>, bool)
             return Err(invalid("invalid_role", &format!("messages[{index}].role"), message));
         }
         let role = if message.role == "developer" { "system".to_owned() } else { message.role.clone() };
-        turns.push((role, text_of(&message.content, index)?));
+        let text = text_of(&message.content, index)?;
+        check_text(&text, || format!("messages[{index}].content"), limits)?;
+        turns.push((role, text));
     }
+    Ok(turns)
+}
+
+/// The prompt's tokens: the turns through the model's template. Also
+/// whether a test asked the worker to panic.
+fn chat_prompt(pool: &ChatPool, turns: &[(String, String)]) -> Result<(Vec<u32>, bool), ApiError> {
     let rendered = pool
         .model()
-        .render(&turns)
+        .render(turns)
         .map_err(|error| invalid("invalid_messages", "messages", error.to_string()))?;
     #[cfg(feature = "test-hooks")]
     let panic = turns.iter().any(|(_, text)| text == "__blaze_test_panic__");
@@ -257,13 +293,19 @@ pub async fn warm(
     let (pool, prompt, sampling, kind, model) = match endpoint {
         "/v1/chat/completions" => {
             let request: ChatRequest = serde_json::from_value(body).map_err(not_schema)?;
+            check_other_fields(&request.other, Endpoint::Chat)?;
             let pool = chat_pool(state, &request.model)?;
-            let (prompt, _) = chat_prompt(&pool, &request.messages)?;
+            let mut turns = chat_turns(&request.messages, &state.validation)?;
+            screen_warm(state, turns.iter_mut().map(|(_, text)| text))?;
+            let (prompt, _) = chat_prompt(&pool, &turns)?;
             (pool, prompt, request.sampling, Kind::Chat, request.model)
         }
         _ => {
-            let request: CompletionRequest = serde_json::from_value(body).map_err(not_schema)?;
+            let mut request: CompletionRequest = serde_json::from_value(body).map_err(not_schema)?;
+            check_other_fields(&request.other, Endpoint::Completions)?;
+            check_text(&request.prompt, || "prompt".to_owned(), &state.validation)?;
             let pool = chat_pool(state, &request.model)?;
+            screen_warm(state, [&mut request.prompt])?;
             let prompt = pool.model().tokenize(&request.prompt, true);
             (pool, prompt, request.sampling, Kind::Text, request.model)
         }
@@ -274,10 +316,23 @@ pub async fn warm(
             "set temperature 0 or a seed: only those are cached",
         ));
     }
-    let params = sampling_params(&sampling, prompt.len(), &pool)?;
+    let params = sampling_params(&sampling, prompt.len(), &pool, &state.validation)?;
     let key = cache_key(&caching, kind, &model, &prompt, &params, &sampling);
     let cached = Some((caching, key));
     Ok(answer(&pool, &model, prompt, params, false, cached.as_ref()).await?.1)
+}
+
+/// A warming request is screened as a client's would be, so that its
+/// cache key is the one a client's (redacted) request computes.
+fn screen_warm<'a>(
+    state: &AppState,
+    texts: impl IntoIterator<Item = &'a mut String>,
+) -> Result<(), ApiError> {
+    state
+        .guard
+        .screen_input("warm", texts)
+        .map(drop)
+        .map_err(|blocked| ApiError::content_blocked(&blocked.category, "body"))
 }
 
 fn submit(
@@ -324,14 +379,25 @@ async fn completions(
     request: HttpRequest,
     caller: Caller,
     gate: Gate,
-    body: web::Json<CompletionRequest>,
+    body: StrictJson<CompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
+    let mut body = body.into_inner();
+    check_other_fields(&body.other, Endpoint::Completions)?;
+    check_text(&body.prompt, || "prompt".to_owned(), &state.validation)?;
     let pool = chat_pool(&state, &body.model)?;
+    screen_input(&state, &request, [&mut body.prompt], |_| "prompt".to_owned())?;
     let prompt = pool.model().tokenize(&body.prompt, true);
     let caching = Caching::of(&state, &request, &caller.0);
-    let call =
-        Call { pool: &pool, request: &request, gate: &gate, model: &body.model, kind: Kind::Text, caching };
+    let call = Call {
+        pool: &pool,
+        request: &request,
+        gate: &gate,
+        guard: &state.guard,
+        limits: &state.validation,
+        model: &body.model,
+        kind: Kind::Text,
+        caching,
+    };
     run(call, prompt, &body.sampling, false).await
 }
 
@@ -346,6 +412,8 @@ struct Call<'a> {
     pool: &'a ChatPool,
     request: &'a HttpRequest,
     gate: &'a Gate,
+    guard: &'a Guard,
+    limits: &'a ValidationSettings,
     model: &'a str,
     kind: Kind,
     caching: Option<Caching>,
@@ -369,6 +437,20 @@ impl Record {
         }
     }
 
+    /// The answer as the client may see it: screened by the guard when it
+    /// screens output (the cache keeps answers unscreened, so a change of
+    /// the patterns applies to them too).
+    fn screened(self, guard: &Guard) -> Self {
+        if !guard.screens_output() {
+            return self;
+        }
+        let mut text = self.pieces.concat();
+        match guard.screen_output(&mut text) {
+            Ok(_) => Self { pieces: vec![text], ..self },
+            Err(_) => Self { pieces: Vec::new(), finish_reason: CONTENT_FILTER.to_owned(), ..self },
+        }
+    }
+
     /// The completion's events again, for the stream that replays it.
     fn replay(self) -> ChatEvents {
         let (sender, events) = tokio::sync::mpsc::unbounded_channel();
@@ -380,6 +462,9 @@ impl Record {
         events
     }
 }
+
+/// OpenAI's finish reason for an answer its content filter stopped.
+const CONTENT_FILTER: &str = "content_filter";
 
 /// Whether a request's answer is always the same: greedy, or seeded.
 fn deterministic(sampling: &Sampling) -> bool {
@@ -434,8 +519,8 @@ async fn run(
     sampling: &Sampling,
     panic: bool,
 ) -> Result<HttpResponse, ApiError> {
-    let Call { pool, request, gate, model, kind, caching } = call;
-    let params = sampling_params(sampling, prompt.len(), pool)?;
+    let Call { pool, request, gate, guard, limits, model, kind, caching } = call;
+    let params = sampling_params(sampling, prompt.len(), pool, limits)?;
     let prompt_tokens = prompt.len();
     let reservation = gate.admit((prompt_tokens + params.max_tokens) as u64).await?;
     let mut settlement = Settlement { reservation, used: prompt_tokens as u64 };
@@ -464,16 +549,18 @@ async fn run(
         let mut response = HttpResponse::Ok();
         mark(&mut response, lookup, store.as_ref().map(|(_, key, _)| key));
         let store = store.and_then(|(caching, key, write)| write.then_some((caching, key)));
+        let filter = guard.screens_output().then(|| OutputFilter::new(guard.rules()));
         return Ok(response
             .content_type("text/event-stream")
             .insert_header(("cache-control", "no-cache"))
-            .streaming(sse(reply, events, include_usage, settlement, store)));
+            .streaming(sse(reply, events, include_usage, settlement, store, filter)));
     }
     let (record, lookup) = tokio::select! {
         answer = answer(pool, model, prompt, params, panic, cached.as_ref()) => answer?,
         () = client_gone(request) => return Err(ApiError::client_closed()),
     };
     settlement.used += record.completion_tokens as u64;
+    let record = record.screened(guard);
     let mut response = HttpResponse::Ok();
     mark(&mut response, lookup, cached.as_ref().map(|(_, key)| key));
     Ok(response.json(reply.body(&record)))
@@ -592,13 +679,16 @@ fn event(value: &Value) -> Bytes {
 }
 
 /// The SSE body. Dropping it (the client went away) drops the receiver,
-/// which stops the generation at its next token.
+/// which stops the generation at its next token. With an output filter,
+/// text reaches the client as the filter releases it; a block ends the
+/// stream with finish_reason content_filter (and stops the generation).
 fn sse(
     reply: Reply,
     events: ChatEvents,
     include_usage: bool,
     settlement: Settlement,
     store: Option<(Caching, CacheKey)>,
+    filter: Option<OutputFilter>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> {
     struct State {
         reply: Reply,
@@ -610,7 +700,34 @@ fn sse(
         /// Where a complete stream is cached, with its pieces so far.
         store: Option<(Caching, CacheKey)>,
         pieces: Vec<String>,
+        filter: Option<OutputFilter>,
+        include_usage: bool,
     }
+
+    impl State {
+        /// The chunks that end the stream, in sending order.
+        fn ending(
+            &mut self,
+            finish_reason: &str,
+            completion_tokens: usize,
+            rest: Option<String>,
+        ) -> Vec<Bytes> {
+            let reply = &self.reply;
+            let mut out = Vec::new();
+            if let Some(rest) = rest.filter(|rest| !rest.is_empty()) {
+                out.push(event(&reply.chunk(reply.delta(Some(&rest), self.first, None), None)));
+                self.first = false;
+            }
+            out.push(event(&reply.chunk(reply.delta(None, self.first, Some(finish_reason)), None)));
+            if self.include_usage {
+                out.push(event(&reply.chunk(json!([]), Some(reply.usage(completion_tokens)))));
+            }
+            out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+            out.reverse();
+            out
+        }
+    }
+
     let state = State {
         reply,
         events,
@@ -620,6 +737,8 @@ fn sse(
         settlement,
         store,
         pieces: Vec::new(),
+        filter,
+        include_usage,
     };
     futures_util::stream::unfold(state, move |mut state| async move {
         loop {
@@ -629,19 +748,38 @@ fn sse(
             if state.finished {
                 return None;
             }
-            let reply = &state.reply;
             match state.events.recv().await {
                 Some(ChatEvent::Text(piece)) => {
                     state.settlement.used += 1;
-                    let chunk = reply.chunk(reply.delta(Some(&piece), state.first, None), None);
-                    state.first = false;
+                    let released = match &mut state.filter {
+                        None => Ok(piece.clone()),
+                        Some(filter) => filter.push(&piece),
+                    };
                     if state.store.is_some() {
                         state.pieces.push(piece);
                     }
-                    return Some((Ok(event(&chunk)), state));
+                    match released {
+                        Ok(text) if text.is_empty() => continue,
+                        Ok(text) => {
+                            let reply = &state.reply;
+                            let chunk = reply.chunk(reply.delta(Some(&text), state.first, None), None);
+                            state.first = false;
+                            return Some((Ok(event(&chunk)), state));
+                        }
+                        Err(_) => {
+                            // Blocked: not cached, and the generation stops
+                            // with the receiver.
+                            state.store = None;
+                            let used = state.settlement.used as usize;
+                            let completion_tokens = used.saturating_sub(state.reply.prompt_tokens);
+                            state.queued = state.ending(CONTENT_FILTER, completion_tokens, None);
+                            state.events.close();
+                            state.finished = true;
+                        }
+                    }
                 }
                 Some(ChatEvent::Done { finish_reason, completion_tokens }) => {
-                    state.settlement.used = (reply.prompt_tokens + completion_tokens) as u64;
+                    state.settlement.used = (state.reply.prompt_tokens + completion_tokens) as u64;
                     if let Some((caching, key)) = state.store.take() {
                         let pieces = std::mem::take(&mut state.pieces);
                         let finish_reason = finish_reason.as_str().to_owned();
@@ -650,25 +788,22 @@ fn sse(
                             caching.cache().put(&key, bytes).await;
                         }
                     }
-                    let mut out = vec![event(
-                        &reply.chunk(reply.delta(None, state.first, Some(finish_reason.as_str())), None),
-                    )];
-                    if include_usage {
-                        out.push(event(&reply.chunk(json!([]), Some(reply.usage(completion_tokens)))));
-                    }
-                    out.push(Bytes::from_static(b"data: [DONE]\n\n"));
-                    out.reverse();
-                    state.queued = out;
+                    let (reason, rest) = match state.filter.as_mut().map(OutputFilter::finish) {
+                        None => (finish_reason.as_str(), None),
+                        Some(Ok(rest)) => (finish_reason.as_str(), Some(rest)),
+                        Some(Err(_)) => (CONTENT_FILTER, None),
+                    };
+                    state.queued = state.ending(reason, completion_tokens, rest);
                     state.finished = true;
                 }
                 Some(ChatEvent::Failed(error)) => {
                     state.finished = true;
-                    let error = work_error(error, &reply.model);
+                    let error = work_error(error, &state.reply.model);
                     return Some((Ok(event(&error.body(None))), state));
                 }
                 None => {
                     state.finished = true;
-                    let error = ApiError::worker_failed(&reply.model);
+                    let error = ApiError::worker_failed(&state.reply.model);
                     return Some((Ok(event(&error.body(None))), state));
                 }
             }

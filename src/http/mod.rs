@@ -7,12 +7,15 @@ pub mod cache;
 mod chat;
 mod compression;
 pub mod disconnect;
+pub mod guard;
+mod json;
 mod observe;
 mod openai;
 pub mod ratelimit;
 mod routes;
 #[cfg(feature = "test-hooks")]
 mod test_hooks;
+mod validate;
 
 use std::sync::Arc;
 
@@ -36,12 +39,15 @@ pub struct AppState {
     pub auth: Arc<blaze_actors::auth::Authenticator>,
     /// `None` when `cache.enabled` is false.
     pub cache: Option<cache::CacheAccess>,
+    pub guard: Arc<blaze_actors::guard::Guard>,
+    pub validation: crate::settings::ValidationSettings,
 }
 
 /// Registers every route, the extractor limits and the fallbacks.
 pub fn configure(config: &mut web::ServiceConfig, state: AppState, max_body: usize) {
     config
         .app_data(web::Data::new(state))
+        .app_data(json::BodyLimit(max_body))
         .app_data(web::PayloadConfig::new(max_body))
         .app_data(
             web::JsonConfig::default()

@@ -13,12 +13,12 @@ use serde::{Deserialize, Serialize};
 use super::auth::Caller;
 use super::cache::{mark, Caching};
 use super::disconnect::client_gone;
+use super::guard::screen_input;
+use super::json::StrictJson;
 use super::ratelimit::Gate;
+use super::validate::{check_count, check_text};
 use super::AppState;
 use crate::error::ApiError;
-
-/// OpenAI's limit on inputs per embeddings call.
-const MAX_INPUTS: usize = 2048;
 
 pub fn configure(config: &mut web::ServiceConfig) {
     config
@@ -46,6 +46,35 @@ enum EmbeddingInput {
     Texts(Vec<String>),
     Tokens(Vec<u32>),
     TokenLists(Vec<Vec<u32>>),
+}
+
+impl EmbeddingInput {
+    /// How many inputs, and each text within the limits.
+    fn check(&self, limits: &crate::settings::ValidationSettings) -> Result<(), ApiError> {
+        match self {
+            EmbeddingInput::Text(text) => check_text(text, || "input".to_owned(), limits),
+            EmbeddingInput::Texts(texts) => {
+                check_count(texts.len(), limits.max_embedding_inputs, "input")?;
+                for (index, text) in texts.iter().enumerate() {
+                    check_text(text, || format!("input[{index}]"), limits)?;
+                }
+                Ok(())
+            }
+            EmbeddingInput::Tokens(_) => Ok(()),
+            EmbeddingInput::TokenLists(lists) => {
+                check_count(lists.len(), limits.max_embedding_inputs, "input")
+            }
+        }
+    }
+
+    /// The texts to screen (token ids are not text).
+    fn texts_mut(&mut self) -> Vec<&mut String> {
+        match self {
+            EmbeddingInput::Text(text) => vec![text],
+            EmbeddingInput::Texts(texts) => texts.iter_mut().collect(),
+            EmbeddingInput::Tokens(_) | EmbeddingInput::TokenLists(_) => Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -101,14 +130,23 @@ async fn embeddings(
     http_request: HttpRequest,
     caller: Caller,
     gate: Gate,
-    body: web::Json<EmbeddingsRequest>,
+    body: StrictJson<EmbeddingsRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let request = body.into_inner();
+    let mut request = body.into_inner();
+    request.input.check(&state.validation)?;
     let model = find_model(&state, &request.model)?;
     let ModelHandle::Embedding(pool) = &model.handle else {
         let message = format!("{} is a chat model; use /v1/chat/completions", request.model);
         return Err(ApiError::bad_request("invalid_model", message).with_param("model"));
     };
+    let single = matches!(request.input, EmbeddingInput::Text(_));
+    screen_input(&state, &http_request, request.input.texts_mut(), |index| {
+        if single {
+            "input".to_owned()
+        } else {
+            format!("input[{index}]")
+        }
+    })?;
     let dimensions = pool.tokenizer().dimensions();
     if request.dimensions.is_some_and(|asked| asked != dimensions) {
         let message = format!(
@@ -147,8 +185,13 @@ async fn embeddings(
 
 /// Answers one embeddings request of the warming file into the cache.
 pub async fn warm(state: &AppState, caching: Caching, body: serde_json::Value) -> Result<Lookup, ApiError> {
-    let request: EmbeddingsRequest = serde_json::from_value(body)
+    let mut request: EmbeddingsRequest = serde_json::from_value(body)
         .map_err(|error| ApiError::bad_request("invalid_request_body", error.to_string()))?;
+    request.input.check(&state.validation)?;
+    state
+        .guard
+        .screen_input("warm", request.input.texts_mut())
+        .map_err(|blocked| ApiError::content_blocked(&blocked.category, "input"))?;
     let model = find_model(state, &request.model)?;
     let ModelHandle::Embedding(pool) = &model.handle else {
         return Err(ApiError::bad_request(
@@ -224,9 +267,6 @@ async fn tokenize(pool: &EmbeddingPool, input: EmbeddingInput) -> Result<Vec<Vec
     };
     if count == 0 {
         return Err(input_error("`input` must not be empty".to_owned()));
-    }
-    if count > MAX_INPUTS {
-        return Err(input_error(format!("`input` has {count} items; at most {MAX_INPUTS} per request")));
     }
     let pool = pool.clone();
     let work = move || -> Result<Vec<Vec<u32>>, ApiError> {

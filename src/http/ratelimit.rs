@@ -16,11 +16,11 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{forward_ready, Payload, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError};
-use blaze_actors::auth::{Credential, Principal};
+use blaze_actors::auth::Principal;
 use blaze_actors::ratelimit::{Admission, Decision, Limits, Quota, RateLimiter, Ticket, Unavailable, Unit};
 use futures_util::future::LocalBoxFuture;
 
-use super::auth::client_address;
+use super::auth::subject_of;
 use crate::error::ApiError;
 
 /// The limiter and the budgets that apply when a key or user sets none.
@@ -54,20 +54,14 @@ struct Pending {
 impl Pending {
     /// Whose budget a request spends, if anyone's.
     fn of(limiting: &Arc<Limiting>, request: &ServiceRequest) -> Option<Self> {
-        let (subject, limits) = match request.extensions().get::<Principal>() {
-            Some(principal) => {
-                let subject = match &principal.credential {
-                    Credential::ApiKey { key_id } => format!("key:{key_id}"),
-                    Credential::Token { .. } => format!("user:{}", principal.user_id),
-                };
-                (subject, principal.limits.or(limiting.defaults))
-            }
+        let extensions = request.extensions();
+        let principal = extensions.get::<Principal>();
+        let limits = match principal {
+            Some(principal) => principal.limits.or(limiting.defaults),
             None if is_health_probe(request.path()) => return None,
-            None => {
-                let address = client_address(request.request())?;
-                (format!("ip:{address}"), limiting.anonymous)
-            }
+            None => limiting.anonymous,
         };
+        let subject = subject_of(principal, request.request())?;
         let route = limiting.routes.iter().find(|(route, _)| route == request.path()).cloned();
         if limits.is_unlimited() && route.is_none() {
             return None;

@@ -112,7 +112,15 @@ impl Settings {
             layers.iter().map(|layer| leaves(&layer.config)).collect();
         let origins: Vec<String> = layers.iter().map(|layer| layer.origin.clone()).collect();
         let origin_of = |key: &str| {
-            let index = leaves_by_layer.iter().rposition(|leaves| leaves.contains_key(key));
+            // A table's key (guard.categories) is set where any key under it is.
+            let prefix = format!("{key}.");
+            let index = leaves_by_layer.iter().rposition(|leaves| {
+                leaves.contains_key(key)
+                    || leaves
+                        .range(prefix.clone()..)
+                        .next()
+                        .is_some_and(|(leaf, _)| leaf.starts_with(&prefix))
+            });
             match index {
                 Some(index) if origins[index] == "the environment" => format!(
                     "environment variable {ENV_PREFIX}{ENV_SEPARATOR}{}",
@@ -205,6 +213,18 @@ impl Settings {
         problems.extend(self.identity_problems());
         problems.extend(self.rate_limit_problems());
         problems.extend(self.cache_problems());
+        problems.extend(self.guard_problems());
+        let validation = &self.validation;
+        for (key, value) in [
+            ("validation.max_messages", validation.max_messages),
+            ("validation.max_text_chars", validation.max_text_chars),
+            ("validation.max_embedding_inputs", validation.max_embedding_inputs),
+            ("validation.max_tokens", validation.max_tokens),
+        ] {
+            if value == 0 {
+                problems.push((key, "must be at least 1".to_owned()));
+            }
+        }
         for (id, spec) in &self.models.catalog {
             problems.extend(check_model(id, spec).into_iter().map(|problem| ("models.catalog", problem)));
         }
@@ -213,6 +233,28 @@ impl Settings {
 }
 
 impl Settings {
+    fn guard_problems(&self) -> Vec<(&'static str, String)> {
+        let guard = &self.guard;
+        let mut problems = Vec::new();
+        if let Err(problem) = blaze_actors::guard::PatternSet::compile(&guard.categories) {
+            problems.push(("guard.categories", problem));
+        }
+        if guard.output_holdback_bytes > 1 << 20 {
+            problems.push(("guard.output_holdback_bytes", "must be at most 1048576".to_owned()));
+        }
+        let scores = &guard.scores;
+        if !(scores.block_points >= 0.0 && scores.block_points.is_finite()) {
+            problems.push(("guard.scores.block_points", "must be 0 or more".to_owned()));
+        }
+        if !(scores.threshold > 0.0 && scores.threshold.is_finite()) {
+            problems.push(("guard.scores.threshold", "must be above 0".to_owned()));
+        }
+        if scores.cool_down_s > 86_400 {
+            problems.push(("guard.scores.cool_down_s", "must be at most 86400".to_owned()));
+        }
+        problems
+    }
+
     fn cache_problems(&self) -> Vec<(&'static str, String)> {
         let cache = &self.cache;
         let mut problems = Vec::new();

@@ -33,6 +33,24 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub rate_limits: RateLimitSettings,
     pub cache: CacheSettings,
+    pub guard: blaze_actors::guard::GuardConfig,
+    pub validation: ValidationSettings,
+}
+
+/// Limits on what one request may ask, beyond the body size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationSettings {
+    /// Messages of one chat request.
+    pub max_messages: usize,
+    /// Characters of one message, prompt or embeddings input.
+    pub max_text_chars: usize,
+    /// Inputs of one embeddings request.
+    pub max_embedding_inputs: usize,
+    /// The most `max_tokens` may ask for (the model's window bounds it too).
+    pub max_tokens: usize,
+    /// Stop sequences of one request.
+    pub max_stop_sequences: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,103 @@
+//! The JSON body of the OpenAI endpoints: parsed straight into the
+//! endpoint's typed request; when that fails, parsed again to find the
+//! field at fault (serde_path_to_error), so the 400 names it in `param`.
+//! The happy path pays nothing for the second parser.
+
+use actix_web::dev::Payload;
+use actix_web::error::PayloadError;
+use actix_web::{mime, web, FromRequest, HttpMessage, HttpRequest};
+use futures_util::future::LocalBoxFuture;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// The largest body, as the server is configured (for the 413 message).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// A request body of type `T`, strictly parsed.
+#[derive(Debug)]
+pub struct StrictJson<T>(pub T);
+
+impl<T> StrictJson<T> {
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+fn is_json(request: &HttpRequest) -> bool {
+    match request.mime_type() {
+        Ok(Some(mime)) => mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON),
+        _ => false,
+    }
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for StrictJson<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = request.app_data::<BodyLimit>().map_or(usize::MAX, |limit| limit.0);
+        let json = is_json(request);
+        let bytes = web::Bytes::from_request(request, payload);
+        Box::pin(async move {
+            if !json {
+                return Err(ApiError::unsupported_media_type());
+            }
+            let bytes = bytes.await.map_err(|error| match error.as_error::<PayloadError>() {
+                Some(PayloadError::Overflow) => ApiError::payload_too_large(limit),
+                _ => ApiError::bad_request("invalid_body", "The request body could not be read"),
+            })?;
+            match serde_json::from_slice::<T>(&bytes) {
+                Ok(value) => Ok(StrictJson(value)),
+                Err(error) => Err(describe::<T>(&bytes, &error)),
+            }
+        })
+    }
+}
+
+/// The 400 for a body that did not parse: where, and what was wrong.
+pub fn describe<T: DeserializeOwned>(bytes: &[u8], error: &serde_json::Error) -> ApiError {
+    if !error.is_data() {
+        return ApiError::bad_request("invalid_json", format!("The request body is not valid JSON: {error}"));
+    }
+    let path =
+        match serde_path_to_error::deserialize::<_, T>(&mut serde_json::Deserializer::from_slice(bytes)) {
+            Err(located) => located.path().to_string(),
+            Ok(_) => ".".to_owned(),
+        };
+    let message = error.to_string();
+    if let Some(field) = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) {
+        // The path names the unknown key itself (older serde_path_to_error
+        // stopped at the object holding it).
+        let param = if path == field || path.ends_with(&format!(".{field}")) {
+            path
+        } else if path == "." {
+            field.to_owned()
+        } else {
+            format!("{path}.{field}")
+        };
+        return ApiError::bad_request(
+            "unknown_parameter",
+            format!("Unrecognized request argument supplied: {field}"),
+        )
+        .with_param(param);
+    }
+    if message.contains("untagged enum EmbeddingInput") {
+        return ApiError::bad_request(
+            "invalid_input",
+            "`input` must be a string, an array of strings, an array of token ids, \
+             or an array of arrays of token ids",
+        )
+        .with_param("input");
+    }
+    // serde_json's message ends with where in the text; the path says it better.
+    let problem = message.split(" at line ").next().unwrap_or(&message);
+    if path == "." {
+        return ApiError::bad_request(
+            "invalid_request_body",
+            format!("The request body is invalid: {problem}"),
+        );
+    }
+    ApiError::bad_request("invalid_request_body", format!("`{path}`: {problem}")).with_param(path)
+}
