@@ -187,6 +187,11 @@ async fn patterns_reload_when_the_config_file_changes() {
 const REDACT_WORDS: &str = "guard:\n  scan_output: true\n  output_holdback_bytes: 8\n  categories:\n    words:\n      action: redact\n      patterns:\n        - {name: long_words, regex: '[a-z]{4,}'}\n";
 const BLOCK_WORDS: &str = "guard:\n  scan_output: true\n  categories:\n    words:\n      action: block\n      applies_to: output\n      patterns:\n        - {name: long_words, regex: '[a-z]{4,}'}\n";
 
+/// A chat completion's JSON.
+async fn completion(server: &Server, body: &Value) -> Value {
+    client().post(server.url("/v1/chat/completions")).json(body).send().await.unwrap().json().await.unwrap()
+}
+
 /// The text of a streamed answer and its finish reason.
 async fn streamed(server: &Server, body: &Value) -> (String, String) {
     let mut body = body.clone();
@@ -221,15 +226,7 @@ async fn model_output_is_redacted_or_stopped_as_json_and_as_a_stream() {
         "model": CHAT_MODEL, "max_tokens": 24, "temperature": 0,
         "messages": [{"role": "user", "content": "Describe the ocean in one sentence."}],
     });
-    let answer: Value = client()
-        .post(server.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = completion(&server, &body).await;
     let content = answer["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
     assert!(content.contains("[REDACTED:words]"), "{content}");
     let rest = content.replace("[REDACTED:words]", " ");
@@ -244,15 +241,7 @@ async fn model_output_is_redacted_or_stopped_as_json_and_as_a_stream() {
 
     let block = config_file(BLOCK_WORDS);
     let server = Server::start(&[], &["--config", block.path().to_str().unwrap()]).await;
-    let answer: Value = client()
-        .post(server.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = completion(&server, &body).await;
     assert_eq!(answer["choices"][0]["finish_reason"], "content_filter");
     assert_eq!(answer["choices"][0]["message"]["content"], "");
     let (_, finish) = streamed(&server, &body).await;

@@ -9,12 +9,8 @@
 #
 # Defaults: 3 rounds of 10 s at 64 connections. Needs wrk and openssl.
 set -euo pipefail
-rounds=${1:-3}
-seconds=${2:-10}
-connections=${3:-64}
-[ "$rounds" -ge 1 ] && [ "$rounds" -le 20 ] || { echo "ROUNDS must be 1..20" >&2; exit 2; }
-[ "$seconds" -ge 1 ] && [ "$seconds" -le 120 ] || { echo "SECONDS must be 1..120" >&2; exit 2; }
 . "$(dirname "$0")/common.sh"
+load_arguments "$@"
 
 port=18483
 work=$(mktemp -d)

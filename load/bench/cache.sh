@@ -14,13 +14,9 @@
 # Defaults: 3 rounds of 10 s at 64 connections. Needs wrk, openssl, the
 # models (blaze models pull) and Redis on 127.0.0.1:6379.
 set -euo pipefail
-rounds=${1:-3}
-seconds=${2:-10}
-connections=${3:-64}
-[ "$rounds" -ge 1 ] && [ "$rounds" -le 20 ] || { echo "ROUNDS must be 1..20" >&2; exit 2; }
-[ "$seconds" -ge 1 ] && [ "$seconds" -le 120 ] || { echo "SECONDS must be 1..120" >&2; exit 2; }
 redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || { echo "Redis on 127.0.0.1:6379 does not answer" >&2; exit 2; }
 . "$(dirname "$0")/common.sh"
+load_arguments "$@"
 
 model=smollm2-135m-instruct
 local_port=18484
@@ -33,11 +29,11 @@ trap cleanup EXIT
 
 # Both Blaze processes take the bench key as their bootstrap admin; each
 # its own data dir (identity store, disk tier).
-mkdir "$work/local" "$work/redis"
-BLAZE__SERVER__PORT=$local_port BLAZE__STORAGE__DATA_DIR=$work/local \
+mkdir "$work/data-local" "$work/data-redis"
+BLAZE__SERVER__PORT=$local_port BLAZE__STORAGE__DATA_DIR=$work/data-local \
   "$bin/blaze" serve --offline > "$work/local.log" 2>&1 &
 pids+=($!)
-BLAZE__SERVER__PORT=$redis_port BLAZE__STORAGE__DATA_DIR=$work/redis \
+BLAZE__SERVER__PORT=$redis_port BLAZE__STORAGE__DATA_DIR=$work/data-redis \
   BLAZE__STORAGE__REDIS_URL=redis://127.0.0.1:6379 BLAZE__RATE_LIMITS__BACKEND=redis \
   "$bin/blaze" serve --offline > "$work/redis.log" 2>&1 &
 pids+=($!)

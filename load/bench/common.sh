@@ -1,5 +1,15 @@
 # Sourced by the benchmark scripts: checks the tools, builds the release
 # binaries, and sets $root and $bin.
+# The load scripts' arguments, [ROUNDS] [SECONDS] [CONNECTIONS] (defaults
+# 3, 10 and 64), into $rounds, $seconds and $connections.
+load_arguments() {
+  rounds=${1:-3}
+  seconds=${2:-10}
+  connections=${3:-64}
+  [ "$rounds" -ge 1 ] && [ "$rounds" -le 20 ] || { echo "ROUNDS must be 1..20" >&2; exit 2; }
+  [ "$seconds" -ge 1 ] && [ "$seconds" -le 120 ] || { echo "SECONDS must be 1..120" >&2; exit 2; }
+  [ "$connections" -ge 2 ] && [ "$connections" -le 10000 ] || { echo "CONNECTIONS must be 2..10000" >&2; exit 2; }
+}
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 2; }
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/blaze/target}

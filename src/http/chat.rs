@@ -13,6 +13,7 @@ use blaze_actors::inference::{
 use blaze_actors::router::ModelHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use sha2::Digest;
 
 use super::auth::Caller;
 use super::cache::{mark, Caching};
@@ -232,17 +233,7 @@ async fn chat_completions(
         format!("messages[{index}].content")
     })?;
     let (prompt, panic) = chat_prompt(&pool, &turns)?;
-    let caching = Caching::of(&state, &request, &caller.0);
-    let call = Call {
-        pool: &pool,
-        request: &request,
-        gate: &gate,
-        guard: &state.guard,
-        limits: &state.validation,
-        model: &body.model,
-        kind: Kind::Chat,
-        caching,
-    };
+    let call = Call::new(&state, &pool, &request, &caller, &gate, &body.model, Kind::Chat);
     run(call, prompt, &body.sampling, panic).await
 }
 
@@ -269,15 +260,15 @@ fn chat_turns(messages: &[Message], limits: &ValidationSettings) -> Result<Vec<(
 /// The prompt's tokens: the turns through the model's template. Also
 /// whether a test asked the worker to panic.
 fn chat_prompt(pool: &ChatPool, turns: &[(String, String)]) -> Result<(Vec<u32>, bool), ApiError> {
-    let rendered = pool
+    let prompt = pool
         .model()
-        .render(turns)
+        .prompt_tokens(turns)
         .map_err(|error| invalid("invalid_messages", "messages", error.to_string()))?;
     #[cfg(feature = "test-hooks")]
     let panic = turns.iter().any(|(_, text)| text == "__blaze_test_panic__");
     #[cfg(not(feature = "test-hooks"))]
     let panic = false;
-    Ok((pool.model().tokenize(&rendered, true), panic))
+    Ok((prompt, panic))
 }
 
 /// Answers one request of the warming file into the cache, in `caching`'s
@@ -387,17 +378,7 @@ async fn completions(
     let pool = chat_pool(&state, &body.model)?;
     screen_input(&state, &request, [&mut body.prompt], |_| "prompt".to_owned())?;
     let prompt = pool.model().tokenize(&body.prompt, true);
-    let caching = Caching::of(&state, &request, &caller.0);
-    let call = Call {
-        pool: &pool,
-        request: &request,
-        gate: &gate,
-        guard: &state.guard,
-        limits: &state.validation,
-        model: &body.model,
-        kind: Kind::Text,
-        caching,
-    };
+    let call = Call::new(&state, &pool, &request, &caller, &gate, &body.model, Kind::Text);
     run(call, prompt, &body.sampling, false).await
 }
 
@@ -417,6 +398,21 @@ struct Call<'a> {
     model: &'a str,
     kind: Kind,
     caching: Option<Caching>,
+}
+
+impl<'a> Call<'a> {
+    fn new(
+        state: &'a AppState,
+        pool: &'a ChatPool,
+        request: &'a HttpRequest,
+        caller: &Caller,
+        gate: &'a Gate,
+        model: &'a str,
+        kind: Kind,
+    ) -> Self {
+        let caching = Caching::of(state, request, &caller.0);
+        Self { pool, request, gate, guard: &state.guard, limits: &state.validation, model, kind, caching }
+    }
 }
 
 /// A finished completion as the cache keeps it: enough to answer again as
@@ -485,8 +481,14 @@ fn cache_key(
         Kind::Chat => "/v1/chat/completions",
         Kind::Text => "/v1/completions",
     };
+    // The prompt by its digest: hashing the tokens' bytes is much cheaper
+    // than writing them out as JSON.
+    let mut digest = sha2::Sha256::new();
+    for token in prompt {
+        digest.update(token.to_le_bytes());
+    }
     let fields = json!({
-        "prompt": prompt,
+        "prompt_sha256": format!("{:x}", digest.finalize()),
         "max_tokens": params.max_tokens,
         "temperature": params.temperature,
         "top_p": params.top_p,

@@ -91,36 +91,66 @@ impl View {
     }
 }
 
+/// Folded characters already worked out, per thread: text repeats the same
+/// few non-ASCII characters (accents, quotes, dashes), and a skeleton costs
+/// a decomposition and a table search each time. Bounded: cleared when full.
+const FOLD_MEMO_ENTRIES: usize = 4096;
+
+thread_local! {
+    static FOLDED: std::cell::RefCell<foldhash::HashMap<char, Box<str>>> =
+        std::cell::RefCell::new(foldhash::HashMap::default());
+}
+
 /// Appends the view of a non-ASCII run.
 fn fold_into(run: &str, out: &mut String) {
-    let mut buffer = [0u8; 4];
-    for character in run.nfkc() {
-        if character.is_ascii() {
-            out.push(character);
-            continue;
-        }
-        for lower in character.to_lowercase() {
-            let mut prototype = unicode_security::skeleton(lower.encode_utf8(&mut buffer)).peekable();
-            // Default-ignorable: the skeleton is empty, and so is the view.
-            if prototype.peek().is_none() {
+    FOLDED.with(|memo| {
+        let mut memo = memo.borrow_mut();
+        for character in run.nfkc() {
+            if character.is_ascii() {
+                out.push(character);
                 continue;
             }
-            let mut folded = String::new();
-            for part in prototype {
-                if canonical_combining_class(part) == 0 {
-                    folded.push(part);
-                }
+            if let Some(folded) = memo.get(&character) {
+                out.push_str(folded);
+                continue;
             }
-            if !folded.is_empty() && folded.is_ascii() {
-                folded.make_ascii_lowercase();
-                out.push_str(&folded);
-            } else if !folded.is_empty() && canonical_combining_class(lower) == 0 {
-                // A letter with no ASCII look-alike (CJK, Arabic, ...): itself,
-                // accents dropped when its skeleton has them apart.
-                out.push_str(&folded);
+            let folded = fold_char(character);
+            out.push_str(&folded);
+            if memo.len() >= FOLD_MEMO_ENTRIES {
+                memo.clear();
+            }
+            memo.insert(character, folded.into_boxed_str());
+        }
+    });
+}
+
+/// The view of one non-ASCII character (after NFKC): lower-cased, then its
+/// UTS #39 prototype without combining marks when that is ASCII, else the
+/// character's own letters; nothing for default-ignorable characters.
+fn fold_char(character: char) -> String {
+    let mut buffer = [0u8; 4];
+    let mut out = String::new();
+    for lower in character.to_lowercase() {
+        let mut folded = String::new();
+        for part in unicode_security::skeleton(lower.encode_utf8(&mut buffer)) {
+            if canonical_combining_class(part) == 0 {
+                folded.push(part);
             }
         }
+        if folded.is_empty() {
+            // Default-ignorable, or a lone combining mark: nothing.
+            continue;
+        }
+        if folded.is_ascii() {
+            folded.make_ascii_lowercase();
+            out.push_str(&folded);
+        } else if canonical_combining_class(lower) == 0 {
+            // A letter with no ASCII look-alike (CJK, Arabic, ...): itself,
+            // accents dropped when its skeleton has them apart.
+            out.push_str(&folded);
+        }
     }
+    out
 }
 
 #[cfg(test)]

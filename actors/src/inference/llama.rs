@@ -79,7 +79,18 @@ pub struct ChatModel {
     model: LlamaModel,
     template: ChatTemplate,
     context_length: usize,
+    /// Recent prompts' tokens: llama.cpp's tokenizer splits text with
+    /// std::regex (hundreds of microseconds for a short prompt), and the
+    /// request path counts every prompt, cached answers included.
+    tokenized: moka::sync::Cache<(bool, String), Arc<[u32]>>,
+    /// Recent conversations' prompt tokens, by the conversation's SHA-256
+    /// (collision-resistant: a prompt never gets another's tokens): the
+    /// template render and the tokenizer both skipped.
+    prompts: moka::sync::Cache<[u8; 32], Arc<[u32]>>,
 }
+
+/// What the tokenization memo holds at most, in bytes of text and tokens.
+const TOKENIZED_BYTES: u64 = 32 << 20;
 
 /// Whether llama.cpp was built with its AMX kernels (the Q4_1 products on
 /// AMX tiles, on a CPU that has them); they round differently from its
@@ -104,7 +115,19 @@ impl ChatModel {
         };
         let template = ChatTemplate::new(source, special(model.vocab().bos()), special(model.vocab().eos()))?;
         let context_length = (model.n_ctx_train() as usize).min(max_context).max(16);
-        Ok(Arc::new(Self { model, template, context_length }))
+        let tokenized = moka::sync::Cache::builder()
+            .max_capacity(TOKENIZED_BYTES)
+            .weigher(|(_, text): &(bool, String), tokens: &Arc<[u32]>| {
+                u32::try_from(text.len() + 4 * tokens.len() + 64).unwrap_or(u32::MAX)
+            })
+            .build();
+        let prompts = moka::sync::Cache::builder()
+            .max_capacity(TOKENIZED_BYTES)
+            .weigher(|_: &[u8; 32], tokens: &Arc<[u32]>| {
+                u32::try_from(4 * tokens.len() + 96).unwrap_or(u32::MAX)
+            })
+            .build();
+        Ok(Arc::new(Self { model, template, context_length, tokenized, prompts }))
     }
 
     pub fn context_length(&self) -> usize {
@@ -117,9 +140,40 @@ impl ChatModel {
         self.template.render(messages)
     }
 
+    /// The prompt tokens of a conversation: its turns through the template,
+    /// tokenized, with the assistant's turn opened.
+    pub fn prompt_tokens(&self, messages: &[(String, String)]) -> Result<Vec<u32>, EngineError> {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        for (role, text) in messages {
+            // Lengths first: no two conversations hash the same bytes.
+            hash.update((role.len() as u64).to_le_bytes());
+            hash.update(role.as_bytes());
+            hash.update((text.len() as u64).to_le_bytes());
+            hash.update(text.as_bytes());
+        }
+        let key: [u8; 32] = hash.finalize().into();
+        if let Some(tokens) = self.prompts.get(&key) {
+            return Ok(tokens.to_vec());
+        }
+        let tokens = self.tokenize_afresh(&self.render(messages)?, true);
+        self.prompts.insert(key, tokens.as_slice().into());
+        Ok(tokens)
+    }
+
     /// The model's tokens of `text`; special tokens in the text are parsed
     /// (the chat template writes them), a BOS is added if the model wants one.
     pub fn tokenize(&self, text: &str, add_special: bool) -> Vec<u32> {
+        let key = (add_special, text.to_owned());
+        if let Some(tokens) = self.tokenized.get(&key) {
+            return tokens.to_vec();
+        }
+        let tokens = self.tokenize_afresh(text, add_special);
+        self.tokenized.insert(key, tokens.as_slice().into());
+        tokens
+    }
+
+    fn tokenize_afresh(&self, text: &str, add_special: bool) -> Vec<u32> {
         self.model
             .vocab()
             .tokenize(text.as_bytes(), add_special, true)
