@@ -8,7 +8,7 @@
 //! match in the view becomes a span of the original, to redact.
 
 use unicode_normalization::char::canonical_combining_class;
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
 /// One run of non-ASCII text and what it became in the view.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +34,10 @@ impl View {
 
     /// Fills the view from `original`, replacing what it held.
     pub fn fill(&mut self, original: &str) {
+        FOLDED.with(|memo| self.fill_with(original, &mut memo.borrow_mut()));
+    }
+
+    fn fill_with(&mut self, original: &str, memo: &mut foldhash::HashMap<char, Box<str>>) {
         self.clear();
         self.text.reserve(original.len());
         let bytes = original.as_bytes();
@@ -50,7 +54,7 @@ impl View {
             // that follow a starter of their own.
             let run_end = bytes[at..].iter().position(u8::is_ascii).map_or(bytes.len(), |offset| at + offset);
             let view_start = self.text.len();
-            fold_into(&original[at..run_end], &mut self.text);
+            fold_into(&original[at..run_end], &mut self.text, memo);
             self.folded.push(Folded {
                 view_start,
                 view_end: self.text.len(),
@@ -102,26 +106,35 @@ thread_local! {
 }
 
 /// Appends the view of a non-ASCII run.
-fn fold_into(run: &str, out: &mut String) {
-    FOLDED.with(|memo| {
-        let mut memo = memo.borrow_mut();
-        for character in run.nfkc() {
-            if character.is_ascii() {
-                out.push(character);
-                continue;
-            }
-            if let Some(folded) = memo.get(&character) {
-                out.push_str(folded);
-                continue;
-            }
-            let folded = fold_char(character);
-            out.push_str(&folded);
-            if memo.len() >= FOLD_MEMO_ENTRIES {
-                memo.clear();
-            }
-            memo.insert(character, folded.into_boxed_str());
+fn fold_into(run: &str, out: &mut String, memo: &mut foldhash::HashMap<char, Box<str>>) {
+    // Most runs (an accent, a quote, a dash) are NFKC already: a quick
+    // check spares the normalizer's buffers.
+    if is_nfkc_quick(run.chars()) == IsNormalized::Yes {
+        for character in run.chars() {
+            push_folded(character, out, memo);
         }
-    });
+    } else {
+        for character in run.nfkc() {
+            push_folded(character, out, memo);
+        }
+    }
+}
+
+fn push_folded(character: char, out: &mut String, memo: &mut foldhash::HashMap<char, Box<str>>) {
+    if character.is_ascii() {
+        out.push(character);
+        return;
+    }
+    if let Some(folded) = memo.get(&character) {
+        out.push_str(folded);
+        return;
+    }
+    let folded = fold_char(character);
+    out.push_str(&folded);
+    if memo.len() >= FOLD_MEMO_ENTRIES {
+        memo.clear();
+    }
+    memo.insert(character, folded.into_boxed_str());
 }
 
 /// The view of one non-ASCII character (after NFKC): lower-cased, then its
