@@ -23,8 +23,10 @@ pub mod ratelimit;
 mod redis;
 pub mod router;
 pub mod supervisor;
-#[cfg(test)]
-mod test_redis;
+/// A redis-server of a test's own; the binary's integration tests reach it
+/// through the test-hooks feature.
+#[cfg(any(test, feature = "test-hooks"))]
+pub mod test_redis;
 
 /// The build this binary came from, shared by health and metrics reports.
 #[derive(Debug, Clone, serde::Serialize)]

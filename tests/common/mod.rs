@@ -212,49 +212,10 @@ pub fn config_file(text: &str) -> tempfile::NamedTempFile {
     file
 }
 
-/// A redis-server of the test's own on a free port, to kill and restart
-/// without touching the shared one.
-pub struct OwnRedis {
-    pub port: u16,
-    child: std::process::Child,
-}
-
-impl OwnRedis {
-    pub fn start(port: u16) -> Self {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian's redis-server package) runs");
-        Self { port, child }
-    }
-
-    /// On a port nothing listens on.
-    pub fn on_free_port() -> Self {
-        Self::start(
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .expect("a free port")
-                .local_addr()
-                .expect("its address")
-                .port(),
-        )
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+/// A redis-server of the test's own (one helper for unit and integration
+/// tests, from the actors crate). Only some test binaries use it.
+#[allow(unused_imports)]
+pub use blaze_actors::test_redis::OwnRedis;
 
 /// A client holding a new key of a new user (role user) of `server`.
 pub async fn new_user_client(server: &Server, email: &str) -> reqwest::Client {
