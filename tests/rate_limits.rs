@@ -127,26 +127,13 @@ async fn budgets_set_on_a_key_or_a_user_override_the_defaults() {
     let statuses = flood(&client_with_key(&roomy), &server.url("/v1/models"), 8).await;
     assert_eq!(statuses.iter().filter(|status| **status == 200).count(), 5, "the key's budget");
 
-    let zero = admin
-        .patch(server.url(&format!("/admin/users/{user_id}")))
-        .json(&json!({"rate_limits": {"requests_per_minute": 0}}))
-        .send()
-        .await
-        .unwrap();
+    let user_url = server.url(&format!("/admin/users/{user_id}"));
+    let patch_user = |body: Value| admin.patch(&user_url).json(&body).send();
+    let zero = patch_user(json!({"rate_limits": {"requests_per_minute": 0}})).await.unwrap();
     expect_error(zero, 400, "invalid_value").await;
-    let unknown = admin
-        .patch(server.url(&format!("/admin/users/{user_id}")))
-        .json(&json!({"rate_limits": {"requests_per_hour": 5}}))
-        .send()
-        .await
-        .unwrap();
+    let unknown = patch_user(json!({"rate_limits": {"requests_per_hour": 5}})).await.unwrap();
     expect_error(unknown, 400, "invalid_request_body").await;
-    let raised = admin
-        .patch(server.url(&format!("/admin/users/{user_id}")))
-        .json(&json!({"rate_limits": {"requests_per_minute": 50}}))
-        .send()
-        .await
-        .unwrap();
+    let raised = patch_user(json!({"rate_limits": {"requests_per_minute": 50}})).await.unwrap();
     assert_eq!(raised.status(), 200);
     // The user's new budget applies at once (the event drops the cached
     // user); the bucket keeps the time already spent, so this may still
