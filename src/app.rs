@@ -290,7 +290,13 @@ async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervi
             .map(|cache| http::cache::CacheAccess { cache, shared: settings.cache.shared_across_users }),
         guard: shared.guard.clone(),
         validation: settings.validation,
+        limiting: shared.limiting.clone(),
+        sockets: http::websocket::Sockets::new(
+            settings.websocket,
+            Duration::from_secs(server_settings.shutdown_grace_s),
+        ),
     };
+    let sockets = state.sockets.clone();
     let warm_state = state.clone();
     let metrics_access = settings.security.metrics_access;
     let limiting = shared.limiting.clone();
@@ -327,7 +333,7 @@ async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervi
         let warm_state = warm_state.clone();
         actix_rt::spawn(http::cache::warm(warm_state, settings.cache.warm_file.clone().into()));
     }
-    actix_rt::spawn(drain_on_signal(server.handle(), shared.health.clone(), server_settings));
+    actix_rt::spawn(drain_on_signal(server.handle(), shared.health.clone(), sockets, server_settings));
     server.await.map_err(|error| format!("server: {error}"))
 }
 
@@ -339,6 +345,7 @@ async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervi
 async fn drain_on_signal(
     server: actix_web::dev::ServerHandle,
     health: Arc<HealthState>,
+    sockets: Arc<http::websocket::Sockets>,
     settings: ServerSettings,
 ) {
     let (Ok(mut terminate), Ok(mut interrupt)) =
@@ -363,7 +370,9 @@ async fn drain_on_signal(
         warn!("second signal: stopping now");
         return server.stop(false).await;
     }
-    info!(grace_s, "listeners closed; finishing in-flight requests");
+    info!(grace_s, websockets = sockets.open(), "listeners closed; finishing in-flight requests");
+    // WebSockets finish their requests in flight, then close with 1001.
+    sockets.shut_down();
     let graceful = server.stop(true);
     tokio::select! {
         () = graceful => info!("drained"),

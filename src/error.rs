@@ -136,6 +136,23 @@ impl ApiError {
         )
     }
 
+    /// The client cancelled the request (a WebSocket `cancel` frame).
+    pub fn cancelled() -> Self {
+        let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+        Self::new(
+            status,
+            "invalid_request_error",
+            "request_cancelled",
+            "The request was cancelled".to_owned(),
+        )
+    }
+
+    /// 429 for a limit on what is open at once (connections, requests in
+    /// flight), not on a rate.
+    pub fn too_many(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "invalid_request_error", code, message.into())
+    }
+
     pub fn unavailable(message: &str) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "unavailable", message.to_owned())
     }
@@ -246,6 +263,17 @@ impl ApiError {
 
     fn detail(&self) -> Detail<'_> {
         Detail { message: &self.message, kind: self.kind, param: self.param.as_deref(), code: self.code }
+    }
+
+    /// How long the client should wait before trying again, if it should.
+    pub fn retry_after_s(&self) -> Option<u64> {
+        self.retry_after_s
+    }
+
+    /// The error object alone (`message`, `type`, `param`, `code`),
+    /// serialized: what a WebSocket error frame carries.
+    pub fn detail_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.detail()).unwrap_or_default()
     }
 
     /// The response body as JSON, with extra top-level fields if any.

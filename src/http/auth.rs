@@ -31,6 +31,9 @@ pub enum Access {
 pub fn access_for(path: &str, metrics: MetricsAccess) -> Access {
     match path {
         "/health" | "/livez" | "/readyz" | "/auth/token" | "/auth/refresh" => Access::Public,
+        // Authenticates itself: by header, or by its first message
+        // (browsers cannot set headers on a WebSocket).
+        "/v1/ws" => Access::Public,
         path if path.starts_with("/health/") => Access::Public,
         "/metrics" | "/api/metrics/summary" => match metrics {
             MetricsAccess::Public => Access::Public,
@@ -61,10 +64,7 @@ pub fn client_address(request: &HttpRequest) -> Option<IpAddr> {
 /// holder, or the client address.
 pub fn subject_of(principal: Option<&Principal>, request: &HttpRequest) -> Option<String> {
     match principal {
-        Some(principal) => Some(match &principal.credential {
-            Credential::ApiKey { key_id } => format!("key:{key_id}"),
-            Credential::Token { .. } => format!("user:{}", principal.user_id),
-        }),
+        Some(principal) => Some(subject_of_principal(principal)),
         None => client_address(request).map(|address| format!("ip:{address}")),
     }
 }
@@ -72,19 +72,35 @@ pub fn subject_of(principal: Option<&Principal>, request: &HttpRequest) -> Optio
 /// Authenticates a request for a route that needs it, counting failures
 /// against the client address.
 pub async fn authenticate(auth: &Authenticator, request: &HttpRequest) -> Result<Principal, ApiError> {
-    let client = client_address(request);
+    authenticate_credential(auth, client_address(request), bearer(request)).await
+}
+
+/// Authenticates a bearer credential (`None`: there was none; `Some("")`:
+/// not a bearer one) from `client`, counting failures against it.
+pub async fn authenticate_credential(
+    auth: &Authenticator,
+    client: Option<IpAddr>,
+    credential: Option<&str>,
+) -> Result<Principal, ApiError> {
     if let Some(left) = client.and_then(|client| auth.cooldown_left(client)) {
         return Err(ApiError::auth_cooldown(left.as_secs().max(1)));
     }
-    let header = bearer(request);
-    let result = match header {
+    let result = match credential {
         Some("") => Err(Failure::Malformed),
-        header => auth.authenticate(header).await,
+        credential => auth.authenticate(credential).await,
     };
     result.map_err(|failure| {
         auth.record_failure(client, failure);
         ApiError::unauthenticated(failure)
     })
+}
+
+/// Whose request this is, for a caller known to be authenticated.
+pub fn subject_of_principal(principal: &Principal) -> String {
+    match &principal.credential {
+        Credential::ApiKey { key_id } => format!("key:{key_id}"),
+        Credential::Token { .. } => format!("user:{}", principal.user_id),
+    }
 }
 
 pub struct Authenticate {

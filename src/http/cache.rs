@@ -29,12 +29,11 @@ pub struct Caching {
 }
 
 impl Caching {
-    /// The request's access to the cache: none when the cache is off or
-    /// the client sent `Cache-Control: no-cache` / `no-store` (or
-    /// `Pragma: no-cache`).
-    pub fn of(state: &AppState, request: &HttpRequest, caller: &Principal) -> Option<Self> {
+    /// A request's access to the cache: none when the cache is off or the
+    /// client asked not to be answered from it.
+    pub fn of(state: &AppState, allowed: bool, caller: &Principal) -> Option<Self> {
         let access = state.cache.as_ref()?;
-        if refuses_cache(request) {
+        if !allowed {
             return None;
         }
         let scope = if access.shared { "shared".to_owned() } else { format!("user:{}", caller.user_id) };
@@ -59,7 +58,8 @@ impl Caching {
     }
 }
 
-fn refuses_cache(request: &HttpRequest) -> bool {
+/// `Cache-Control: no-cache` / `no-store`, or `Pragma: no-cache`.
+pub fn refuses_cache(request: &HttpRequest) -> bool {
     let says = |name, words: &[&str]| {
         request.headers().get_all(name).any(|value| {
             value.to_str().unwrap_or_default().split(',').any(|directive| {

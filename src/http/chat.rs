@@ -11,15 +11,16 @@ use blaze_actors::inference::{
     ChatEvent, ChatEvents, ChatPool, EngineError, FinishReason, SamplingParams, WorkError,
 };
 use blaze_actors::router::ModelHandle;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::Digest;
 
 use super::auth::Caller;
-use super::cache::{mark, Caching};
-use super::disconnect::client_gone;
+use super::cache::Caching;
+use super::exchange::{respond, Answer, Body, Origin, Piece};
 use super::guard::screen_input;
-use super::json::StrictJson;
+use super::json::{parse, StrictJson};
 use super::ratelimit::{Gate, Reservation};
 use super::validate::{check_count, check_other_fields, check_text, Endpoint};
 use super::AppState;
@@ -117,13 +118,17 @@ fn chat_pool(state: &AppState, id: &str) -> Result<ChatPool, ApiError> {
     }
 }
 
-/// Checks the sampling fields and fixes the generation's parameters.
-fn sampling_params(
-    sampling: &Sampling,
-    prompt_tokens: usize,
-    pool: &ChatPool,
-    limits: &ValidationSettings,
-) -> Result<SamplingParams, ApiError> {
+/// The sampling fields as far as no model decides them.
+struct CheckedSampling {
+    temperature: f32,
+    top_p: f32,
+    stop: Vec<String>,
+    /// What the client asked for, if anything.
+    max_tokens: Option<usize>,
+}
+
+/// Checks the ranges, `n`, the stop sequences and the `max_tokens` limit.
+fn check_sampling(sampling: &Sampling, limits: &ValidationSettings) -> Result<CheckedSampling, ApiError> {
     if sampling.n.is_some_and(|n| n != 1) {
         return Err(invalid("invalid_n", "n", "only n = 1 is supported".to_owned()));
     }
@@ -158,7 +163,6 @@ fn sampling_params(
     for (index, sequence) in stop.iter().enumerate() {
         check_text(sequence, || format!("stop[{index}]"), limits)?;
     }
-    let window = pool.model().context_length();
     let max_tokens = match sampling.max_completion_tokens.or(sampling.max_tokens) {
         Some(0) => {
             return Err(invalid(
@@ -171,9 +175,21 @@ fn sampling_params(
             let message = format!("max_tokens is {max}; at most {} is accepted", limits.max_tokens);
             return Err(invalid("invalid_max_tokens", "max_tokens", message));
         }
-        Some(max) => max,
-        None => window.saturating_sub(prompt_tokens),
+        asked => asked,
     };
+    Ok(CheckedSampling { temperature, top_p, stop, max_tokens })
+}
+
+/// Checks the sampling fields and fixes the generation's parameters.
+fn sampling_params(
+    sampling: &Sampling,
+    prompt_tokens: usize,
+    pool: &ChatPool,
+    limits: &ValidationSettings,
+) -> Result<SamplingParams, ApiError> {
+    let CheckedSampling { temperature, top_p, stop, max_tokens } = check_sampling(sampling, limits)?;
+    let window = pool.model().context_length();
+    let max_tokens = max_tokens.unwrap_or_else(|| window.saturating_sub(prompt_tokens));
     pool.model().check_window(prompt_tokens, max_tokens).map_err(|_| {
         invalid(
             "context_length_exceeded",
@@ -193,6 +209,27 @@ fn sampling_params(
         frequency_penalty: sampling.frequency_penalty.unwrap_or(0.0),
         stop,
     })
+}
+
+/// A chat or completions body parsed and checked as far as no model,
+/// client or guard is needed: the handlers' first steps, in their order.
+/// What the request fuzz target drives.
+pub fn check_body(endpoint: Endpoint, bytes: &[u8], limits: &ValidationSettings) -> Result<(), ApiError> {
+    let sampling = match endpoint {
+        Endpoint::Chat => {
+            let body: ChatRequest = parse(bytes)?;
+            check_other_fields(&body.other, Endpoint::Chat)?;
+            chat_turns(&body.messages, limits)?;
+            body.sampling
+        }
+        Endpoint::Completions => {
+            let body: CompletionRequest = parse(bytes)?;
+            check_other_fields(&body.other, Endpoint::Completions)?;
+            check_text(&body.prompt, || "prompt".to_owned(), limits)?;
+            body.sampling
+        }
+    };
+    check_sampling(&sampling, limits).map(drop)
 }
 
 fn rand_seed() -> u32 {
@@ -225,15 +262,24 @@ async fn chat_completions(
     gate: Gate,
     body: StrictJson<ChatRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
+    let origin = Origin::http(&request, caller.0, gate);
+    chat(&state, &origin, body.into_inner()).await.map(respond)
+}
+
+/// A chat completions body, from either surface.
+pub async fn chat_from_bytes(state: &AppState, origin: &Origin, bytes: &[u8]) -> Result<Answer, ApiError> {
+    chat(state, origin, parse(bytes)?).await
+}
+
+async fn chat(state: &AppState, origin: &Origin, body: ChatRequest) -> Result<Answer, ApiError> {
     check_other_fields(&body.other, Endpoint::Chat)?;
-    let pool = chat_pool(&state, &body.model)?;
+    let pool = chat_pool(state, &body.model)?;
     let mut turns = chat_turns(&body.messages, &state.validation)?;
-    screen_input(&state, &request, turns.iter_mut().map(|(_, text)| text), |index| {
+    screen_input(state, origin, turns.iter_mut().map(|(_, text)| text), |index| {
         format!("messages[{index}].content")
     })?;
     let (prompt, panic) = chat_prompt(&pool, &turns)?;
-    let call = Call::new(&state, &pool, &request, &caller, &gate, &body.model, Kind::Chat);
+    let call = Call::new(state, &pool, origin, &body.model, Kind::Chat);
     run(call, prompt, &body.sampling, panic).await
 }
 
@@ -372,13 +418,30 @@ async fn completions(
     gate: Gate,
     body: StrictJson<CompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut body = body.into_inner();
+    let origin = Origin::http(&request, caller.0, gate);
+    completion(&state, &origin, body.into_inner()).await.map(respond)
+}
+
+/// A completions body, from either surface.
+pub async fn completion_from_bytes(
+    state: &AppState,
+    origin: &Origin,
+    bytes: &[u8],
+) -> Result<Answer, ApiError> {
+    completion(state, origin, parse(bytes)?).await
+}
+
+async fn completion(
+    state: &AppState,
+    origin: &Origin,
+    mut body: CompletionRequest,
+) -> Result<Answer, ApiError> {
     check_other_fields(&body.other, Endpoint::Completions)?;
     check_text(&body.prompt, || "prompt".to_owned(), &state.validation)?;
-    let pool = chat_pool(&state, &body.model)?;
-    screen_input(&state, &request, [&mut body.prompt], |_| "prompt".to_owned())?;
+    let pool = chat_pool(state, &body.model)?;
+    screen_input(state, origin, [&mut body.prompt], |_| "prompt".to_owned())?;
     let prompt = pool.model().tokenize(&body.prompt, true);
-    let call = Call::new(&state, &pool, &request, &caller, &gate, &body.model, Kind::Text);
+    let call = Call::new(state, &pool, origin, &body.model, Kind::Text);
     run(call, prompt, &body.sampling, false).await
 }
 
@@ -391,8 +454,7 @@ enum Kind {
 /// What a generation runs with, besides its prompt and sampling.
 struct Call<'a> {
     pool: &'a ChatPool,
-    request: &'a HttpRequest,
-    gate: &'a Gate,
+    origin: &'a Origin,
     guard: &'a Guard,
     limits: &'a ValidationSettings,
     model: &'a str,
@@ -401,17 +463,9 @@ struct Call<'a> {
 }
 
 impl<'a> Call<'a> {
-    fn new(
-        state: &'a AppState,
-        pool: &'a ChatPool,
-        request: &'a HttpRequest,
-        caller: &Caller,
-        gate: &'a Gate,
-        model: &'a str,
-        kind: Kind,
-    ) -> Self {
-        let caching = Caching::of(state, request, &caller.0);
-        Self { pool, request, gate, guard: &state.guard, limits: &state.validation, model, kind, caching }
+    fn new(state: &'a AppState, pool: &'a ChatPool, origin: &'a Origin, model: &'a str, kind: Kind) -> Self {
+        let caching = Caching::of(state, origin.cache_allowed, &origin.principal);
+        Self { pool, origin, guard: &state.guard, limits: &state.validation, model, kind, caching }
     }
 }
 
@@ -515,16 +569,11 @@ impl Drop for Settlement {
     }
 }
 
-async fn run(
-    call: Call<'_>,
-    prompt: Vec<u32>,
-    sampling: &Sampling,
-    panic: bool,
-) -> Result<HttpResponse, ApiError> {
-    let Call { pool, request, gate, guard, limits, model, kind, caching } = call;
+async fn run(call: Call<'_>, prompt: Vec<u32>, sampling: &Sampling, panic: bool) -> Result<Answer, ApiError> {
+    let Call { pool, origin, guard, limits, model, kind, caching } = call;
     let params = sampling_params(sampling, prompt.len(), pool, limits)?;
     let prompt_tokens = prompt.len();
-    let reservation = gate.admit((prompt_tokens + params.max_tokens) as u64).await?;
+    let reservation = origin.gate.admit((prompt_tokens + params.max_tokens) as u64).await?;
     let mut settlement = Settlement { reservation, used: prompt_tokens as u64 };
     let cached = caching.filter(|_| deterministic(sampling)).map(|caching| {
         let key = cache_key(&caching, kind, model, &prompt, &params, sampling);
@@ -548,24 +597,20 @@ async fn run(
             },
             None => (submit(pool, prompt, params, panic)?, Lookup::Bypass, None),
         };
-        let mut response = HttpResponse::Ok();
-        mark(&mut response, lookup, store.as_ref().map(|(_, key, _)| key));
+        let key = store.as_ref().map(|(_, key, _)| key.clone());
         let store = store.and_then(|(caching, key, write)| write.then_some((caching, key)));
         let filter = guard.screens_output().then(|| OutputFilter::new(guard.rules()));
-        return Ok(response
-            .content_type("text/event-stream")
-            .insert_header(("cache-control", "no-cache"))
-            .streaming(sse(reply, events, include_usage, settlement, store, filter)));
+        let chunks = chunks(reply, events, include_usage, settlement, store, filter);
+        return Ok(Answer::cached(Body::Stream(chunks.boxed_local()), lookup, key));
     }
     let (record, lookup) = tokio::select! {
         answer = answer(pool, model, prompt, params, panic, cached.as_ref()) => answer?,
-        () = client_gone(request) => return Err(ApiError::client_closed()),
+        () = origin.hangup.wait() => return Err(ApiError::client_closed()),
     };
     settlement.used += record.completion_tokens as u64;
     let record = record.screened(guard);
-    let mut response = HttpResponse::Ok();
-    mark(&mut response, lookup, cached.as_ref().map(|(_, key)| key));
-    Ok(response.json(reply.body(&record)))
+    let body = serde_json::to_vec(&reply.body(&record)).map_err(|_| ApiError::internal("answer"))?;
+    Ok(Answer::cached(Body::Json(body.into()), lookup, cached.map(|(_, key)| key)))
 }
 
 struct Reply {
@@ -676,28 +721,29 @@ async fn collect(mut events: ChatEvents, model: &str) -> Result<Record, ApiError
     Err(ApiError::worker_failed(model))
 }
 
-fn event(value: &Value) -> Bytes {
-    Bytes::from(format!("data: {value}\n\n"))
+fn chunk(value: &Value) -> Piece {
+    Piece::Chunk(Bytes::from(serde_json::to_vec(value).unwrap_or_default()))
 }
 
-/// The SSE body. Dropping it (the client went away) drops the receiver,
-/// which stops the generation at its next token. With an output filter,
-/// text reaches the client as the filter releases it; a block ends the
-/// stream with finish_reason content_filter (and stops the generation).
-fn sse(
+/// The chunks of a streamed answer. Dropping the stream (the client went
+/// away, or cancelled) drops the receiver, which stops the generation at
+/// its next token. With an output filter, text reaches the client as the
+/// filter releases it; a block ends the stream with finish_reason
+/// content_filter (and stops the generation).
+fn chunks(
     reply: Reply,
     events: ChatEvents,
     include_usage: bool,
     settlement: Settlement,
     store: Option<(Caching, CacheKey)>,
     filter: Option<OutputFilter>,
-) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> {
+) -> impl futures_util::Stream<Item = Piece> {
     struct State {
         reply: Reply,
         events: ChatEvents,
         first: bool,
         finished: bool,
-        queued: Vec<Bytes>,
+        queued: Vec<Piece>,
         settlement: Settlement,
         /// Where a complete stream is cached, with its pieces so far.
         store: Option<(Caching, CacheKey)>,
@@ -713,18 +759,17 @@ fn sse(
             finish_reason: &str,
             completion_tokens: usize,
             rest: Option<String>,
-        ) -> Vec<Bytes> {
+        ) -> Vec<Piece> {
             let reply = &self.reply;
             let mut out = Vec::new();
             if let Some(rest) = rest.filter(|rest| !rest.is_empty()) {
-                out.push(event(&reply.chunk(reply.delta(Some(&rest), self.first, None), None)));
+                out.push(chunk(&reply.chunk(reply.delta(Some(&rest), self.first, None), None)));
                 self.first = false;
             }
-            out.push(event(&reply.chunk(reply.delta(None, self.first, Some(finish_reason)), None)));
+            out.push(chunk(&reply.chunk(reply.delta(None, self.first, Some(finish_reason)), None)));
             if self.include_usage {
-                out.push(event(&reply.chunk(json!([]), Some(reply.usage(completion_tokens)))));
+                out.push(chunk(&reply.chunk(json!([]), Some(reply.usage(completion_tokens)))));
             }
-            out.push(Bytes::from_static(b"data: [DONE]\n\n"));
             out.reverse();
             out
         }
@@ -744,8 +789,8 @@ fn sse(
     };
     futures_util::stream::unfold(state, move |mut state| async move {
         loop {
-            if let Some(bytes) = state.queued.pop() {
-                return Some((Ok(bytes), state));
+            if let Some(piece) = state.queued.pop() {
+                return Some((piece, state));
             }
             if state.finished {
                 return None;
@@ -764,9 +809,10 @@ fn sse(
                         Ok(text) if text.is_empty() => continue,
                         Ok(text) => {
                             let reply = &state.reply;
-                            let chunk = reply.chunk(reply.delta(Some(&text), state.first, None), None);
+                            let piece =
+                                chunk(&reply.chunk(reply.delta(Some(&text), state.first, None), None));
                             state.first = false;
-                            return Some((Ok(event(&chunk)), state));
+                            return Some((piece, state));
                         }
                         Err(_) => {
                             // Blocked: not cached, and the generation stops
@@ -800,13 +846,11 @@ fn sse(
                 }
                 Some(ChatEvent::Failed(error)) => {
                     state.finished = true;
-                    let error = work_error(error, &state.reply.model);
-                    return Some((Ok(event(&error.body(None))), state));
+                    return Some((Piece::Failed(work_error(error, &state.reply.model)), state));
                 }
                 None => {
                     state.finished = true;
-                    let error = ApiError::worker_failed(&state.reply.model);
-                    return Some((Ok(event(&error.body(None))), state));
+                    return Some((Piece::Failed(ApiError::worker_failed(&state.reply.model)), state));
                 }
             }
         }

@@ -28,16 +28,37 @@ pub fn on_connect(connection: &dyn Any, extensions: &mut Extensions) {
     }
 }
 
-/// Resolves once the client of `request` has closed its connection; never,
-/// if the connection's socket is unknown.
-pub async fn client_gone(request: &HttpRequest) {
-    let Some(PeerSocket(fd)) = request.conn_data::<PeerSocket>().copied() else {
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::time::sleep(CHECK_EVERY).await;
-        if hung_up(fd) {
-            return;
+/// How a request notices its client has gone: the connection's socket on
+/// HTTP; nothing on the WebSocket surface, where a cancel or a closed
+/// socket aborts the request's task instead.
+#[derive(Debug, Clone, Copy)]
+pub struct Hangup(Option<RawFd>);
+
+impl Hangup {
+    pub fn of(request: &HttpRequest) -> Self {
+        Self(request.conn_data::<PeerSocket>().map(|socket| socket.0))
+    }
+
+    pub fn never() -> Self {
+        Self(None)
+    }
+
+    /// The connection's socket, if known.
+    pub fn socket(request: &HttpRequest) -> Option<RawFd> {
+        request.conn_data::<PeerSocket>().map(|socket| socket.0)
+    }
+
+    /// Resolves once the client has closed its connection; never, if the
+    /// connection's socket is unknown.
+    pub async fn wait(self) {
+        let Some(fd) = self.0 else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(CHECK_EVERY).await;
+            if hung_up(fd) {
+                return;
+            }
         }
     }
 }

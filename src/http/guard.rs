@@ -3,11 +3,7 @@
 //! category and the field, and the log line of what was redacted or
 //! flagged (categories only).
 
-use actix_web::{HttpMessage, HttpRequest};
-use blaze_actors::auth::Principal;
-
-use super::auth::subject_of;
-use super::observe::RequestId;
+use super::exchange::Origin;
 use super::AppState;
 use crate::error::ApiError;
 
@@ -15,7 +11,7 @@ use crate::error::ApiError;
 /// place. `field` names the text at an index, for the 400.
 pub fn screen_input<'a>(
     state: &AppState,
-    request: &HttpRequest,
+    origin: &Origin,
     texts: impl IntoIterator<Item = &'a mut String>,
     field: impl Fn(usize) -> String,
 ) -> Result<(), ApiError> {
@@ -23,17 +19,15 @@ pub fn screen_input<'a>(
     if !guard.enabled() {
         return Ok(());
     }
-    let subject = subject_of(request.extensions().get::<Principal>(), request).unwrap_or_default();
-    if let Some(left) = guard.cooling_down(&subject) {
+    if let Some(left) = guard.cooling_down(&origin.subject) {
         return Err(ApiError::guard_cool_down(left.as_secs().max(1)));
     }
-    let request_id =
-        || request.extensions().get::<RequestId>().map(|id| id.as_str().to_owned()).unwrap_or_default();
-    match guard.screen_input(&subject, texts) {
+    let request_id = origin.request_id.as_str();
+    match guard.screen_input(&origin.subject, texts) {
         Ok(screening) => {
             if !screening.redacted.is_empty() || !screening.flagged.is_empty() {
                 tracing::info!(
-                    request_id = request_id(),
+                    request_id,
                     redacted = screening.redacted.join(","),
                     flagged = screening.flagged.join(","),
                     "guard: input screened"
@@ -42,7 +36,7 @@ pub fn screen_input<'a>(
             Ok(())
         }
         Err(blocked) => {
-            tracing::warn!(request_id = request_id(), category = blocked.category, "guard: input blocked");
+            tracing::warn!(request_id, category = blocked.category, "guard: input blocked");
             Err(ApiError::content_blocked(&blocked.category, &field(blocked.index)))
         }
     }

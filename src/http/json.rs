@@ -48,12 +48,14 @@ impl<T: DeserializeOwned + 'static> FromRequest for StrictJson<T> {
                 Some(PayloadError::Overflow) => ApiError::payload_too_large(limit),
                 _ => ApiError::bad_request("invalid_body", "The request body could not be read"),
             })?;
-            match serde_json::from_slice::<T>(&bytes) {
-                Ok(value) => Ok(StrictJson(value)),
-                Err(error) => Err(describe::<T>(&bytes, &error)),
-            }
+            parse(&bytes).map(StrictJson)
         })
     }
+}
+
+/// `bytes` as a `T`, or the 400 that names the field at fault.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice::<T>(bytes).map_err(|error| describe::<T>(bytes, &error))
 }
 
 /// The 400 for a body that did not parse: where, and what was wrong.

@@ -7,6 +7,7 @@ pub mod cache;
 mod chat;
 mod compression;
 pub mod disconnect;
+pub mod exchange;
 pub mod guard;
 mod json;
 mod observe;
@@ -16,6 +17,7 @@ mod routes;
 #[cfg(feature = "test-hooks")]
 mod test_hooks;
 mod validate;
+pub mod websocket;
 
 use std::sync::Arc;
 
@@ -29,6 +31,23 @@ pub use self::observe::{Observe, RequestId, REQUEST_ID};
 pub use self::ratelimit::{Limiting, RateLimit};
 use crate::error::{self, ApiError};
 
+/// The body of the OpenAI endpoint at `path` (`/v1/chat/completions`,
+/// `/v1/completions`, `/v1/embeddings`) parsed and checked as far as no
+/// model, client or guard is needed: the handlers' own first steps. The
+/// request fuzz target (fuzz/) drives it with arbitrary bytes.
+pub fn check_body(
+    path: &str,
+    bytes: &[u8],
+    limits: &crate::settings::ValidationSettings,
+) -> Result<(), ApiError> {
+    match path {
+        "/v1/chat/completions" => chat::check_body(validate::Endpoint::Chat, bytes, limits),
+        "/v1/completions" => chat::check_body(validate::Endpoint::Completions, bytes, limits),
+        "/v1/embeddings" => openai::check_body(bytes, limits),
+        _ => Err(ApiError::not_found("POST", path)),
+    }
+}
+
 /// What handlers read; cheap to clone into every worker.
 #[derive(Clone)]
 pub struct AppState {
@@ -41,6 +60,10 @@ pub struct AppState {
     pub cache: Option<cache::CacheAccess>,
     pub guard: Arc<blaze_actors::guard::Guard>,
     pub validation: crate::settings::ValidationSettings,
+    /// Rate limits, for requests that come through no middleware
+    /// (WebSocket frames).
+    pub limiting: Arc<Limiting>,
+    pub sockets: Arc<websocket::Sockets>,
 }
 
 /// Registers every route, the extractor limits and the fallbacks.
@@ -65,6 +88,7 @@ pub fn configure(config: &mut web::ServiceConfig, state: AppState, max_body: usi
     chat::configure(config);
     admin::configure(config);
     cache::configure(config);
+    websocket::configure(config);
     #[cfg(feature = "test-hooks")]
     test_hooks::configure(config);
     config.default_service(web::to(not_found));

@@ -11,10 +11,10 @@ use blaze_actors::router::{ModelHandle, ModelState, ServedModel};
 use serde::{Deserialize, Serialize};
 
 use super::auth::Caller;
-use super::cache::{mark, Caching};
-use super::disconnect::client_gone;
+use super::cache::Caching;
+use super::exchange::{respond, Answer, Body, Origin};
 use super::guard::screen_input;
-use super::json::StrictJson;
+use super::json::{parse, StrictJson};
 use super::ratelimit::Gate;
 use super::validate::{check_count, check_text};
 use super::AppState;
@@ -77,6 +77,12 @@ impl EmbeddingInput {
     }
 }
 
+/// An embeddings body parsed and its inputs checked, as the handler
+/// does before it needs the model. What the request fuzz target drives.
+pub fn check_body(bytes: &[u8], limits: &crate::settings::ValidationSettings) -> Result<(), ApiError> {
+    parse::<EmbeddingsRequest>(bytes)?.input.check(limits)
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum EncodingFormat {
@@ -132,15 +138,32 @@ async fn embeddings(
     gate: Gate,
     body: StrictJson<EmbeddingsRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut request = body.into_inner();
+    let origin = Origin::http(&http_request, caller.0, gate);
+    embed(&state, &origin, body.into_inner()).await.map(respond)
+}
+
+/// An embeddings body, from either surface.
+pub async fn embeddings_from_bytes(
+    state: &AppState,
+    origin: &Origin,
+    bytes: &[u8],
+) -> Result<Answer, ApiError> {
+    embed(state, origin, parse(bytes)?).await
+}
+
+async fn embed(
+    state: &AppState,
+    origin: &Origin,
+    mut request: EmbeddingsRequest,
+) -> Result<Answer, ApiError> {
     request.input.check(&state.validation)?;
-    let model = find_model(&state, &request.model)?;
+    let model = find_model(state, &request.model)?;
     let ModelHandle::Embedding(pool) = &model.handle else {
         let message = format!("{} is a chat model; use /v1/chat/completions", request.model);
         return Err(ApiError::bad_request("invalid_model", message).with_param("model"));
     };
     let single = matches!(request.input, EmbeddingInput::Text(_));
-    screen_input(&state, &http_request, request.input.texts_mut(), |index| {
+    screen_input(state, origin, request.input.texts_mut(), |index| {
         if single {
             "input".to_owned()
         } else {
@@ -158,11 +181,11 @@ async fn embeddings(
     let tokens = tokenize(pool, request.input).await?;
     let prompt_tokens = tokens.iter().map(Vec::len).sum();
     // The exact count is known: nothing to settle later.
-    gate.admit(prompt_tokens as u64).await?;
-    let caching = Caching::of(&state, &http_request, &caller.0);
+    origin.gate.admit(prompt_tokens as u64).await?;
+    let caching = Caching::of(state, origin.cache_allowed, &origin.principal);
     let (vectors, lookup, key) = tokio::select! {
         answer = answer(pool, &request.model, caching.as_ref(), tokens) => answer?,
-        () = client_gone(&http_request) => return Err(ApiError::client_closed()),
+        () = origin.hangup.wait() => return Err(ApiError::client_closed()),
     };
     let data = vectors
         .into_iter()
@@ -173,14 +196,14 @@ async fn embeddings(
             embedding: encode(vector, request.encoding_format),
         })
         .collect();
-    let mut response = HttpResponse::Ok();
-    mark(&mut response, lookup, key.as_ref());
-    Ok(response.json(EmbeddingsResponse {
+    let response = EmbeddingsResponse {
         object: "list",
         data,
         model: request.model,
         usage: Usage { prompt_tokens, total_tokens: prompt_tokens },
-    }))
+    };
+    let body = serde_json::to_vec(&response).map_err(|_| ApiError::internal("answer"))?;
+    Ok(Answer::cached(Body::Json(body.into()), lookup, key))
 }
 
 /// Answers one embeddings request of the warming file into the cache.
@@ -375,8 +398,13 @@ thread_local! {
 }
 
 async fn list_models(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().content_type(actix_web::http::header::ContentType::json()).body(model_list(&state))
+}
+
+/// The served models, as `GET /v1/models` lists them (serialized).
+pub fn model_list(state: &AppState) -> web::Bytes {
     let generation = state.models.generation();
-    let body = MODEL_LIST.with_borrow_mut(|cached| match cached {
+    MODEL_LIST.with_borrow_mut(|cached| match cached {
         Some((shown, body)) if *shown == generation => body.clone(),
         _ => {
             let (generation, models) = state.models.all_with_generation();
@@ -386,8 +414,7 @@ async fn list_models(state: web::Data<AppState>) -> HttpResponse {
             *cached = Some((generation, body.clone()));
             body
         }
-    });
-    HttpResponse::Ok().content_type(actix_web::http::header::ContentType::json()).body(body)
+    })
 }
 
 async fn get_model(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {

@@ -56,13 +56,26 @@ impl Pending {
     fn of(limiting: &Arc<Limiting>, request: &ServiceRequest) -> Option<Self> {
         let extensions = request.extensions();
         let principal = extensions.get::<Principal>();
+        if principal.is_none() && is_health_probe(request.path()) {
+            return None;
+        }
+        let subject = subject_of(principal, request.request())?;
+        Self::new(limiting, principal, subject, request.path())
+    }
+
+    /// The budgets of `principal` (anonymous when `None`) at `path`; `None`
+    /// when nothing limits them.
+    fn new(
+        limiting: &Arc<Limiting>,
+        principal: Option<&Principal>,
+        subject: String,
+        path: &str,
+    ) -> Option<Self> {
         let limits = match principal {
             Some(principal) => principal.limits.or(limiting.defaults),
-            None if is_health_probe(request.path()) => return None,
             None => limiting.anonymous,
         };
-        let subject = subject_of(principal, request.request())?;
-        let route = limiting.routes.iter().find(|(route, _)| route == request.path()).cloned();
+        let route = limiting.routes.iter().find(|(route, _)| route == path).cloned();
         if limits.is_unlimited() && route.is_none() {
             return None;
         }
@@ -100,6 +113,22 @@ impl FromRequest for Gate {
 }
 
 impl Gate {
+    /// The gate of one request that did not come through the middleware
+    /// (a WebSocket frame): the caller's budgets, as for `path` on HTTP.
+    pub fn for_call(limiting: &Arc<Limiting>, principal: &Principal, subject: &str, path: &str) -> Self {
+        Self(Pending::new(limiting, Some(principal), subject.to_owned(), path).map(Rc::new))
+    }
+
+    /// A request that ended before its handler admitted it (a bad body,
+    /// an unknown model) still spends one request, as on HTTP.
+    pub async fn spend_unadmitted(&self) {
+        if let Some(pending) = &self.0 {
+            if pending.decision.borrow().is_none() {
+                let _ = pending.check(0).await;
+            }
+        }
+    }
+
     /// Admits the request, reserving `tokens` (prompt plus the most the
     /// completion may take), or refuses it (429, or 503 when closed).
     pub async fn admit(&self, tokens: u64) -> Result<Option<Reservation>, ApiError> {
@@ -277,13 +306,10 @@ where
         let pending = Rc::new(pending);
         Box::pin(async move {
             if counts_tokens(request.path()) {
-                request.extensions_mut().insert(Gate(Some(pending.clone())));
+                let gate = Gate(Some(pending.clone()));
+                request.extensions_mut().insert(gate.clone());
                 let mut response = service.call(request).await?;
-                // Refused before its handler admitted it (a bad body, an
-                // unknown model): it still spends one request.
-                if pending.decision.borrow().is_none() {
-                    let _ = pending.check(0).await;
-                }
+                gate.spend_unadmitted().await;
                 if let Some(decision) = pending.decision.borrow().as_ref() {
                     add_headers(response.headers_mut(), decision);
                 }

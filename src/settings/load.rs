@@ -225,6 +225,28 @@ impl Settings {
                 problems.push((key, "must be at least 1".to_owned()));
             }
         }
+        let websocket = &self.websocket;
+        let mut check = |ok: bool, key: &'static str, problem: &str| {
+            if !ok {
+                problems.push((key, problem.to_owned()));
+            }
+        };
+        for (key, value) in [
+            ("websocket.max_frame_bytes", websocket.max_frame_bytes),
+            ("websocket.max_in_flight", websocket.max_in_flight),
+            ("websocket.max_connections", websocket.max_connections),
+            ("websocket.max_connections_per_key", websocket.max_connections_per_key),
+        ] {
+            check(value >= 1, key, "must be at least 1");
+        }
+        check(websocket.max_frame_bytes >= 1024, "websocket.max_frame_bytes", "must be at least 1024");
+        check(
+            websocket.slow_client_timeout_ms >= 10,
+            "websocket.slow_client_timeout_ms",
+            "must be at least 10",
+        );
+        check((1..=300).contains(&websocket.auth_timeout_s), "websocket.auth_timeout_s", "must be 1 to 300");
+        check(websocket.missed_pongs >= 1, "websocket.missed_pongs", "must be at least 1");
         for (id, spec) in &self.models.catalog {
             problems.extend(check_model(id, spec).into_iter().map(|problem| ("models.catalog", problem)));
         }

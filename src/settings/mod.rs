@@ -35,6 +35,36 @@ pub struct Settings {
     pub cache: CacheSettings,
     pub guard: blaze_actors::guard::GuardConfig,
     pub validation: ValidationSettings,
+    pub websocket: WebSocketSettings,
+}
+
+/// The WebSocket surface, `GET /v1/ws`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketSettings {
+    /// Largest frame (or message of continuation frames) a client may
+    /// send, bytes; a larger one closes the socket with 1009.
+    pub max_frame_bytes: usize,
+    /// Requests in flight on one socket; one more gets an error frame.
+    pub max_in_flight: usize,
+    /// A client that leaves frames unread this long (its socket's outbound
+    /// queue full) is closed with 1008, milliseconds.
+    pub slow_client_timeout_ms: u64,
+    /// The kernel's send buffer of a WebSocket connection, bytes; with the
+    /// outbound queue it bounds what a slow client can hold up. 0 leaves
+    /// the system's default.
+    pub send_buffer_bytes: usize,
+    /// A ping every this many seconds; 0 sends none.
+    pub ping_interval_s: u64,
+    /// The socket closes after this many pings in a row go unanswered.
+    pub missed_pongs: u32,
+    /// Without an Authorization header, the first message must be
+    /// `{"type":"auth","token":...}` within this many seconds.
+    pub auth_timeout_s: u64,
+    /// Open WebSocket connections per process.
+    pub max_connections: usize,
+    /// Open WebSocket connections per API key or token user.
+    pub max_connections_per_key: usize,
 }
 
 /// Limits on what one request may ask, beyond the body size.

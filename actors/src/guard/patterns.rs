@@ -202,9 +202,13 @@ impl PatternSet {
                     .map_err(|error| format!("{name}: {error}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let squeezed = builder()
-            .build_many_from_hir(&squeezed_trees)
-            .map_err(|error| format!("the patterns, squeezed: {error}"))?;
+        let squeezed = builder().build_many_from_hir(&squeezed_trees).map_err(|error| {
+            // Name the pattern whose squeezed form alone is refused, if one is.
+            let alone = squeezed_trees.iter().zip(&names).find_map(|(tree, name)| {
+                builder().build_from_hir(tree).err().map(|error| format!("{name}, squeezed: {error}"))
+            });
+            alone.unwrap_or_else(|| format!("the patterns together, squeezed: {error}"))
+        })?;
         sources.push(BASE64_CANDIDATE.to_owned());
         meanings.push(Meaning::Base64);
         names.push("decoder.base64".to_owned());

@@ -63,9 +63,12 @@ fn inference_buckets(builder: PrometheusBuilder) -> Result<PrometheusBuilder, Me
             .set_buckets_for_metric(Matcher::Full(name.to_owned()), SECONDS)
             .map_err(|error| MetricsError::Recorder(error.to_string()))?;
     }
-    builder
-        .set_buckets_for_metric(Matcher::Full("blaze_inference_batch_size".to_owned()), BATCH)
-        .map_err(|error| MetricsError::Recorder(error.to_string()))
+    for name in ["blaze_inference_batch_size", "blaze_ws_socket_in_flight"] {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(name.to_owned()), BATCH)
+            .map_err(|error| MetricsError::Recorder(error.to_string()))?;
+    }
+    Ok(builder)
 }
 
 fn describe_metrics() {
@@ -73,6 +76,15 @@ fn describe_metrics() {
     describe_counter!("blaze_actor_restarts_total", "Restarts of each actor after it stopped or panicked.");
     describe_gauge!("blaze_actor_up", "1 while the actor runs, 0 while it is down.");
     describe_gauge!("blaze_build_info", "Always 1; the labels say which build runs.");
+    describe_gauge!("blaze_ws_connections", "Open WebSocket connections.");
+    describe_counter!("blaze_ws_frames_total", "WebSocket data frames, by direction (in, out).");
+    describe_gauge!("blaze_ws_requests_in_flight", "Requests in flight on all WebSockets.");
+    metrics::describe_histogram!(
+        "blaze_ws_socket_in_flight",
+        "Requests in flight on its socket when a WebSocket request starts."
+    );
+    describe_counter!("blaze_ws_closes_total", "WebSocket closes sent, by close code.");
+    describe_counter!("blaze_ws_requests_total", "WebSocket requests, by type and HTTP-equivalent status.");
 }
 
 #[derive(Debug, Clone, Serialize)]

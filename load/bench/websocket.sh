@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The WebSocket surface under load, on one Blaze process:
+#  1. 10,000 concurrent idle authenticated sockets: the server's resident
+#     memory per socket (target <= 16 KiB) and no errors;
+#  2. 1,000 concurrent connections each streaming a cached chat completion
+#     one after another, over the WebSocket protocol and over SSE in
+#     alternating rounds: completions/s and p99 time to the last chunk.
+#
+#   load/bench/websocket.sh [ROUNDS] [SECONDS] [CONNECTIONS] [IDLE]
+#
+# Defaults: 3 rounds of 10 s at 1000 streaming connections, 10000 idle.
+# Needs openssl and the models (blaze models pull); raises the open-file
+# limit of itself and its children.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+load_arguments "${1:-3}" "${2:-10}" "${3:-1000}"
+idle=${4:-10000}
+[ "$idle" -ge 1 ] && [ "$idle" -le 50000 ] || { echo "IDLE must be 1..50000" >&2; exit 2; }
+ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+[ "$(ulimit -n)" -gt $((idle + 1000)) ] || { echo "the open-file limit ($(ulimit -n)) is below $idle sockets" >&2; exit 2; }
+
+model=smollm2-135m-instruct
+port=18486
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work" "$bench_data"; }
+trap cleanup EXIT
+
+BLAZE__SERVER__PORT=$port BLAZE__WEBSOCKET__MAX_CONNECTIONS_PER_KEY=100000 \
+  BLAZE__WEBSOCKET__MAX_CONNECTIONS=100000 BLAZE__SERVER__MAX_CONNECTIONS=100000 BLAZE_LOG=warn \
+  "$bin/blaze" serve --offline > "$work/blaze.log" 2>&1 &
+server=$!
+pids+=($server)
+for _ in $(seq 600); do curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.1; done
+curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null || { echo "blaze did not start" >&2; cat "$work/blaze.log" >&2; exit 1; }
+
+echo "== $idle idle sockets"
+"$bin/blaze-ws-bench" idle --address 127.0.0.1:$port --connections "$idle" --server-pid "$server"
+sleep 2
+
+# A deterministic request (temperature 0): computed once, then a memory hit.
+body="{\"model\":\"$model\",\"temperature\":0,\"max_tokens\":16,\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Name a color. ($(openssl rand -hex 8))\"}]}"
+echo "$body" > "$work/body.json"
+curl -fs "http://127.0.0.1:$port/v1/chat/completions" -H "Authorization: Bearer $BLAZE_BENCH_KEY" \
+  -H 'content-type: application/json' -d "$body" > /dev/null
+
+echo "== $connections connections streaming a cached chat completion, ${seconds}s rounds"
+for round in $(seq "$rounds"); do
+  for surface in ws sse; do
+    echo -n "round $round: "
+    "$bin/blaze-ws-bench" stream --address 127.0.0.1:$port --surface $surface \
+      --connections "$connections" --seconds "$seconds" --body "$work/body.json"
+  done
+done
