@@ -133,6 +133,13 @@ fn streamed_text(frames: &[Value]) -> String {
     text
 }
 
+/// The same request over HTTP, computed again (not from the cache).
+async fn post_uncached(server: &Server, path: &str, body: &Value) -> Value {
+    let response =
+        client().post(server.url(path)).header("cache-control", "no-cache").json(body).send().await;
+    response.unwrap().json().await.unwrap()
+}
+
 #[tokio::test]
 async fn requests_multiplex_on_one_socket_and_equal_http() {
     let _turn = decoding_turn().await;
@@ -153,48 +160,24 @@ async fn requests_multiplex_on_one_socket_and_equal_http() {
     for (index, prompt) in prompts.iter().enumerate() {
         let text = streamed_text(&frames[&format!("s{index}")]);
         assert!(!text.is_empty(), "stream s{index} has text");
-        // The same request over HTTP, computed again (not from the cache).
-        let answer: Value = http
-            .post(server.url("/v1/chat/completions"))
-            .header("cache-control", "no-cache")
-            .json(&chat_body(prompt, 12, false))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = post_uncached(&server, "/v1/chat/completions", &chat_body(prompt, 12, false)).await;
         assert_eq!(answer["choices"][0]["message"]["content"], text.as_str(), "s{index}");
     }
 
     let result = &frames["r"];
     assert_eq!((result.len(), &result[0]["type"]), (1, &json!("result")), "{result:?}");
     let ws_answer = &result[0]["data"];
-    let http_answer: Value = http
-        .post(server.url("/v1/chat/completions"))
-        .header("cache-control", "no-cache")
-        .json(&chat_body("Name a fruit.", 12, false))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let http_answer =
+        post_uncached(&server, "/v1/chat/completions", &chat_body("Name a fruit.", 12, false)).await;
     for field in ["object", "model", "choices", "usage"] {
         assert_eq!(ws_answer[field], http_answer[field], "{field}");
     }
 
     let embedding = &frames["e"][0];
     assert_eq!(embedding["type"], "result");
-    let http_embedding: Value = http
-        .post(server.url("/v1/embeddings"))
-        .json(&json!({"model": EMBEDDING_MODEL, "input": "a red apple"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let http_embedding =
+        post_uncached(&server, "/v1/embeddings", &json!({"model": EMBEDDING_MODEL, "input": "a red apple"}))
+            .await;
     assert_eq!(embedding["data"], http_embedding);
 
     let models: Value = http.get(server.url("/v1/models")).send().await.unwrap().json().await.unwrap();
@@ -335,6 +318,8 @@ async fn limits_on_frames_requests_and_connections() {
             ("BLAZE__WEBSOCKET__MAX_IN_FLIGHT", "2"),
             ("BLAZE__WEBSOCKET__MAX_CONNECTIONS", "3"),
             ("BLAZE__WEBSOCKET__MAX_CONNECTIONS_PER_KEY", "2"),
+            // Upgrades spend no request budget (each socket request does).
+            ("BLAZE__RATE_LIMITS__ANONYMOUS_REQUESTS_PER_MINUTE", "1"),
         ],
         &[],
     )

@@ -59,6 +59,12 @@ impl Pending {
         if principal.is_none() && is_health_probe(request.path()) {
             return None;
         }
+        // The WebSocket upgrade spends nothing: each request on the socket
+        // is limited on its own, and sockets by websocket.max_connections
+        // and max_connections_per_key.
+        if request.path() == "/v1/ws" {
+            return None;
+        }
         let subject = subject_of(principal, request.request())?;
         Self::new(limiting, principal, subject, request.path())
     }

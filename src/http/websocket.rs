@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 use super::auth::{authenticate_credential, bearer, client_address, subject_of_principal};
 use super::disconnect::Hangup;
@@ -373,7 +373,7 @@ impl Connection {
 
     async fn run(mut self, mut messages: actix_ws::AggregatedMessageStream) {
         let opened = Instant::now();
-        let (done_sender, mut done) = mpsc::unbounded_channel::<(String, u64)>();
+        let ended = Rc::new(Ended::default());
         let mut shutdown = self.state.sockets.shutdown.subscribe();
         let mut draining: Option<tokio::time::Instant> = None;
         let auth_deadline = tokio::time::Instant::now() + Duration::from_secs(self.settings.auth_timeout_s);
@@ -385,9 +385,11 @@ impl Connection {
         let ending = loop {
             tokio::select! {
                 biased;
-                Some((id, number)) = done.recv() => {
-                    if self.in_flight.get(&id).is_some_and(|running| running.number == number) {
-                        self.in_flight.remove(&id);
+                () = ended.notify.notified() => {
+                    for (id, number) in ended.requests.take() {
+                        if self.in_flight.get(&id).is_some_and(|running| running.number == number) {
+                            self.in_flight.remove(&id);
+                        }
                     }
                     if draining.is_some() && self.in_flight.is_empty() {
                         break Ending::SHUTDOWN;
@@ -411,7 +413,7 @@ impl Connection {
                         break Ending(CloseCode::Policy, "pings went unanswered");
                     }
                     unanswered += 1;
-                    if let Err(ending) = self.control(Control::Ping).await {
+                    if let Err(ending) = Box::pin(self.control(Control::Ping)).await {
                         break ending;
                     }
                 }
@@ -422,16 +424,19 @@ impl Connection {
                     let outcome = match message {
                         None => break Ending(CloseCode::Normal, "closed"),
                         Some(Ok(AggregatedMessage::Text(text))) => {
-                            self.on_text(text.as_bytes(), &done_sender, draining.is_some()).await
+                            // Boxed, like every nested await here: an idle
+                            // socket's task holds only its select.
+                            Box::pin(self.on_text(text.as_bytes(), &ended, draining.is_some())).await
                         }
                         Some(Ok(AggregatedMessage::Binary(_))) => {
-                            self.reply_error(None, &ApiError::bad_request(
+                            let error = ApiError::bad_request(
                                 "binary_frame",
                                 "Binary frames are not supported; send JSON in text frames",
-                            )).await
+                            );
+                            Box::pin(self.reply_error(None, &error)).await
                         }
                         Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                            self.control(Control::Pong(bytes)).await
+                            Box::pin(self.control(Control::Pong(bytes))).await
                         }
                         Some(Ok(AggregatedMessage::Pong(_))) => {
                             unanswered = 0;
@@ -499,12 +504,7 @@ impl Connection {
         self.outbound().send(error_frame(&id_json(id), error)).await.map_err(|Gone| Ending::SLOW_CLIENT)
     }
 
-    async fn on_text(
-        &mut self,
-        text: &[u8],
-        done: &mpsc::UnboundedSender<(String, u64)>,
-        draining: bool,
-    ) -> Result<(), Ending> {
+    async fn on_text(&mut self, text: &[u8], ended: &Rc<Ended>, draining: bool) -> Result<(), Ending> {
         let frame: Frame<'_> = match serde_json::from_slice(text) {
             Ok(frame) => frame,
             Err(error) => {
@@ -581,7 +581,7 @@ impl Connection {
                 return self.reply_error(Some(id), &error).await;
             }
         };
-        self.start(id.to_owned(), endpoint, body, done.clone());
+        self.start(id.to_owned(), endpoint, body, ended.clone());
         Ok(())
     }
 
@@ -620,13 +620,7 @@ impl Connection {
     }
 
     /// Runs one request on its own task.
-    fn start(
-        &mut self,
-        id: String,
-        endpoint: Endpoint,
-        body: Bytes,
-        done: mpsc::UnboundedSender<(String, u64)>,
-    ) {
+    fn start(&mut self, id: String, endpoint: Endpoint, body: Bytes, finished: Rc<Ended>) {
         let Some(principal) = self.principal.clone() else { return };
         self.next_request += 1;
         let number = self.next_request;
@@ -663,10 +657,20 @@ impl Connection {
                 latency_ms = started.elapsed().as_secs_f64() * 1000.0,
                 "request"
             );
-            let _ = done.send((task_id, number));
+            finished.requests.borrow_mut().push((task_id, number));
+            finished.notify.notify_one();
         });
         self.in_flight.insert(id, Running { task, number, ended });
     }
+}
+
+/// Requests whose tasks ended, for the socket to forget: pushed by the
+/// tasks, taken by the socket's loop (one thread; nothing allocated while
+/// the socket idles, unlike a channel's first block).
+#[derive(Default)]
+struct Ended {
+    requests: std::cell::RefCell<Vec<(String, u64)>>,
+    notify: Notify,
 }
 
 /// A request in `blaze_ws_requests_in_flight`, for as long as it lives.

@@ -225,6 +225,21 @@ impl Tally {
         Ok(Self { latencies, errors: 0, first_error: None })
     }
 
+    /// Records one completion's outcome; false after an error (the
+    /// connection stops there).
+    fn take(&mut self, outcome: Result<(), String>, started: Instant) -> bool {
+        match outcome {
+            Ok(()) => {
+                let _ = self.latencies.record(started.elapsed().as_micros() as u64);
+                true
+            }
+            Err(error) => {
+                self.failed(error);
+                false
+            }
+        }
+    }
+
     fn failed(&mut self, error: String) {
         self.errors += 1;
         self.first_error.get_or_insert(error);
@@ -246,14 +261,8 @@ async fn ws_connection(address: String, key: String, body: String, until: Instan
         let id = number.to_string();
         let frame = format!("{{\"id\":\"{id}\",\"type\":\"chat.completions\",\"body\":{body}}}");
         let started = Instant::now();
-        match one_request(&mut socket, &frame, &id).await {
-            Ok(()) => {
-                let _ = tally.latencies.record(started.elapsed().as_micros() as u64);
-            }
-            Err(error) => {
-                tally.failed(error);
-                break;
-            }
+        if !tally.take(one_request(&mut socket, &frame, &id).await, started) {
+            break;
         }
     }
     Ok(tally)
@@ -302,14 +311,8 @@ async fn sse_connection(address: String, key: String, body: String, until: Insta
             Ok(response) => Err(format!("status {}", response.status())),
             Err(error) => Err(error.to_string()),
         };
-        match outcome {
-            Ok(()) => {
-                let _ = tally.latencies.record(started.elapsed().as_micros() as u64);
-            }
-            Err(error) => {
-                tally.failed(error);
-                break;
-            }
+        if !tally.take(outcome, started) {
+            break;
         }
     }
     Ok(tally)
