@@ -191,7 +191,7 @@ impl PatternSet {
         let empty = sources.is_empty();
         let second_look = builder().build_many(&sources).map_err(|error| match error.pattern() {
             Some(id) => describe(&names[id.as_usize()], &error),
-            None => describe("the patterns together", &error),
+            None => describe(&format!("the patterns together ({})", names.join(", ")), &error),
         })?;
         let squeezed_trees = sources
             .iter()
@@ -207,7 +207,8 @@ impl PatternSet {
             let alone = squeezed_trees.iter().zip(&names).find_map(|(tree, name)| {
                 builder().build_from_hir(tree).err().map(|error| format!("{name}, squeezed: {error}"))
             });
-            alone.unwrap_or_else(|| format!("the patterns together, squeezed: {error}"))
+            alone
+                .unwrap_or_else(|| format!("the patterns together ({}), squeezed: {error}", names.join(", ")))
         })?;
         sources.push(BASE64_CANDIDATE.to_owned());
         meanings.push(Meaning::Base64);
@@ -215,8 +216,9 @@ impl PatternSet {
         sources.push(SPACED_CANDIDATE.to_owned());
         meanings.push(Meaning::Spaced);
         names.push("decoder.spaced".to_owned());
-        let first_look =
-            builder().build_many(&sources).map_err(|error| format!("the patterns together: {error}"))?;
+        let first_look = builder()
+            .build_many(&sources)
+            .map_err(|error| format!("the patterns together ({}): {error}", names.join(", ")))?;
         Ok(Self {
             first_look,
             second_look,
