@@ -28,7 +28,7 @@ pub struct Origin {
     /// `user:<id>`.
     pub subject: String,
     /// For the logs.
-    pub request_id: String,
+    pub request_id: RequestId,
     pub gate: Gate,
     /// False when the client asked not to be answered from the cache.
     pub cache_allowed: bool,
@@ -39,8 +39,8 @@ impl Origin {
     /// An HTTP request's origin, behind the auth and rate limit middleware.
     pub fn http(request: &HttpRequest, principal: Principal, gate: Gate) -> Self {
         let subject = subject_of(Some(&principal), request).unwrap_or_default();
-        let request_id =
-            request.extensions().get::<RequestId>().map(|id| id.as_str().to_owned()).unwrap_or_default();
+        // A shared header value: nothing is copied on the request path.
+        let request_id = request.extensions().get::<RequestId>().cloned().unwrap_or_else(RequestId::generate);
         Self {
             principal,
             subject,

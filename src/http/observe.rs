@@ -30,9 +30,14 @@ pub struct RequestId(HeaderValue);
 impl RequestId {
     fn from_request(request: &ServiceRequest) -> Self {
         let given = request.headers().get(&REQUEST_ID).filter(|id| is_sane_id(id.as_bytes()));
-        if let Some(id) = given {
-            return Self(id.clone());
+        match given {
+            Some(id) => Self(id.clone()),
+            None => Self::generate(),
         }
+    }
+
+    /// A new id, for a request that brought none (a WebSocket frame's).
+    pub fn generate() -> Self {
         let mut buffer = uuid::Uuid::encode_buffer();
         let id = uuid::Uuid::new_v4().simple().encode_lower(&mut buffer);
         // Lowercase hex is always a valid header value.

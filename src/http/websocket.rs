@@ -27,6 +27,7 @@ use tokio::sync::{watch, Notify};
 use super::auth::{authenticate_credential, bearer, client_address, subject_of_principal};
 use super::disconnect::Hangup;
 use super::exchange::{Answer, Body, Origin, Piece};
+use super::observe::RequestId;
 use super::ratelimit::Gate;
 use super::AppState;
 use crate::error::ApiError;
@@ -636,7 +637,7 @@ impl Connection {
             // Dropped when the task ends or is aborted: counted out once.
             let _counted = counted;
             let started = Instant::now();
-            let request_id = format!("ws-{}", uuid::Uuid::new_v4().simple());
+            let request_id = RequestId::generate();
             let gate = Gate::for_call(&state.limiting, &principal, &subject, endpoint.path());
             let origin =
                 Origin { principal, subject, request_id, gate, cache_allowed: true, hangup: Hangup::never() };
