@@ -36,7 +36,7 @@ pub struct Hangup(Option<RawFd>);
 
 impl Hangup {
     pub fn of(request: &HttpRequest) -> Self {
-        Self(request.conn_data::<PeerSocket>().map(|socket| socket.0))
+        Self(Self::socket(request))
     }
 
     pub fn never() -> Self {
