@@ -1,0 +1,602 @@
+//! Scenarios: the YAML files under `load/scenarios/`, parsed strictly
+//! (unknown keys are errors), checked against the safety limits, and
+//! compiled into what the engine runs: request templates, the arrival
+//! model, the weighted step mix and the thresholds.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::template::{Template, Variable, VariableSpec};
+
+/// The scenarios bundled into the binary (the same files as
+/// `load/scenarios/`), so `blaze-load run health` works from anywhere.
+pub const BUNDLED: &[(&str, &str)] = &[
+    ("baseline", include_str!("../scenarios/baseline.yaml")),
+    ("health", include_str!("../scenarios/health.yaml")),
+    ("models", include_str!("../scenarios/models.yaml")),
+    ("embeddings", include_str!("../scenarios/embeddings.yaml")),
+    ("chat-cached", include_str!("../scenarios/chat-cached.yaml")),
+    ("chat-generate", include_str!("../scenarios/chat-generate.yaml")),
+    ("chat-stream-sse", include_str!("../scenarios/chat-stream-sse.yaml")),
+    ("ws-stream", include_str!("../scenarios/ws-stream.yaml")),
+    ("auth-flow", include_str!("../scenarios/auth-flow.yaml")),
+    ("mixed", include_str!("../scenarios/mixed.yaml")),
+    ("seed-targets", include_str!("../scenarios/seed-targets.yaml")),
+];
+
+/// The safety limits: a scenario or flag beyond them is refused.
+pub mod limits {
+    use std::time::Duration;
+    pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+    pub const MAX_WARMUP: Duration = Duration::from_secs(600);
+    pub const MAX_REQUESTS: u64 = 1_000_000_000;
+    pub const DEFAULT_MAX_REQUESTS: u64 = 50_000_000;
+    pub const MAX_USERS: usize = 20_000;
+    pub const MAX_RATE: f64 = 1_000_000.0;
+    pub const MAX_THINK: Duration = Duration::from_secs(60);
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(600);
+    pub const MAX_BODY_BYTES: usize = 16 << 20;
+    pub const MAX_STEPS: usize = 64;
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: String,
+    #[serde(default)]
+    description: String,
+    /// `reference`: the scenario runs against the bare reference server
+    /// that blaze-load starts itself (the machine's ceiling).
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default = "default_warmup")]
+    warmup: String,
+    duration: String,
+    #[serde(default)]
+    max_requests: Option<u64>,
+    #[serde(default = "default_timeout")]
+    timeout: String,
+    arrival: RawArrival,
+    #[serde(default)]
+    variables: BTreeMap<String, VariableSpec>,
+    steps: Vec<RawStep>,
+    #[serde(default)]
+    thresholds: Vec<Threshold>,
+}
+
+fn default_warmup() -> String {
+    "0s".to_owned()
+}
+
+fn default_timeout() -> String {
+    "30s".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum RawArrival {
+    /// N virtual users, each sending its next request when the last one
+    /// ended (after the think time).
+    Closed {
+        users: usize,
+        #[serde(default)]
+        think_time: Option<String>,
+        #[serde(default)]
+        ramp_up: Option<String>,
+    },
+    /// Requests at a rate whatever the answers do: constant, or ramped
+    /// linearly to `ramp_to` over the measured duration.
+    Open {
+        rate: f64,
+        #[serde(default)]
+        ramp_to: Option<f64>,
+        #[serde(default = "default_connections")]
+        connections: usize,
+    },
+}
+
+fn default_connections() -> usize {
+    256
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    name: String,
+    #[serde(default = "default_weight")]
+    weight: f64,
+    #[serde(default)]
+    request: Option<RawRequest>,
+    /// Several requests one after another (a flow): captures of one feed
+    /// the next.
+    #[serde(default)]
+    sequence: Vec<RawRequest>,
+}
+
+fn default_weight() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequest {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    protocol: Protocol,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    /// For `protocol: websocket`: the frame's type (`chat.completions`...).
+    #[serde(default, rename = "type")]
+    frame_type: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    /// A mapping (sent as JSON) or a string, with `{{variables}}`.
+    #[serde(default)]
+    body: Option<Value>,
+    /// `key` (the default: the run's key as a bearer token), `none`, or a
+    /// template such as `{{access_token}}`.
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    expect: Option<u16>,
+    /// Variable name -> JSON pointer into the answer.
+    #[serde(default)]
+    capture: BTreeMap<String, String>,
+}
+
+/// How a request travels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// HTTP/1.1 with keep-alive, the whole answer read.
+    #[default]
+    Http,
+    /// HTTP/1.1 answered with server-sent events, read event by event.
+    Sse,
+    /// Blaze's WebSocket protocol on `/v1/ws`.
+    Websocket,
+}
+
+/// A condition the run must meet; a failed one makes the run exit 3.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Threshold {
+    /// A request's name, or absent for the whole run.
+    #[serde(default)]
+    pub request: Option<String>,
+    pub metric: Metric,
+    #[serde(default)]
+    pub max: Option<f64>,
+    #[serde(default)]
+    pub min: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    P50Ms,
+    P90Ms,
+    P99Ms,
+    P999Ms,
+    MaxMs,
+    RatePerS,
+    ErrorRatio,
+    TtftP99Ms,
+    /// The most connections open at once during the measurement.
+    PeakConnections,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "model")]
+pub enum Arrival {
+    Closed {
+        users: usize,
+        #[serde(with = "crate::duration_ms")]
+        think_time: Duration,
+        #[serde(with = "crate::duration_ms")]
+        ramp_up: Duration,
+    },
+    Open {
+        rate: f64,
+        ramp_to: Option<f64>,
+        connections: usize,
+    },
+}
+
+impl Arrival {
+    /// The most connections the run may open.
+    pub fn connections(&self) -> usize {
+        match self {
+            Arrival::Closed { users, .. } => *users,
+            Arrival::Open { connections, .. } => *connections,
+        }
+    }
+}
+
+/// One request of a step, compiled.
+#[derive(Debug)]
+pub struct Request {
+    pub name: String,
+    pub protocol: Protocol,
+    pub method: String,
+    pub path: Template,
+    pub frame_type: String,
+    pub headers: Vec<(String, Template)>,
+    pub body: Option<Template>,
+    pub auth: Auth,
+    pub expect: u16,
+    pub capture: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+pub enum Auth {
+    Key,
+    None,
+    Bearer(Template),
+}
+
+#[derive(Debug)]
+pub struct Step {
+    pub name: String,
+    pub weight: f64,
+    /// Indexes into [`Scenario::requests`].
+    pub requests: Vec<usize>,
+}
+
+#[derive(Debug)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    pub against_reference: bool,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub max_requests: u64,
+    pub timeout: Duration,
+    pub arrival: Arrival,
+    pub variables: Vec<Variable>,
+    pub requests: Vec<Request>,
+    pub steps: Vec<Step>,
+    pub thresholds: Vec<Threshold>,
+}
+
+/// What the command line changes in a scenario.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub duration: Option<Duration>,
+    pub warmup: Option<Duration>,
+    pub users: Option<usize>,
+    pub rate: Option<f64>,
+    pub connections: Option<usize>,
+    pub max_requests: Option<u64>,
+    /// `--var name=value`: replaces a variable of the scenario (or adds a
+    /// fixed one).
+    pub variables: Vec<(String, String)>,
+}
+
+/// Finds a scenario by bundled name or reads it from a path.
+pub fn source(name_or_path: &str) -> Result<String, String> {
+    if let Some((_, text)) = BUNDLED.iter().find(|(name, _)| *name == name_or_path) {
+        return Ok((*text).to_owned());
+    }
+    std::fs::read_to_string(name_or_path).map_err(|error| {
+        let names: Vec<&str> = BUNDLED.iter().map(|(name, _)| *name).collect();
+        format!(
+            "{name_or_path}: not a bundled scenario ({}) and not a readable file: {error}",
+            names.join(", ")
+        )
+    })
+}
+
+/// Parses YAML into JSON values: serde then checks the shape.
+fn yaml_to_json(yaml: &yaml_rust2::Yaml) -> Result<Value, String> {
+    use yaml_rust2::Yaml;
+    Ok(match yaml {
+        Yaml::Null => Value::Null,
+        Yaml::Boolean(value) => Value::Bool(*value),
+        Yaml::Integer(value) => Value::from(*value),
+        Yaml::Real(text) => {
+            let number: f64 = text.parse().map_err(|_| format!("{text} is not a number"))?;
+            serde_json::Number::from_f64(number)
+                .map(Value::Number)
+                .ok_or_else(|| format!("{text} is not finite"))?
+        }
+        Yaml::String(text) => Value::String(text.clone()),
+        Yaml::Array(items) => Value::Array(items.iter().map(yaml_to_json).collect::<Result<_, _>>()?),
+        Yaml::Hash(map) => {
+            let mut object = serde_json::Map::new();
+            for (key, value) in map {
+                let key = match key {
+                    Yaml::String(key) => key.clone(),
+                    Yaml::Integer(key) => key.to_string(),
+                    other => return Err(format!("a mapping key must be a string, not {other:?}")),
+                };
+                object.insert(key, yaml_to_json(value)?);
+            }
+            Value::Object(object)
+        }
+        Yaml::Alias(_) | Yaml::BadValue => {
+            return Err("unsupported YAML (an alias or a bad value)".to_owned())
+        }
+    })
+}
+
+fn duration(key: &str, text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|error| format!("{key}: `{text}` is not a duration ({error}); say 10s, 500ms, 2m"))
+}
+
+fn at_most(key: &str, value: Duration, limit: Duration) -> Result<Duration, String> {
+    if value > limit {
+        return Err(format!(
+            "{key}: {} is over the limit of {}",
+            humantime::format_duration(value),
+            humantime::format_duration(limit)
+        ));
+    }
+    Ok(value)
+}
+
+impl Scenario {
+    /// Parses, applies the overrides, and checks every limit; all the
+    /// problems found are reported at once.
+    pub fn parse(text: &str, overrides: &Overrides) -> Result<Self, String> {
+        let documents =
+            yaml_rust2::YamlLoader::load_from_str(text).map_err(|error| format!("YAML: {error}"))?;
+        let document = documents.first().ok_or("the scenario file is empty")?;
+        let json = yaml_to_json(document)?;
+        let raw: RawScenario = serde_path_to_error::deserialize(json).map_err(|error| {
+            let path = error.path().to_string();
+            format!("{path}: {}", error.into_inner())
+        })?;
+        compile(raw, overrides)
+    }
+
+    pub fn request_index(&self, name: &str) -> Option<usize> {
+        self.requests.iter().position(|request| request.name == name)
+    }
+}
+
+fn compile(raw: RawScenario, overrides: &Overrides) -> Result<Scenario, String> {
+    let mut problems = Vec::new();
+    let mut check = |result: Result<(), String>| {
+        if let Err(problem) = result {
+            problems.push(problem);
+        }
+    };
+    let warmup = overrides.warmup.map_or_else(|| duration("warmup", &raw.warmup), Ok);
+    let warmup = warmup.and_then(|value| at_most("warmup", value, limits::MAX_WARMUP));
+    let run_for = overrides.duration.map_or_else(|| duration("duration", &raw.duration), Ok);
+    let run_for =
+        run_for.and_then(|value| at_most("duration", value, limits::MAX_DURATION)).and_then(|value| {
+            if value < Duration::from_millis(100) {
+                Err("duration: at least 100ms".to_owned())
+            } else {
+                Ok(value)
+            }
+        });
+    let timeout =
+        duration("timeout", &raw.timeout).and_then(|value| at_most("timeout", value, limits::MAX_TIMEOUT));
+    let max_requests = overrides.max_requests.or(raw.max_requests).unwrap_or(limits::DEFAULT_MAX_REQUESTS);
+    if max_requests == 0 || max_requests > limits::MAX_REQUESTS {
+        check(Err(format!("max_requests: {max_requests} is not within 1..={}", limits::MAX_REQUESTS)));
+    }
+    let arrival = arrival(raw.arrival, overrides);
+    let mut variables = Vec::new();
+    for (name, spec) in raw.variables {
+        if overrides.variables.iter().any(|(given, _)| *given == name) {
+            continue;
+        }
+        match Variable::compile(&name, spec) {
+            Ok(variable) => variables.push(variable),
+            Err(problem) => check(Err(problem)),
+        }
+    }
+    for (name, value) in &overrides.variables {
+        variables.push(Variable::fixed(name, value));
+    }
+    let names: Vec<String> = variables.iter().map(|variable| variable.name.clone()).collect();
+    let mut requests = Vec::new();
+    let mut steps = Vec::new();
+    if raw.steps.is_empty() || raw.steps.len() > limits::MAX_STEPS {
+        check(Err(format!("steps: between 1 and {} steps", limits::MAX_STEPS)));
+    }
+    for step in raw.steps {
+        if !(step.weight.is_finite() && step.weight > 0.0) {
+            check(Err(format!("steps.{}.weight: must be a positive number", step.name)));
+        }
+        let raw_requests = match (step.request, step.sequence.is_empty()) {
+            (Some(request), true) => vec![request],
+            (None, false) => step.sequence,
+            _ => {
+                check(Err(format!("steps.{}: give either `request` or a non-empty `sequence`", step.name)));
+                continue;
+            }
+        };
+        let single = raw_requests.len() == 1;
+        let mut indexes = Vec::new();
+        for (position, raw_request) in raw_requests.into_iter().enumerate() {
+            let name = match (&raw_request.name, single) {
+                (Some(name), _) => name.clone(),
+                (None, true) => step.name.clone(),
+                (None, false) => format!("{}.{position}", step.name),
+            };
+            if requests.iter().any(|request: &Request| request.name == name) {
+                check(Err(format!("steps.{}: the request name `{name}` is used twice", step.name)));
+                continue;
+            }
+            let mut known = names.clone();
+            for earlier in &indexes {
+                let earlier: &Request = &requests[*earlier];
+                known.extend(earlier.capture.iter().map(|(variable, _)| variable.clone()));
+            }
+            // Captures of a flow live with the virtual user: a later run of
+            // the flow may use them too.
+            for request in &requests {
+                known.extend(request.capture.iter().map(|(variable, _)| variable.clone()));
+            }
+            match compile_request(name, raw_request, &known) {
+                Ok(request) => {
+                    indexes.push(requests.len());
+                    requests.push(request);
+                }
+                Err(problem) => check(Err(format!("steps.{}: {problem}", step.name))),
+            }
+        }
+        steps.push(Step { name: step.name, weight: step.weight, requests: indexes });
+    }
+    for threshold in &raw.thresholds {
+        if threshold.min.is_none() == threshold.max.is_none() {
+            check(Err(format!("thresholds: {:?} needs exactly one of min and max", threshold.metric)));
+        }
+        if let Some(name) = &threshold.request {
+            if !requests.iter().any(|request| &request.name == name) {
+                check(Err(format!("thresholds: no request is named `{name}`")));
+            }
+        }
+    }
+    let against_reference = match raw.target.as_deref() {
+        None => false,
+        Some("reference") => true,
+        Some(other) => {
+            check(Err(format!(
+                "target: `{other}` is not known (only `reference`; give other targets with --target)"
+            )));
+            false
+        }
+    };
+    let (warmup, run_for, timeout, arrival) = match (warmup, run_for, timeout, arrival) {
+        (Ok(warmup), Ok(run_for), Ok(timeout), Ok(arrival)) if problems.is_empty() => {
+            (warmup, run_for, timeout, arrival)
+        }
+        (warmup, run_for, timeout, arrival) => {
+            problems.extend(warmup.err());
+            problems.extend(run_for.err());
+            problems.extend(timeout.err());
+            problems.extend(arrival.err());
+            return Err(problems.join("\n"));
+        }
+    };
+    Ok(Scenario {
+        name: raw.name,
+        description: raw.description,
+        against_reference,
+        warmup,
+        duration: run_for,
+        max_requests,
+        timeout,
+        arrival,
+        variables,
+        requests,
+        steps,
+        thresholds: raw.thresholds,
+    })
+}
+
+fn arrival(raw: RawArrival, overrides: &Overrides) -> Result<Arrival, String> {
+    let users_ok = |key: &str, users: usize| {
+        if users == 0 || users > limits::MAX_USERS {
+            Err(format!("{key}: {users} is not within 1..={}", limits::MAX_USERS))
+        } else {
+            Ok(users)
+        }
+    };
+    let rate_ok = |key: &str, rate: f64| {
+        if !(rate.is_finite() && rate > 0.0 && rate <= limits::MAX_RATE) {
+            Err(format!("{key}: {rate} requests/s is not within (0, {}]", limits::MAX_RATE))
+        } else {
+            Ok(rate)
+        }
+    };
+    match raw {
+        RawArrival::Closed { users, think_time, ramp_up } => {
+            let users = users_ok("arrival.closed.users", overrides.users.unwrap_or(users))?;
+            let think_time = duration("arrival.closed.think_time", think_time.as_deref().unwrap_or("0s"))?;
+            let think_time = at_most("arrival.closed.think_time", think_time, limits::MAX_THINK)?;
+            let ramp_up = duration("arrival.closed.ramp_up", ramp_up.as_deref().unwrap_or("0s"))?;
+            let ramp_up = at_most("arrival.closed.ramp_up", ramp_up, limits::MAX_WARMUP)?;
+            Ok(Arrival::Closed { users, think_time, ramp_up })
+        }
+        RawArrival::Open { rate, ramp_to, connections } => {
+            let rate = rate_ok("arrival.open.rate", overrides.rate.unwrap_or(rate))?;
+            let ramp_to = ramp_to.map(|to| rate_ok("arrival.open.ramp_to", to)).transpose()?;
+            let connections = users_ok(
+                "arrival.open.connections",
+                overrides.connections.or(overrides.users).unwrap_or(connections),
+            )?;
+            Ok(Arrival::Open { rate, ramp_to, connections })
+        }
+    }
+}
+
+fn compile_request(name: String, raw: RawRequest, known: &[String]) -> Result<Request, String> {
+    let template = |text: &str, json_strings: bool| Template::parse(text, known, json_strings);
+    let body = match raw.body {
+        None => None,
+        Some(Value::String(text)) => Some(template(&text, false)?),
+        Some(value) => Some(template(&value.to_string(), true)?),
+    };
+    if let Some(body) = &body {
+        if body.literal_len() > limits::MAX_BODY_BYTES {
+            return Err(format!("{name}: the body is over {} bytes", limits::MAX_BODY_BYTES));
+        }
+    }
+    let protocol = raw.protocol;
+    let path = match (protocol, raw.path) {
+        (Protocol::Websocket, Some(path)) => path,
+        (Protocol::Websocket, None) => "/v1/ws".to_owned(),
+        (_, Some(path)) if path.starts_with('/') => path,
+        (_, Some(path)) => return Err(format!("{name}: path `{path}` must start with /")),
+        (_, None) => return Err(format!("{name}: a path is needed")),
+    };
+    let frame_type = match (protocol, raw.frame_type) {
+        (Protocol::Websocket, Some(kind)) => kind,
+        (Protocol::Websocket, None) => return Err(format!("{name}: a websocket request needs `type`")),
+        (_, Some(_)) => return Err(format!("{name}: `type` is for websocket requests")),
+        (_, None) => String::new(),
+    };
+    let method = raw.method.unwrap_or_else(|| if body.is_some() { "POST" } else { "GET" }.to_owned());
+    if !["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"].contains(&method.as_str()) {
+        return Err(format!("{name}: method `{method}` is not supported"));
+    }
+    let mut headers = Vec::new();
+    for (header, value) in raw.headers {
+        if header.bytes().any(|byte| !(byte.is_ascii_alphanumeric() || byte == b'-')) {
+            return Err(format!("{name}: `{header}` is not a header name"));
+        }
+        let lower = header.to_ascii_lowercase();
+        if ["content-length", "host", "connection", "transfer-encoding"].contains(&lower.as_str()) {
+            return Err(format!("{name}: the driver sets `{header}` itself"));
+        }
+        headers.push((header, template(&value, false)?));
+    }
+    let auth = match raw.auth.as_deref() {
+        None | Some("key") => Auth::Key,
+        Some("none") => Auth::None,
+        Some(token) => Auth::Bearer(template(token, false)?),
+    };
+    for (variable, pointer) in &raw.capture {
+        if !pointer.starts_with('/') {
+            return Err(format!(
+                "{name}: capture `{variable}`: `{pointer}` is not a JSON pointer (like /access_token)"
+            ));
+        }
+    }
+    Ok(Request {
+        name,
+        protocol,
+        method,
+        path: template(&path, false)?,
+        frame_type,
+        headers,
+        body,
+        auth,
+        expect: raw.expect.unwrap_or(200),
+        capture: raw.capture.into_iter().collect(),
+    })
+}
