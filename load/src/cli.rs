@@ -294,7 +294,8 @@ fn run_command(arguments: RunArguments) -> Result<i32, String> {
         (Some(reference), true) => Target::parse(&reference.url, false)?,
         _ => Target::parse(&arguments.target, arguments.allow_remote)?,
     };
-    if arguments.key.is_none() && !scenario.against_reference {
+    let uses_key = scenario.requests.iter().any(|request| matches!(request.auth, crate::scenario::Auth::Key));
+    if arguments.key.is_none() && uses_key && !scenario.against_reference {
         eprintln!("blaze-load: no key (--key or BLAZE_LOAD_KEY): requests go without Authorization");
     }
     let mut report = run_scenario(scenario, target, arguments.key.clone(), threads, arguments.quiet)?;

@@ -345,7 +345,11 @@ impl User {
                 bytes_received: received,
                 stream,
             };
-            shared.collector.record(self.shard, outcome, from >= shared.measure_from);
+            // The timeline shows the measured requests; before the
+            // measurement starts, the progress line shows the warm-up's.
+            let measured = from >= shared.measure_from;
+            let shown = measured || finished < shared.measure_from;
+            shared.collector.record(self.shard, outcome, measured, shown);
             if failed {
                 return;
             }
@@ -447,7 +451,17 @@ fn prepare(scenario: &Scenario, target: &Target, key: Option<&str>) -> Vec<Optio
         .collect()
 }
 
-async fn closed_user(shared: Arc<Shared>, id: usize, users: usize, think_time: Duration, ramp_up: Duration) {
+/// How a closed-model user paces itself.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    users: usize,
+    think_time: Duration,
+    think_jitter: f64,
+    ramp_up: Duration,
+}
+
+async fn closed_user(shared: Arc<Shared>, id: usize, pace: Pace) {
+    let Pace { users, think_time, think_jitter, ramp_up } = pace;
     let mut user = User::new(id);
     if !ramp_up.is_zero() {
         tokio::time::sleep(ramp_up.mul_f64(id as f64 / users as f64)).await;
@@ -456,7 +470,8 @@ async fn closed_user(shared: Arc<Shared>, id: usize, users: usize, think_time: D
         let step = user.pick(&shared);
         user.perform(&shared, step, Instant::now()).await;
         if !think_time.is_zero() {
-            tokio::time::sleep(think_time).await;
+            let factor = 1.0 + think_jitter * (2.0 * user.random.f64() - 1.0);
+            tokio::time::sleep(think_time.mul_f64(factor)).await;
         }
     }
     user.close().await;
@@ -563,9 +578,10 @@ async fn drive(scenario: Scenario, options: RunOptions) -> Result<Measured, Stri
     let mut tasks = tokio::task::JoinSet::new();
     let arrival = shared.scenario.arrival.clone();
     match arrival {
-        Arrival::Closed { users, think_time, ramp_up } => {
+        Arrival::Closed { users, think_time, think_jitter, ramp_up } => {
+            let pace = Pace { users, think_time, think_jitter, ramp_up };
             for id in 0..users {
-                tasks.spawn(closed_user(shared.clone(), id, users, think_time, ramp_up));
+                tasks.spawn(closed_user(shared.clone(), id, pace));
             }
         }
         Arrival::Open { rate, ramp_to, connections } => {

@@ -84,6 +84,10 @@ enum RawArrival {
         users: usize,
         #[serde(default)]
         think_time: Option<String>,
+        /// Each think time drawn uniformly within this share of it (0.5:
+        /// 1 s to 3 s for 2 s), so users do not move in lockstep.
+        #[serde(default)]
+        think_jitter: Option<f64>,
         #[serde(default)]
         ramp_up: Option<String>,
     },
@@ -199,6 +203,7 @@ pub enum Arrival {
         users: usize,
         #[serde(with = "crate::duration_ms")]
         think_time: Duration,
+        think_jitter: f64,
         #[serde(with = "crate::duration_ms")]
         ramp_up: Duration,
     },
@@ -514,13 +519,17 @@ fn arrival(raw: RawArrival, overrides: &Overrides) -> Result<Arrival, String> {
         }
     };
     match raw {
-        RawArrival::Closed { users, think_time, ramp_up } => {
+        RawArrival::Closed { users, think_time, think_jitter, ramp_up } => {
             let users = users_ok("arrival.closed.users", overrides.users.unwrap_or(users))?;
             let think_time = duration("arrival.closed.think_time", think_time.as_deref().unwrap_or("0s"))?;
             let think_time = at_most("arrival.closed.think_time", think_time, limits::MAX_THINK)?;
             let ramp_up = duration("arrival.closed.ramp_up", ramp_up.as_deref().unwrap_or("0s"))?;
             let ramp_up = at_most("arrival.closed.ramp_up", ramp_up, limits::MAX_WARMUP)?;
-            Ok(Arrival::Closed { users, think_time, ramp_up })
+            let think_jitter = think_jitter.unwrap_or(0.0);
+            if !(0.0..=1.0).contains(&think_jitter) {
+                return Err(format!("arrival.closed.think_jitter: {think_jitter} is not within 0..=1"));
+            }
+            Ok(Arrival::Closed { users, think_time, think_jitter, ramp_up })
         }
         RawArrival::Open { rate, ramp_to, connections } => {
             let rate = rate_ok("arrival.open.rate", overrides.rate.unwrap_or(rate))?;

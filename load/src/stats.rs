@@ -181,13 +181,15 @@ impl Collector {
         self.shards.len()
     }
 
-    /// Records an outcome; `measured` is false during the warm-up, when only
-    /// the progress line sees it.
-    pub fn record(&self, shard: usize, outcome: Outcome, measured: bool) {
+    /// Records an outcome in the summaries if `measured` (not started in
+    /// the warm-up), and in the current second if `shown`.
+    pub fn record(&self, shard: usize, outcome: Outcome, measured: bool, shown: bool) {
         let mut shard = self.shards[shard % self.shards.len()].lock();
-        shard.interval.requests += 1;
-        shard.interval.errors += u64::from(outcome.error.is_some());
-        let _ = shard.interval.latency.record(micros(outcome.latency));
+        if shown {
+            shard.interval.requests += 1;
+            shard.interval.errors += u64::from(outcome.error.is_some());
+            let _ = shard.interval.latency.record(micros(outcome.latency));
+        }
         if measured {
             let index = outcome.request;
             shard.requests[index].record(outcome);
@@ -385,10 +387,11 @@ mod tests {
     fn shards_merge_into_per_request_and_total_summaries() {
         let collector = Collector::new(2, 3);
         for value in 1..=100 {
-            collector.record(value as usize, outcome(0, value, None), true);
+            collector.record(value as usize, outcome(0, value, None), true, true);
         }
-        collector.record(0, outcome(1, 5, Some("429 rate_limit_exceeded")), true);
-        collector.record(1, outcome(1, 5, None), false);
+        collector.record(0, outcome(1, 5, Some("429 rate_limit_exceeded")), true, true);
+        collector.record(1, outcome(1, 5, None), false, true);
+        collector.record(2, outcome(1, 5, None), false, false);
         let names = vec!["a".to_owned(), "b".to_owned()];
         let (requests, total) = collector.summaries(&names, 2.0);
         assert_eq!(requests[0].requests, 100);
