@@ -189,20 +189,8 @@ impl Connection {
         let mut received = head_length as u64;
         match framing {
             Framing::None => {}
-            Framing::Length(mut left) => {
-                while left > 0 {
-                    if self.start == self.end && self.fill().await? == 0 {
-                        return Err(Failure::Io(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "closed inside a body",
-                        )));
-                    }
-                    let take = left.min(self.end - self.start);
-                    sink.take(&self.buffer[self.start..self.start + take]);
-                    self.start += take;
-                    left -= take;
-                    received += take as u64;
-                }
+            Framing::Length(length) => {
+                received += self.pass(&mut sink, length, "closed inside a body").await?
             }
             Framing::Chunked => received += self.read_chunked(&mut sink).await?,
             Framing::UntilClose => {
@@ -232,6 +220,27 @@ impl Connection {
         })
     }
 
+    /// Hands the next `length` bytes of the body to the sink, reading as
+    /// needed.
+    async fn pass(
+        &mut self,
+        sink: &mut Sink,
+        length: usize,
+        early_end: &'static str,
+    ) -> Result<u64, Failure> {
+        let mut left = length;
+        while left > 0 {
+            if self.start == self.end && self.fill().await? == 0 {
+                return Err(Failure::Io(io::Error::new(io::ErrorKind::UnexpectedEof, early_end)));
+            }
+            let take = left.min(self.end - self.start);
+            sink.take(&self.buffer[self.start..self.start + take]);
+            self.start += take;
+            left -= take;
+        }
+        Ok(length as u64)
+    }
+
     async fn read_chunked(&mut self, sink: &mut Sink) -> Result<u64, Failure> {
         let mut received = 0u64;
         loop {
@@ -253,20 +262,8 @@ impl Connection {
             received += consumed as u64;
             // The data, then its CRLF; the last chunk (0) is followed by
             // optional trailers and a CRLF.
-            let mut left = usize::try_from(size).map_err(|_| Failure::Protocol("a huge chunk".to_owned()))?;
-            while left > 0 {
-                if self.start == self.end && self.fill().await? == 0 {
-                    return Err(Failure::Io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "closed inside a chunk",
-                    )));
-                }
-                let take = left.min(self.end - self.start);
-                sink.take(&self.buffer[self.start..self.start + take]);
-                self.start += take;
-                left -= take;
-                received += take as u64;
-            }
+            let length = usize::try_from(size).map_err(|_| Failure::Protocol("a huge chunk".to_owned()))?;
+            received += self.pass(sink, length, "closed inside a chunk").await?;
             loop {
                 let available = &self.buffer[self.start..self.end];
                 if let Some(position) = available.windows(2).position(|pair| pair == b"\r\n") {
