@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the benchmark scripts: checks the tools, builds the release
 # binaries, and sets $root and $bin.
 # The load scripts' arguments, [ROUNDS] [SECONDS] [CONNECTIONS] (defaults
@@ -15,6 +16,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/blaze/target}
 # BLAZE_BENCH_PROFILE=dev measures the test build instead (dependencies,
 # llama.cpp and blaze-actors optimized; the HTTP layer not).
+# shellcheck disable=SC2034 # $bin is for the scripts that source this
 case ${BLAZE_BENCH_PROFILE:-release} in
   release) cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p blaze -p blaze-load
            bin=$CARGO_TARGET_DIR/release ;;

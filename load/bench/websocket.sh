@@ -30,7 +30,7 @@ BLAZE__SERVER__PORT=$port BLAZE__WEBSOCKET__MAX_CONNECTIONS_PER_KEY=100000 \
   BLAZE__WEBSOCKET__MAX_CONNECTIONS=100000 BLAZE__SERVER__MAX_CONNECTIONS=100000 BLAZE_LOG=warn \
   "$bin/blaze" serve --offline > "$work/blaze.log" 2>&1 &
 server=$!
-pids+=($server)
+pids+=("$server")
 for _ in $(seq 600); do curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.1; done
 curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null || { echo "blaze did not start" >&2; cat "$work/blaze.log" >&2; exit 1; }
 

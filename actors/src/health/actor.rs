@@ -66,6 +66,9 @@ impl HealthMonitor {
         for probe in &self.probes {
             let outcome = self.probe_outcomes.get(probe.component());
             let health = ComponentHealth::of_probe(probe.required(), outcome);
+            // Alerts watch the stores (PostgreSQL, Redis) through this.
+            let up = if health.status == super::core::ComponentStatus::Up { 1.0 } else { 0.0 };
+            metrics::gauge!("blaze_component_up", "component" => probe.component().to_owned()).set(up);
             snapshot.components.insert(probe.component().to_owned(), health);
         }
         self.state.publish(snapshot);
