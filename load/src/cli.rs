@@ -214,27 +214,9 @@ pub fn run_scenario(
     let url = target.url.clone();
     let options =
         RunOptions { target, key, threads, progress: if quiet { Progress::Off } else { Progress::Auto } };
-    let snapshot_scenario = scenario_echo(&scenario);
-    let measured = engine::run(scenario, options)?;
-    Ok(Report::new(&snapshot_scenario, &url, started_at, measured))
-}
-
-/// What the report needs of a scenario once the engine owns it.
-fn scenario_echo(scenario: &Scenario) -> Scenario {
-    Scenario {
-        name: scenario.name.clone(),
-        description: scenario.description.clone(),
-        against_reference: scenario.against_reference,
-        warmup: scenario.warmup,
-        duration: scenario.duration,
-        max_requests: scenario.max_requests,
-        timeout: scenario.timeout,
-        arrival: scenario.arrival.clone(),
-        variables: Vec::new(),
-        requests: Vec::new(),
-        steps: Vec::new(),
-        thresholds: scenario.thresholds.clone(),
-    }
+    let scenario = std::sync::Arc::new(scenario);
+    let measured = engine::run(scenario.clone(), options)?;
+    Ok(Report::new(&scenario, &url, started_at, measured))
 }
 
 fn reference_binary(given: Option<PathBuf>) -> Result<PathBuf, String> {

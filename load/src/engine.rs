@@ -122,7 +122,7 @@ pub struct Measured {
 }
 
 struct Shared {
-    scenario: Scenario,
+    scenario: Arc<Scenario>,
     target: Target,
     key: Option<String>,
     collector: Collector,
@@ -253,12 +253,13 @@ impl User {
     ) -> Result<(Answer, u64), Failure> {
         let request = &shared.scenario.requests[index];
         if request.protocol == Protocol::Websocket {
-            if self.socket.is_none() {
-                let url = shared.target.websocket_url(request.path.as_static().unwrap_or("/v1/ws"));
-                let authorization = shared.key.clone();
-                let socket = Socket::open(&url, authorization.as_deref()).await?;
-                self.socket = Some((socket, Counted::new(shared)));
-            }
+            let socket = match self.socket.take() {
+                Some(socket) => socket,
+                None => {
+                    let url = shared.target.websocket_url(request.path.as_static().unwrap_or("/v1/ws"));
+                    (Socket::open(&url, shared.key.as_deref()).await?, Counted::new(shared))
+                }
+            };
             self.text.clear();
             if let Some(body) = &request.body {
                 let mut context = Context {
@@ -269,7 +270,7 @@ impl User {
                 body.render(&mut context, &mut self.text);
             }
             let body = request.body.as_ref().map(|_| self.text.as_str());
-            let Some((socket, _)) = self.socket.as_mut() else { unreachable_socket() };
+            let (socket, _) = self.socket.insert(socket);
             let result = socket.exchange(&request.frame_type, body, started).await;
             if result.is_err() {
                 if let Some((socket, _)) = self.socket.take() {
@@ -278,17 +279,16 @@ impl User {
             }
             return result;
         }
-        if self.connection.as_ref().is_none_or(|(connection, _)| !connection.reusable()) {
-            self.connection = None;
-            let connection = Connection::open(shared.target.address).await?;
-            self.connection = Some((connection, Counted::new(shared)));
-        }
+        let connection = match self.connection.take() {
+            Some(open) if open.0.reusable() => open,
+            _ => (Connection::open(shared.target.address).await?, Counted::new(shared)),
+        };
         let prepared = shared.prepared[index].as_deref();
         if prepared.is_none() {
             self.render(shared, index);
         }
         let bytes = prepared.unwrap_or(&self.bytes);
-        let Some((connection, _)) = self.connection.as_mut() else { unreachable_socket() };
+        let (connection, _) = self.connection.insert(connection);
         let result = connection
             .exchange(
                 bytes,
@@ -406,11 +406,6 @@ impl User {
             websocket::close(socket).await;
         }
     }
-}
-
-#[allow(clippy::panic)]
-fn unreachable_socket() -> ! {
-    panic!("the connection was opened just before")
 }
 
 fn prepare(scenario: &Scenario, target: &Target, key: Option<&str>) -> Vec<Option<Vec<u8>>> {
@@ -536,7 +531,7 @@ fn progress_bar(scenario: &Scenario, progress: Progress) -> Option<indicatif::Pr
 }
 
 /// Runs a scenario on its own runtime; blocks until it ends.
-pub fn run(scenario: Scenario, options: RunOptions) -> Result<Measured, String> {
+pub fn run(scenario: Arc<Scenario>, options: RunOptions) -> Result<Measured, String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(options.threads.max(1))
         .enable_all()
@@ -545,7 +540,7 @@ pub fn run(scenario: Scenario, options: RunOptions) -> Result<Measured, String> 
     runtime.block_on(drive(scenario, options))
 }
 
-async fn drive(scenario: Scenario, options: RunOptions) -> Result<Measured, String> {
+async fn drive(scenario: Arc<Scenario>, options: RunOptions) -> Result<Measured, String> {
     crate::raise_fd_limit(scenario.arrival.connections() as u64 + 64)?;
     let prepared = prepare(&scenario, &options.target, options.key.as_deref());
     let mut cumulative = 0.0;

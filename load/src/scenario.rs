@@ -361,10 +361,6 @@ impl Scenario {
         })?;
         compile(raw, overrides)
     }
-
-    pub fn request_index(&self, name: &str) -> Option<usize> {
-        self.requests.iter().position(|request| request.name == name)
-    }
 }
 
 fn compile(raw: RawScenario, overrides: &Overrides) -> Result<Scenario, String> {

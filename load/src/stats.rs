@@ -177,10 +177,6 @@ impl Collector {
         Self { shards: (0..shards.max(1)).map(|_| shard()).collect() }
     }
 
-    pub fn shards(&self) -> usize {
-        self.shards.len()
-    }
-
     /// Records an outcome in the summaries if `measured` (not started in
     /// the warm-up), and in the current second if `shown`.
     pub fn record(&self, shard: usize, outcome: Outcome, measured: bool, shown: bool) {
