@@ -5,14 +5,20 @@ use std::path::Path;
 use std::process::Command;
 
 fn main() {
-    let git_sha = Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        .ok()
-        .filter(|output| output.status.success())
-        .and_then(|output| String::from_utf8(output.stdout).ok())
-        .map(|sha| sha.trim().to_owned())
-        .unwrap_or_else(|| "unknown".to_owned());
+    // A Docker build has no .git in its context; the image passes the
+    // commit in as a build argument instead.
+    println!("cargo:rerun-if-env-changed=BLAZE_GIT_SHA");
+    let given_sha = std::env::var("BLAZE_GIT_SHA").ok().filter(|sha| !sha.is_empty());
+    let git_sha = given_sha.or_else(|| {
+        Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .and_then(|output| String::from_utf8(output.stdout).ok())
+            .map(|sha| sha.trim().to_owned())
+    });
+    let git_sha = git_sha.unwrap_or_else(|| "unknown".to_owned());
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
     let rustc_version = Command::new(rustc)
         .arg("--version")

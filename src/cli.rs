@@ -1,11 +1,14 @@
-//! The command line: `blaze serve`, `blaze config check`, `--version`.
+//! The command line: `blaze serve`, `blaze models`, `blaze health`,
+//! `blaze config check`, `--version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use crate::models::Progress;
+use crate::probe::Probe;
 use crate::settings::{ConfigSources, Settings};
 
 const LONG_VERSION: &str = concat!(
@@ -47,6 +50,21 @@ enum Command {
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
+    },
+    /// Ask a running Blaze whether it is alive (`/health`) or, with
+    /// `--ready`, ready (`/health/ready`); exit 0 on 200, 1 otherwise. For
+    /// container health checks: the address comes from the same
+    /// configuration as `serve` (a wildcard host is reached over loopback).
+    Health {
+        /// Ask `/health/ready` instead of `/health`.
+        #[arg(long)]
+        ready: bool,
+        /// `host:port` to ask instead of the configured one.
+        #[arg(long, value_name = "HOST:PORT")]
+        address: Option<String>,
+        /// Seconds to wait for the connection and the answer.
+        #[arg(long, default_value_t = 3, value_name = "SECONDS")]
+        timeout: u64,
     },
     /// Inspect the configuration.
     Config {
@@ -95,6 +113,20 @@ pub fn run() -> ExitCode {
         Command::Config { command: ConfigCommand::Check } => {
             print!("{}", settings.to_redacted_yaml(&sources));
             ExitCode::SUCCESS
+        }
+        Command::Health { ready, address, timeout } => {
+            let probe = if ready { Probe::Ready } else { Probe::Live };
+            let address = address.unwrap_or_else(|| crate::probe::local_address(&settings.server));
+            match crate::probe::check(&address, probe, Duration::from_secs(timeout.max(1))) {
+                Ok(status_line) => {
+                    println!("{status_line}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("unhealthy: {error}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Serve { offline } => crate::app::serve_blocking(settings, sources, offline),
         Command::Models { command: ModelsCommand::List } => {

@@ -8,6 +8,7 @@ pub mod http;
 pub mod identity;
 pub mod logging;
 pub mod models;
+pub mod probe;
 pub mod settings;
 
 /// The build this binary came from.

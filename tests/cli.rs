@@ -30,9 +30,13 @@ fn version_names_the_release_and_the_build() {
 
 #[test]
 fn help_is_available_on_every_command() {
-    for arguments in
-        [&["--help"][..], &["serve", "--help"], &["config", "--help"], &["config", "check", "--help"]]
-    {
+    for arguments in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["health", "--help"],
+        &["config", "--help"],
+        &["config", "check", "--help"],
+    ] {
         let output = blaze(arguments, &[]);
         assert!(output.status.success(), "{arguments:?}");
         assert!(text(&output.stdout).contains("Usage: blaze"), "{arguments:?}");
@@ -128,4 +132,32 @@ fn serve_offline_refuses_to_start_without_its_models() {
     assert_eq!(output.status.code(), Some(1));
     let logs = text(&output.stdout);
     assert!(logs.contains("--offline") && logs.contains("all-minilm-l6-v2"), "{logs}");
+}
+
+#[tokio::test]
+async fn health_answers_0_for_a_live_and_ready_server_and_1_with_the_reason_otherwise() {
+    let server = common::Server::start(&[], &[]).await;
+    for arguments in
+        [&["health", "--address", &server.address][..], &["health", "--ready", "--address", &server.address]]
+    {
+        let output = blaze(arguments, &[]);
+        assert!(output.status.success(), "{arguments:?}: {}", text(&output.stderr));
+        assert_eq!(text(&output.stdout).trim(), "HTTP/1.1 200 OK");
+    }
+    // Without --address it asks the configured port, over loopback for a
+    // wildcard host, as the container images do.
+    let port = server.address.rsplit(':').next().unwrap();
+    let configured = blaze(&["health"], &[("BLAZE__SERVER__HOST", "0.0.0.0"), ("BLAZE__SERVER__PORT", port)]);
+    assert!(configured.status.success(), "{}", text(&configured.stderr));
+    drop(server);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let down = blaze(&["health", "--address", &address, "--timeout", "1"], &[]);
+    assert_eq!(down.status.code(), Some(1));
+    assert!(
+        text(&down.stderr).starts_with(&format!("unhealthy: cannot connect to {address}")),
+        "{}",
+        text(&down.stderr)
+    );
 }
