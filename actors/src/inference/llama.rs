@@ -104,8 +104,30 @@ impl ChatModel {
     /// Loads a `.gguf` file; the context window of a sequence is the
     /// model's trained one, capped at `max_context`.
     pub fn load(path: &Path, max_context: usize) -> Result<Arc<Self>, EngineError> {
+        Self::load_offloaded(path, max_context, 0)
+    }
+
+    /// Loads as [`ChatModel::load`] does, with up to `gpu_layers` of the
+    /// model's layers on the GPU. A build without a GPU backend (no `cuda`
+    /// feature) runs them on the CPU and says so once.
+    pub fn load_offloaded(
+        path: &Path,
+        max_context: usize,
+        gpu_layers: u32,
+    ) -> Result<Arc<Self>, EngineError> {
         let backend = backend()?;
-        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+        let offloaded = if gpu_layers > 0 && !backend.supports_gpu_offload() {
+            tracing::warn!(
+                gpu_layers,
+                model = %path.display(),
+                "gpu_layers is set but this build has no GPU backend (build with --features cuda); the model runs on the CPU"
+            );
+            0
+        } else {
+            gpu_layers
+        };
+        let params = LlamaModelParams::default().with_n_gpu_layers(offloaded);
+        let model = LlamaModel::load_from_file(backend, path, &params)
             .map_err(|error| EngineError::Load(error.to_string()))?;
         let source = model
             .meta_val_str("tokenizer.chat_template")

@@ -73,7 +73,8 @@ fn load(id: &str, spec: &ModelSpec, cache: &ModelCache) -> Result<(ModelHandle, 
                 Some(ModelFiles::Directory(directory)) => directory.join("model.gguf"),
                 None => return Err(not_cached()),
             };
-            let model = ChatModel::load(&path, spec.context_length).map_err(|error| error.to_string())?;
+            let model = ChatModel::load_offloaded(&path, spec.context_length, spec.gpu_layers)
+                .map_err(|error| error.to_string())?;
             let pool = ChatPool::new(id, model, spec.max_batch, spec.queue_capacity);
             let (worker_pool, threads) = (pool.clone(), spec.threads);
             let workers =

@@ -43,6 +43,11 @@ pub struct ModelSpec {
     /// `max_batch` x `context_length` tokens.
     #[serde(default = "default_context_length")]
     pub context_length: usize,
+    /// Chat: layers of the model run on the GPU (more than the model has
+    /// means all); 0 runs it on the CPU. Needs a build with the `cuda`
+    /// feature; other builds run on the CPU and log a warning.
+    #[serde(default)]
+    pub gpu_layers: u32,
 }
 
 fn default_context_length() -> usize {

@@ -17,6 +17,7 @@ fn spec(source: &str, sha256: &str, files: &[(&str, &str)]) -> ModelSpec {
         max_batch: 8,
         max_wait_ms: 1,
         context_length: 2048,
+        gpu_layers: 0,
         queue_capacity: 8,
     }
 }
