@@ -240,3 +240,60 @@ pub async fn new_user_client(server: &Server, email: &str) -> reqwest::Client {
         .expect("key JSON");
     client_with_key(key["key"].as_str().expect("the new key"))
 }
+
+/// The test database: PostgreSQL on 127.0.0.1:5432, trust auth, database `test`.
+pub const POSTGRES_URL: &str = "postgresql://postgres@127.0.0.1:5432/test";
+
+/// A PostgreSQL schema of this test's own, dropped at the end.
+pub struct Schema(pub String);
+
+impl Schema {
+    pub async fn new() -> Self {
+        let name = format!("blaze_it_{}", uuid::Uuid::new_v4().simple());
+        let (client, connection) = tokio_postgres::connect(POSTGRES_URL, tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL must run on 127.0.0.1:5432 with a database `test`");
+        tokio::spawn(connection);
+        client.batch_execute(&format!("CREATE SCHEMA {name}")).await.unwrap();
+        Self(name)
+    }
+
+    /// Every value of every table of the schema, as text.
+    pub async fn dump(&self) -> String {
+        let (client, connection) =
+            tokio_postgres::connect(POSTGRES_URL, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let mut text = String::new();
+        for table in ["users", "api_keys", "refresh_tokens", "revocations"] {
+            let rows = client
+                .query(&format!("SELECT row_to_json(t)::text FROM {}.{table} t", self.0), &[])
+                .await
+                .unwrap();
+            for row in rows {
+                text.push_str(row.get::<_, &str>(0));
+                text.push('\n');
+            }
+        }
+        text
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(POSTGRES_URL, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(connection);
+                    // Never wait forever on a lock a dying connection still holds.
+                    let drop = format!("SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS {name} CASCADE");
+                    let _ = client.batch_execute(&drop).await;
+                }
+            });
+        })
+        .join();
+    }
+}
