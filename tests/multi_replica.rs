@@ -232,6 +232,7 @@ async fn two_replicas_behind_nginx_share_identity_limits_and_cache_and_survive_l
     let seen_after = revoked_at.elapsed();
     assert_eq!(status, 401, "B still accepts the revoked key");
     assert!(seen_after < Duration::from_secs(1), "B refused it only after {seen_after:?}");
+    eprintln!("a key revoked through A was refused by B {seen_after:?} later");
 
     streams_pass_through_nginx(&topology).await;
     prometheus_scrapes_both_replicas(&topology).await;

@@ -23,6 +23,9 @@ pub mod ratelimit;
 mod redis;
 pub mod router;
 pub mod supervisor;
+/// PostgreSQL schemas of a test's own, dropped afterwards.
+#[cfg(any(test, feature = "test-hooks"))]
+pub mod test_postgres;
 /// A redis-server of a test's own; the binary's integration tests reach it
 /// through the test-hooks feature.
 #[cfg(any(test, feature = "test-hooks"))]

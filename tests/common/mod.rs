@@ -241,8 +241,7 @@ pub async fn new_user_client(server: &Server, email: &str) -> reqwest::Client {
     client_with_key(key["key"].as_str().expect("the new key"))
 }
 
-/// The test database: PostgreSQL on 127.0.0.1:5432, trust auth, database `test`.
-pub const POSTGRES_URL: &str = "postgresql://postgres@127.0.0.1:5432/test";
+pub use blaze_actors::test_postgres::POSTGRES_URL;
 
 /// A PostgreSQL schema of this test's own, dropped at the end.
 pub struct Schema(pub String);
@@ -280,20 +279,6 @@ impl Schema {
 
 impl Drop for Schema {
     fn drop(&mut self) {
-        let name = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(POSTGRES_URL, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(connection);
-                    // Never wait forever on a lock a dying connection still holds.
-                    let drop = format!("SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS {name} CASCADE");
-                    let _ = client.batch_execute(&drop).await;
-                }
-            });
-        })
-        .join();
+        blaze_actors::test_postgres::drop_schema(&self.0);
     }
 }

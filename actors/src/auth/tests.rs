@@ -13,7 +13,7 @@ use super::store::{
 };
 use crate::ratelimit::Limits;
 
-const POSTGRES_URL: &str = "postgresql://postgres@127.0.0.1:5432/test";
+use crate::test_postgres::POSTGRES_URL;
 
 /// A fresh PostgreSQL schema, dropped when the guard goes.
 struct Schema {
@@ -28,22 +28,7 @@ impl Schema {
 
 impl Drop for Schema {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // The test's runtime is gone by now; drop on a small one of our own.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(POSTGRES_URL, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(connection);
-                    // Never wait forever on a lock a dying connection still holds.
-                    let drop = format!("SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS {name} CASCADE");
-                    let _ = client.batch_execute(&drop).await;
-                }
-            });
-        })
-        .join();
+        crate::test_postgres::drop_schema(&self.name);
     }
 }
 
