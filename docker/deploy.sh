@@ -245,14 +245,16 @@ start_replica() {
   say "replica $index: pid $!, port $port, log $state/blaze-$index.log"
 }
 
+# $state/nginx mirrors docker/: nginx.conf, and nginx/ with the locations,
+# an upstream of loopback replicas and a self-signed certificate.
 write_nginx_config() {
   local directory="$state/nginx" port
-  mkdir -p "$directory/tls"
-  cp "$here/nginx/blaze-locations.conf" "$directory/"
+  mkdir -p "$directory/nginx/tls"
+  cp "$here/nginx/blaze-locations.conf" "$directory/nginx/"
   sed -e "s#^pid .*#pid $directory/nginx.pid;#" \
     -e "s#listen 8088;#listen $nginx_port;#" \
     -e "s#listen 8443 ssl;#listen $nginx_tls_port ssl;#" \
-    "$here/nginx/nginx.conf" > "$directory/nginx.conf"
+    "$here/nginx.conf" > "$directory/nginx.conf"
   {
     echo "# Written by deploy.sh native: the replicas on loopback."
     echo "upstream blaze {"
@@ -261,12 +263,12 @@ write_nginx_config() {
     done
     echo "    keepalive 64;"
     echo "}"
-  } > "$directory/blaze-upstream.conf"
-  if [ ! -f "$directory/tls/blaze.crt" ]; then
+  } > "$directory/nginx/blaze-upstream.conf"
+  if [ ! -f "$directory/nginx/tls/blaze.crt" ]; then
     openssl req -x509 -newkey rsa:2048 -sha256 -days 365 -nodes \
-      -keyout "$directory/tls/blaze.key" -out "$directory/tls/blaze.crt" \
+      -keyout "$directory/nginx/tls/blaze.key" -out "$directory/nginx/tls/blaze.crt" \
       -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
-    chmod 600 "$directory/tls/blaze.key"
+    chmod 600 "$directory/nginx/tls/blaze.key"
   fi
 }
 

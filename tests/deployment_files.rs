@@ -35,22 +35,24 @@ fn run(program: &str, arguments: &[&str], directory: &Path) -> String {
 
 #[test]
 fn nginx_accepts_the_configuration() {
+    // The layout of docker/: nginx.conf beside nginx/ and its includes.
     let directory = tempfile::tempdir().expect("a directory");
+    let included = directory.path().join("nginx");
+    std::fs::create_dir(&included).expect("nginx/");
+    std::fs::copy(root().join("docker/nginx.conf"), directory.path().join("nginx.conf")).expect("copied");
     let nginx = root().join("docker/nginx");
-    for file in ["nginx.conf", "blaze-locations.conf", "blaze-upstream.conf"] {
-        std::fs::copy(nginx.join(file), directory.path().join(file)).expect("copied");
-    }
+    std::fs::copy(nginx.join("blaze-locations.conf"), included.join("blaze-locations.conf")).expect("copied");
     // nginx -t resolves upstream names: the compose service names do not
     // resolve here, so the check swaps in loopback replicas (what
     // `deploy.sh native` writes), after checking the compose file's shape.
     let upstream = std::fs::read_to_string(nginx.join("blaze-upstream.conf")).expect("upstream");
     assert!(upstream.contains("keepalive") && upstream.contains("max_fails"), "{upstream}");
     std::fs::write(
-        directory.path().join("blaze-upstream.conf"),
+        included.join("blaze-upstream.conf"),
         "upstream blaze {\n    server 127.0.0.1:18080 max_fails=3 fail_timeout=10s;\n    keepalive 64;\n}\n",
     )
     .expect("written");
-    let tls = directory.path().join("tls");
+    let tls = included.join("tls");
     std::fs::create_dir(&tls).expect("tls");
     let (key, certificate) = (tls.join("blaze.key"), tls.join("blaze.crt"));
     run(
