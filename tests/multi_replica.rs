@@ -464,6 +464,16 @@ fn deploy_help_names_every_mode_and_unknown_arguments_are_refused() {
     let wrong = Command::new(script()).arg("everything").output().expect("deploy.sh runs");
     assert_eq!(wrong.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("unknown argument: everything"));
+    // The Docker modes say what to do on a machine without a Docker engine
+    // (these machines have the client only, or nothing).
+    let docker_answers =
+        Command::new("docker").arg("info").output().is_ok_and(|output| output.status.success());
+    if !docker_answers {
+        let full = Command::new(script()).arg("full").output().expect("deploy.sh runs");
+        assert_eq!(full.status.code(), Some(1));
+        let said = String::from_utf8_lossy(&full.stderr);
+        assert!(said.contains("use: docker/deploy.sh native"), "{said}");
+    }
     // Native stop with nothing started says so and succeeds.
     let empty = tempfile::tempdir().unwrap();
     let missing = empty.path().join("never-started");
