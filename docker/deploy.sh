@@ -48,14 +48,25 @@ EOF
 say() { printf 'deploy: %s\n' "$*"; }
 die() { printf 'deploy: %s\n' "$*" >&2; exit 1; }
 
-# Waits until URL answers 200, at most SECONDS.
-wait_ready() {
-  local url=$1 seconds=$2 deadline
-  deadline=$((SECONDS + seconds))
-  until curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
+# poll SECONDS COMMAND...: runs COMMAND until it succeeds (0), or SECONDS
+# pass (1).
+poll() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
     [ "$SECONDS" -lt "$deadline" ] || return 1
-    sleep 1
+    sleep 0.5
   done
+}
+
+# Waits until URL answers 200, at most SECONDS.
+wait_ready() { poll "$2" curl -fsS -o /dev/null --max-time 2 "$1"; }
+
+# wait_for NAME SECONDS COMMAND...: polls COMMAND; gives up on the deploy.
+wait_for() {
+  local name=$1 seconds=$2
+  shift 2
+  poll "$seconds" "$@" || die "$name did not come up within ${seconds}s"
 }
 
 random_hex() { openssl rand -hex "$1"; }
@@ -99,7 +110,10 @@ docker_up() {
   fi
   export BLAZE_GIT_SHA
   BLAZE_GIT_SHA="$(git -C "$root" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
-  compose --profile "$profile" up --detach --build --wait --wait-timeout "${BLAZE_READY_TIMEOUT_S:-900}"
+  # The development container compiles Blaze on its first start.
+  local timeout=900
+  [ "$profile" = development ] && timeout=2400
+  compose --profile "$profile" up --detach --build --wait --wait-timeout "${BLAZE_READY_TIMEOUT_S:-$timeout}"
   if [ "$profile" = full ]; then
     port="$(env_value NGINX_PORT "$here/.env")"
     port=${port:-8088}
@@ -129,7 +143,7 @@ minimal_up() {
   wait_ready "http://127.0.0.1:$port/health/ready" "${BLAZE_READY_TIMEOUT_S:-600}" \
     || die "Blaze is not ready on port $port; see: docker logs blaze-minimal"
   say "ready"
-  echo "  API: http://127.0.0.1:$port/v1 (first admin key: docker logs blaze-minimal | grep bootstrap)"
+  echo "  API: http://127.0.0.1:$port/v1 (the first admin's key: docker logs blaze-minimal | grep -A2 'first admin')"
 }
 
 # ---------------------------------------------------------------------------
@@ -201,17 +215,6 @@ start_redis() {
   fi
 }
 
-# wait_for NAME SECONDS COMMAND...: polls COMMAND until it succeeds.
-wait_for() {
-  local name=$1 seconds=$2 deadline
-  shift 2
-  deadline=$((SECONDS + seconds))
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -lt "$deadline" ] || die "$name did not come up within ${seconds}s"
-    sleep 0.5
-  done
-}
-
 secret() {
   local file="$state/$1"
   if [ ! -s "$file" ]; then
@@ -249,7 +252,7 @@ start_replica() {
 # an upstream of loopback replicas and a self-signed certificate.
 write_nginx_config() {
   local directory="$state/nginx" port
-  mkdir -p "$directory/nginx/tls"
+  mkdir -p "$directory/nginx"
   cp "$here/nginx/blaze-locations.conf" "$directory/nginx/"
   sed -e "s#^pid .*#pid $directory/nginx.pid;#" \
     -e "s#listen 8088;#listen $nginx_port;#" \
@@ -265,10 +268,7 @@ write_nginx_config() {
     echo "}"
   } > "$directory/nginx/blaze-upstream.conf"
   if [ ! -f "$directory/nginx/tls/blaze.crt" ]; then
-    openssl req -x509 -newkey rsa:2048 -sha256 -days 365 -nodes \
-      -keyout "$directory/nginx/tls/blaze.key" -out "$directory/nginx/tls/blaze.crt" \
-      -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
-    chmod 600 "$directory/nginx/tls/blaze.key"
+    "$here/nginx/make-cert.sh" localhost "$directory/nginx/tls" >/dev/null
   fi
 }
 

@@ -414,6 +414,17 @@ async fn the_grafana_dashboard_queries_metrics_blaze_documents_and_exports() {
         assert!(sources.contains(&format!("\"{name}\"")), "{name} is not recorded anywhere in Blaze's code");
     }
     assert!(used.len() >= 15, "{used:?}");
+    // Every query is valid PromQL: promtool parses them as recording rules,
+    // with Grafana's variables given values.
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (index, (_, expr)) in queries(&dashboard["panels"]).iter().enumerate() {
+        let expr = expr.replace("$__rate_interval", "1m").replace("$instance", ".*").replace("$route", ".*");
+        rules.push_str(&format!("      - record: dashboard_query_{index}\n        expr: {}\n", json!(expr)));
+    }
+    let directory = tempfile::tempdir().expect("a directory");
+    std::fs::write(directory.path().join("dashboard.yml"), rules).expect("written");
+    let output = run("promtool", &["check", "rules", "dashboard.yml"], directory.path());
+    assert!(output.contains("SUCCESS"), "{output}");
 
     // Provisioning: the data source the dashboard defaults to, and the
     // folder compose mounts the dashboards into.

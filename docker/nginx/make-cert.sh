@@ -2,10 +2,10 @@
 # A self-signed certificate for nginx's TLS server, for development only:
 # docker/nginx/tls/blaze.crt and blaze.key (never committed).
 #
-#   docker/nginx/make-cert.sh [HOSTNAME]   # default localhost
+#   docker/nginx/make-cert.sh [HOSTNAME [DIRECTORY]]   # localhost, docker/nginx/tls
 set -euo pipefail
 host=${1:-localhost}
-directory="$(cd "$(dirname "$0")" && pwd)/tls"
+directory=${2:-"$(cd "$(dirname "$0")" && pwd)/tls"}
 mkdir -p "$directory"
 openssl req -x509 -newkey rsa:2048 -sha256 -days 365 -nodes \
   -keyout "$directory/blaze.key" -out "$directory/blaze.crt" \
