@@ -377,9 +377,13 @@ async fn a_client_that_does_not_read_is_closed_with_1008() {
     request.headers_mut().insert("authorization", format!("Bearer {ADMIN_KEY}").parse().unwrap());
     let (stream, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)).await.unwrap();
     let mut socket = Socket { stream };
-    // Each answer is about 70 KB of numbers (16 vectors); 60 of them dwarf
-    // the queue of 32 frames and every buffer.
-    for index in 0..60 {
+    // Each answer is about 70 KB of numbers (16 vectors). The socket holds
+    // up to 64 frames (its queue of 32, and as many again that the HTTP
+    // layer may have drained into its write buffer in one go when answers
+    // come quickly) and the kernel's buffers: 160 requests, 64 in flight
+    // at a time and the rest refused with small error frames, overflow
+    // all of it whatever the timing.
+    for index in 0..160 {
         let body = json!({"model": EMBEDDING_MODEL, "input": vec!["the same words"; 16]});
         socket.send(json!({"id": index.to_string(), "type": "embeddings", "body": body})).await;
     }
