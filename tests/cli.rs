@@ -150,9 +150,11 @@ async fn health_answers_0_for_a_live_and_ready_server_and_1_with_the_reason_othe
     let configured = blaze(&["health"], &[("BLAZE__SERVER__HOST", "0.0.0.0"), ("BLAZE__SERVER__PORT", port)]);
     assert!(configured.status.success(), "{}", text(&configured.stderr));
     drop(server);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    drop(listener);
+    // A port bound but not listening refuses connections, and no other
+    // process can take it while the probe runs.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let address = reserved.local_addr().unwrap().to_string();
     let down = blaze(&["health", "--address", &address, "--timeout", "1"], &[]);
     assert_eq!(down.status.code(), Some(1));
     assert!(
