@@ -13,14 +13,8 @@ set -euo pipefail
 load_arguments "$@"
 
 port=18483
-work=$(mktemp -d)
-pid=
-trap '[ -z "$pid" ] || kill $pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work" "$bench_data"' EXIT
-BLAZE__SERVER__PORT=$port "$bin/blaze" serve --offline > "$work/blaze.log" 2>&1 &
-pid=$!
+start_server blaze $port /health/ready env BLAZE__SERVER__PORT=$port "$bin/blaze" serve --offline
 url=http://127.0.0.1:$port
-for _ in $(seq 300); do curl -fs "$url/health/ready" >/dev/null && break; sleep 0.1; done
-curl -fs "$url/health/ready" >/dev/null || { cat "$work/blaze.log" >&2; exit 1; }
 token=$(curl -fs "$url/auth/token" -H 'content-type: application/json' -d "{\"api_key\": \"$BLAZE_BENCH_KEY\"}" \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')
 for credential in "$BLAZE_BENCH_KEY" "$token"; do
@@ -28,26 +22,20 @@ for credential in "$BLAZE_BENCH_KEY" "$token"; do
     || { echo "the credential is refused" >&2; exit 1; }
 done
 
-run() { # path [credential] -> "rps p99_us"
-  local out
-  if [ -n "${2:-}" ]; then
-    out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency -H "Authorization: Bearer $2" "$url$1")
-  else
-    out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency "$url$1")
-  fi
-  local errors; errors=$(awk '/Non-2xx|Socket errors/' <<<"$out")
-  [ -z "$errors" ] || echo "  $1: $errors" >&2
-  echo "$(awk '/^Requests\/sec:/ {print $2}' <<<"$out") $(awk '$1 == "99%" {print $2}' <<<"$out" | to_us)"
+run() { # path [credential] -> "rps p50_us p99_us"
+  local credential=()
+  [ -z "${2:-}" ] || credential=(-H "Authorization: Bearer $2")
+  wrk_figures "$1" -t2 -c"$connections" -d"${seconds}s" "${credential[@]}" "$url$1"
 }
 
 echo "wrk -t2 -c$connections -d${seconds}s, $rounds alternating rounds"
 : > "$work/health"; : > "$work/key"; : > "$work/jwt"
 for round in $(seq "$rounds"); do
-  read -r rps p99 < <(run /health); echo "$rps $p99" >> "$work/health"
+  read -r rps _ p99 < <(run /health); echo "$rps $p99" >> "$work/health"
   printf '  round %d %-28s %10.0f req/s   p99 %8.0f us\n' "$round" "GET /health (public)" "$rps" "$p99"
-  read -r rps p99 < <(run /v1/models "$BLAZE_BENCH_KEY"); echo "$rps $p99" >> "$work/key"
+  read -r rps _ p99 < <(run /v1/models "$BLAZE_BENCH_KEY"); echo "$rps $p99" >> "$work/key"
   printf '  round %d %-28s %10.0f req/s   p99 %8.0f us\n' "$round" "GET /v1/models (API key)" "$rps" "$p99"
-  read -r rps p99 < <(run /v1/models "$token"); echo "$rps $p99" >> "$work/jwt"
+  read -r rps _ p99 < <(run /v1/models "$token"); echo "$rps $p99" >> "$work/jwt"
   printf '  round %d %-28s %10.0f req/s   p99 %8.0f us\n' "$round" "GET /v1/models (JWT)" "$rps" "$p99"
 done
 h=$(cut -d' ' -f1 "$work/health" | median); k=$(cut -d' ' -f1 "$work/key" | median); j=$(cut -d' ' -f1 "$work/jwt" | median)

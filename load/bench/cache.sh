@@ -22,28 +22,15 @@ model=smollm2-135m-instruct
 local_port=18484
 redis_port=18485
 reference_port=18491
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work" "$bench_data"; }
-trap cleanup EXIT
-
 # Both Blaze processes take the bench key as their bootstrap admin; each
 # its own data dir (identity store, disk tier).
 mkdir "$work/data-local" "$work/data-redis"
-BLAZE__SERVER__PORT=$local_port BLAZE__STORAGE__DATA_DIR=$work/data-local \
-  "$bin/blaze" serve --offline > "$work/local.log" 2>&1 &
-pids+=($!)
-BLAZE__SERVER__PORT=$redis_port BLAZE__STORAGE__DATA_DIR=$work/data-redis \
-  BLAZE__STORAGE__REDIS_URL=redis://127.0.0.1:6379 BLAZE__RATE_LIMITS__BACKEND=redis \
-  "$bin/blaze" serve --offline > "$work/redis.log" 2>&1 &
-pids+=($!)
-"$bin/blaze-reference" --port $reference_port > "$work/reference.log" 2>&1 &
-pids+=($!)
-for port in $local_port $redis_port $reference_port; do
-  path=/health/ready; [ $port = $reference_port ] && path=/health
-  for _ in $(seq 600); do curl -fs "http://127.0.0.1:$port$path" >/dev/null && break; sleep 0.1; done
-  curl -fs "http://127.0.0.1:$port$path" >/dev/null || { echo "server on $port did not start" >&2; cat "$work"/*.log >&2; exit 1; }
-done
+start_server local $local_port /health/ready env BLAZE__SERVER__PORT=$local_port \
+  BLAZE__STORAGE__DATA_DIR="$work/data-local" "$bin/blaze" serve --offline
+start_server redis $redis_port /health/ready env BLAZE__SERVER__PORT=$redis_port \
+  BLAZE__STORAGE__DATA_DIR="$work/data-redis" BLAZE__STORAGE__REDIS_URL=redis://127.0.0.1:6379 \
+  BLAZE__RATE_LIMITS__BACKEND=redis "$bin/blaze" serve --offline
+start_server reference $reference_port /health "$bin/blaze-reference" --port $reference_port
 
 # A deterministic request (temperature 0): the first call computes and
 # stores it, every later one is a memory hit. A fresh nonce per run keeps
@@ -66,37 +53,26 @@ print('wrk.headers["Content-Type"] = "application/json"')
 print('wrk.headers["Authorization"] = ' + json.dumps("Bearer " + sys.argv[2]))
 EOF
 
-run() { # target connections -> "rps p50_us p99_us"
-  local out
+# target threads connections -> "rps p50_us p99_us"; wrk -t2 needs at
+# least 2 connections, so "one request at a time" is -t1 -c1.
+run() {
+  local load=(-t"$2" -c"$3" -d"${seconds}s")
   case $1 in
-    reference) out=$(wrk -t2 -c"$2" -d"${seconds}s" --latency "http://127.0.0.1:$reference_port/health") ;;
-    local) out=$(wrk -t2 -c"$2" -d"${seconds}s" --latency -s "$work/post.lua" "http://127.0.0.1:$local_port/v1/chat/completions") ;;
-    redis) out=$(wrk -t2 -c"$2" -d"${seconds}s" --latency -s "$work/post.lua" "http://127.0.0.1:$redis_port/v1/chat/completions") ;;
+    reference) wrk_figures "$1" "${load[@]}" "http://127.0.0.1:$reference_port/health" ;;
+    local) wrk_figures "$1" "${load[@]}" -s "$work/post.lua" "http://127.0.0.1:$local_port/v1/chat/completions" ;;
+    redis) wrk_figures "$1" "${load[@]}" -s "$work/post.lua" "http://127.0.0.1:$redis_port/v1/chat/completions" ;;
   esac
-  local errors; errors=$(awk '/Non-2xx|Socket errors/' <<<"$out")
-  [ -z "$errors" ] || echo "  $1: $errors" >&2
-  echo "$(awk '/^Requests\/sec:/ {print $2}' <<<"$out") $(awk '$1 == "50%" {print $2}' <<<"$out" | to_us) $(awk '$1 == "99%" {print $2}' <<<"$out" | to_us)"
-}
-
-# wrk -t2 needs at least 2 connections; "one request at a time" is -t1 -c1.
-one() { # target -> "rps p50_us p99_us"
-  local out
-  case $1 in
-    local) out=$(wrk -t1 -c1 -d"${seconds}s" --latency -s "$work/post.lua" "http://127.0.0.1:$local_port/v1/chat/completions") ;;
-    redis) out=$(wrk -t1 -c1 -d"${seconds}s" --latency -s "$work/post.lua" "http://127.0.0.1:$redis_port/v1/chat/completions") ;;
-  esac
-  echo "$(awk '/^Requests\/sec:/ {print $2}' <<<"$out") $(awk '$1 == "50%" {print $2}' <<<"$out" | to_us) $(awk '$1 == "99%" {print $2}' <<<"$out" | to_us)"
 }
 
 echo "wrk -t2 -c$connections -d${seconds}s (and -t1 -c1), $rounds alternating rounds"
 for name in reference local redis local_one redis_one; do : > "$work/$name"; done
 for round in $(seq "$rounds"); do
   for name in reference local redis; do
-    read -r rps p50 p99 < <(run $name "$connections"); echo "$rps $p50 $p99" >> "$work/$name"
+    read -r rps p50 p99 < <(run $name 2 "$connections"); echo "$rps $p50 $p99" >> "$work/$name"
     printf '  round %d %-34s %10.0f req/s   p50 %7.0f us   p99 %7.0f us\n' "$round" "$name, $connections connections" "$rps" "$p50" "$p99"
   done
   for name in local redis; do
-    read -r rps p50 p99 < <(one $name); echo "$rps $p50 $p99" >> "$work/${name}_one"
+    read -r rps p50 p99 < <(run $name 1 1); echo "$rps $p50 $p99" >> "$work/${name}_one"
     printf '  round %d %-34s %10.0f req/s   p50 %7.0f us   p99 %7.0f us\n' "$round" "$name, 1 connection" "$rps" "$p50" "$p99"
   done
 done

@@ -28,9 +28,6 @@ anchors=${ANCHORS:-$root/../shared/anchors}
 
 "$bin/blaze" models pull smollm2-135m-instruct >/dev/null
 gguf=${BLAZE_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/blaze/models}/smollm2-135m-instruct/model.gguf
-work=$(mktemp -d)
-pid=
-trap '[ -z "$pid" ] || kill $pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work" "$bench_data"' EXIT
 
 # Alternate the engines; the reference writes the prompt ids both use.
 for round in $(seq "$rounds"); do
@@ -41,12 +38,9 @@ for round in $(seq "$rounds"); do
 done
 
 port=18482
-BLAZE__SERVER__PORT=$port "$bin/blaze" serve --offline > "$work/blaze.log" 2>&1 &
-pid=$!
-for _ in $(seq 300); do curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.1; done
-curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null || { cat "$work/blaze.log" >&2; exit 1; }
+start_server blaze $port /health/ready env BLAZE__SERVER__PORT=$port "$bin/blaze" serve --offline
 url=http://127.0.0.1:$port
 # About 100 prompt tokens with the chat template; 64 completion tokens.
 python3 "$root/load/bench/chat.py" "$url" smollm2-135m-instruct 75 64 5 1
 python3 "$root/load/bench/chat.py" "$url" smollm2-135m-instruct 75 128 3 8
-echo "RESULT resident_memory_mb=$(awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' /proc/$pid/status) (both models loaded)"
+echo "RESULT resident_memory_mb=$(awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' /proc/$started/status) (both models loaded)"

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Sourced by the benchmark scripts: checks the tools, builds the release
-# binaries, and sets $root and $bin.
+# binaries, sets $root, $bin and a scratch $work, and gives them the
+# start-up, clean-up and wrk helpers they share.
 # The load scripts' arguments, [ROUNDS] [SECONDS] [CONNECTIONS] (defaults
 # 3, 10 and 64), into $rounds, $seconds and $connections.
 load_arguments() {
@@ -31,6 +32,41 @@ echo -10 > /proc/self/autogroup 2>/dev/null || true
 BLAZE_BENCH_KEY="blz_$(openssl rand -hex 8)_$(openssl rand -hex 32)"
 bench_data=$(mktemp -d)
 export BLAZE_BENCH_KEY BLAZE__AUTH__BOOTSTRAP_KEY=$BLAZE_BENCH_KEY BLAZE__STORAGE__DATA_DIR=$bench_data
+# Each script's scratch directory. The processes it starts go in $pids;
+# when it exits they are stopped and $work and the data dir removed.
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work" "$bench_data"; }
+trap cleanup EXIT
+# start_server NAME PORT PATH COMMAND...: runs COMMAND in the background
+# (its output in $work/NAME.log), stops it at exit, and waits up to 60 s
+# for http://127.0.0.1:PORT/PATH to answer; $started is its pid.
+start_server() {
+  local name=$1 port=$2 path=$3
+  shift 3
+  "$@" > "$work/$name.log" 2>&1 &
+  started=$!
+  pids+=("$started")
+  for _ in $(seq 600); do
+    curl -fs "http://127.0.0.1:$port$path" >/dev/null && return
+    kill -0 "$started" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "$name on port $port did not start" >&2
+  cat "$work/$name.log" >&2
+  exit 1
+}
+# wrk_figures LABEL WRK-ARGUMENTS...: one wrk run with --latency; prints
+# "requests/s p50_us p99_us", and wrk's error lines, if any, on stderr.
+wrk_figures() {
+  local label=$1
+  shift
+  local out errors
+  out=$(wrk --latency "$@")
+  errors=$(awk '/Non-2xx|Socket errors/' <<<"$out")
+  [ -z "$errors" ] || echo "  $label: $errors" >&2
+  echo "$(awk '/^Requests\/sec:/ {print $2}' <<<"$out") $(awk '$1 == "50%" {print $2}' <<<"$out" | to_us) $(awk '$1 == "99%" {print $2}' <<<"$out" | to_us)"
+}
 # wrk's "99%  1.23ms" -> microseconds
 to_us() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); print v } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v*1000 } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000000 } }'; }
 # The median of numbers, one a line.

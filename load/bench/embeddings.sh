@@ -21,13 +21,8 @@ in_process=$("$bin/blaze-embed-bench" "$model_dir" "$inputs" bench 1,8,32 --sent
 echo "$in_process"
 batch32=$(awk '/bs=32 / { for (i = 1; i <= NF; i++) if ($i ~ /^sent_per_s_median=/) { sub(/.*=/, "", $i); print $i } }' <<<"$in_process")
 
-work=$(mktemp -d)
 port=18481
-BLAZE__SERVER__PORT=$port "$bin/blaze" serve --offline > "$work/blaze.log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work" "$bench_data"' EXIT
-for _ in $(seq 300); do curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.1; done
-curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null || { cat "$work/blaze.log" >&2; exit 1; }
+start_server blaze $port /health/ready env BLAZE__SERVER__PORT=$port "$bin/blaze" serve --offline
 
 # Each request: one sentence from the inputs, chosen per request.
 python3 - "$inputs" > "$work/post.lua" <<'PY'
@@ -41,12 +36,8 @@ print('wrk.headers["Authorization"] = "Bearer ' + os.environ["BLAZE_BENCH_KEY"] 
 print("local n = 0")
 print("request = function() n = n + 1; return wrk.format(nil, nil, nil, bodies[(n % #bodies) + 1]) end")
 PY
-out=$(wrk -t2 -c64 -d"${seconds}s" --latency -s "$work/post.lua" "http://127.0.0.1:$port/v1/embeddings")
-rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
-errors=$(awk '/Non-2xx|Socket errors/' <<<"$out")
-[ -z "$errors" ] || echo "wrk: $errors" >&2
-echo "RESULT engine=blaze-http clients=64 sent_per_s=$rps p99=$p99"
+read -r rps _ p99 < <(wrk_figures wrk -t2 -c64 -d"${seconds}s" -s "$work/post.lua" "http://127.0.0.1:$port/v1/embeddings")
+echo "RESULT engine=blaze-http clients=64 sent_per_s=$rps p99_us=$p99"
 awk -v http="$rps" -v inproc="$batch32" 'BEGIN {
   printf "ratio: HTTP, 64 clients x 1 sentence = %.3fx the in-process batch-32 rate (target >= 0.8)\n", http / inproc
 }'

@@ -12,36 +12,15 @@ load_arguments "$@"
 
 blaze_port=18480
 reference_port=18490
-work=$(mktemp -d)
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work" "$bench_data"; }
-pids=()
-trap cleanup EXIT
-
-BLAZE__SERVER__PORT=$blaze_port "$bin/blaze" serve > "$work/blaze.log" 2>&1 &
-pids+=($!)
-"$bin/blaze-reference" --port $reference_port > "$work/reference.log" 2>&1 &
-pids+=($!)
-for port in $blaze_port $reference_port; do
-  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
-  curl -fs "http://127.0.0.1:$port/health" >/dev/null || { echo "server on $port did not start" >&2; cat "$work"/*.log >&2; exit 1; }
-done
-
-run() { # name port -> "rps p99_us"
-  local out; out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency "http://127.0.0.1:$2/health")
-  local rps p99
-  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-  p99=$(awk '$1 == "99%" {print $2}' <<<"$out" | to_us)
-  local errors; errors=$(awk '/Non-2xx|Socket errors/' <<<"$out")
-  [ -z "$errors" ] || echo "  $1: $errors" >&2
-  echo "$rps $p99"
-}
+start_server blaze $blaze_port /health env BLAZE__SERVER__PORT=$blaze_port "$bin/blaze" serve
+start_server reference $reference_port /health "$bin/blaze-reference" --port $reference_port
 
 echo "GET /health, wrk -t2 -c$connections -d${seconds}s, $rounds alternating rounds"
 : > "$work/blaze"; : > "$work/reference"
 for round in $(seq "$rounds"); do
   for name in blaze reference; do
     port=$blaze_port; [ $name = reference ] && port=$reference_port
-    read -r rps p99 < <(run $name $port)
+    read -r rps _ p99 < <(wrk_figures $name -t2 -c"$connections" -d"${seconds}s" "http://127.0.0.1:$port/health")
     echo "$rps $p99" >> "$work/$name"
     printf '  round %d %-9s %10.0f req/s   p99 %8.0f us\n' "$round" "$name" "$rps" "$p99"
   done

@@ -12,15 +12,7 @@ set -euo pipefail
 scenario=$1; shift
 
 blaze_port=18482
-work=$(mktemp -d)
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work" "$bench_data"; }
-pids=()
-trap cleanup EXIT
-
-BLAZE__SERVER__PORT=$blaze_port "$bin/blaze" serve > "$work/blaze.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 300); do curl -fs "http://127.0.0.1:$blaze_port/health/ready" >/dev/null && break; sleep 0.1; done
-curl -fs "http://127.0.0.1:$blaze_port/health/ready" >/dev/null || { echo "Blaze did not start" >&2; cat "$work/blaze.log" >&2; exit 1; }
+start_server blaze $blaze_port /health/ready env BLAZE__SERVER__PORT=$blaze_port "$bin/blaze" serve
 
 code=0
 "$bin/blaze-load" run "$scenario" --target "http://127.0.0.1:$blaze_port" --key "$BLAZE_BENCH_KEY" --baseline "$@" || code=$?

@@ -13,23 +13,8 @@ set -euo pipefail
 load_arguments "$@"
 
 reference_port=18491
-work=$(mktemp -d)
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work" "$bench_data"; }
-pids=()
-trap cleanup EXIT
-
-"$bin/blaze-reference" --port $reference_port > "$work/reference.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do curl -fs "http://127.0.0.1:$reference_port/health" >/dev/null && break; sleep 0.1; done
-curl -fs "http://127.0.0.1:$reference_port/health" >/dev/null || { echo "the reference server did not start" >&2; exit 1; }
+start_server reference $reference_port /health "$bin/blaze-reference" --port $reference_port
 url="http://127.0.0.1:$reference_port"
-
-wrk_run() {
-  local out; out=$(wrk -t2 -c"$connections" -d"${seconds}s" --latency "$url/health")
-  local errors; errors=$(awk '/Non-2xx|Socket errors/' <<<"$out")
-  [ -z "$errors" ] || echo "  wrk: $errors" >&2
-  echo "$(awk '/^Requests\/sec:/ {print $2}' <<<"$out") $(awk '$1 == "99%" {print $2}' <<<"$out" | to_us)"
-}
 
 suite_run() {
   local code=0
@@ -43,7 +28,7 @@ suite_run() {
 echo "GET /health on the reference server, $connections connections, 2 threads, ${seconds} s, $rounds alternating rounds"
 : > "$work/wrk"; : > "$work/suite"
 for round in $(seq "$rounds"); do
-  read -r rps p99 < <(wrk_run); echo "$rps $p99" >> "$work/wrk"
+  read -r rps _ p99 < <(wrk_figures wrk -t2 -c"$connections" -d"${seconds}s" "$url/health"); echo "$rps $p99" >> "$work/wrk"
   printf '  round %d %-10s %10.0f req/s   p99 %8.0f us\n' "$round" wrk "$rps" "$p99"
   read -r rps p99 < <(suite_run); echo "$rps $p99" >> "$work/suite"
   printf '  round %d %-10s %10.0f req/s   p99 %8.0f us\n' "$round" blaze-load "$rps" "$p99"

@@ -21,18 +21,10 @@ ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 model=smollm2-135m-instruct
 port=18486
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work" "$bench_data"; }
-trap cleanup EXIT
-
-BLAZE__SERVER__PORT=$port BLAZE__WEBSOCKET__MAX_CONNECTIONS_PER_KEY=100000 \
+start_server blaze $port /health/ready env BLAZE__SERVER__PORT=$port BLAZE__WEBSOCKET__MAX_CONNECTIONS_PER_KEY=100000 \
   BLAZE__WEBSOCKET__MAX_CONNECTIONS=100000 BLAZE__SERVER__MAX_CONNECTIONS=100000 BLAZE_LOG=warn \
-  "$bin/blaze" serve --offline > "$work/blaze.log" 2>&1 &
-server=$!
-pids+=("$server")
-for _ in $(seq 600); do curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.1; done
-curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null || { echo "blaze did not start" >&2; cat "$work/blaze.log" >&2; exit 1; }
+  "$bin/blaze" serve --offline
+server=$started
 
 echo "== $idle idle sockets"
 "$bin/blaze-ws-bench" idle --address 127.0.0.1:$port --connections "$idle" --server-pid "$server"
