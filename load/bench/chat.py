@@ -23,7 +23,12 @@ def stream_once(url, model, prompt, max_tokens):
         "model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
         "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True},
     }).encode()
-    request = urllib.request.Request(url + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json", "Authorization": "Bearer " + os.environ["BLAZE_BENCH_KEY"]})
+    request = urllib.request.Request(url + "/v1/chat/completions", data=body, headers={
+        "Content-Type": "application/json", "Authorization": "Bearer " + os.environ["BLAZE_BENCH_KEY"],
+        # Every round generates: a greedy answer would otherwise come from
+        # the response cache after the first.
+        "Cache-Control": "no-cache",
+    })
     started = time.perf_counter()
     first = None
     usage = None

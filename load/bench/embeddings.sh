@@ -24,7 +24,9 @@ batch32=$(awk '/bs=32 / { for (i = 1; i <= NF; i++) if ($i ~ /^sent_per_s_median
 port=18481
 start_server blaze $port /health/ready env BLAZE__SERVER__PORT=$port "$bin/blaze" serve --offline
 
-# Each request: one sentence from the inputs, chosen per request.
+# Each request: one sentence from the inputs, chosen per request, sent
+# with Cache-Control: no-cache so every one is computed (the inputs repeat;
+# without it the response cache would answer them after the first pass).
 python3 - "$inputs" > "$work/post.lua" <<'PY'
 import json, os, sys
 lines = [l.strip() for l in open(sys.argv[1]) if l.strip()][:256]
@@ -32,6 +34,7 @@ bodies = [json.dumps({"model": "all-minilm-l6-v2", "input": l}) for l in lines]
 print("local bodies = {" + ",".join(json.dumps(b) for b in bodies) + "}")
 print('wrk.method = "POST"')
 print('wrk.headers["Content-Type"] = "application/json"')
+print('wrk.headers["Cache-Control"] = "no-cache"')
 print('wrk.headers["Authorization"] = "Bearer ' + os.environ["BLAZE_BENCH_KEY"] + '"')
 print("local n = 0")
 print("request = function() n = n + 1; return wrk.format(nil, nil, nil, bodies[(n % #bodies) + 1]) end")
