@@ -5,7 +5,9 @@
 One stream (or STREAMS concurrent ones) of a greedy completion of a prompt
 of about PROMPT_WORDS words; prints time to first token, prompt tokens/s
 (prompt tokens over time to first token) and decode tokens/s (completion
-tokens after the first over the time after it), medians over ROUNDS.
+tokens after the first over the time after it), medians over ROUNDS;
+completion_tokens is how many the model gave before it stopped (a greedy
+answer may end before MAX_TOKENS).
 Standard library only. The reference for the same GGUF is
 ../shared/anchors/bench_llama.py (llama.cpp through llama-cpp-python).
 """
@@ -56,7 +58,7 @@ def main():
         sys.exit("refusing absurd settings")
     prompt = "Summarize this: " + " ".join(["the quick brown fox jumps over the lazy dog"] * (words // 9 + 1))
     prompt = " ".join(prompt.split()[:words])
-    ttfts, prompt_rates, decode_rates, aggregate, prompt_tokens = [], [], [], [], []
+    ttfts, prompt_rates, decode_rates, aggregate, prompt_tokens, completion_tokens = [], [], [], [], [], []
     for _ in range(rounds):
         results = [None] * streams
         def run(index):
@@ -73,11 +75,13 @@ def main():
             total += usage["completion_tokens"]
             ttfts.append(first - started)
             prompt_tokens.append(usage["prompt_tokens"])
+            completion_tokens.append(usage["completion_tokens"])
             prompt_rates.append(usage["prompt_tokens"] / (first - started))
             if usage["completion_tokens"] > 1:
                 decode_rates.append((usage["completion_tokens"] - 1) / (ended - first))
         aggregate.append(total / wall)
     print(f"RESULT engine=blaze streams={streams} prompt_tokens={statistics.median(prompt_tokens):.0f} max_tokens={max_tokens} "
+          f"completion_tokens={statistics.median(completion_tokens):.0f} "
           f"ttft_p50_ms={statistics.median(ttfts) * 1000:.1f} prompt_tok_per_s={statistics.median(prompt_rates):.1f} "
           f"decode_tok_per_s_per_stream={statistics.median(decode_rates):.1f} aggregate_tok_per_s={statistics.median(aggregate):.1f}")
 
