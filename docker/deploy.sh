@@ -89,6 +89,22 @@ ensure_env_files() {
     chmod 600 "$here/blaze.env"
     say "wrote docker/blaze.env (generated pepper and first admin key)"
   fi
+  # Prometheus reads /metrics with the scrape token (the production
+  # profile serves it to no one else): one value in blaze.env for Blaze, and
+  # the same in prometheus/scrape_token for Prometheus (mounted read-only;
+  # readable by the container's nobody user).
+  local token
+  token=$(env_value BLAZE__SECURITY__SCRAPE_TOKEN "$here/blaze.env")
+  if [ -z "$token" ]; then
+    token=$(random_hex 32)
+    if grep -q '^BLAZE__SECURITY__SCRAPE_TOKEN=' "$here/blaze.env"; then
+      sed -i -e "s/^BLAZE__SECURITY__SCRAPE_TOKEN=.*/BLAZE__SECURITY__SCRAPE_TOKEN=$token/" "$here/blaze.env"
+    else
+      echo "BLAZE__SECURITY__SCRAPE_TOKEN=$token" >> "$here/blaze.env"
+    fi
+    say "generated the scrape token (docker/blaze.env, docker/prometheus/scrape_token)"
+  fi
+  (umask 022 && printf '%s\n' "$token" > "$here/prometheus/scrape_token")
 }
 
 env_value() { sed -n "s/^$1=//p" "$2" | tail -n 1; }
@@ -223,11 +239,12 @@ secret() {
   cat "$file"
 }
 new_pepper() { random_hex 32; }
+new_scrape_token() { random_hex 32; }
 new_admin_key() { echo "blz_$(random_hex 8)_$(random_hex 32)"; }
 
-# start_replica INDEX PORT BINARY PEPPER ADMIN_KEY
+# start_replica INDEX PORT BINARY PEPPER ADMIN_KEY SCRAPE_TOKEN
 start_replica() {
-  local index=$1 port=$2 binary=$3 pepper=$4 admin_key=$5
+  local index=$1 port=$2 binary=$3 pepper=$4 admin_key=$5 scrape_token=$6
   local pid_file="$state/blaze-$index.pid"
   if pid_alive "$pid_file"; then
     say "replica $index already runs (pid $(cat "$pid_file"))"
@@ -242,6 +259,7 @@ start_replica() {
     BLAZE__STORAGE__REDIS_URL="$redis_url" \
     BLAZE__SECURITY__PEPPER="$pepper" \
     BLAZE__AUTH__BOOTSTRAP_KEY="$admin_key" \
+    BLAZE__SECURITY__SCRAPE_TOKEN="$scrape_token" \
     BLAZE__RATE_LIMITS__REPLICAS="${#replica_ports[@]}" \
     setsid "$binary" serve >> "$state/blaze-$index.log" 2>&1 < /dev/null &
   echo $! > "$pid_file"
@@ -297,6 +315,7 @@ start_prometheus() {
     echo "rule_files: [alerts.yml]"
     echo "scrape_configs:"
     echo "  - job_name: blaze"
+    echo "    authorization: {type: Bearer, credentials_file: $state/scrape-token}"
     echo "    static_configs:"
     echo "      - labels: {service: blaze}"
     echo "        targets:"
@@ -317,17 +336,19 @@ start_prometheus() {
 native_up() {
   mkdir -p "$state"
   chmod 700 "$state"
-  local binary index pepper admin_key
+  local binary index pepper admin_key scrape_token
   binary=$(blaze_binary)
   # Made here, once: a command substitution on the line that starts a
   # replica in the background would run in that background job, and two
   # replicas would race to make two different secrets.
   pepper=${BLAZE__SECURITY__PEPPER:-$(secret pepper new_pepper)}
   admin_key=${BLAZE__AUTH__BOOTSTRAP_KEY:-$(secret admin-key new_admin_key)}
+  # Prometheus reads it from the file; the replicas from the environment.
+  scrape_token=$(secret scrape-token new_scrape_token)
   start_postgres
   start_redis
   for index in "${!replica_ports[@]}"; do
-    start_replica "$((index + 1))" "${replica_ports[$index]}" "$binary" "$pepper" "$admin_key"
+    start_replica "$((index + 1))" "${replica_ports[$index]}" "$binary" "$pepper" "$admin_key" "$scrape_token"
   done
   start_nginx
   start_prometheus

@@ -17,7 +17,7 @@ use blaze_actors::supervisor::{ActorBoard, Adopt, Backoff, ChildSpec, StartAll, 
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-use crate::http::{self, AppState, Authenticate, Compression, Limiting, Observe, RateLimit};
+use crate::http::{self, AppState, Compression, Limiting, Observe};
 use crate::settings::{ConfigSources, ServerSettings, Settings};
 
 /// Runs the server on an actix system until a signal stops it. Exit code 0
@@ -295,11 +295,18 @@ async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervi
             settings.websocket,
             Duration::from_secs(server_settings.shutdown_grace_s),
         ),
+        proxies: Arc::new(http::client::TrustedProxies::parse(
+            &server_settings.trusted_proxies,
+            server_settings.forwarded_header,
+        )?),
+        monitoring: http::checkpoint::MonitoringAccess::new(
+            settings.security.metrics_access,
+            &settings.security.scrape_token,
+        ),
+        body_limits: server_settings.body_limits.at_most(server_settings.max_request_bytes),
     };
     let sockets = state.sockets.clone();
     let warm_state = state.clone();
-    let metrics_access = settings.security.metrics_access;
-    let limiting = shared.limiting.clone();
     let compression = settings.performance.compression;
     let (max_body, timeout_s) = (server_settings.max_request_bytes, server_settings.request_timeout_s);
     let workers = server_settings.worker_count();
@@ -307,8 +314,6 @@ async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervi
         let state = state.clone();
         App::new()
             .configure(|config| http::configure(config, state.clone(), max_body))
-            .wrap(RateLimit::new(limiting.clone()))
-            .wrap(Authenticate::new(state.auth.clone(), metrics_access))
             .wrap(Observe::new(state.telemetry.clone(), timeout_s, max_body))
             .wrap(Compression::new(compression))
     })

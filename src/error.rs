@@ -177,6 +177,9 @@ impl ApiError {
             ),
             Failure::Disabled => ("invalid_api_key", "The user of this API key or token is disabled"),
             Failure::BadPassword => ("invalid_credentials", "Incorrect email or password"),
+            Failure::CoolingDown(left) => return Self::auth_cooldown(left.as_secs().max(1)),
+            Failure::Busy => return Self::sign_ins_busy(),
+            Failure::NotCached => return Self::auth_cooldown(1),
             Failure::StoreUnavailable => return Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
@@ -197,10 +200,34 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "invalid_request_error", "insufficient_permissions", message.into())
     }
 
-    /// 429: this client address failed authentication too often.
+    /// 403: the key or token lacks the scope the route needs.
+    pub fn insufficient_scope(scope: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            "insufficient_scope",
+            format!("This request needs the `{scope}` scope, which your API key or token does not hold"),
+        )
+    }
+
+    /// 429: every password hashing thread is busy and its queue is full.
+    pub fn sign_ins_busy() -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            "too_many_sign_ins",
+            "The server is checking as many passwords as it may; retry in a second".to_owned(),
+        )
+        .retry_after(1)
+    }
+
+    /// 429: this client address, account or key failed authentication too
+    /// often; only failing attempts are refused for it.
     pub fn auth_cooldown(retry_after_s: u64) -> Self {
-        let message =
-            format!("Too many failed authentication attempts from your address; retry in {retry_after_s} s");
+        let message = format!(
+            "Too many failed authentication attempts from your address or for this account; \
+             retry in {retry_after_s} s"
+        );
         Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", "too_many_auth_failures", message)
             .retry_after(retry_after_s)
     }

@@ -37,6 +37,7 @@ pub fn options(settings: &Settings) -> IdentityOptions {
             cache_capacity: auth.cache_capacity,
             access_ttl: Duration::from_secs(jwt.access_ttl_s),
             refresh_ttl: Duration::from_secs(jwt.refresh_ttl_s),
+            session_max: Duration::from_secs(jwt.session_max_s),
             jwt: JwtSettings {
                 issuer: jwt.issuer.clone(),
                 audience: jwt.audience.clone(),
@@ -47,6 +48,7 @@ pub fn options(settings: &Settings) -> IdentityOptions {
                 window: Duration::from_secs(security.brute_force.window_s),
                 cooldown: Duration::from_secs(security.brute_force.cooldown_s),
             },
+            password_hashing: auth.password_hashing.config(),
         },
     }
 }

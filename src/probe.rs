@@ -123,7 +123,9 @@ mod tests {
     fn wildcard_hosts_are_reached_over_loopback() {
         let mut server: ServerSettings = serde_json::from_value(serde_json::json!({
             "host": "0.0.0.0", "port": 8080, "workers": 0, "max_connections": 1, "keep_alive_s": 5,
-            "max_request_bytes": 1, "request_timeout_s": 1, "drain_delay_s": 0, "shutdown_grace_s": 1
+            "max_request_bytes": 1, "request_timeout_s": 1, "drain_delay_s": 0, "shutdown_grace_s": 1,
+            "trusted_proxies": [], "forwarded_header": "x_forwarded_for",
+            "body_limits": {"chat_completions": 1, "completions": 1, "embeddings": 1, "other": 1}
         }))
         .unwrap();
         assert_eq!(local_address(&server), "127.0.0.1:8080");

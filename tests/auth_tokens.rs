@@ -30,11 +30,13 @@ async fn only_the_listed_routes_are_public() {
         let response = anonymous.get(server.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
     }
-    for path in ["/v1/models", "/v1/models/all-minilm-l6-v2", "/admin/keys", "/admin/users", "/no/such/route"]
-    {
+    for path in ["/v1/models", "/v1/models/all-minilm-l6-v2", "/admin/keys", "/admin/users"] {
         let response = anonymous.get(server.url(path)).send().await.unwrap();
         expect_unauthenticated(response, path).await;
     }
+    // A path that is no route is a 404 before any credential is asked for.
+    let unknown = anonymous.get(server.url("/no/such/route")).send().await.unwrap();
+    expect_error(unknown, 404, "unknown_url").await;
     let post = anonymous
         .post(server.url("/v1/embeddings"))
         .json(&json!({"model": "all-minilm-l6-v2", "input": "x"}));

@@ -318,8 +318,7 @@ async fn limits_on_frames_requests_and_connections() {
             ("BLAZE__WEBSOCKET__MAX_IN_FLIGHT", "2"),
             ("BLAZE__WEBSOCKET__MAX_CONNECTIONS", "3"),
             ("BLAZE__WEBSOCKET__MAX_CONNECTIONS_PER_KEY", "2"),
-            // Upgrades spend no request budget (each socket request does).
-            ("BLAZE__RATE_LIMITS__ANONYMOUS_REQUESTS_PER_MINUTE", "1"),
+            ("BLAZE__WEBSOCKET__MAX_UNAUTHENTICATED", "1"),
         ],
         &[],
     )
@@ -346,9 +345,18 @@ async fn limits_on_frames_requests_and_connections() {
         matches!(refused, tokio_tungstenite::tungstenite::Error::Http(ref response) if response.status() == 429),
         "{refused:?}"
     );
-    // Per process: a third socket (not yet authenticated) fills it.
-    let _third = Socket::connect(&server, None).await;
+    // Per process: a socket not yet authenticated holds one of
+    // max_unauthenticated (1), not a connection slot.
+    let _waiting = Socket::connect(&server, None).await;
     let refused = Socket::try_connect(&server, None).await.err().expect("refused");
+    assert!(
+        matches!(refused, tokio_tungstenite::tungstenite::Error::Http(ref response) if response.status() == 503),
+        "{refused:?}"
+    );
+    // A third authenticated socket (another user's key) fills the process.
+    let other_key = common::new_user_key(&server, "third@example.com").await;
+    let _third = Socket::connect(&server, Some(&other_key)).await;
+    let refused = Socket::try_connect(&server, Some(&other_key)).await.err().expect("refused");
     assert!(
         matches!(refused, tokio_tungstenite::tungstenite::Error::Http(ref response) if response.status() == 503),
         "{refused:?}"

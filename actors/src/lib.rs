@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod files;
 pub mod guard;
 pub mod health;
 pub mod inference;

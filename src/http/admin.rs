@@ -13,45 +13,35 @@ use blaze_actors::ratelimit::Limits;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::{client_address, Caller};
-use super::{method_not_allowed, AppState};
+use super::auth::{client_address, failed, AdminCaller, Caller};
+use super::routing::{resource, Route};
+use super::AppState;
 use crate::error::ApiError;
+use crate::settings::BodyLimitSettings;
 
-pub fn configure(config: &mut web::ServiceConfig) {
+pub fn configure(config: &mut web::ServiceConfig, limits: &BodyLimitSettings) {
     config
-        .service(post_only("/auth/token", web::post().to(token)))
-        .service(post_only("/auth/refresh", web::post().to(refresh)))
-        .service(post_only("/auth/logout", web::post().to(logout)))
+        .service(resource(Route::AuthToken, limits).route(web::post().to(token)))
+        .service(resource(Route::AuthRefresh, limits).route(web::post().to(refresh)))
+        .service(resource(Route::AuthLogout, limits).route(web::post().to(logout)))
         .service(
-            web::resource("/admin/users")
+            resource(Route::Users, limits)
                 .route(web::post().to(create_user))
-                .route(web::get().to(list_users))
-                .default_service(web::to(method_not_allowed)),
+                .route(web::get().to(list_users)),
         )
         .service(
-            web::resource("/admin/users/{id}")
+            resource(Route::User, limits)
                 .route(web::get().to(get_user))
                 .route(web::patch().to(update_user))
-                .route(web::delete().to(disable_user))
-                .default_service(web::to(method_not_allowed)),
+                .route(web::delete().to(disable_user)),
         )
         .service(
-            web::resource("/admin/keys")
-                .route(web::post().to(create_key))
-                .route(web::get().to(list_keys))
-                .default_service(web::to(method_not_allowed)),
+            resource(Route::Keys, limits).route(web::post().to(create_key)).route(web::get().to(list_keys)),
         )
         .service(
-            web::resource("/admin/keys/{id}")
-                .route(web::get().to(get_key))
-                .route(web::delete().to(revoke_key))
-                .default_service(web::to(method_not_allowed)),
+            resource(Route::Key, limits).route(web::get().to(get_key)).route(web::delete().to(revoke_key)),
         )
-        .service(post_only("/admin/keys/{id}/rotate", web::post().to(rotate_key)));
-}
-
-fn post_only(path: &str, route: actix_web::Route) -> actix_web::Resource {
-    web::resource(path).route(route).default_service(web::to(method_not_allowed))
+        .service(resource(Route::KeyRotate, limits).route(web::post().to(rotate_key)));
 }
 
 fn admin_error(error: AdminError) -> ApiError {
@@ -60,6 +50,8 @@ fn admin_error(error: AdminError) -> ApiError {
         AdminError::Conflict(message) => ApiError::conflict("conflict", message),
         AdminError::KeyLimit { .. } => ApiError::conflict("key_limit_reached", error.to_string()),
         AdminError::Forbidden(message) => ApiError::forbidden(message),
+        AdminError::InsufficientScope(scope) => ApiError::insufficient_scope(&scope),
+        AdminError::Busy => ApiError::sign_ins_busy(),
         AdminError::Invalid(message) => ApiError::bad_request("invalid_value", message),
         AdminError::Store(store) => {
             tracing::warn!(error = %store, "identity store failed");
@@ -172,13 +164,16 @@ async fn token(
 ) -> Result<HttpResponse, ApiError> {
     let auth = &state.auth;
     let client = client_address(&request);
-    if let Some(left) = client.and_then(|client| auth.cooldown_left(client)) {
-        return Err(ApiError::auth_cooldown(left.as_secs().max(1)));
-    }
     let body = body.into_inner();
-    let result = match (body.api_key, body.email, body.password) {
-        (Some(key), None, None) => auth.token_for_key(&key).await,
-        (None, Some(email), Some(password)) => auth.token_for_password(&email, &password).await,
+    let pair = match (body.api_key, body.email, body.password) {
+        (Some(key), None, None) => {
+            auth.token_for_key(&key).await.map_err(|failure| failed(auth, client, Some(&key), failure))?
+        }
+        // Counts its own failures (per address and per account) and
+        // refuses a cooling one before hashing.
+        (None, Some(email), Some(password)) => {
+            auth.token_for_password(&email, &password, client).await.map_err(ApiError::unauthenticated)?
+        }
         _ => {
             return Err(ApiError::bad_request(
                 "invalid_grant",
@@ -186,13 +181,7 @@ async fn token(
             ))
         }
     };
-    match result {
-        Ok(pair) => Ok(HttpResponse::Ok().insert_header(no_store()).json(pair)),
-        Err(failure) => {
-            auth.record_failure(client, failure);
-            Err(ApiError::unauthenticated(failure))
-        }
-    }
+    Ok(HttpResponse::Ok().insert_header(no_store()).json(pair))
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,16 +197,9 @@ async fn refresh(
 ) -> Result<HttpResponse, ApiError> {
     let auth = &state.auth;
     let client = client_address(&request);
-    if let Some(left) = client.and_then(|client| auth.cooldown_left(client)) {
-        return Err(ApiError::auth_cooldown(left.as_secs().max(1)));
-    }
-    match auth.refresh(&body.refresh_token).await {
-        Ok(pair) => Ok(HttpResponse::Ok().insert_header(no_store()).json(pair)),
-        Err(failure) => {
-            auth.record_failure(client, failure);
-            Err(ApiError::unauthenticated(failure))
-        }
-    }
+    let pair =
+        auth.refresh(&body.refresh_token).await.map_err(|failure| failed(auth, client, None, failure))?;
+    Ok(HttpResponse::Ok().insert_header(no_store()).json(pair))
 }
 
 async fn logout(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
@@ -266,6 +248,7 @@ impl ListQuery {
 
 async fn create_user(
     state: web::Data<AppState>,
+    _admin: AdminCaller,
     body: web::Json<CreateUser>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -282,6 +265,7 @@ async fn create_user(
 
 async fn list_users(
     state: web::Data<AppState>,
+    _admin: AdminCaller,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     if query.user_id.is_some() {
@@ -293,7 +277,11 @@ async fn list_users(
     Ok(HttpResponse::Ok().json(page_json(&page, user_json, |user| &user.id)))
 }
 
-async fn get_user(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn get_user(
+    state: web::Data<AppState>,
+    _admin: AdminCaller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let user = state.auth.user(&id).await.map_err(not_found("user", &id))?;
     Ok(HttpResponse::Ok().json(user_json(&user)))
 }
@@ -310,7 +298,7 @@ struct UpdateUser {
 
 async fn update_user(
     state: web::Data<AppState>,
-    caller: Caller,
+    caller: AdminCaller,
     id: web::Path<String>,
     body: web::Json<UpdateUser>,
 ) -> Result<HttpResponse, ApiError> {
@@ -328,7 +316,7 @@ async fn update_user(
 
 async fn disable_user(
     state: web::Data<AppState>,
-    caller: Caller,
+    caller: AdminCaller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let user = state
@@ -362,15 +350,18 @@ async fn create_key(
         return Err(ApiError::bad_request("invalid_value", "`name` must be at most 200 characters")
             .with_param("name"));
     }
-    let scopes = body.scopes.unwrap_or_else(|| vec!["*".to_owned()]);
-    let valid_scope =
-        |scope: &String| (1..=64).contains(&scope.len()) && scope.bytes().all(|byte| byte.is_ascii_graphic());
-    if scopes.len() > 32 || !scopes.iter().all(valid_scope) {
-        return Err(ApiError::bad_request(
-            "invalid_value",
-            "`scopes`: at most 32, each 1 to 64 printable characters",
-        )
-        .with_param("scopes"));
+    if let Some(scopes) = &body.scopes {
+        let valid_scope = |scope: &String| {
+            (1..=64).contains(&scope.len()) && scope.bytes().all(|byte| byte.is_ascii_graphic())
+        };
+        if scopes.is_empty() || scopes.len() > 32 || !scopes.iter().all(valid_scope) {
+            return Err(ApiError::bad_request(
+                "invalid_value",
+                "`scopes`: 1 to 32 of *, models, chat, completions, embeddings, keys, admin, metrics \
+                 (default: the caller's own)",
+            )
+            .with_param("scopes"));
+        }
     }
     if body.expires_in_s.is_some_and(|seconds| seconds == 0 || seconds > 10 * 365 * 86_400) {
         return Err(ApiError::bad_request("invalid_value", "`expires_in_s` must be 1 s to 10 years")
@@ -379,7 +370,7 @@ async fn create_key(
     let request = KeyRequest {
         user_id: body.user_id,
         name: body.name,
-        scopes,
+        scopes: body.scopes,
         expires_in: body.expires_in_s.map(Duration::from_secs),
         limits: checked_limits(body.rate_limits)?.unwrap_or_default(),
     };

@@ -1,52 +1,18 @@
-//! Authentication of every request, deny by default: one explicit list of
-//! public routes, everything else needs a valid API key or access token,
-//! and `/admin/users` needs the admin role. Validation reads the
-//! authenticator's caches directly; no actor is asked.
+//! Authentication helpers the checkpoint and the WebSocket share: the
+//! bearer credential of a request, its client address, and validation
+//! with brute-force counting. Validation reads the authenticator's caches
+//! directly; no actor is asked.
 
 use std::future::{ready, Ready};
 use std::net::IpAddr;
-use std::rc::Rc;
-use std::sync::Arc;
 
-use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{forward_ready, Payload, Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::dev::Payload;
 use actix_web::http::header::AUTHORIZATION;
-use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError};
-use blaze_actors::auth::{Authenticator, Credential, Failure, Principal};
-use futures_util::future::LocalBoxFuture;
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
+use blaze_actors::auth::{secrets, Authenticator, Failure, FailureSubject, Principal, StoreReads};
 
+use super::AppState;
 use crate::error::ApiError;
-use crate::settings::MetricsAccess;
-
-/// What a route needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Public,
-    Authenticated,
-    Admin,
-}
-
-/// The one list of what each route needs; anything not named here needs
-/// authentication.
-pub fn access_for(path: &str, metrics: MetricsAccess) -> Access {
-    match path {
-        "/health" | "/livez" | "/readyz" | "/auth/token" | "/auth/refresh" => Access::Public,
-        // Authenticates itself: by header, or by its first message
-        // (browsers cannot set headers on a WebSocket).
-        "/v1/ws" => Access::Public,
-        path if path.starts_with("/health/") => Access::Public,
-        "/metrics" | "/api/metrics/summary" => match metrics {
-            MetricsAccess::Public => Access::Public,
-            MetricsAccess::Authenticated => Access::Authenticated,
-            MetricsAccess::Admin => Access::Admin,
-        },
-        path if path == "/admin/users" || path.starts_with("/admin/users/") => Access::Admin,
-        "/admin/cache" => Access::Admin,
-        #[cfg(feature = "test-hooks")]
-        path if path.starts_with("/__test/") => Access::Public,
-        _ => Access::Authenticated,
-    }
-}
 
 /// The bearer credential of a request: `None` if there is no
 /// Authorization header, `Some("")` if it is not a bearer one.
@@ -56,129 +22,81 @@ pub fn bearer(request: &HttpRequest) -> Option<&str> {
     Some(if scheme.eq_ignore_ascii_case("bearer") { credential } else { "" })
 }
 
+/// The client's address: the peer, or the address a trusted proxy names
+/// (`server.trusted_proxies`).
 pub fn client_address(request: &HttpRequest) -> Option<IpAddr> {
-    request.peer_addr().map(|address| address.ip())
+    let peer = request.peer_addr()?.ip();
+    Some(match request.app_data::<web::Data<AppState>>() {
+        Some(state) => state.proxies.client(peer, request.headers()),
+        None => peer,
+    })
 }
 
-/// Whose request this is, for budgets and scores: the API key, the token
-/// holder, or the client address.
+/// Whose request this is, for budgets and scores: the key's lineage, the
+/// token holder, or the client address.
 pub fn subject_of(principal: Option<&Principal>, request: &HttpRequest) -> Option<String> {
     match principal {
-        Some(principal) => Some(subject_of_principal(principal)),
+        Some(principal) => Some(principal.subject()),
         None => client_address(request).map(|address| format!("ip:{address}")),
     }
 }
 
-/// Authenticates a request for a route that needs it, counting failures
-/// against the client address.
-pub async fn authenticate(auth: &Authenticator, request: &HttpRequest) -> Result<Principal, ApiError> {
-    authenticate_credential(auth, client_address(request), bearer(request)).await
-}
-
 /// Authenticates a bearer credential (`None`: there was none; `Some("")`:
-/// not a bearer one) from `client`, counting failures against it.
+/// not a bearer one) from `client`. A credential that validates is
+/// accepted whatever else failed from the same address; a failure is
+/// counted against the address and the key id it named, and while either
+/// is cooling down failures get 429 instead of 401. A cooling address
+/// causes at most a few store reads a second: beyond them, a key that is
+/// not in the cache gets 429 with `Retry-After: 1` (so guessed ids cannot
+/// load the store).
 pub async fn authenticate_credential(
     auth: &Authenticator,
     client: Option<IpAddr>,
     credential: Option<&str>,
 ) -> Result<Principal, ApiError> {
-    if let Some(left) = client.and_then(|client| auth.cooldown_left(client)) {
-        return Err(ApiError::auth_cooldown(left.as_secs().max(1)));
-    }
+    let reads = match client {
+        Some(address)
+            if auth.cooldown_left(&[FailureSubject::Address(address)]).is_some()
+                && !auth.may_read_store(address) =>
+        {
+            StoreReads::CacheOnly
+        }
+        _ => StoreReads::Allowed,
+    };
     let result = match credential {
         Some("") => Err(Failure::Malformed),
-        credential => auth.authenticate(credential).await,
+        credential => auth.authenticate_with(credential, reads).await,
     };
-    result.map_err(|failure| {
-        auth.record_failure(client, failure);
-        ApiError::unauthenticated(failure)
-    })
+    if matches!(result, Err(Failure::NotCached)) {
+        return Err(ApiError::unauthenticated(Failure::NotCached));
+    }
+    result.map_err(|failure| failed(auth, client, credential, failure))
 }
 
-/// Whose request this is, for a caller known to be authenticated.
-pub fn subject_of_principal(principal: &Principal) -> String {
-    match &principal.credential {
-        Credential::ApiKey { key_id } => format!("key:{key_id}"),
-        Credential::Token { .. } => format!("user:{}", principal.user_id),
+/// Counts a failed credential and says what the client gets for it.
+pub fn failed(
+    auth: &Authenticator,
+    client: Option<IpAddr>,
+    credential: Option<&str>,
+    failure: Failure,
+) -> ApiError {
+    let subjects = failure_subjects(client, credential);
+    let cooling = auth.cooldown_left(&subjects);
+    auth.record_failure(&subjects, failure);
+    match cooling {
+        Some(left) if failure.is_guess() => ApiError::auth_cooldown(left.as_secs().max(1)),
+        _ => ApiError::unauthenticated(failure),
     }
 }
 
-pub struct Authenticate {
-    auth: Arc<Authenticator>,
-    metrics: MetricsAccess,
+fn failure_subjects(client: Option<IpAddr>, credential: Option<&str>) -> Vec<FailureSubject> {
+    let key = credential
+        .and_then(|text| secrets::PresentedKey::parse(text.trim()))
+        .map(|key| FailureSubject::Key(key.id.to_owned()));
+    client.map(FailureSubject::Address).into_iter().chain(key).collect()
 }
 
-impl Authenticate {
-    pub fn new(auth: Arc<Authenticator>, metrics: MetricsAccess) -> Self {
-        Self { auth, metrics }
-    }
-}
-
-impl<S, B> Transform<S, ServiceRequest> for Authenticate
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<EitherBody<B>>;
-    type Error = actix_web::Error;
-    type Transform = AuthenticateService<S>;
-    type InitError = ();
-    type Future = Ready<Result<Self::Transform, Self::InitError>>;
-
-    fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(AuthenticateService {
-            service: Rc::new(service),
-            auth: self.auth.clone(),
-            metrics: self.metrics,
-        }))
-    }
-}
-
-pub struct AuthenticateService<S> {
-    service: Rc<S>,
-    auth: Arc<Authenticator>,
-    metrics: MetricsAccess,
-}
-
-impl<S, B> Service<ServiceRequest> for AuthenticateService<S>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<EitherBody<B>>;
-    type Error = actix_web::Error;
-    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    forward_ready!(service);
-
-    fn call(&self, request: ServiceRequest) -> Self::Future {
-        let access = access_for(request.path(), self.metrics);
-        let service = self.service.clone();
-        if access == Access::Public {
-            return Box::pin(
-                async move { service.call(request).await.map(ServiceResponse::map_into_left_body) },
-            );
-        }
-        let auth = self.auth.clone();
-        Box::pin(async move {
-            let refused = |request: ServiceRequest, error: ApiError| {
-                Ok(request.into_response(error.error_response()).map_into_right_body())
-            };
-            let principal = match authenticate(&auth, request.request()).await {
-                Ok(principal) => principal,
-                Err(error) => return refused(request, error),
-            };
-            if access == Access::Admin && !principal.is_admin() {
-                metrics::counter!("blaze_auth_failures_total", "reason" => "forbidden").increment(1);
-                return refused(request, ApiError::forbidden("This route needs the admin role"));
-            }
-            request.extensions_mut().insert(principal);
-            service.call(request).await.map(ServiceResponse::map_into_left_body)
-        })
-    }
-}
-
-/// The authenticated caller, for handlers behind the middleware.
+/// The authenticated caller, for handlers behind the checkpoint.
 pub struct Caller(pub Principal);
 
 impl FromRequest for Caller {
@@ -188,5 +106,28 @@ impl FromRequest for Caller {
     fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
         let principal = request.extensions().get::<Principal>().cloned();
         ready(principal.map(Caller).ok_or_else(|| ApiError::unauthenticated(Failure::Missing)))
+    }
+}
+
+/// An authenticated caller with the admin role and scope. The checkpoint
+/// already refuses everyone else on admin routes; handlers that change
+/// users or the cache take this too, so a mistake in the table alone
+/// cannot open them.
+pub struct AdminCaller(pub Principal);
+
+impl FromRequest for AdminCaller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let principal = request.extensions().get::<Principal>().cloned();
+        ready(match principal {
+            None => Err(ApiError::unauthenticated(Failure::Missing)),
+            Some(principal) if !principal.is_admin() => {
+                Err(ApiError::forbidden("This route needs the admin role"))
+            }
+            Some(principal) if !principal.grants("admin") => Err(ApiError::insufficient_scope("admin")),
+            Some(principal) => Ok(AdminCaller(principal)),
+        })
     }
 }

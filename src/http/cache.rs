@@ -10,9 +10,11 @@ use blaze_actors::auth::Principal;
 use blaze_actors::cache::{CacheKey, Invalidation, Lookup, ResponseCache};
 use serde::Deserialize;
 
-use super::auth::Caller;
-use super::{method_not_allowed, AppState};
+use super::auth::AdminCaller;
+use super::routing::{resource, Route};
+use super::AppState;
 use crate::error::ApiError;
+use crate::settings::BodyLimitSettings;
 
 /// The cache as the handlers see it.
 #[derive(Clone)]
@@ -80,12 +82,8 @@ pub fn mark(response: &mut HttpResponseBuilder, lookup: Lookup, key: Option<&Cac
     }
 }
 
-pub fn configure(config: &mut web::ServiceConfig) {
-    config.service(
-        web::resource("/admin/cache")
-            .route(web::delete().to(invalidate))
-            .default_service(web::to(method_not_allowed)),
-    );
+pub fn configure(config: &mut web::ServiceConfig, limits: &BodyLimitSettings) {
+    config.service(resource(Route::Cache, limits).route(web::delete().to(invalidate)));
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,7 +97,7 @@ struct InvalidateQuery {
 /// model's, or one entry.
 async fn invalidate(
     state: web::Data<AppState>,
-    _caller: Caller,
+    _admin: AdminCaller,
     query: web::Query<InvalidateQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let Some(access) = &state.cache else {
@@ -169,12 +167,14 @@ pub async fn warm(state: AppState, path: std::path::PathBuf) {
             }
             Ok(line) => {
                 let caching = Caching::scoped(&access, line.user_id.as_deref());
-                let answered = match line.endpoint.as_str() {
-                    "/v1/embeddings" => super::openai::warm(&state, caching, line.body).await,
-                    "/v1/chat/completions" | "/v1/completions" => {
-                        super::chat::warm(&state, caching, &line.endpoint, line.body).await
+                let answered = match Route::for_pattern(&line.endpoint).map(|rule| rule.route) {
+                    Some(Route::Embeddings) => super::openai::warm(&state, caching, line.body).await,
+                    Some(route @ (Route::ChatCompletions | Route::Completions)) => {
+                        super::chat::warm(&state, caching, route, line.body).await
                     }
-                    other => Err(ApiError::bad_request("unknown_url", format!("cannot warm `{other}`"))),
+                    _ => {
+                        Err(ApiError::bad_request("unknown_url", format!("cannot warm `{}`", line.endpoint)))
+                    }
                 };
                 answered.map(drop).map_err(|error| error.to_string())
             }

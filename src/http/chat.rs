@@ -18,90 +18,39 @@ use sha2::Digest;
 
 use super::auth::Caller;
 use super::cache::Caching;
+use super::chat_request::{ChatRequest, CompletionRequest, Content, Message, Sampling, Stop};
 use super::exchange::{respond, Answer, Body, Origin, Piece};
 use super::guard::screen_input;
 use super::json::{parse, StrictJson};
 use super::ratelimit::{Gate, Reservation};
+use super::routing::{resource, Route};
 use super::validate::{check_count, check_other_fields, check_text, Endpoint};
 use super::AppState;
 use crate::error::ApiError;
+use crate::settings::BodyLimitSettings;
 use crate::settings::ValidationSettings;
 
-pub fn configure(config: &mut web::ServiceConfig) {
+pub fn configure(config: &mut web::ServiceConfig, limits: &BodyLimitSettings) {
     config
-        .route("/v1/chat/completions", web::post().to(chat_completions))
-        .route("/v1/completions", web::post().to(completions));
+        .service(resource(Route::ChatCompletions, limits).route(web::post().to(chat_completions)))
+        .service(resource(Route::Completions, limits).route(web::post().to(completions)));
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Stop {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: bool,
-}
-
-/// The sampling fields both endpoints share.
-#[derive(Debug, Deserialize)]
-struct Sampling {
-    max_tokens: Option<usize>,
-    max_completion_tokens: Option<usize>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    n: Option<usize>,
-    stop: Option<Stop>,
-    seed: Option<u64>,
-    presence_penalty: Option<f32>,
-    frequency_penalty: Option<f32>,
-    #[serde(default)]
-    stream: bool,
-    stream_options: Option<StreamOptions>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Debug, Deserialize)]
-struct ContentPart {
-    #[serde(rename = "type")]
-    kind: String,
-    text: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Message {
-    role: String,
-    content: Option<Content>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ChatRequest {
-    model: String,
-    messages: Vec<Message>,
-    #[serde(flatten)]
-    sampling: Sampling,
-    /// Every other field: accepted only if OpenAI's and harmless.
-    #[serde(flatten)]
-    other: std::collections::BTreeMap<String, Value>,
-}
-
-#[derive(Debug, Deserialize)]
-struct CompletionRequest {
-    model: String,
-    prompt: String,
-    #[serde(flatten)]
-    sampling: Sampling,
-    #[serde(flatten)]
-    other: std::collections::BTreeMap<String, Value>,
+/// Refuses a text too long to fit the model's window whatever its tokens,
+/// before the guard, the template or the tokenizer copy it.
+fn check_text_fits(pool: &ChatPool, bytes: usize, param: &str) -> Result<(), ApiError> {
+    let model = pool.model();
+    if bytes <= model.most_text_bytes() {
+        return Ok(());
+    }
+    Err(invalid(
+        "context_length_exceeded",
+        param,
+        format!(
+            "This model's maximum context length is {} tokens; your {param} hold {bytes} bytes of text, more than that many tokens can",
+            model.context_length()
+        ),
+    ))
 }
 
 fn invalid(code: &'static str, param: &str, message: String) -> ApiError {
@@ -219,7 +168,7 @@ pub fn check_body(endpoint: Endpoint, bytes: &[u8], limits: &ValidationSettings)
         Endpoint::Chat => {
             let body: ChatRequest = parse(bytes)?;
             check_other_fields(&body.other, Endpoint::Chat)?;
-            chat_turns(&body.messages, limits)?;
+            chat_turns(body.messages, limits)?;
             body.sampling
         }
         Endpoint::Completions => {
@@ -236,10 +185,10 @@ fn rand_seed() -> u32 {
     uuid::Uuid::new_v4().as_u128() as u32
 }
 
-fn text_of(content: &Option<Content>, index: usize) -> Result<String, ApiError> {
+fn text_of(content: Option<Content>, index: usize) -> Result<String, ApiError> {
     match content {
         None => Ok(String::new()),
-        Some(Content::Text(text)) => Ok(text.clone()),
+        Some(Content::Text(text)) => Ok(text),
         Some(Content::Parts(parts)) => parts
             .iter()
             .map(|part| match (part.kind.as_str(), &part.text) {
@@ -274,7 +223,8 @@ pub async fn chat_from_bytes(state: &AppState, origin: &Origin, bytes: &[u8]) ->
 async fn chat(state: &AppState, origin: &Origin, body: ChatRequest) -> Result<Answer, ApiError> {
     check_other_fields(&body.other, Endpoint::Chat)?;
     let pool = chat_pool(state, &body.model)?;
-    let mut turns = chat_turns(&body.messages, &state.validation)?;
+    let mut turns = chat_turns(body.messages, &state.validation)?;
+    check_text_fits(&pool, turns.iter().map(|(role, text)| role.len() + text.len()).sum(), "messages")?;
     screen_input(state, origin, turns.iter_mut().map(|(_, text)| text), |index| {
         format!("messages[{index}].content")
     })?;
@@ -283,20 +233,24 @@ async fn chat(state: &AppState, origin: &Origin, body: ChatRequest) -> Result<An
     run(call, prompt, &body.sampling, panic).await
 }
 
-/// The messages as (role, text) turns, developer read as system.
-fn chat_turns(messages: &[Message], limits: &ValidationSettings) -> Result<Vec<(String, String)>, ApiError> {
+/// The messages as (role, text) turns, developer read as system; the
+/// texts are moved, not copied.
+fn chat_turns(
+    messages: Vec<Message>,
+    limits: &ValidationSettings,
+) -> Result<Vec<(String, String)>, ApiError> {
     if messages.is_empty() {
         return Err(invalid("invalid_messages", "messages", "messages must not be empty".to_owned()));
     }
     check_count(messages.len(), limits.max_messages, "messages")?;
     let mut turns = Vec::with_capacity(messages.len());
-    for (index, message) in messages.iter().enumerate() {
+    for (index, message) in messages.into_iter().enumerate() {
         if !matches!(message.role.as_str(), "system" | "developer" | "user" | "assistant") {
             let message = format!("messages[{index}].role must be system, developer, user or assistant");
             return Err(invalid("invalid_role", &format!("messages[{index}].role"), message));
         }
-        let role = if message.role == "developer" { "system".to_owned() } else { message.role.clone() };
-        let text = text_of(&message.content, index)?;
+        let role = if message.role == "developer" { "system".to_owned() } else { message.role };
+        let text = text_of(message.content, index)?;
         check_text(&text, || format!("messages[{index}].content"), limits)?;
         turns.push((role, text));
     }
@@ -319,20 +273,15 @@ fn chat_prompt(pool: &ChatPool, turns: &[(String, String)]) -> Result<(Vec<u32>,
 
 /// Answers one request of the warming file into the cache, in `caching`'s
 /// scope; a request that is not deterministic is refused.
-pub async fn warm(
-    state: &AppState,
-    caching: Caching,
-    endpoint: &str,
-    body: Value,
-) -> Result<Lookup, ApiError> {
+pub async fn warm(state: &AppState, caching: Caching, route: Route, body: Value) -> Result<Lookup, ApiError> {
     let not_schema =
         |error: serde_json::Error| ApiError::bad_request("invalid_request_body", error.to_string());
-    let (pool, prompt, sampling, kind, model) = match endpoint {
-        "/v1/chat/completions" => {
+    let (pool, prompt, sampling, kind, model) = match route {
+        Route::ChatCompletions => {
             let request: ChatRequest = serde_json::from_value(body).map_err(not_schema)?;
             check_other_fields(&request.other, Endpoint::Chat)?;
             let pool = chat_pool(state, &request.model)?;
-            let mut turns = chat_turns(&request.messages, &state.validation)?;
+            let mut turns = chat_turns(request.messages, &state.validation)?;
             screen_warm(state, turns.iter_mut().map(|(_, text)| text))?;
             let (prompt, _) = chat_prompt(&pool, &turns)?;
             (pool, prompt, request.sampling, Kind::Chat, request.model)
@@ -439,6 +388,7 @@ async fn completion(
     check_other_fields(&body.other, Endpoint::Completions)?;
     check_text(&body.prompt, || "prompt".to_owned(), &state.validation)?;
     let pool = chat_pool(state, &body.model)?;
+    check_text_fits(&pool, body.prompt.len(), "prompt")?;
     screen_input(state, origin, [&mut body.prompt], |_| "prompt".to_owned())?;
     let prompt = pool.model().tokenize(&body.prompt, true);
     let call = Call::new(state, &pool, origin, &body.model, Kind::Text);
@@ -532,8 +482,8 @@ fn cache_key(
     sampling: &Sampling,
 ) -> CacheKey {
     let endpoint = match kind {
-        Kind::Chat => "/v1/chat/completions",
-        Kind::Text => "/v1/completions",
+        Kind::Chat => Route::ChatCompletions.pattern(),
+        Kind::Text => Route::Completions.pattern(),
     };
     // The prompt by its digest: hashing the tokens' bytes is much cheaper
     // than writing them out as JSON.

@@ -3,10 +3,13 @@
 //! field at fault (serde_path_to_error), so the 400 names it in `param`.
 //! The happy path pays nothing for the second parser.
 
-use actix_web::dev::Payload;
+use actix_web::dev::{Decompress, Payload};
 use actix_web::error::PayloadError;
-use actix_web::{mime, web, FromRequest, HttpMessage, HttpRequest};
+use actix_web::http::header::CONTENT_LENGTH;
+use actix_web::web::{Bytes, BytesMut};
+use actix_web::{mime, FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::LocalBoxFuture;
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -39,18 +42,45 @@ impl<T: DeserializeOwned + 'static> FromRequest for StrictJson<T> {
     fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let limit = request.app_data::<BodyLimit>().map_or(usize::MAX, |limit| limit.0);
         let json = is_json(request);
-        let bytes = web::Bytes::from_request(request, payload);
+        let declared = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<usize>().ok());
+        let body = Decompress::from_headers(payload.take(), request.headers());
         Box::pin(async move {
             if !json {
                 return Err(ApiError::unsupported_media_type());
             }
-            let bytes = bytes.await.map_err(|error| match error.as_error::<PayloadError>() {
-                Some(PayloadError::Overflow) => ApiError::payload_too_large(limit),
-                _ => ApiError::bad_request("invalid_body", "The request body could not be read"),
-            })?;
+            let bytes = read_body(body, declared, limit).await?;
             parse(&bytes).map(StrictJson)
         })
     }
+}
+
+/// The whole body, at most `limit` bytes. Read into one buffer the size the
+/// client declared (a buffer grown by doubling would hold up to twice the
+/// body, and copy it as it grows).
+async fn read_body(
+    mut body: Decompress<Payload>,
+    declared: Option<usize>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    if declared.is_some_and(|length| length > limit) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let mut buffer = BytesMut::with_capacity(declared.unwrap_or(8192).min(limit));
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|error| match error {
+            PayloadError::Overflow => ApiError::payload_too_large(limit),
+            _ => ApiError::bad_request("invalid_body", "The request body could not be read"),
+        })?;
+        if buffer.len() + chunk.len() > limit {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok(buffer.freeze())
 }
 
 /// `bytes` as a `T`, or the 400 that names the field at fault.

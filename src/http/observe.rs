@@ -119,7 +119,12 @@ where
         // Taken now: after a panic or a timeout the request is gone.
         let labels = Labels {
             method: method_label(request.method()),
-            route: self.recorder.route(request.path(), || request.match_pattern()),
+            // The path as actix routes it (percent-decoded), so every
+            // spelling of a route is counted under its pattern.
+            route: {
+                let routed = request.match_info().as_str();
+                self.recorder.route(routed, || request.resource_map().match_pattern(routed))
+            },
         };
         let shared = self.shared.clone();
         let recorder = self.recorder.clone();

@@ -16,15 +16,17 @@ use super::exchange::{respond, Answer, Body, Origin};
 use super::guard::screen_input;
 use super::json::{parse, StrictJson};
 use super::ratelimit::Gate;
+use super::routing::{resource, Route};
 use super::validate::{check_count, check_text};
 use super::AppState;
 use crate::error::ApiError;
+use crate::settings::BodyLimitSettings;
 
-pub fn configure(config: &mut web::ServiceConfig) {
+pub fn configure(config: &mut web::ServiceConfig, limits: &BodyLimitSettings) {
     config
-        .route("/v1/embeddings", web::post().to(embeddings))
-        .route("/v1/models", web::get().to(list_models))
-        .route("/v1/models/{id}", web::get().to(get_model));
+        .service(resource(Route::Embeddings, limits).route(web::post().to(embeddings)))
+        .service(super::get(Route::Models, limits, list_models))
+        .service(super::get(Route::Model, limits, get_model));
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,7 +252,9 @@ async fn answer(
     };
     let keys: Vec<CacheKey> = tokens
         .iter()
-        .map(|tokens| caching.key("/v1/embeddings", model, &serde_json::json!({ "tokens": tokens })))
+        .map(|tokens| {
+            caching.key(Route::Embeddings.pattern(), model, &serde_json::json!({ "tokens": tokens }))
+        })
         .collect();
     if let [key] = keys.as_slice() {
         let compute = async { compute(pool, tokens).await.map(|vectors| vector_bytes(&vectors[0])) };

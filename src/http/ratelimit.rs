@@ -1,10 +1,9 @@
-//! Rate limits on the HTTP surface. Every request with a subject (its API
-//! key, its token's user, or on credential-free routes its client address;
-//! health probes never) is checked once against the [`RateLimiter`]:
-//! up front for most routes, by the handler for the routes that count
-//! tokens (it knows the count only after tokenizing). Every limited
-//! response carries OpenAI's `x-ratelimit-*` headers and the IETF
-//! `RateLimit-Policy` and `RateLimit` fields.
+//! Rate limits on the HTTP surface: the budgets of one request, checked
+//! once against the [`RateLimiter`]: by the checkpoint before the handler
+//! for most routes, by the handler for the routes that count tokens (it
+//! knows the count only after tokenizing). Every limited response carries
+//! OpenAI's `x-ratelimit-*` headers and the IETF `RateLimit-Policy` and
+//! `RateLimit` fields.
 
 use std::cell::RefCell;
 use std::future::{ready, Ready};
@@ -12,15 +11,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{forward_ready, Payload, Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::dev::Payload;
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
-use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError};
+use actix_web::{FromRequest, HttpMessage, HttpRequest};
 use blaze_actors::auth::Principal;
 use blaze_actors::ratelimit::{Admission, Decision, Limits, Quota, RateLimiter, Ticket, Unavailable, Unit};
-use futures_util::future::LocalBoxFuture;
 
-use super::auth::subject_of;
 use crate::error::ApiError;
 
 /// The limiter and the budgets that apply when a key or user sets none.
@@ -31,19 +27,8 @@ pub struct Limiting {
     pub routes: Vec<(String, Limits)>,
 }
 
-/// Routes whose handlers count tokens and admit the request themselves.
-fn counts_tokens(path: &str) -> bool {
-    matches!(path, "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings")
-}
-
-/// Orchestrators probe these constantly from one address; they are cheap
-/// and never limited.
-fn is_health_probe(path: &str) -> bool {
-    matches!(path, "/health" | "/livez" | "/readyz") || path.starts_with("/health/")
-}
-
 /// One request's budget holder and what it was told.
-struct Pending {
+pub(super) struct Pending {
     limiting: Arc<Limiting>,
     subject: String,
     limits: Limits,
@@ -52,36 +37,19 @@ struct Pending {
 }
 
 impl Pending {
-    /// Whose budget a request spends, if anyone's.
-    fn of(limiting: &Arc<Limiting>, request: &ServiceRequest) -> Option<Self> {
-        let extensions = request.extensions();
-        let principal = extensions.get::<Principal>();
-        if principal.is_none() && is_health_probe(request.path()) {
-            return None;
-        }
-        // The WebSocket upgrade spends nothing: each request on the socket
-        // is limited on its own, and sockets by websocket.max_connections
-        // and max_connections_per_key.
-        if request.path() == "/v1/ws" {
-            return None;
-        }
-        let subject = subject_of(principal, request.request())?;
-        Self::new(limiting, principal, subject, request.path())
-    }
-
-    /// The budgets of `principal` (anonymous when `None`) at `path`; `None`
-    /// when nothing limits them.
-    fn new(
+    /// The budgets of `principal` (anonymous when `None`) on the route
+    /// with `pattern`; `None` when nothing limits them.
+    pub(super) fn new(
         limiting: &Arc<Limiting>,
         principal: Option<&Principal>,
         subject: String,
-        path: &str,
+        pattern: &str,
     ) -> Option<Self> {
         let limits = match principal {
             Some(principal) => principal.limits.or(limiting.defaults),
             None => limiting.anonymous,
         };
-        let route = limiting.routes.iter().find(|(route, _)| route == path).cloned();
+        let route = limiting.routes.iter().find(|(route, _)| route == pattern).cloned();
         if limits.is_unlimited() && route.is_none() {
             return None;
         }
@@ -90,7 +58,7 @@ impl Pending {
 
     /// Checks the budgets once, reserving `tokens`; remembers the answer
     /// for the response headers.
-    async fn check(&self, tokens: u64) -> Result<(Decision, Option<Ticket>), Unavailable> {
+    pub(super) async fn check(&self, tokens: u64) -> Result<(Decision, Option<Ticket>), Unavailable> {
         let admission = Admission {
             subject: &self.subject,
             limits: self.limits,
@@ -107,7 +75,7 @@ impl Pending {
 /// What a token-counting handler admits its request through. Without a
 /// budget to spend (unlimited) it admits everything.
 #[derive(Clone)]
-pub struct Gate(Option<Rc<Pending>>);
+pub struct Gate(pub(super) Option<Rc<Pending>>);
 
 impl FromRequest for Gate {
     type Error = ApiError;
@@ -119,10 +87,18 @@ impl FromRequest for Gate {
 }
 
 impl Gate {
-    /// The gate of one request that did not come through the middleware
-    /// (a WebSocket frame): the caller's budgets, as for `path` on HTTP.
-    pub fn for_call(limiting: &Arc<Limiting>, principal: &Principal, subject: &str, path: &str) -> Self {
-        Self(Pending::new(limiting, Some(principal), subject.to_owned(), path).map(Rc::new))
+    /// The gate of one request that did not come through the checkpoint
+    /// (a WebSocket frame): the caller's budgets, as on the route with
+    /// `pattern` over HTTP.
+    pub fn for_call(limiting: &Arc<Limiting>, principal: &Principal, subject: &str, pattern: &str) -> Self {
+        Self(Pending::new(limiting, Some(principal), subject.to_owned(), pattern).map(Rc::new))
+    }
+
+    /// The recorded decision, for the response headers.
+    pub(super) fn add_headers(&self, headers: &mut HeaderMap) {
+        if let Some(decision) = self.0.as_ref().and_then(|pending| pending.decision.borrow().clone()) {
+            add_headers(headers, &decision);
+        }
     }
 
     /// A request that ended before its handler admitted it (a bad body,
@@ -175,7 +151,7 @@ fn unit_name(unit: Unit) -> &'static str {
 }
 
 /// The 429 for a refused decision, worded as OpenAI words it.
-fn refusal(decision: &Decision) -> ApiError {
+pub(super) fn refusal(decision: &Decision) -> ApiError {
     if let Some(too_large) = decision.too_large {
         let unit = unit_name(too_large.unit);
         let message = format!(
@@ -233,7 +209,7 @@ fn insert(headers: &mut HeaderMap, name: &'static str, value: String) {
 }
 
 /// The rate limit headers of a decision.
-fn add_headers(headers: &mut HeaderMap, decision: &Decision) {
+pub(super) fn add_headers(headers: &mut HeaderMap, decision: &Decision) {
     let mut policies = Vec::new();
     let mut standings = Vec::new();
     let budgets = [(decision.requests, "requests"), (decision.tokens, "tokens")];
@@ -257,88 +233,6 @@ fn add_headers(headers: &mut HeaderMap, decision: &Decision) {
     if !policies.is_empty() {
         insert(headers, "ratelimit-policy", policies.join(", "));
         insert(headers, "ratelimit", standings.join(", "));
-    }
-}
-
-/// The middleware; wraps inside [`super::Authenticate`], which names the
-/// caller.
-pub struct RateLimit(Arc<Limiting>);
-
-impl RateLimit {
-    pub fn new(limiting: Arc<Limiting>) -> Self {
-        Self(limiting)
-    }
-}
-
-impl<S, B> Transform<S, ServiceRequest> for RateLimit
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<EitherBody<B>>;
-    type Error = actix_web::Error;
-    type Transform = RateLimitService<S>;
-    type InitError = ();
-    type Future = Ready<Result<Self::Transform, Self::InitError>>;
-
-    fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(RateLimitService { service: Rc::new(service), limiting: self.0.clone() }))
-    }
-}
-
-pub struct RateLimitService<S> {
-    service: Rc<S>,
-    limiting: Arc<Limiting>,
-}
-
-impl<S, B> Service<ServiceRequest> for RateLimitService<S>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<EitherBody<B>>;
-    type Error = actix_web::Error;
-    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    forward_ready!(service);
-
-    fn call(&self, request: ServiceRequest) -> Self::Future {
-        let service = self.service.clone();
-        let Some(pending) = Pending::of(&self.limiting, &request) else {
-            return Box::pin(
-                async move { service.call(request).await.map(ServiceResponse::map_into_left_body) },
-            );
-        };
-        let pending = Rc::new(pending);
-        Box::pin(async move {
-            if counts_tokens(request.path()) {
-                let gate = Gate(Some(pending.clone()));
-                request.extensions_mut().insert(gate.clone());
-                let mut response = service.call(request).await?;
-                gate.spend_unadmitted().await;
-                if let Some(decision) = pending.decision.borrow().as_ref() {
-                    add_headers(response.headers_mut(), decision);
-                }
-                return Ok(response.map_into_left_body());
-            }
-            match pending.check(0).await {
-                Ok((decision, _)) if decision.admitted => {
-                    let mut response = service.call(request).await?;
-                    add_headers(response.headers_mut(), &decision);
-                    Ok(response.map_into_left_body())
-                }
-                Ok((decision, _)) => {
-                    let mut response = request.into_response(refusal(&decision).error_response());
-                    add_headers(response.headers_mut(), &decision);
-                    Ok(response.map_into_right_body())
-                }
-                Err(Unavailable) => {
-                    let response =
-                        request.into_response(ApiError::rate_limiter_unavailable().error_response());
-                    Ok(response.map_into_right_body())
-                }
-            }
-        })
     }
 }
 

@@ -5,18 +5,20 @@ use actix_web::http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
+use super::routing::Route;
 use super::{get, AppState};
 use crate::error::ApiError;
+use crate::settings::BodyLimitSettings;
 
-pub fn configure(config: &mut web::ServiceConfig) {
+pub fn configure(config: &mut web::ServiceConfig, limits: &BodyLimitSettings) {
     config
-        .service(get("/health", liveness))
-        .service(get("/livez", liveness))
-        .service(get("/health/ready", readiness))
-        .service(get("/readyz", readiness))
-        .service(get("/health/detailed", detailed))
-        .service(get("/metrics", prometheus))
-        .service(get("/api/metrics/summary", summary));
+        .service(get(Route::Health, limits, liveness))
+        .service(get(Route::Livez, limits, liveness))
+        .service(get(Route::HealthReady, limits, readiness))
+        .service(get(Route::Readyz, limits, readiness))
+        .service(get(Route::HealthDetailed, limits, detailed))
+        .service(get(Route::Metrics, limits, prometheus))
+        .service(get(Route::MetricsSummary, limits, summary));
 }
 
 const LIVE_BODY: &str = r#"{"status":"ok"}"#;

@@ -5,6 +5,13 @@
 //! guard, the cache), and its answer comes back as result, chunk, done or
 //! error frames. This module owns only the socket: authentication, the
 //! frame protocol, limits, backpressure, pings and the shutdown close.
+//!
+//! A socket takes a connection slot only once it is authenticated; until
+//! then it holds one of `websocket.max_unauthenticated` and its upgrade
+//! spent the anonymous budget of its address. Its caller is checked again
+//! before every request frame and whenever an identity change arrives
+//! from any replica (through the same caches HTTP reads): a revoked key,
+//! an ended sign-in or a disabled user gets an error frame and close 1008.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -17,24 +24,27 @@ use std::time::{Duration, Instant};
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
-use blaze_actors::auth::Principal;
+use blaze_actors::auth::{Failure, Principal};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{watch, Notify};
 
-use super::auth::{authenticate_credential, bearer, client_address, subject_of_principal};
+use super::auth::{authenticate_credential, bearer, client_address};
 use super::disconnect::Hangup;
 use super::exchange::{Answer, Body, Origin, Piece};
 use super::observe::RequestId;
-use super::ratelimit::Gate;
+use super::ratelimit::{refusal, Gate, Pending};
+use super::routing::RouteRule;
+use super::routing::{resource, Route};
 use super::AppState;
 use crate::error::ApiError;
+use crate::settings::BodyLimitSettings;
 use crate::settings::WebSocketSettings;
 
-pub fn configure(config: &mut web::ServiceConfig) {
-    config.route("/v1/ws", web::get().to(upgrade));
+pub fn configure(config: &mut web::ServiceConfig, limits: &BodyLimitSettings) {
+    config.service(resource(Route::WebSocket, limits).route(web::get().to(upgrade)));
 }
 
 /// The open sockets of this process: counts for the limits, and the
@@ -43,7 +53,10 @@ pub struct Sockets {
     settings: WebSocketSettings,
     /// How long requests in flight may take to finish at shutdown.
     grace: Duration,
+    /// Authenticated sockets.
     open: AtomicUsize,
+    /// Sockets waiting for their auth message.
+    unauthenticated: AtomicUsize,
     per_subject: Mutex<HashMap<String, usize>>,
     shutdown: watch::Sender<bool>,
 }
@@ -54,6 +67,7 @@ impl Sockets {
             settings,
             grace,
             open: AtomicUsize::new(0),
+            unauthenticated: AtomicUsize::new(0),
             per_subject: Mutex::new(HashMap::new()),
             shutdown: watch::Sender::new(false),
         })
@@ -66,16 +80,25 @@ impl Sockets {
     }
 
     pub fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        self.open.load(Ordering::Relaxed) + self.unauthenticated.load(Ordering::Relaxed)
     }
 
-    fn take_slot(self: &Arc<Self>) -> Option<Slot> {
-        let taken = self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-            (open < self.settings.max_connections).then_some(open + 1)
-        });
-        taken.ok()?;
+    fn counter(&self, authenticated: bool) -> (&AtomicUsize, usize) {
+        match authenticated {
+            true => (&self.open, self.settings.max_connections),
+            false => (&self.unauthenticated, self.settings.max_unauthenticated),
+        }
+    }
+
+    /// A place among the authenticated sockets, or among those waiting
+    /// for their auth message; `None` when that kind is full.
+    fn take_slot(self: &Arc<Self>, authenticated: bool) -> Option<Slot> {
+        let (counter, most) = self.counter(authenticated);
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| (open < most).then_some(open + 1))
+            .ok()?;
         metrics::gauge!("blaze_ws_connections").increment(1.0);
-        Some(Slot { sockets: self.clone(), subject: None })
+        Some(Slot { sockets: self.clone(), subject: None, authenticated })
     }
 }
 
@@ -83,9 +106,27 @@ impl Sockets {
 struct Slot {
     sockets: Arc<Sockets>,
     subject: Option<String>,
+    authenticated: bool,
 }
 
 impl Slot {
+    /// Moves a socket that just authenticated among the authenticated
+    /// ones; false when they are all taken.
+    fn promote(&mut self) -> bool {
+        if self.authenticated {
+            return true;
+        }
+        let (counter, most) = self.sockets.counter(true);
+        let taken = counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| (open < most).then_some(open + 1));
+        if taken.is_err() {
+            return false;
+        }
+        self.sockets.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+        self.authenticated = true;
+        true
+    }
+
     /// Counts the socket against its caller; false when the caller has
     /// all the sockets it may.
     fn bind(&mut self, subject: &str) -> bool {
@@ -105,7 +146,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.sockets.open.fetch_sub(1, Ordering::AcqRel);
+        self.sockets.counter(self.authenticated).0.fetch_sub(1, Ordering::AcqRel);
         metrics::gauge!("blaze_ws_connections").decrement(1.0);
         if let Some(subject) = &self.subject {
             let mut per_subject = self.sockets.per_subject.lock();
@@ -146,16 +187,20 @@ async fn upgrade(
         ));
     }
     let sockets = &state.sockets;
-    let mut slot = sockets.take_slot().ok_or_else(|| {
-        ApiError::unavailable("This server has all the WebSocket connections it may hold; try again later")
-    })?;
     let client = client_address(&request);
-    let principal = match bearer(&request) {
+    let credential = bearer(&request).map(str::to_owned);
+    let principal = match credential.as_deref() {
         None => None,
         credential => Some(authenticate_credential(&state.auth, client, credential).await?),
     };
+    if principal.is_none() {
+        spend_anonymous(&state, client).await?;
+    }
+    let mut slot = sockets.take_slot(principal.is_some()).ok_or_else(|| {
+        ApiError::unavailable("This server has all the WebSocket connections it may hold; try again later")
+    })?;
     if let Some(principal) = &principal {
-        if !slot.bind(&subject_of_principal(principal)) {
+        if !slot.bind(&principal.subject()) {
             return Err(too_many_for_key());
         }
     }
@@ -178,6 +223,7 @@ async fn upgrade(
         socket,
         client,
         principal,
+        credential,
         slot,
         in_flight: HashMap::new(),
         stalled: Rc::new(Notify::new()),
@@ -185,6 +231,24 @@ async fn upgrade(
     };
     actix_web::rt::spawn(connection.run(messages));
     Ok(response)
+}
+
+/// An upgrade without a credential spends one request of its address's
+/// anonymous budget, so one address cannot open sockets without end.
+async fn spend_anonymous(state: &AppState, client: Option<std::net::IpAddr>) -> Result<(), ApiError> {
+    let Some(client) = client else { return Ok(()) };
+    let pending = Pending::new(
+        &state.limiting,
+        None,
+        format!("ip:{client}"),
+        super::routing::Route::WebSocket.pattern(),
+    );
+    let Some(pending) = pending else { return Ok(()) };
+    match pending.check(0).await {
+        Ok((decision, _)) if decision.admitted => Ok(()),
+        Ok((decision, _)) => Err(refusal(&decision)),
+        Err(_) => Err(ApiError::rate_limiter_unavailable()),
+    }
 }
 
 fn set_send_buffer(fd: RawFd, bytes: usize) {
@@ -217,46 +281,6 @@ struct Frame<'a> {
     token: Option<std::borrow::Cow<'a, str>>,
 }
 
-/// The endpoints a request frame may name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Endpoint {
-    ChatCompletions,
-    Completions,
-    Embeddings,
-    ModelsList,
-}
-
-impl Endpoint {
-    fn of(kind: &str) -> Option<Self> {
-        match kind {
-            "chat.completions" => Some(Self::ChatCompletions),
-            "completions" => Some(Self::Completions),
-            "embeddings" => Some(Self::Embeddings),
-            "models.list" => Some(Self::ModelsList),
-            _ => None,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::ChatCompletions => "chat.completions",
-            Self::Completions => "completions",
-            Self::Embeddings => "embeddings",
-            Self::ModelsList => "models.list",
-        }
-    }
-
-    /// The HTTP route whose budgets the request spends.
-    fn path(self) -> &'static str {
-        match self {
-            Self::ChatCompletions => "/v1/chat/completions",
-            Self::Completions => "/v1/completions",
-            Self::Embeddings => "/v1/embeddings",
-            Self::ModelsList => "/v1/models",
-        }
-    }
-}
-
 /// Longest request id accepted.
 const MAX_ID_CHARS: usize = 128;
 
@@ -277,6 +301,9 @@ struct Connection {
     socket: Option<RawFd>,
     client: Option<std::net::IpAddr>,
     principal: Option<Principal>,
+    /// The credential the socket authenticated with, checked again before
+    /// every request frame and on every identity change.
+    credential: Option<String>,
     slot: Slot,
     in_flight: HashMap<String, Running>,
     /// Woken when a frame waited longer than the slow-client timeout.
@@ -376,6 +403,8 @@ impl Connection {
         let opened = Instant::now();
         let ended = Rc::new(Ended::default());
         let mut shutdown = self.state.sockets.shutdown.subscribe();
+        let mut changes = self.state.auth.changes();
+        let mut watching = true;
         let mut draining: Option<tokio::time::Instant> = None;
         let auth_deadline = tokio::time::Instant::now() + Duration::from_secs(self.settings.auth_timeout_s);
         let ping_every = Duration::from_secs(self.settings.ping_interval_s.max(1));
@@ -408,6 +437,14 @@ impl Connection {
                 () = sleep_until(draining) => break Ending::SHUTDOWN,
                 () = tokio::time::sleep_until(auth_deadline), if self.principal.is_none() => {
                     break Ending(CloseCode::Policy, "not authenticated in time");
+                }
+                changed = changes.changed(), if self.principal.is_some() && watching => {
+                    // The authenticator lives as long as the process; if
+                    // it were gone, stop listening rather than spin.
+                    watching = changed.is_ok();
+                    if let Err(ending) = Box::pin(self.recheck(false)).await {
+                        break ending;
+                    }
                 }
                 _ = pings.tick(), if self.settings.ping_interval_s > 0 => {
                     if unanswered >= self.settings.missed_pongs {
@@ -542,17 +579,28 @@ impl Connection {
         if frame.kind == "cancel" {
             return self.cancel(id).await;
         }
-        let Some(endpoint) = Endpoint::of(&frame.kind) else {
+        let Some(endpoint) = super::routing::Route::for_frame(&frame.kind) else {
             let error = ApiError::bad_request(
                 "invalid_type",
                 format!(
-                    "Unknown frame type `{}`: chat.completions, completions, embeddings, models.list, cancel",
-                    frame.kind.chars().take(64).collect::<String>()
+                    "Unknown frame type `{}`: {}, cancel",
+                    frame.kind.chars().take(64).collect::<String>(),
+                    super::routing::frame_types()
                 ),
             )
             .with_param("type");
             return self.reply_error(Some(id), &error).await;
         };
+        // The caller may have been revoked since the socket opened. When
+        // the store cannot say, the frame gets the 503 HTTP would give.
+        if !self.recheck(true).await? {
+            return self.reply_error(Some(id), &ApiError::unauthenticated(Failure::StoreUnavailable)).await;
+        }
+        if let Some(scope) =
+            endpoint.scope.filter(|scope| !self.principal.as_ref().is_some_and(|p| p.grants(scope)))
+        {
+            return self.reply_error(Some(id), &ApiError::insufficient_scope(scope)).await;
+        }
         if draining {
             let error = ApiError::unavailable("The server is shutting down; reconnect to another replica");
             return self.reply_error(Some(id), &error).await;
@@ -573,9 +621,9 @@ impl Connection {
             );
             return self.reply_error(Some(id), &error).await;
         }
-        let body = match (endpoint, frame.body) {
+        let body = match (endpoint.route, frame.body) {
             (_, Some(body)) => Bytes::copy_from_slice(body.get().as_bytes()),
-            (Endpoint::ModelsList, None) => Bytes::new(),
+            (super::routing::Route::Models, None) => Bytes::new(),
             (_, None) => {
                 let error = ApiError::bad_request("missing_body", "This request type needs a `body`")
                     .with_param("body");
@@ -592,11 +640,19 @@ impl Connection {
         };
         match authenticate_credential(&self.state.auth, self.client, Some(token)).await {
             Ok(principal) => {
-                if !self.slot.bind(&subject_of_principal(&principal)) {
+                if !self.slot.promote() {
+                    let error = ApiError::unavailable(
+                        "This server has all the WebSocket connections it may hold; try again later",
+                    );
+                    let _ = self.reply_error(None, &error).await;
+                    return Err(Ending(CloseCode::Again, "the server has all the connections it may hold"));
+                }
+                if !self.slot.bind(&principal.subject()) {
                     let _ = self.reply_error(None, &too_many_for_key()).await;
                     return Err(Ending(CloseCode::Policy, "too many connections for this key"));
                 }
                 self.principal = Some(principal);
+                self.credential = Some(token.to_owned());
                 self.outbound()
                     .send("{\"type\":\"authenticated\"}".to_owned())
                     .await
@@ -605,6 +661,26 @@ impl Connection {
             Err(error) => {
                 let _ = self.reply_error(None, &error).await;
                 Err(Ending(CloseCode::Policy, "authentication failed"))
+            }
+        }
+    }
+
+    /// Validates the socket's credential again, from the caches HTTP
+    /// reads; a credential that no longer validates ends the socket.
+    /// Ok(false): the store could not say (not the caller's doing: the
+    /// socket stays, and a request frame is answered 503).
+    async fn recheck(&mut self, for_frame: bool) -> Result<bool, Ending> {
+        let Some(credential) = self.credential.as_deref() else { return Ok(true) };
+        match self.state.auth.authenticate(Some(credential)).await {
+            Ok(principal) => {
+                self.principal = Some(principal);
+                Ok(true)
+            }
+            Err(Failure::StoreUnavailable) => Ok(!for_frame),
+            Err(failure) => {
+                metrics::counter!("blaze_auth_failures_total", "reason" => failure.reason()).increment(1);
+                let _ = self.reply_error(None, &ApiError::unauthenticated(failure)).await;
+                Err(Ending(CloseCode::Policy, "the credential is no longer valid"))
             }
         }
     }
@@ -621,11 +697,11 @@ impl Connection {
     }
 
     /// Runs one request on its own task.
-    fn start(&mut self, id: String, endpoint: Endpoint, body: Bytes, finished: Rc<Ended>) {
+    fn start(&mut self, id: String, endpoint: &'static RouteRule, body: Bytes, finished: Rc<Ended>) {
         let Some(principal) = self.principal.clone() else { return };
         self.next_request += 1;
         let number = self.next_request;
-        let subject = self.slot.subject.clone().unwrap_or_else(|| subject_of_principal(&principal));
+        let subject = self.slot.subject.clone().unwrap_or_else(|| principal.subject());
         let state = self.state.clone();
         let outbound = self.outbound();
         let task_id = id.clone();
@@ -638,7 +714,7 @@ impl Connection {
             let _counted = counted;
             let started = Instant::now();
             let request_id = RequestId::generate();
-            let gate = Gate::for_call(&state.limiting, &principal, &subject, endpoint.path());
+            let gate = Gate::for_call(&state.limiting, &principal, &subject, endpoint.pattern);
             let origin =
                 Origin { principal, subject, request_id, gate, cache_allowed: true, hangup: Hangup::never() };
             let answer = answer(&state, &origin, endpoint, &body).await;
@@ -646,13 +722,14 @@ impl Connection {
             let status = deliver(&outbound, &id_json(Some(&task_id)), answer).await;
             task_ended.set(true);
             let status_label = status.to_string();
-            metrics::counter!("blaze_ws_requests_total", "type" => endpoint.name(), "status" => status_label)
+            let kind = endpoint.websocket.unwrap_or_default();
+            metrics::counter!("blaze_ws_requests_total", "type" => kind, "status" => status_label)
                 .increment(1);
             tracing::info!(
                 target: "blaze::access",
                 request_id = origin.request_id.as_str(),
                 method = "WS",
-                route = endpoint.name(),
+                route = kind,
                 ws_id = task_id.as_str(),
                 status,
                 latency_ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -707,14 +784,16 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 async fn answer(
     state: &AppState,
     origin: &Origin,
-    endpoint: Endpoint,
+    endpoint: &RouteRule,
     body: &[u8],
 ) -> Result<Answer, ApiError> {
-    match endpoint {
-        Endpoint::ChatCompletions => super::chat::chat_from_bytes(state, origin, body).await,
-        Endpoint::Completions => super::chat::completion_from_bytes(state, origin, body).await,
-        Endpoint::Embeddings => super::openai::embeddings_from_bytes(state, origin, body).await,
-        Endpoint::ModelsList => {
+    use super::routing::Route;
+    match endpoint.route {
+        Route::ChatCompletions => super::chat::chat_from_bytes(state, origin, body).await,
+        Route::Completions => super::chat::completion_from_bytes(state, origin, body).await,
+        Route::Embeddings => super::openai::embeddings_from_bytes(state, origin, body).await,
+        // Every other route the table gives a frame type (models.list).
+        _ => {
             // As the middleware checks routes that count no tokens.
             origin.gate.admit(0).await?;
             Ok(Answer::json(super::openai::model_list(state)))

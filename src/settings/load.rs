@@ -193,6 +193,7 @@ impl Settings {
         require(server.keep_alive_s <= 3600, "server.keep_alive_s", "must be at most 3600");
         require(server.drain_delay_s <= 300, "server.drain_delay_s", "must be at most 300");
         require(server.shutdown_grace_s <= 3600, "server.shutdown_grace_s", "must be at most 3600");
+
         let monitoring = &self.monitoring;
         require(
             monitoring.collection_interval_s >= 1,
@@ -210,6 +211,7 @@ impl Settings {
             "monitoring.retention_s",
             "keeps more than 100000 rollups; raise monitoring.collection_interval_s",
         );
+        problems.extend(self.proxy_and_body_problems());
         problems.extend(self.identity_problems());
         problems.extend(self.rate_limit_problems());
         problems.extend(self.cache_problems());
@@ -236,6 +238,7 @@ impl Settings {
             ("websocket.max_in_flight", websocket.max_in_flight),
             ("websocket.max_connections", websocket.max_connections),
             ("websocket.max_connections_per_key", websocket.max_connections_per_key),
+            ("websocket.max_unauthenticated", websocket.max_unauthenticated),
         ] {
             check(value >= 1, key, "must be at least 1");
         }
@@ -255,6 +258,29 @@ impl Settings {
 }
 
 impl Settings {
+    fn proxy_and_body_problems(&self) -> Vec<(&'static str, String)> {
+        let server = &self.server;
+        let mut problems = Vec::new();
+        if let Err(problem) =
+            crate::http::client::TrustedProxies::parse(&server.trusted_proxies, server.forwarded_header)
+        {
+            problems.push(("server.trusted_proxies", problem));
+        }
+        let bodies = &server.body_limits;
+        for (key, value) in [
+            ("server.body_limits.chat_completions", bodies.chat_completions),
+            ("server.body_limits.completions", bodies.completions),
+            ("server.body_limits.embeddings", bodies.embeddings),
+            ("server.body_limits.other", bodies.other),
+        ] {
+            // Above max_request_bytes is allowed: that ceiling holds.
+            if value < 1024 {
+                problems.push((key, "must be at least 1024".to_owned()));
+            }
+        }
+        problems
+    }
+
     fn guard_problems(&self) -> Vec<(&'static str, String)> {
         let guard = &self.guard;
         let mut problems = Vec::new();
@@ -330,8 +356,12 @@ impl Settings {
             problems.push(("rate_limits.backend", "redis needs storage.redis_url".to_owned()));
         }
         for route in &limits.routes {
-            if !route.route.starts_with('/') {
-                problems.push(("rate_limits.routes", format!("route `{}` must start with /", route.route)));
+            if crate::http::routing::Route::for_pattern(&route.route).is_none() {
+                let patterns: Vec<_> = crate::http::routing::ROUTES.iter().map(|rule| rule.pattern).collect();
+                problems.push((
+                    "rate_limits.routes",
+                    format!("route `{}` is not a route; routes are {}", route.route, patterns.join(", ")),
+                ));
             }
             if route.requests_per_minute == 0 && route.tokens_per_minute == 0 {
                 problems.push(("rate_limits.routes", format!("route `{}` sets no budget", route.route)));
@@ -378,6 +408,11 @@ impl Settings {
             "security.api_key.max_keys_per_user",
             "must be at least 1",
         );
+        require(
+            security.scrape_token.is_empty() || security.scrape_token.chars().count() >= 32,
+            "security.scrape_token",
+            "must be at least 32 characters (or empty for none)",
+        );
         let brute = &security.brute_force;
         require(brute.max_failures >= 1, "security.brute_force.max_failures", "must be at least 1");
         require(brute.window_s >= 1, "security.brute_force.window_s", "must be at least 1");
@@ -403,6 +438,23 @@ impl Settings {
             "must be at least auth.jwt.access_ttl_s",
         );
         require(tokens.leeway_s <= 300, "auth.jwt.leeway_s", "must be at most 300");
+        require(
+            tokens.session_max_s >= tokens.access_ttl_s,
+            "auth.jwt.session_max_s",
+            "must be at least auth.jwt.access_ttl_s",
+        );
+        let hashing = &auth.password_hashing;
+        require(
+            hashing.threads <= 256,
+            "auth.password_hashing.threads",
+            "must be at most 256 (0: half the cores)",
+        );
+        require(
+            hashing.queue <= 100_000,
+            "auth.password_hashing.queue",
+            "must be at most 100000 (0: four per thread)",
+        );
+        require((0..=19).contains(&hashing.nice), "auth.password_hashing.nice", "must be 0 to 19");
         let mut kids = std::collections::BTreeSet::new();
         for key in &tokens.keys {
             require(

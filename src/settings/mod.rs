@@ -65,6 +65,9 @@ pub struct WebSocketSettings {
     pub max_connections: usize,
     /// Open WebSocket connections per API key or token user.
     pub max_connections_per_key: usize,
+    /// Open sockets not yet authenticated (waiting for their auth
+    /// message), per process; they do not take max_connections slots.
+    pub max_unauthenticated: usize,
 }
 
 /// Limits on what one request may ask, beyond the body size.
@@ -210,8 +213,12 @@ pub struct SecuritySettings {
     pub pepper: String,
     pub api_key: ApiKeySettings,
     pub brute_force: BruteForceSettings,
-    /// Who may read /metrics and /api/metrics/summary.
+    /// Who may read /metrics, /api/metrics/summary and /health/detailed.
     pub metrics_access: MetricsAccess,
+    /// A bearer token that also reads them, for a scraper without an API
+    /// key (BLAZE__SECURITY__SCRAPE_TOKEN); empty: none. At least 32
+    /// characters.
+    pub scrape_token: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -250,6 +257,28 @@ pub struct AuthSettings {
     pub last_used_flush_s: u64,
     pub resync_interval_s: u64,
     pub jwt: JwtSettingsSection,
+    pub password_hashing: PasswordHashingSettings,
+}
+
+/// The bounded pool that hashes and checks passwords.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordHashingSettings {
+    /// Hashes at once (~19 MiB each); 0: half the cores, at least one.
+    pub threads: usize,
+    /// Hashes waiting; one more gets 429. 0: four per thread.
+    pub queue: usize,
+    /// The threads' nice value, 0 to 19.
+    pub nice: i32,
+}
+
+impl PasswordHashingSettings {
+    pub fn config(&self) -> blaze_actors::auth::HashingConfig {
+        let machine = blaze_actors::auth::HashingConfig::for_this_machine();
+        let threads = if self.threads == 0 { machine.threads } else { self.threads };
+        let queue = if self.queue == 0 { threads * 4 } else { self.queue };
+        blaze_actors::auth::HashingConfig { threads, queue, nice: self.nice }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -259,6 +288,8 @@ pub struct JwtSettingsSection {
     pub audience: String,
     pub access_ttl_s: u64,
     pub refresh_ttl_s: u64,
+    /// The longest a sign-in lives across all its refreshes.
+    pub session_max_s: u64,
     pub leeway_s: u64,
     /// The kid that signs; empty means the first key that can.
     pub signing_kid: String,
@@ -315,6 +346,66 @@ pub struct ServerSettings {
     /// Then, with the listeners closed, how long in-flight requests may
     /// take to finish.
     pub shutdown_grace_s: u64,
+    /// Proxies (CIDRs) whose X-Forwarded-For or Forwarded header names
+    /// the client; from any other peer the headers are ignored. A list in
+    /// a file; comma-separated from the environment.
+    #[serde(deserialize_with = "list_or_commas")]
+    pub trusted_proxies: Vec<String>,
+    /// The header the trusted proxies set; only it is read.
+    pub forwarded_header: ForwardedHeader,
+    /// Largest body per kind of route, bytes; each at most
+    /// max_request_bytes.
+    pub body_limits: BodyLimitSettings,
+}
+
+/// The header a trusted proxy names the client in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx's `$proxy_add_x_forwarded_for`).
+    XForwardedFor,
+    /// RFC 7239 `Forwarded` (`for=` of each element).
+    Forwarded,
+}
+
+impl BodyLimitSettings {
+    /// Each limit, at most `ceiling` (server.max_request_bytes).
+    pub fn at_most(self, ceiling: usize) -> Self {
+        Self {
+            chat_completions: self.chat_completions.min(ceiling),
+            completions: self.completions.min(ceiling),
+            embeddings: self.embeddings.min(ceiling),
+            other: self.other.min(ceiling),
+        }
+    }
+}
+
+/// A list, or (from an environment variable, which holds one string) its
+/// items separated by commas.
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Given::deserialize(deserializer)? {
+        Given::List(items) => items,
+        Given::Text(text) => {
+            text.split(',').map(str::trim).filter(|item| !item.is_empty()).map(str::to_owned).collect()
+        }
+    })
+}
+
+/// Largest request body of each kind of route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BodyLimitSettings {
+    pub chat_completions: usize,
+    pub completions: usize,
+    pub embeddings: usize,
+    /// Every other route (identity, admin, cache).
+    pub other: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

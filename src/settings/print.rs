@@ -7,8 +7,13 @@ use super::{ConfigSources, Settings};
 
 /// Keys whose values are secrets (or may hold a password) and are never
 /// printed.
-const SECRET_KEYS: &[&str] =
-    &["security.pepper", "auth.bootstrap_key", "storage.database_url", "storage.redis_url"];
+const SECRET_KEYS: &[&str] = &[
+    "security.pepper",
+    "security.scrape_token",
+    "auth.bootstrap_key",
+    "storage.database_url",
+    "storage.redis_url",
+];
 
 impl Settings {
     /// The effective configuration as YAML, with the layers it came from in

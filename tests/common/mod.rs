@@ -144,6 +144,10 @@ impl Server {
         assert!(metrics.contains(&line), "{metrics}");
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, signal).expect("signal delivered");
@@ -219,6 +223,11 @@ pub use blaze_actors::test_redis::OwnRedis;
 
 /// A client holding a new key of a new user (role user) of `server`.
 pub async fn new_user_client(server: &Server, email: &str) -> reqwest::Client {
+    client_with_key(&new_user_key(server, email).await)
+}
+
+/// A new key of a new user (role user) of `server`.
+pub async fn new_user_key(server: &Server, email: &str) -> String {
     let admin = client();
     let user: serde_json::Value = admin
         .post(server.url("/admin/users"))
@@ -238,7 +247,7 @@ pub async fn new_user_client(server: &Server, email: &str) -> reqwest::Client {
         .json()
         .await
         .expect("key JSON");
-    client_with_key(key["key"].as_str().expect("the new key"))
+    key["key"].as_str().expect("the new key").to_owned()
 }
 
 pub use blaze_actors::test_postgres::POSTGRES_URL;

@@ -16,15 +16,18 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 
 use super::events::{AuthEvent, EventBus};
+use super::hashing::{HashingConfig, PasswordHashing};
 use super::jwt::{Claims, JwtKeys, JwtSettings, TokenProblem, TokenType};
 use super::now_ms;
+use super::scopes;
 use super::secrets::{self, KeyHasher, NewKey, PresentedKey};
 use super::store::{
     KeyRecord, Limits, RefreshRecord, RefreshUse, Revocation, RevocationKind, Role, Store, StoreError, User,
     UserChanges, UserStatus,
 };
 
-/// Failures allowed from one client address before it is cooled down.
+/// Failures allowed from one client address, account or key id before
+/// further failures from it are cooled down.
 #[derive(Debug, Clone)]
 pub struct BruteForceConfig {
     pub max_failures: u32,
@@ -43,8 +46,11 @@ pub struct AuthConfig {
     pub cache_capacity: u64,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
+    /// The longest a sign-in lives, across all its refreshes.
+    pub session_max: Duration,
     pub jwt: JwtSettings,
     pub brute_force: BruteForceConfig,
+    pub password_hashing: HashingConfig,
 }
 
 /// Why a request was not authenticated; each is a reason label of
@@ -63,7 +69,27 @@ pub enum Failure {
     Disabled,
     BadPassword,
     StoreUnavailable,
+    /// Too many failures from this address, account or key id: refused
+    /// for this long without checking (429).
+    CoolingDown(Duration),
+    /// Every password hashing thread is busy and the queue is full (429).
+    Busy,
+    /// A key not in the cache, presented from an address that is cooling
+    /// down and has spent its store reads for this second (429).
+    NotCached,
 }
+
+/// Whether a validation may read the store on a cache miss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreReads {
+    Allowed,
+    CacheOnly,
+}
+
+/// Store reads a cooling address may cause per second (cache misses for
+/// key ids): enough for the real clients behind it, too few to load the
+/// store with guessed ids.
+const COOLING_STORE_READS_PER_SECOND: u32 = 10;
 
 impl Failure {
     pub fn reason(self) -> &'static str {
@@ -78,7 +104,24 @@ impl Failure {
             Failure::Disabled => "disabled",
             Failure::BadPassword => "bad_password",
             Failure::StoreUnavailable => "store_unavailable",
+            Failure::CoolingDown(_) => "cooling_down",
+            Failure::Busy => "busy",
+            Failure::NotCached => "not_cached",
         }
+    }
+
+    /// A failure that guessing produces (an unknown key, a bad signature,
+    /// a wrong password): what cool-downs count. An expired, revoked or
+    /// missing credential is no guess, and never cools anyone down.
+    pub fn is_guess(self) -> bool {
+        matches!(
+            self,
+            Failure::Malformed
+                | Failure::Unknown
+                | Failure::Invalid
+                | Failure::WrongType
+                | Failure::BadPassword
+        )
     }
 }
 
@@ -89,7 +132,43 @@ const VERIFIED_TOKEN_BYTES: u64 = 32 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
     ApiKey { key_id: String },
-    Token { jti: String, sid: String, expires_at: i64 },
+    Token { jti: String, sid: String, expires_at: i64, origin: SignInOrigin },
+}
+
+/// What a sign-in (a token pair and its refreshes) was made with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignInOrigin {
+    Key(String),
+    Password,
+}
+
+impl SignInOrigin {
+    /// The `src` claim's text.
+    fn claim(&self) -> String {
+        match self {
+            SignInOrigin::Key(id) => format!("key:{id}"),
+            SignInOrigin::Password => "password".to_owned(),
+        }
+    }
+
+    fn parse(claim: &str) -> Option<Self> {
+        match claim.strip_prefix("key:") {
+            Some(id) if !id.is_empty() => Some(SignInOrigin::Key(id.to_owned())),
+            Some(_) => None,
+            None => (claim == "password").then_some(SignInOrigin::Password),
+        }
+    }
+}
+
+/// Whose failures a cool-down counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FailureSubject {
+    Address(IpAddr),
+    /// An account, by the peppered digest of its normalized email, for
+    /// password sign-ins.
+    Account(String),
+    /// An API key id that was presented with a wrong secret.
+    Key(String),
 }
 
 /// An authenticated caller.
@@ -102,11 +181,34 @@ pub struct Principal {
     /// The budgets set on the key, else on the user; unset ones take the
     /// configured defaults.
     pub limits: Limits,
+    /// The rotation chain of the key this caller came with (directly, or
+    /// through a sign-in made with it).
+    pub lineage: Option<String>,
 }
 
 impl Principal {
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
+    }
+
+    /// An admin acting with the admin scope: may manage other users' keys.
+    pub fn administers(&self) -> bool {
+        self.is_admin() && self.grants("admin")
+    }
+
+    /// Whether the caller's scopes allow `scope`.
+    pub fn grants(&self, scope: &str) -> bool {
+        scopes::grant(&self.scopes, scope)
+    }
+
+    /// Whose budgets and guard score the caller spends: the key's lineage
+    /// (every key of a rotation chain and every sign-in made with one of
+    /// them), else the user.
+    pub fn subject(&self) -> String {
+        match &self.lineage {
+            Some(lineage) => format!("key:{lineage}"),
+            None => format!("user:{}", self.user_id),
+        }
     }
 }
 
@@ -131,6 +233,12 @@ pub enum AdminError {
     KeyLimit { max: u64 },
     #[error("{0}")]
     Forbidden(&'static str),
+    /// Every password hashing thread is busy: retry shortly.
+    #[error("the server is hashing as many passwords as it may; retry shortly")]
+    Busy,
+    /// The caller's key or token does not hold this scope.
+    #[error("this needs the `{0}` scope, which the API key or token does not hold")]
+    InsufficientScope(String),
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -167,18 +275,63 @@ impl<K, T> Expiry<K, Cached<T>> for Lifetimes {
     }
 }
 
-/// Failures of one client address in the current window.
+/// Failures of one subject in the current window.
 struct FailureWindow {
     started: Instant,
     failures: u32,
     blocked_until: Option<Instant>,
+    /// Store reads while cooling: the second they count in, and how many.
+    reads: (Instant, u32),
 }
 
-/// Revoked access tokens and sign-ins, until the tokens they name expire.
+/// When a revocation was made and until when it is kept.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    created_at: i64,
+    expires_at: i64,
+}
+
+/// Revocations in force, one map per kind, until the tokens they name
+/// expire.
 #[derive(Default)]
 struct Revoked {
-    tokens: HashMap<String, i64>,
-    families: HashMap<String, i64>,
+    by_kind: [HashMap<String, Span>; 4],
+}
+
+impl Revoked {
+    fn index(kind: RevocationKind) -> usize {
+        match kind {
+            RevocationKind::Token => 0,
+            RevocationKind::Family => 1,
+            RevocationKind::User => 2,
+            RevocationKind::Password => 3,
+        }
+    }
+
+    fn get(&self, kind: RevocationKind, subject: &str) -> Option<Span> {
+        self.by_kind[Self::index(kind)].get(subject).copied()
+    }
+
+    fn insert(&mut self, revocation: &Revocation) {
+        let span = Span { created_at: revocation.created_at, expires_at: revocation.expires_at };
+        let map = &mut self.by_kind[Self::index(revocation.kind)];
+        // A later revocation of the same subject reaches further back.
+        let entry = map.entry(revocation.subject.clone()).or_insert(span);
+        entry.created_at = entry.created_at.max(span.created_at);
+        entry.expires_at = entry.expires_at.max(span.expires_at);
+    }
+
+    /// Whether a token with these claims, of a sign-in made with
+    /// `origin`, is revoked: itself, its sign-in, its user's sign-ins
+    /// before a disable, or its password sign-ins before a change.
+    fn refuses(&self, claims: &Claims, origin: &SignInOrigin) -> bool {
+        let before_sign_in =
+            |kind, subject: &str| self.get(kind, subject).is_some_and(|span| span.created_at >= claims.sat);
+        self.get(RevocationKind::Token, &claims.jti).is_some()
+            || self.get(RevocationKind::Family, &claims.sid).is_some()
+            || before_sign_in(RevocationKind::User, &claims.sub)
+            || (*origin == SignInOrigin::Password && before_sign_in(RevocationKind::Password, &claims.sub))
+    }
 }
 
 pub struct Authenticator {
@@ -196,7 +349,11 @@ pub struct Authenticator {
     verified: moka::sync::Cache<String, Arc<Claims>>,
     revoked: RwLock<Revoked>,
     last_used: Mutex<HashMap<String, i64>>,
-    failures: moka::sync::Cache<IpAddr, Arc<Mutex<FailureWindow>>>,
+    failures: moka::sync::Cache<FailureSubject, Arc<Mutex<FailureWindow>>>,
+    passwords: Arc<PasswordHashing>,
+    /// Bumped whenever a key, user or revocation changes here or on another
+    /// replica: open WebSockets re-check their caller on it.
+    revision: tokio::sync::watch::Sender<u64>,
 }
 
 /// A page of a listing: `next_cursor` goes in `after` for the next page.
@@ -228,7 +385,8 @@ pub struct KeyRequest {
     /// Whose key: `None` for the caller's own.
     pub user_id: Option<String>,
     pub name: String,
-    pub scopes: Vec<String>,
+    /// `None`: the caller's own scopes.
+    pub scopes: Option<Vec<String>>,
     pub expires_in: Option<Duration>,
     /// Budgets of the key itself; only an admin sets them.
     pub limits: Limits,
@@ -236,6 +394,25 @@ pub struct KeyRequest {
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Longest password accepted, bytes: a longer one is wrong without a hash.
+const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// A sign-in: the family its tokens share, what they may do, what it was
+/// made with and when it began (ms).
+struct SignIn {
+    id: String,
+    scopes: Vec<String>,
+    origin: SignInOrigin,
+    started_at: i64,
+}
+
+impl SignIn {
+    fn new(scopes: Vec<String>, origin: SignInOrigin) -> Result<Self, Failure> {
+        let id = hex::encode(secrets::random_bytes::<16>().ok_or(Failure::StoreUnavailable)?);
+        Ok(Self { id, scopes, origin, started_at: now_ms() })
+    }
 }
 
 impl Authenticator {
@@ -246,7 +423,8 @@ impl Authenticator {
         hasher: KeyHasher,
         jwt: JwtKeys,
         config: AuthConfig,
-    ) -> Self {
+    ) -> Result<Self, String> {
+        let passwords = PasswordHashing::start(config.password_hashing)?;
         let lifetimes = || Lifetimes { found: config.cache_ttl, missing: config.negative_cache_ttl };
         let keys = Cache::builder().max_capacity(config.cache_capacity).expire_after(lifetimes()).build();
         let users = Cache::builder().max_capacity(config.cache_capacity).expire_after(lifetimes()).build();
@@ -260,7 +438,7 @@ impl Authenticator {
             .max_capacity(config.cache_capacity)
             .time_to_idle(brute.window + brute.cooldown)
             .build();
-        Self {
+        Ok(Self {
             store,
             postgres,
             bus,
@@ -272,8 +450,15 @@ impl Authenticator {
             revoked: RwLock::new(Revoked::default()),
             last_used: Mutex::new(HashMap::new()),
             failures,
+            passwords,
+            revision: tokio::sync::watch::Sender::new(0),
             config,
-        }
+        })
+    }
+
+    /// A receiver that wakes on every identity change (see `revision`).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revision.subscribe()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -292,16 +477,30 @@ impl Authenticator {
 
     /// Authenticates a bearer credential: an API key or an access token.
     pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, Failure> {
+        self.authenticate_with(bearer, StoreReads::Allowed).await
+    }
+
+    /// As [`Authenticator::authenticate`]; with `StoreReads::CacheOnly` an
+    /// API key not in the cache is [`Failure::NotCached`] instead of a
+    /// store read.
+    pub async fn authenticate_with(
+        &self,
+        bearer: Option<&str>,
+        reads: StoreReads,
+    ) -> Result<Principal, Failure> {
         let bearer = bearer.map(str::trim).filter(|text| !text.is_empty()).ok_or(Failure::Missing)?;
         if bearer.starts_with(secrets::KEY_PREFIX) {
-            self.authenticate_key(bearer).await
+            self.authenticate_key(bearer, reads).await
         } else {
             self.authenticate_token(bearer).await
         }
     }
 
-    async fn authenticate_key(&self, text: &str) -> Result<Principal, Failure> {
+    async fn authenticate_key(&self, text: &str, reads: StoreReads) -> Result<Principal, Failure> {
         let presented = PresentedKey::parse(text).ok_or(Failure::Malformed)?;
+        if reads == StoreReads::CacheOnly && self.keys.get(presented.id).await.is_none() {
+            return Err(Failure::NotCached);
+        }
         let Cached::Found(key) = self.cached_key(presented.id).await? else {
             return Err(Failure::Unknown);
         };
@@ -323,6 +522,7 @@ impl Authenticator {
             scopes: key.scopes.clone(),
             credential: Credential::ApiKey { key_id: key.id.clone() },
             limits: key.limits.or(user.limits),
+            lineage: Some(key.lineage.clone()),
         })
     }
 
@@ -342,13 +542,21 @@ impl Authenticator {
                 claims
             }
         };
-        {
-            let revoked = self.revoked.read();
-            if revoked.tokens.contains_key(&claims.jti) || revoked.families.contains_key(&claims.sid) {
-                return Err(Failure::Revoked);
-            }
+        let origin = SignInOrigin::parse(&claims.src).ok_or(Failure::Invalid)?;
+        if self.revoked.read().refuses(&claims, &origin) {
+            return Err(Failure::Revoked);
         }
         let user = self.active_user(&claims.sub).await?;
+        // A sign-in made with a key lasts as long as the key: a revoked or
+        // expired key ends it (the key cache is invalidated on every
+        // replica when it changes).
+        let (limits, lineage) = match &origin {
+            SignInOrigin::Key(id) => {
+                let key = self.usable_key(id, &user.id).await?;
+                (key.limits.or(user.limits), Some(key.lineage.clone()))
+            }
+            SignInOrigin::Password => (user.limits, None),
+        };
         Ok(Principal {
             user_id: user.id.clone(),
             role: user.role,
@@ -357,9 +565,28 @@ impl Authenticator {
                 jti: claims.jti.clone(),
                 sid: claims.sid.clone(),
                 expires_at: claims.exp,
+                origin,
             },
-            limits: user.limits,
+            limits,
+            lineage,
         })
+    }
+
+    /// A key of `user` that still authenticates.
+    async fn usable_key(&self, id: &str, user: &str) -> Result<Arc<KeyRecord>, Failure> {
+        let Cached::Found(key) = self.cached_key(id).await? else {
+            return Err(Failure::Revoked);
+        };
+        if key.user_id != user {
+            return Err(Failure::Invalid);
+        }
+        if key.revoked_at.is_some() {
+            return Err(Failure::Revoked);
+        }
+        if key.expires_at.is_some_and(|end| now_ms() >= end) {
+            return Err(Failure::Expired);
+        }
+        Ok(key)
     }
 
     async fn cached_key(&self, id: &str) -> Result<Cached<KeyRecord>, Failure> {
@@ -394,21 +621,55 @@ impl Authenticator {
 
     // ---- brute force ----
 
-    /// How long a client address is still cooled down, if it is.
-    pub fn cooldown_left(&self, client: IpAddr) -> Option<Duration> {
-        let window = self.failures.get(&client)?;
-        let until = window.lock().blocked_until?;
-        until.checked_duration_since(Instant::now()).filter(|left| !left.is_zero())
+    /// How long the longest cool-down among `subjects` still lasts, if
+    /// any. Only failures are ever refused for it: a credential that
+    /// validates is accepted whatever others did.
+    pub fn cooldown_left(&self, subjects: &[FailureSubject]) -> Option<Duration> {
+        let now = Instant::now();
+        subjects
+            .iter()
+            .filter_map(|subject| {
+                let window = self.failures.get(subject)?;
+                let until = window.lock().blocked_until?;
+                until.checked_duration_since(now).filter(|left| !left.is_zero())
+            })
+            .max()
     }
 
-    /// Counts a failure: metrics always, and against the client address.
-    pub fn record_failure(&self, client: Option<IpAddr>, failure: Failure) {
+    /// Whether a credential from `client`, which is cooling down, may cost
+    /// a store read now (at most `COOLING_STORE_READS_PER_SECOND`).
+    pub fn may_read_store(&self, client: IpAddr) -> bool {
+        let Some(window) = self.failures.get(&FailureSubject::Address(client)) else { return true };
+        let mut window = window.lock();
+        let now = Instant::now();
+        if now.duration_since(window.reads.0) >= Duration::from_secs(1) {
+            window.reads = (now, 0);
+        }
+        window.reads.1 += 1;
+        window.reads.1 <= COOLING_STORE_READS_PER_SECOND
+    }
+
+    /// Counts a failure: metrics always, and against each subject.
+    pub fn record_failure(&self, subjects: &[FailureSubject], failure: Failure) {
         metrics::counter!("blaze_auth_failures_total", "reason" => failure.reason()).increment(1);
-        // The store being down is not the client's fault.
-        let (Some(client), false) = (client, failure == Failure::StoreUnavailable) else { return };
+        if !failure.is_guess() && !matches!(failure, Failure::CoolingDown(_)) {
+            return;
+        }
+        for subject in subjects {
+            self.count_failure(subject);
+        }
+    }
+
+    fn count_failure(&self, subject: &FailureSubject) {
         let brute = &self.config.brute_force;
-        let window = self.failures.get_with(client, || {
-            Arc::new(Mutex::new(FailureWindow { started: Instant::now(), failures: 0, blocked_until: None }))
+        let window = self.failures.get_with_by_ref(subject, || {
+            let now = Instant::now();
+            Arc::new(Mutex::new(FailureWindow {
+                started: now,
+                failures: 0,
+                blocked_until: None,
+                reads: (now, 0),
+            }))
         });
         let mut window = window.lock();
         let now = Instant::now();
@@ -422,60 +683,61 @@ impl Authenticator {
             window.started = now;
             window.failures = 0;
             metrics::counter!("blaze_auth_cooldowns_total").increment(1);
-            tracing::warn!(client = %client, cooldown_s = brute.cooldown.as_secs(), "too many authentication failures; client cooled down");
+            let subject = match subject {
+                FailureSubject::Address(address) => format!("address {address}"),
+                // Accounts are kept by digest (the email is personal data).
+                FailureSubject::Account(digest) => {
+                    format!("account {}", digest.get(..12).unwrap_or_default())
+                }
+                FailureSubject::Key(id) => format!("key {id}"),
+            };
+            tracing::warn!(
+                subject,
+                cooldown_s = brute.cooldown.as_secs(),
+                "too many authentication failures; failures from it cooled down"
+            );
         }
     }
 
     // ---- tokens ----
 
-    fn claims(
-        &self,
-        user: &User,
-        scopes: Vec<String>,
-        sid: &str,
-        kind: TokenType,
-        now_s: i64,
-    ) -> Option<Claims> {
+    /// The claims of a new token of sign-in `sid`, begun at `signed_in_at`
+    /// (ms) with `origin`. No token outlives its sign-in's `session_max`.
+    fn claims(&self, user: &User, sign_in: &SignIn, kind: TokenType, now_ms: i64) -> Option<Claims> {
         let ttl = match kind {
             TokenType::Access => self.config.access_ttl,
             TokenType::Refresh => self.config.refresh_ttl,
         };
+        let now_s = now_ms / 1000;
+        let session_end_s = sign_in.started_at.saturating_add(millis(self.config.session_max)) / 1000;
+        let exp =
+            now_s.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2)).min(session_end_s);
         Some(Claims {
             sub: user.id.clone(),
             role: user.role,
-            scopes,
+            scopes: sign_in.scopes.clone(),
             iat: now_s,
             nbf: now_s,
-            exp: now_s + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
+            exp,
             iss: self.config.jwt.issuer.clone(),
             aud: self.config.jwt.audience.clone(),
             jti: hex::encode(secrets::random_bytes::<16>()?),
             typ: kind,
-            sid: sid.to_owned(),
+            sid: sign_in.id.clone(),
+            src: sign_in.origin.claim(),
+            sat: sign_in.started_at,
         })
     }
 
-    /// Signs a new pair for `user` in sign-in `sid` (a new one if `None`)
-    /// and records the refresh token.
-    async fn issue(
-        &self,
-        user: &User,
-        scopes: Vec<String>,
-        sid: Option<String>,
-    ) -> Result<TokenPair, Failure> {
-        let now_s = now_ms() / 1000;
-        let sid = match sid {
-            Some(sid) => sid,
-            None => hex::encode(secrets::random_bytes::<16>().ok_or(Failure::StoreUnavailable)?),
-        };
-        let access = self
-            .claims(user, scopes.clone(), &sid, TokenType::Access, now_s)
-            .ok_or(Failure::StoreUnavailable)?;
-        let refresh =
-            self.claims(user, scopes, &sid, TokenType::Refresh, now_s).ok_or(Failure::StoreUnavailable)?;
+    /// Signs a new pair for `user` in `sign_in` and records the refresh
+    /// token.
+    async fn issue(&self, user: &User, sign_in: &SignIn) -> Result<TokenPair, Failure> {
+        let now = now_ms();
+        let access = self.claims(user, sign_in, TokenType::Access, now).ok_or(Failure::StoreUnavailable)?;
+        let refresh = self.claims(user, sign_in, TokenType::Refresh, now).ok_or(Failure::StoreUnavailable)?;
         let record = RefreshRecord {
             jti: refresh.jti.clone(),
-            family_id: sid,
+            family_id: sign_in.id.clone(),
             user_id: user.id.clone(),
             expires_at: refresh.exp.saturating_mul(1000),
             used_at: None,
@@ -488,61 +750,102 @@ impl Authenticator {
                 Failure::StoreUnavailable
             })
         };
+        let seconds_left = |claims: &Claims| u64::try_from(claims.exp - now / 1000).unwrap_or(0);
         Ok(TokenPair {
             access_token: sign(&access)?,
             token_type: "Bearer",
-            expires_in: self.config.access_ttl.as_secs(),
+            expires_in: seconds_left(&access),
             refresh_token: sign(&refresh)?,
-            refresh_expires_in: self.config.refresh_ttl.as_secs(),
+            refresh_expires_in: seconds_left(&refresh),
         })
     }
 
-    /// Exchanges an API key for a token pair with the key's scopes.
+    /// Exchanges an API key for a token pair with the key's scopes; the
+    /// sign-in ends when the key is revoked or expires.
     pub async fn token_for_key(&self, key: &str) -> Result<TokenPair, Failure> {
         if !key.starts_with(secrets::KEY_PREFIX) {
             return Err(Failure::Malformed);
         }
-        let principal = self.authenticate_key(key).await?;
+        let principal = self.authenticate_key(key, StoreReads::Allowed).await?;
+        let Credential::ApiKey { key_id } = &principal.credential else { return Err(Failure::Invalid) };
         let user = self.active_user(&principal.user_id).await?;
-        self.issue(&user, principal.scopes, None).await
+        let sign_in = SignIn::new(principal.scopes.clone(), SignInOrigin::Key(key_id.clone()))?;
+        self.issue(&user, &sign_in).await
     }
 
-    /// Exchanges an email and password for a token pair.
-    pub async fn token_for_password(&self, email: &str, password: &str) -> Result<TokenPair, Failure> {
-        let user = self
-            .store
-            .user_by_email(email.trim().to_lowercase())
-            .await
-            .map_err(|_| Failure::StoreUnavailable)?;
+    /// Exchanges an email and password for a token pair; the sign-in ends
+    /// when the password changes. An address or account cooling down is
+    /// refused before any hash is computed, and the hash waits for the
+    /// bounded pool (or is refused when it is full).
+    pub async fn token_for_password(
+        &self,
+        email: &str,
+        password: &str,
+        client: Option<IpAddr>,
+    ) -> Result<TokenPair, Failure> {
+        let email = email.trim().to_lowercase();
+        // Keyed by a digest: a long junk email costs the failure window
+        // no more than a real one.
+        let account = FailureSubject::Account(self.hasher.hash(&email));
+        let subjects: Vec<FailureSubject> =
+            client.map(FailureSubject::Address).into_iter().chain([account]).collect();
+        if email.len() > 254 {
+            self.record_failure(&subjects, Failure::BadPassword);
+            return Err(Failure::BadPassword);
+        }
+        if let Some(left) = self.cooldown_left(&subjects) {
+            self.record_failure(&subjects, Failure::CoolingDown(left));
+            return Err(Failure::CoolingDown(left));
+        }
+        if password.len() > MAX_PASSWORD_BYTES {
+            self.record_failure(&subjects, Failure::BadPassword);
+            return Err(Failure::BadPassword);
+        }
+        // A place in the hashing pool first: a flood is refused before it
+        // costs a store read or a thread.
+        let Ok(place) = self.passwords.place() else {
+            self.record_failure(&subjects, Failure::Busy);
+            return Err(Failure::Busy);
+        };
+        let user = self.store.user_by_email(email).await.map_err(|_| Failure::StoreUnavailable)?;
         let stored = user.as_ref().and_then(|user| user.password_hash.clone());
-        let password = password.to_owned();
-        let verified = tokio::task::spawn_blocking(move || {
-            // An unknown email costs one hash too, so timing tells nothing.
-            let hash = stored.as_deref().unwrap_or_else(|| secrets::dummy_password_hash());
-            secrets::verify_password(&password, hash) && stored.is_some()
-        })
-        .await
-        .unwrap_or(false);
-        let user = user.filter(|_| verified).ok_or(Failure::BadPassword)?;
+        let verified = self.passwords.verify(place, password.to_owned(), stored).await;
+        let Some(user) = user.filter(|_| verified) else {
+            self.record_failure(&subjects, Failure::BadPassword);
+            return Err(Failure::BadPassword);
+        };
         if user.status != UserStatus::Active {
             return Err(Failure::Disabled);
         }
-        self.issue(&user, vec!["*".to_owned()], None).await
+        let sign_in = SignIn::new(vec!["*".to_owned()], SignInOrigin::Password)?;
+        self.issue(&user, &sign_in).await
     }
 
     /// Spends a refresh token for a new pair in the same sign-in. A token
-    /// spent before is a replay: its whole sign-in is revoked.
+    /// spent before is a replay: its whole sign-in is revoked. A sign-in
+    /// whose key is revoked or expired, whose password changed, whose user
+    /// was disabled, or older than `session_max` is over.
     pub async fn refresh(&self, token: &str) -> Result<TokenPair, Failure> {
         let claims = self.jwt.verify(token, TokenType::Refresh).map_err(token_failure)?;
-        let outcome = self
-            .store
-            .use_refresh(claims.jti.clone(), now_ms())
-            .await
-            .map_err(|_| Failure::StoreUnavailable)?;
+        let origin = SignInOrigin::parse(&claims.src).ok_or(Failure::Invalid)?;
+        let now = now_ms();
+        if now >= claims.sat.saturating_add(millis(self.config.session_max)) {
+            return Err(Failure::Expired);
+        }
+        if self.revoked.read().refuses(&claims, &origin) {
+            return Err(Failure::Revoked);
+        }
+        if let SignInOrigin::Key(id) = &origin {
+            self.usable_key(id, &claims.sub).await?;
+        }
+        let outcome =
+            self.store.use_refresh(claims.jti.clone(), now).await.map_err(|_| Failure::StoreUnavailable)?;
         match outcome {
             RefreshUse::Spent(record) if record.user_id == claims.sub && record.family_id == claims.sid => {
                 let user = self.active_user(&record.user_id).await?;
-                self.issue(&user, claims.scopes, Some(record.family_id)).await
+                let sign_in =
+                    SignIn { id: record.family_id, scopes: claims.scopes, origin, started_at: claims.sat };
+                self.issue(&user, &sign_in).await
             }
             RefreshUse::Spent(_) | RefreshUse::Unknown => Err(Failure::Invalid),
             RefreshUse::Replayed(record) => {
@@ -558,7 +861,7 @@ impl Authenticator {
     /// Ends the sign-in of an access token: the token, its refresh tokens
     /// and every other access token of the sign-in stop working.
     pub async fn logout(&self, principal: &Principal) -> Result<(), AdminError> {
-        let Credential::Token { jti, sid, expires_at } = &principal.credential else {
+        let Credential::Token { jti, sid, expires_at, .. } = &principal.credential else {
             return Err(AdminError::Invalid(
                 "logout ends a token sign-in; an API key is revoked with DELETE /admin/keys/{id}".to_owned(),
             ));
@@ -594,6 +897,24 @@ impl Authenticator {
         Ok(())
     }
 
+    /// Ends every sign-in of `user_id` begun before now (`kind` User), or
+    /// every password sign-in (`kind` Password), on every replica: kept
+    /// as long as any of their tokens may live.
+    async fn end_sign_ins(&self, kind: RevocationKind, user_id: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        // A sign-in begun just before now lives at most session_max.
+        let longest = self.config.session_max;
+        let revocation = Revocation {
+            kind,
+            subject: user_id.to_owned(),
+            expires_at: now + millis(longest + Duration::from_secs(self.config.jwt.leeway_s)),
+            created_at: now,
+        };
+        self.store.add_revocation(revocation.clone()).await?;
+        self.announce(AuthEvent::Revoked { revocation }).await;
+        Ok(())
+    }
+
     // ---- events and background work (driven by the actor) ----
 
     /// Applies an event here, then tells the other replicas.
@@ -607,15 +928,9 @@ impl Authenticator {
         match event {
             AuthEvent::KeyChanged { id } => self.keys.invalidate(id).await,
             AuthEvent::UserChanged { id } => self.users.invalidate(id).await,
-            AuthEvent::Revoked { revocation } => {
-                let mut revoked = self.revoked.write();
-                let map = match revocation.kind {
-                    RevocationKind::Token => &mut revoked.tokens,
-                    RevocationKind::Family => &mut revoked.families,
-                };
-                map.insert(revocation.subject.clone(), revocation.expires_at);
-            }
+            AuthEvent::Revoked { revocation } => self.revoked.write().insert(revocation),
         }
+        self.revision.send_modify(|revision| *revision = revision.wrapping_add(1));
     }
 
     /// Reloads the revocations in force, and forgets expired ones.
@@ -623,26 +938,25 @@ impl Authenticator {
         let now = now_ms();
         let revocations = self.store.revocations(now).await?;
         let mut fresh = Revoked::default();
-        for revocation in revocations {
-            let map = match revocation.kind {
-                RevocationKind::Token => &mut fresh.tokens,
-                RevocationKind::Family => &mut fresh.families,
-            };
-            map.insert(revocation.subject, revocation.expires_at);
+        for revocation in &revocations {
+            fresh.insert(revocation);
         }
         let mut revoked = self.revoked.write();
-        // Keep what arrived by event meanwhile and is still in force.
-        for (subject, until) in revoked.tokens.drain() {
-            if until > now {
-                fresh.tokens.entry(subject).or_insert(until);
-            }
-        }
-        for (subject, until) in revoked.families.drain() {
-            if until > now {
-                fresh.families.entry(subject).or_insert(until);
+        // Keep what arrived by event meanwhile and is still in force; of
+        // two spans of one subject, the later and longer one holds.
+        for (kept, fresh) in revoked.by_kind.iter_mut().zip(fresh.by_kind.iter_mut()) {
+            for (subject, span) in kept.drain() {
+                if span.expires_at > now {
+                    let entry = fresh.entry(subject).or_insert(span);
+                    entry.created_at = entry.created_at.max(span.created_at);
+                    entry.expires_at = entry.expires_at.max(span.expires_at);
+                }
             }
         }
         *revoked = fresh;
+        drop(revoked);
+        // Open sockets check their callers against what was reloaded.
+        self.revision.send_modify(|revision| *revision = revision.wrapping_add(1));
         Ok(())
     }
 
@@ -650,6 +964,7 @@ impl Authenticator {
     pub fn clear_caches(&self) {
         self.keys.invalidate_all();
         self.users.invalidate_all();
+        self.revision.send_modify(|revision| *revision = revision.wrapping_add(1));
     }
 
     /// Writes the batched last-used times; on failure they are kept for
@@ -713,6 +1028,7 @@ impl Authenticator {
             last_used_at: None,
             replaced_by: None,
             limits: Limits::default(),
+            lineage: key.id.clone(),
         };
         let created = self.store.bootstrap(admin, record).await.map_err(|error| error.to_string())?;
         Ok((created && generated).then_some(key))
@@ -720,13 +1036,22 @@ impl Authenticator {
 
     // ---- management ----
 
+    /// A new password's hash, from the bounded pool.
+    async fn hash_password(&self, password: String) -> Result<String, AdminError> {
+        if password.chars().count() < 12 || password.len() > MAX_PASSWORD_BYTES {
+            return Err(AdminError::Invalid("`password` must be 12 to 1024 characters".to_owned()));
+        }
+        let place = self.passwords.place().map_err(|_busy| AdminError::Busy)?;
+        self.passwords.hash(place, password).await.map_err(AdminError::Invalid)
+    }
+
     pub async fn create_user(&self, new: NewUser) -> Result<User, AdminError> {
         let email = new.email.trim().to_lowercase();
         if !valid_email(&email) {
             return Err(AdminError::Invalid("`email` must be an email address".to_owned()));
         }
         let password_hash = match new.password {
-            Some(password) => Some(hash_password(password).await?),
+            Some(password) => Some(self.hash_password(password).await?),
             None => None,
         };
         let now = now_ms();
@@ -774,9 +1099,22 @@ impl Authenticator {
             return Err(AdminError::Forbidden("an admin cannot demote or disable themselves"));
         }
         let password_hash = match password {
-            Some(password) => Some(Some(hash_password(password).await?)),
+            Some(password) => Some(Some(self.hash_password(password).await?)),
             None => None,
         };
+        let (password_changed, disabled) = (password_hash.is_some(), status == Some(UserStatus::Disabled));
+        // Sign-ins end with what they were made with: a disabled user's
+        // every sign-in, a changed password's password sign-ins; neither
+        // comes back if the user is enabled again. Ended first: if the
+        // change then fails, sessions ended and nothing else is lost.
+        if self.store.user(id.to_owned()).await?.is_none() {
+            return Err(AdminError::NotFound("user"));
+        }
+        if disabled {
+            self.end_sign_ins(RevocationKind::User, id).await?;
+        } else if password_changed {
+            self.end_sign_ins(RevocationKind::Password, id).await?;
+        }
         let changes = UserChanges { name, role, status, password_hash, limits };
         let user = self
             .store
@@ -794,11 +1132,24 @@ impl Authenticator {
         request: KeyRequest,
     ) -> Result<(KeyRecord, NewKey), AdminError> {
         let owner = request.user_id.unwrap_or_else(|| actor.user_id.clone());
-        if owner != actor.user_id && !actor.is_admin() {
-            return Err(AdminError::Forbidden("only an admin creates keys for other users"));
+        if owner != actor.user_id && !actor.administers() {
+            return Err(AdminError::Forbidden(
+                "only an admin (with the admin scope) creates keys for other users",
+            ));
         }
         if request.limits != Limits::default() && !actor.is_admin() {
             return Err(AdminError::Forbidden("only an admin sets the rate limits of a key"));
+        }
+        let scopes = request.scopes.unwrap_or_else(|| actor.scopes.clone());
+        if let Some(unknown) = scopes.iter().find(|scope| !scopes::SCOPES.contains(&scope.as_str())) {
+            return Err(AdminError::Invalid(format!(
+                "`scopes`: unknown scope `{unknown}`; the scopes are {}",
+                scopes::SCOPES.join(", ")
+            )));
+        }
+        // A key never makes a key that may do more than itself.
+        if let Some(beyond) = scopes.iter().find(|scope| !actor.grants(scope)) {
+            return Err(AdminError::InsufficientScope(beyond.clone()));
         }
         let user = self.user(&owner).await?;
         if user.status != UserStatus::Active {
@@ -811,13 +1162,14 @@ impl Authenticator {
             user_id: owner,
             name: request.name,
             secret_hash: self.hasher.hash(&key.text),
-            scopes: request.scopes,
+            scopes,
             created_at: now,
             expires_at: request.expires_in.map(|lifetime| now + millis(lifetime)),
             revoked_at: None,
             last_used_at: None,
             replaced_by: None,
             limits: request.limits,
+            lineage: key.id.clone(),
         };
         let max = self.config.max_keys_per_user;
         self.store.create_key(record.clone(), max).await.map_err(|error| match error {
@@ -831,7 +1183,7 @@ impl Authenticator {
     /// keys of others are "not found", so their ids leak nothing).
     pub async fn key(&self, actor: &Principal, id: &str) -> Result<KeyRecord, AdminError> {
         let key = self.store.key(id.to_owned()).await?.ok_or(AdminError::NotFound("API key"))?;
-        if key.user_id != actor.user_id && !actor.is_admin() {
+        if key.user_id != actor.user_id && !actor.administers() {
             return Err(AdminError::NotFound("API key"));
         }
         Ok(key)
@@ -845,11 +1197,13 @@ impl Authenticator {
         limit: u32,
     ) -> Result<Page<KeyRecord>, AdminError> {
         let user_id = match user_id {
-            Some(user) if user != actor.user_id && !actor.is_admin() => {
-                return Err(AdminError::Forbidden("only an admin lists the keys of other users"))
+            Some(user) if user != actor.user_id && !actor.administers() => {
+                return Err(AdminError::Forbidden(
+                    "only an admin (with the admin scope) lists the keys of other users",
+                ))
             }
             Some(user) => Some(user),
-            None if actor.is_admin() => None,
+            None if actor.administers() => None,
             None => Some(actor.user_id.clone()),
         };
         let mut items = self.store.keys(user_id, after, limit + 1).await?;
@@ -875,6 +1229,11 @@ impl Authenticator {
         id: &str,
     ) -> Result<(KeyRecord, NewKey, KeyRecord), AdminError> {
         let old = self.key(actor, id).await?;
+        // The replacement holds the old key's scopes: only a caller who
+        // holds them all may make it.
+        if let Some(beyond) = old.scopes.iter().find(|scope| !actor.grants(scope)) {
+            return Err(AdminError::InsufficientScope(beyond.clone()));
+        }
         let key = secrets::generate_key().ok_or(AdminError::Invalid("no randomness".to_owned()))?;
         let now = now_ms();
         let record = KeyRecord {
@@ -919,16 +1278,6 @@ fn token_failure(problem: TokenProblem) -> Failure {
         TokenProblem::Invalid => Failure::Invalid,
         TokenProblem::WrongType => Failure::WrongType,
     }
-}
-
-async fn hash_password(password: String) -> Result<String, AdminError> {
-    if password.chars().count() < 12 || password.len() > 1024 {
-        return Err(AdminError::Invalid("`password` must be 12 to 1024 characters".to_owned()));
-    }
-    tokio::task::spawn_blocking(move || secrets::hash_password(&password))
-        .await
-        .map_err(|error| AdminError::Invalid(error.to_string()))?
-        .map_err(AdminError::Invalid)
 }
 
 fn valid_email(email: &str) -> bool {

@@ -81,6 +81,14 @@ pub struct Claims {
     pub typ: TokenType,
     /// The sign-in (refresh family) the token belongs to.
     pub sid: String,
+    /// What the sign-in was made with: `key:<id>` or `password`. Revoking
+    /// that key, or changing the password, ends the sign-in.
+    #[serde(default)]
+    pub src: String,
+    /// When the sign-in began, Unix milliseconds; kept across refreshes,
+    /// so a sign-in ends `auth.jwt.session_max_s` after it.
+    #[serde(default)]
+    pub sat: i64,
 }
 
 /// Why a token was refused.

@@ -14,7 +14,9 @@
 mod actor;
 mod core;
 pub mod events;
+pub mod hashing;
 pub mod jwt;
+pub mod scopes;
 pub mod secrets;
 pub mod store;
 #[cfg(test)]
@@ -30,9 +32,10 @@ use hmac::Mac;
 
 pub use self::actor::{AuthActor, AuthActorConfig, EventSource};
 pub use self::core::{
-    AdminError, AuthConfig, Authenticator, BruteForceConfig, Credential, Failure, KeyRequest, NewUser, Page,
-    Principal, TokenPair, UserUpdate,
+    AdminError, AuthConfig, Authenticator, BruteForceConfig, Credential, Failure, FailureSubject, KeyRequest,
+    NewUser, Page, Principal, SignInOrigin, StoreReads, TokenPair, UserUpdate,
 };
+pub use self::hashing::HashingConfig;
 pub use self::jwt::{JwtAlgorithm, JwtKeySpec, JwtSettings};
 pub use self::store::{
     EmbeddedStore, KeyRecord, PostgresOptions, PostgresStore, Role, Store, User, UserStatus,
@@ -102,6 +105,7 @@ pub async fn open(options: IdentityOptions) -> Result<Identity, String> {
         }
         None => {
             let path = options.data_dir.join("identity.db");
+            crate::files::private_directory(&options.data_dir)?;
             let store = EmbeddedStore::open(&path).map_err(|error| format!("{}: {error}", path.display()))?;
             let events = options.redis_url.clone().map_or(EventSource::Local, EventSource::Redis);
             (Arc::new(store), None, events)
@@ -119,7 +123,7 @@ pub async fn open(options: IdentityOptions) -> Result<Identity, String> {
         events = events.name(),
         "identity store open"
     );
-    let authenticator = Authenticator::new(store, pool, bus, hasher, jwt, options.config);
+    let authenticator = Authenticator::new(store, pool, bus, hasher, jwt, options.config)?;
     Ok(Identity { authenticator: Arc::new(authenticator), events })
 }
 
@@ -128,9 +132,11 @@ fn data_dir_pepper(data_dir: &Path) -> Result<Vec<u8>, String> {
     let path = data_dir.join("pepper");
     let describe = |error: std::io::Error| format!("{}: {error}", path.display());
     if let Ok(text) = std::fs::read_to_string(&path) {
+        // One left readable by an older version is tightened.
+        crate::files::private_file(&path)?;
         return Ok(text.trim().as_bytes().to_vec());
     }
-    std::fs::create_dir_all(data_dir).map_err(|error| format!("{}: {error}", data_dir.display()))?;
+    crate::files::private_directory(data_dir)?;
     let pepper = hex::encode(secrets::random_bytes::<32>().ok_or("the system has no randomness")?);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

@@ -122,6 +122,51 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
     PasswordVerifier::<str>::verify_password(&Argon2::default(), password.as_bytes(), stored).is_ok()
 }
 
+/// Argon2 work memory one thread reuses from check to check: a busy
+/// hashing thread holds one buffer (~19 MiB) instead of allocating one per
+/// check, which the allocator would keep in its arenas.
+#[derive(Default)]
+pub struct PasswordMemory(Vec<argon2::Block>);
+
+/// The most work memory a stored hash may ask for (64 MiB): Blaze's own
+/// hashes use 19 MiB; a larger one is refused rather than allocated.
+const MOST_PASSWORD_BLOCKS: usize = 64 * 1024;
+
+impl PasswordMemory {
+    fn blocks(&mut self, count: usize) -> &mut [argon2::Block] {
+        if self.0.len() < count {
+            self.0.resize(count, argon2::Block::default());
+        }
+        &mut self.0[..count]
+    }
+}
+
+/// Whether a password matches its argon2 hash (PHC string), computed in
+/// `memory`; the outputs are compared in constant time.
+pub fn verify_password_in(memory: &mut PasswordMemory, password: &str, stored: &str) -> bool {
+    use argon2::password_hash::phc::{Output, PasswordHash};
+    use argon2::{Algorithm, Params, Version};
+    let Ok(hash) = PasswordHash::new(stored) else { return false };
+    let (Ok(algorithm), Ok(params)) = (Algorithm::try_from(hash.algorithm.as_str()), Params::try_from(&hash))
+    else {
+        return false;
+    };
+    let Ok(version) = Version::try_from(hash.version.unwrap_or(u32::from(Version::default()))) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else { return false };
+    if params.block_count() > MOST_PASSWORD_BLOCKS {
+        return false;
+    }
+    let count = params.block_count();
+    let mut output = vec![0u8; expected.len()];
+    let argon2 = Argon2::new(algorithm, version, params);
+    argon2
+        .hash_password_into_with_memory(password.as_bytes(), salt.as_ref(), &mut output, memory.blocks(count))
+        .is_ok()
+        && Output::new(&output).is_ok_and(|computed| computed == *expected)
+}
+
 /// A stand-in hash checked when the email is unknown, so that an unknown
 /// email takes as long as a wrong password and the timing tells nothing.
 pub fn dummy_password_hash() -> &'static str {

@@ -70,6 +70,7 @@ fn key(user_id: &str, at: i64) -> KeyRecord {
         revoked_at: None,
         last_used_at: None,
         replaced_by: None,
+        lineage: String::new(),
         limits: Limits { requests_per_minute: Some(120), tokens_per_minute: None },
     }
 }
@@ -294,6 +295,8 @@ fn claims(typ: TokenType, exp_in: i64) -> Claims {
         jti: "j1".into(),
         typ,
         sid: "s1".into(),
+        src: "password".into(),
+        sat: now * 1000,
     }
 }
 

@@ -61,8 +61,9 @@ impl DiskTier {
     /// Opens (or creates) `<directory>/cache.db`, holding at most
     /// `capacity_bytes` of values.
     pub fn open(directory: &Path, capacity_bytes: u64) -> Result<Self, String> {
-        std::fs::create_dir_all(directory).map_err(|error| format!("{}: {error}", directory.display()))?;
+        crate::files::private_directory(directory)?;
         let path = directory.join("cache.db");
+        crate::files::private_file(&path)?;
         let failed = |error: rusqlite::Error| format!("{}: {error}", path.display());
         let writer = open_connection(&path).map_err(failed)?;
         writer.execute_batch(SCHEMA).map_err(failed)?;

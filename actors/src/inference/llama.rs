@@ -79,6 +79,9 @@ pub struct ChatModel {
     model: LlamaModel,
     template: ChatTemplate,
     context_length: usize,
+    /// The longest any one token's text is, bytes: a text longer than the
+    /// window times this cannot fit, and is refused without tokenizing.
+    longest_token_bytes: usize,
     /// Recent prompts' tokens: llama.cpp's tokenizer splits text with
     /// std::regex (hundreds of microseconds for a short prompt), and the
     /// request path counts every prompt, cached answers included.
@@ -137,6 +140,11 @@ impl ChatModel {
         };
         let template = ChatTemplate::new(source, special(model.vocab().bos()), special(model.vocab().eos()))?;
         let context_length = (model.n_ctx_train() as usize).min(max_context).max(16);
+        let longest_token_bytes = (0..model.n_vocab())
+            .filter_map(|id| model.vocab().text(LlamaToken(id)).map(|text| text.to_bytes().len()))
+            .max()
+            .unwrap_or(1)
+            .max(1);
         let tokenized = moka::sync::Cache::builder()
             .max_capacity(TOKENIZED_BYTES)
             .weigher(|(_, text): &(bool, String), tokens: &Arc<[u32]>| {
@@ -149,11 +157,20 @@ impl ChatModel {
                 u32::try_from(4 * tokens.len() + 96).unwrap_or(u32::MAX)
             })
             .build();
-        Ok(Arc::new(Self { model, template, context_length, tokenized, prompts }))
+        Ok(Arc::new(Self { model, template, context_length, longest_token_bytes, tokenized, prompts }))
     }
 
     pub fn context_length(&self) -> usize {
         self.context_length
+    }
+
+    /// The most bytes of text that can fit the window: every token covers
+    /// at most `longest_token_bytes` of it (byte-level and byte-fallback
+    /// token texts are at least as long as the bytes they stand for), so a
+    /// longer text needs more tokens than the window holds. Checked before
+    /// rendering or tokenizing, whose buffers grow with the text.
+    pub fn most_text_bytes(&self) -> usize {
+        self.context_length.saturating_mul(self.longest_token_bytes)
     }
 
     /// The prompt of a conversation, by the model's own chat template, with

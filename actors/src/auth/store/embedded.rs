@@ -37,9 +37,9 @@ impl EmbeddedStore {
     /// Opens (or creates) the database file and applies the migrations.
     pub fn open(path: &Path) -> StoreResult<Self> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|error| StoreError::Unavailable(format!("{}: {error}", parent.display())))?;
+            crate::files::private_directory(parent).map_err(StoreError::Unavailable)?;
         }
+        crate::files::private_file(path).map_err(StoreError::Unavailable)?;
         let mut connection = Connection::open(path).map_err(failed)?;
         connection
             .execute_batch(
@@ -119,6 +119,7 @@ fn key_from(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
         last_used_at: row.get(8)?,
         replaced_by: row.get(9)?,
         limits: limits_from(row.get(10)?, row.get(11)?),
+        lineage: row.get(12)?,
     })
 }
 
@@ -170,7 +171,8 @@ fn insert_key(connection: &Connection, key: &KeyRecord) -> StoreResult<()> {
                 key.last_used_at,
                 key.replaced_by,
                 limit_columns(&key.limits)[0],
-                limit_columns(&key.limits)[1]
+                limit_columns(&key.limits)[1],
+                key.lineage
             ],
         )
         .map(drop)

@@ -102,6 +102,9 @@ pub struct KeyRecord {
     pub replaced_by: Option<String>,
     /// The key's own budgets, over its user's.
     pub limits: Limits,
+    /// The first key of its rotation chain (its own id when never
+    /// rotated): a lineage spends one budget and one guard score.
+    pub lineage: String,
 }
 
 impl KeyRecord {
@@ -148,6 +151,12 @@ pub enum RevocationKind {
     Token,
     /// A sign-in and every token issued from it, by family id (`sid`).
     Family,
+    /// Every sign-in of a user (by user id) that began before the
+    /// revocation: the user was disabled.
+    User,
+    /// Every password sign-in of a user (by user id) that began before the
+    /// revocation: the password changed.
+    Password,
 }
 
 impl RevocationKind {
@@ -155,6 +164,8 @@ impl RevocationKind {
         match self {
             RevocationKind::Token => "token",
             RevocationKind::Family => "family",
+            RevocationKind::User => "user",
+            RevocationKind::Password => "password",
         }
     }
 
@@ -162,6 +173,8 @@ impl RevocationKind {
         match text {
             "token" => Ok(RevocationKind::Token),
             "family" => Ok(RevocationKind::Family),
+            "user" => Ok(RevocationKind::User),
+            "password" => Ok(RevocationKind::Password),
             other => Err(StoreError::Corrupt(format!("unknown revocation kind `{other}`"))),
         }
     }

@@ -158,6 +158,7 @@ fn key_from(row: &Row) -> KeyRecord {
         last_used_at: row.get(8),
         replaced_by: row.get(9),
         limits: limits_from(row.get(10), row.get(11)),
+        lineage: row.get(12),
     }
 }
 
@@ -213,6 +214,7 @@ async fn insert_key(client: &impl deadpool_postgres::GenericClient, key: &KeyRec
                 &key.replaced_by,
                 &limit_columns(&key.limits)[0],
                 &limit_columns(&key.limits)[1],
+                &key.lineage,
             ],
         )
         .await

@@ -55,6 +55,11 @@ pub const MIGRATIONS: &[&[&str]] = &[
         "ALTER TABLE api_keys ADD COLUMN requests_per_minute BIGINT",
         "ALTER TABLE api_keys ADD COLUMN tokens_per_minute BIGINT",
     ],
+    &[
+        // The first key of a rotation chain: every key of a lineage spends
+        // one budget and one guard score. NULL: the key is its own first.
+        "ALTER TABLE api_keys ADD COLUMN lineage_id TEXT",
+    ],
 ];
 
 pub const CREATE_VERSION_TABLE: &str =
@@ -66,7 +71,11 @@ const USER_COLUMNS: &str =
     "id, email, name, role, status, password_hash, created_at, updated_at, requests_per_minute, tokens_per_minute";
 const KEY_COLUMNS: &str =
     "id, user_id, name, secret_hash, scopes, created_at, expires_at, revoked_at, last_used_at, replaced_by, \
-     requests_per_minute, tokens_per_minute";
+     requests_per_minute, tokens_per_minute, COALESCE(lineage_id, id)";
+/// The columns written: the selected ones with the lineage as stored.
+const KEY_INSERT_COLUMNS: &str =
+    "id, user_id, name, secret_hash, scopes, created_at, expires_at, revoked_at, last_used_at, replaced_by, \
+     requests_per_minute, tokens_per_minute, lineage_id";
 
 pub fn insert_user() -> String {
     format!("INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
@@ -86,7 +95,9 @@ pub const UPDATE_USER: &str =
      requests_per_minute = $7, tokens_per_minute = $8 WHERE id = $1";
 
 pub fn insert_key() -> String {
-    format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
+    format!(
+        "INSERT INTO api_keys ({KEY_INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    )
 }
 pub fn key_by_id() -> String {
     format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1")
@@ -119,8 +130,14 @@ pub const SPEND_REFRESH: &str = "UPDATE refresh_tokens SET used_at = $2 \
 pub const REVOKE_FAMILY: &str =
     "UPDATE refresh_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE family_id = $1";
 
+/// A later revocation of the same subject reaches further back and lasts
+/// longer (a second password change must not keep the first one's time).
 pub const INSERT_REVOCATION: &str = "INSERT INTO revocations (kind, subject, expires_at, created_at) \
-     VALUES ($1, $2, $3, $4) ON CONFLICT (kind, subject) DO NOTHING";
+     VALUES ($1, $2, $3, $4) ON CONFLICT (kind, subject) DO UPDATE SET \
+     expires_at = CASE WHEN excluded.expires_at > revocations.expires_at \
+         THEN excluded.expires_at ELSE revocations.expires_at END, \
+     created_at = CASE WHEN excluded.created_at > revocations.created_at \
+         THEN excluded.created_at ELSE revocations.created_at END";
 pub const REVOCATIONS_IN_FORCE: &str =
     "SELECT kind, subject, expires_at, created_at FROM revocations WHERE expires_at > $1";
 pub const PRUNE_REVOCATIONS: &str = "DELETE FROM revocations WHERE expires_at <= $1";
