@@ -12,6 +12,7 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// How OpenAI's `stop` is given.
@@ -160,6 +161,9 @@ const OTHER_FIELDS: &[&str] = &[
     "suffix",
 ];
 
+/// The largest value one of them may have, as JSON text.
+const MOST_OTHER_FIELD_BYTES: usize = 64 << 10;
+
 /// The fields of either body, as read: `body` is `messages` or `prompt`.
 struct Fields<T> {
     model: Option<String>,
@@ -194,7 +198,15 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for RequestVisitor<T> {
                 fields.body = Some(map.next_value()?);
             } else if !fields.sampling.read(&key, &mut map)? {
                 let value = if OTHER_FIELDS.contains(&key.as_str()) {
-                    map.next_value()?
+                    // Kept as its text first: a JSON tree costs tens of
+                    // times its text, and these fields are small or empty.
+                    let raw: Box<RawValue> = map.next_value()?;
+                    if raw.get().len() > MOST_OTHER_FIELD_BYTES {
+                        return Err(de::Error::custom(format_args!(
+                            "`{key}` is larger than {MOST_OTHER_FIELD_BYTES} bytes"
+                        )));
+                    }
+                    serde_json::from_str(raw.get()).map_err(de::Error::custom)?
                 } else {
                     // Refused by name later: nothing of it is kept.
                     map.next_value::<IgnoredAny>()?;
@@ -263,6 +275,15 @@ mod tests {
         let unknown: ChatRequest =
             serde_json::from_str(r#"{"model":"m","messages":[],"padding":[[1,2],{"a":"b"}]}"#).unwrap();
         assert_eq!(unknown.other.get("padding"), Some(&Value::Null), "named, not built");
+        // The cache warming file's lines come as values.
+        let warmed: ChatRequest = serde_json::from_value(serde_json::json!(
+            {"model": "m", "messages": [{"role": "user", "content": "hi"}], "user": "u2", "seed": 1}
+        ))
+        .unwrap();
+        assert_eq!(
+            (warmed.other.get("user"), warmed.sampling.seed),
+            (Some(&Value::String("u2".to_owned())), Some(1))
+        );
         let completion: CompletionRequest =
             serde_json::from_str(r#"{"prompt":"p","model":"m","max_tokens":3,"stream":null}"#).unwrap();
         assert_eq!((completion.prompt.as_str(), completion.sampling.max_tokens), ("p", Some(3)));
@@ -282,6 +303,9 @@ mod tests {
             serde_json::from_str::<ChatRequest>(r#"{"model":"a","messages":[{"role":"user","content":5}]}"#)
                 .unwrap_err();
         assert!(content.to_string().contains("a string or an array of content parts"), "{content}");
+        let tools = format!(r#"{{"model":"a","messages":[],"tools":[{}0]}}"#, "0,".repeat(40_000));
+        let large = serde_json::from_str::<ChatRequest>(&tools).unwrap_err();
+        assert!(large.to_string().contains("`tools` is larger than 65536 bytes"), "{large}");
         let array = serde_json::from_str::<ChatRequest>(r#"[1]"#).unwrap_err();
         assert!(array.to_string().contains("a JSON object"), "{array}");
     }
