@@ -11,14 +11,12 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
+use common::websocket::Socket;
 use common::{
     anonymous_client, client, client_with_key, expect_error, Schema, Server, ADMIN_KEY, POSTGRES_URL,
 };
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 
 const CHAT_MODEL: &str = "smollm2-135m-instruct";
 const EMBEDDING_MODEL: &str = "all-minilm-l6-v2";
@@ -204,6 +202,84 @@ async fn encoded_paths_spend_the_same_budgets() {
         statuses.push(raw(&server, "GET", path, Some(&key), None).await.0);
     }
     assert_eq!(statuses, [200, 200, 429, 429]);
+}
+
+/// Every route of the table, as (method, plain path, the same path with
+/// one letter percent-encoded).
+const EVERY_ROUTE: &[(&str, &str, &str)] = &[
+    ("GET", "/health/detailed", "/health/%64etailed"),
+    ("GET", "/metrics", "/%6detrics"),
+    ("GET", "/api/metrics/summary", "/api/metrics/%73ummary"),
+    ("POST", "/auth/logout", "/auth/%6cogout"),
+    ("GET", "/admin/users", "/admin/%75sers"),
+    ("GET", "/admin/users/someone", "/admin/%75sers/someone"),
+    ("GET", "/admin/keys", "/admin/%6beys"),
+    ("GET", "/admin/keys/0123456789abcdef", "/admin/%6beys/0123456789abcdef"),
+    ("POST", "/admin/keys/0123456789abcdef/rotate", "/admin/keys/0123456789abcdef/%72otate"),
+    ("DELETE", "/admin/cache", "/admin/%63ache"),
+    ("POST", "/v1/chat/completions", "/v1/%63hat/completions"),
+    ("POST", "/v1/completions", "/v1/%63ompletions"),
+    ("POST", "/v1/embeddings", "/v1/%65mbeddings"),
+    ("GET", "/v1/models", "/v1/%6dodels"),
+    ("GET", "/v1/models/x", "/v1/%6dodels/x"),
+    ("GET", "/v1/ws", "/v1/%77s"),
+];
+
+#[tokio::test]
+async fn every_route_refuses_the_same_way_however_it_is_spelled() {
+    let server = Server::start(&[("BLAZE__SECURITY__METRICS_ACCESS", "admin")], &[]).await;
+    let (_, revoked_id, revoked) = user_with_key(&server, "gone@example.com", json!({}), json!({})).await;
+    json_of(client().delete(server.url(&format!("/admin/keys/{revoked_id}"))).send().await.unwrap(), 200).await;
+    let (_, _, plain) = user_with_key(&server, "plain@example.com", json!({}), json!({"scopes": ["embeddings"]})).await;
+    let body = Some("{}");
+    for (method, path, encoded) in EVERY_ROUTE {
+        let body = if *method == "POST" { body } else { None };
+        for credential in [None, Some(revoked.as_str()), Some(plain.as_str())] {
+            let (status, answer) = raw(&server, method, path, credential, body).await;
+            let (encoded_status, encoded_answer) = raw(&server, method, encoded, credential, body).await;
+            assert_eq!(status, encoded_status, "{method} {path} / {encoded}: {answer} / {encoded_answer}");
+            // Nothing but the WebSocket upgrade (a 400 without its
+            // headers) lets a missing, revoked or under-scoped credential
+            // through.
+            if *path != "/v1/ws" && credential != Some(plain.as_str()) {
+                assert_eq!(status, 401, "{method} {path} with {credential:?}: {answer}");
+            }
+        }
+        // The plain user's key holds only `embeddings`: every other
+        // authenticated route refuses it (403), whatever the spelling.
+        let (status, answer) = raw(&server, method, encoded, Some(&plain), body).await;
+        if !matches!(*path, "/v1/embeddings" | "/auth/logout" | "/v1/ws") {
+            assert_eq!(status, 403, "{method} {encoded}: {answer}");
+        }
+    }
+    // Another user's key, by id, is no one else's business.
+    let (_, other_id, _) = user_with_key(&server, "other@example.com", json!({}), json!({})).await;
+    let (_, _, own) = user_with_key(&server, "own@example.com", json!({}), json!({})).await;
+    for (method, path) in [
+        ("GET", format!("/admin/keys/{other_id}")),
+        ("DELETE", format!("/admin/%6beys/{other_id}")),
+        ("POST", format!("/admin/keys/{other_id}/rotate")),
+    ] {
+        let (status, answer) = raw(&server, method, &path, Some(&own), None).await;
+        assert_eq!(status, 404, "{method} {path}: {answer}");
+    }
+    // A body over its route's limit is refused before it is read, on
+    // every route that takes one.
+    let huge = "x".repeat(17 << 20);
+    for (method, path) in [
+        ("POST", "/auth/token"),
+        ("POST", "/auth/refresh"),
+        ("POST", "/admin/users"),
+        ("POST", "/admin/keys"),
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/completions"),
+        ("POST", "/v1/embeddings"),
+    ] {
+        let (status, answer) = raw(&server, method, path, Some(ADMIN_KEY), Some(&huge)).await;
+        assert_eq!(status, 413, "{method} {path}: {answer}");
+    }
+    let (status, answer) = raw(&server, "PATCH", "/admin/users/someone", Some(ADMIN_KEY), Some(&huge)).await;
+    assert_eq!(status, 413, "{answer}");
 }
 
 // ---- 3: cool-downs that cannot be turned on others ----
@@ -429,7 +505,7 @@ async fn revoking_a_key_ends_its_sign_ins_and_sockets_on_every_replica_within_a_
     let pair = sign_in(&second, json!({"api_key": key})).await;
     let access = pair["access_token"].as_str().unwrap().to_owned();
     assert_eq!(models_status(&second, &access).await, 200);
-    let mut socket = Socket::connect(&second, &key).await;
+    let mut socket = Socket::connect(&second, Some(&key)).await;
     socket.send(json!({"id": "1", "type": "models.list"})).await;
     assert_eq!(socket.frame().await["type"], "result");
     let revoked_at = Instant::now();
@@ -452,60 +528,6 @@ async fn revoking_a_key_ends_its_sign_ins_and_sockets_on_every_replica_within_a_
 
 // ---- 6: open WebSockets follow revocations ----
 
-struct Socket {
-    stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-}
-
-impl Socket {
-    async fn try_connect(
-        server: &Server,
-        key: Option<&str>,
-    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
-        let mut request = format!("ws://{}/v1/ws", server.address).into_client_request().unwrap();
-        if let Some(key) = key {
-            request.headers_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
-        }
-        let (stream, _) = tokio_tungstenite::connect_async(request).await?;
-        Ok(Self { stream })
-    }
-
-    async fn connect(server: &Server, key: &str) -> Self {
-        Self::try_connect(server, Some(key)).await.expect("the upgrade succeeds")
-    }
-
-    async fn send(&mut self, frame: Value) {
-        self.stream.send(Message::text(frame.to_string())).await.unwrap();
-    }
-
-    /// The next text frame (within 5 s).
-    async fn frame(&mut self) -> Value {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(5), self.stream.next())
-                .await
-                .expect("a frame in time")
-            {
-                Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                other => panic!("expected a text frame, got {other:?}"),
-            }
-        }
-    }
-
-    /// The close code the server sent (within 5 s).
-    async fn close_code(&mut self) -> Option<u16> {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(5), self.stream.next())
-                .await
-                .expect("a close in time")
-            {
-                Some(Ok(Message::Close(frame))) => return frame.map(|frame| u16::from(frame.code)),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                other => panic!("expected a close, got {other:?}"),
-            }
-        }
-    }
-}
-
 /// The status of a refused upgrade.
 fn refused_status(error: tokio_tungstenite::tungstenite::Error) -> u16 {
     match error {
@@ -523,7 +545,7 @@ async fn an_open_websocket_ends_when_its_user_is_disabled_or_its_token_signed_ou
     let mut by_message = Socket::try_connect(&server, None).await.unwrap();
     by_message.send(json!({"type": "auth", "token": pair["access_token"]})).await;
     assert_eq!(by_message.frame().await["type"], "authenticated");
-    let mut by_header = Socket::connect(&server, &key).await;
+    let mut by_header = Socket::connect(&server, Some(&key)).await;
     by_header.send(json!({"id": "a", "type": "models.list"})).await;
     assert_eq!(by_header.frame().await["type"], "result");
     let disabled_at = Instant::now();
@@ -640,7 +662,7 @@ async fn scopes_are_enforced_on_routes_tokens_frames_and_new_keys() {
     assert_eq!(response.status(), 200);
 
     // WebSocket frames too.
-    let mut socket = Socket::connect(&server, &embeddings_only).await;
+    let mut socket = Socket::connect(&server, Some(&embeddings_only)).await;
     socket.send(json!({"id": "m", "type": "models.list"})).await;
     let frame = socket.frame().await;
     assert_eq!(
@@ -760,8 +782,8 @@ async fn unauthenticated_sockets_have_their_own_small_cap_and_spend_the_anonymou
     let third = Socket::try_connect(&server, None).await.err().expect("the third waits nowhere");
     assert_eq!(refused_status(third), 503);
     // Waiting sockets take no connection slot: both authenticated ones fit.
-    let mut first = Socket::connect(&server, ADMIN_KEY).await;
-    let _second = Socket::connect(&server, ADMIN_KEY).await;
+    let mut first = Socket::connect(&server, Some(ADMIN_KEY)).await;
+    let _second = Socket::connect(&server, Some(ADMIN_KEY)).await;
     first.send(json!({"id": "1", "type": "models.list"})).await;
     assert_eq!(first.frame().await["type"], "result");
     // The fourth anonymous upgrade from this address is over its budget.

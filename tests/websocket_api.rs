@@ -8,112 +8,19 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
+use common::websocket::Socket;
 use common::{client, decoding_turn, expect_error, Server, ADMIN_KEY};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::MaybeTlsStream;
 
 const CHAT_MODEL: &str = "smollm2-135m-instruct";
 const EMBEDDING_MODEL: &str = "all-minilm-l6-v2";
 /// Longest any one frame may take to arrive in these tests.
-const FRAME_WAIT: Duration = Duration::from_secs(60);
-
-type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// What the server sent next.
-#[derive(Debug)]
-enum Received {
-    Frame(Value),
-    Close(Option<u16>),
-    /// The connection ended without a close frame.
-    Ended,
-}
-
-struct Socket {
-    stream: Stream,
-}
-
-impl Socket {
-    /// Connects with `key` in the Authorization header (or none).
-    async fn connect(server: &Server, key: Option<&str>) -> Self {
-        Self::try_connect(server, key).await.expect("the upgrade succeeds")
-    }
-
-    async fn try_connect(
-        server: &Server,
-        key: Option<&str>,
-    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
-        let mut request = format!("ws://{}/v1/ws", server.address).into_client_request().unwrap();
-        if let Some(key) = key {
-            request.headers_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
-        }
-        let (stream, _) = tokio_tungstenite::connect_async(request).await?;
-        Ok(Self { stream })
-    }
-
-    async fn send(&mut self, frame: Value) {
-        self.stream.send(Message::text(frame.to_string())).await.expect("frame sent");
-    }
-
-    async fn next(&mut self) -> Received {
-        loop {
-            let message =
-                tokio::time::timeout(FRAME_WAIT, self.stream.next()).await.expect("a frame in time");
-            return match message {
-                Some(Ok(Message::Text(text))) => {
-                    Received::Frame(serde_json::from_str(&text).expect("JSON frame"))
-                }
-                Some(Ok(Message::Close(frame))) => Received::Close(frame.map(|frame| u16::from(frame.code))),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Ok(other)) => panic!("unexpected message {other:?}"),
-                Some(Err(_)) | None => Received::Ended,
-            };
-        }
-    }
-
-    async fn frame(&mut self) -> Value {
-        match self.next().await {
-            Received::Frame(frame) => frame,
-            other => panic!("expected a frame, got {other:?}"),
-        }
-    }
-
-    async fn close_code(&mut self) -> Option<u16> {
-        loop {
-            match self.next().await {
-                Received::Frame(_) => continue,
-                Received::Close(code) => return code,
-                Received::Ended => return None,
-            }
-        }
-    }
-
-    /// Every frame until each of `ids` has ended (result, error or done),
-    /// grouped by id.
-    async fn until_ended(&mut self, ids: &[&str]) -> HashMap<String, Vec<Value>> {
-        let mut frames: HashMap<String, Vec<Value>> = HashMap::new();
-        let mut open: Vec<&str> = ids.to_vec();
-        while !open.is_empty() {
-            let frame = self.frame().await;
-            let id = frame["id"].as_str().unwrap_or_default().to_owned();
-            // A duplicate id's error is about the frame, not the live request.
-            let ended = matches!(frame["type"].as_str(), Some("result" | "error" | "done"))
-                && frame["error"]["code"] != "duplicate_id";
-            frames.entry(id.clone()).or_default().push(frame);
-            if ended {
-                open.retain(|open| *open != id);
-            }
-        }
-        frames
-    }
-}
-
 fn chat_body(content: &str, max_tokens: u32, stream: bool) -> Value {
     json!({
         "model": CHAT_MODEL, "max_tokens": max_tokens, "temperature": 0, "stream": stream,

@@ -8,6 +8,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod websocket;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_blaze");
 
 /// One test of a binary at a time may generate text: llama.cpp's compute
