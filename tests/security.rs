@@ -229,8 +229,10 @@ const EVERY_ROUTE: &[(&str, &str, &str)] = &[
 async fn every_route_refuses_the_same_way_however_it_is_spelled() {
     let server = Server::start(&[("BLAZE__SECURITY__METRICS_ACCESS", "admin")], &[]).await;
     let (_, revoked_id, revoked) = user_with_key(&server, "gone@example.com", json!({}), json!({})).await;
-    json_of(client().delete(server.url(&format!("/admin/keys/{revoked_id}"))).send().await.unwrap(), 200).await;
-    let (_, _, plain) = user_with_key(&server, "plain@example.com", json!({}), json!({"scopes": ["embeddings"]})).await;
+    json_of(client().delete(server.url(&format!("/admin/keys/{revoked_id}"))).send().await.unwrap(), 200)
+        .await;
+    let (_, _, plain) =
+        user_with_key(&server, "plain@example.com", json!({}), json!({"scopes": ["embeddings"]})).await;
     let body = Some("{}");
     for (method, path, encoded) in EVERY_ROUTE {
         let body = if *method == "POST" { body } else { None };

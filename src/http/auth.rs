@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use actix_web::dev::Payload;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
-use blaze_actors::auth::{secrets, Authenticator, Failure, FailureSubject, Principal, StoreReads};
+use blaze_actors::auth::{secrets, Authenticator, Failure, FailureSubject, Principal};
 
 use super::AppState;
 use crate::error::ApiError;
@@ -54,18 +54,9 @@ pub async fn authenticate_credential(
     client: Option<IpAddr>,
     credential: Option<&str>,
 ) -> Result<Principal, ApiError> {
-    let reads = match client {
-        Some(address)
-            if auth.cooldown_left(&[FailureSubject::Address(address)]).is_some()
-                && !auth.may_read_store(address) =>
-        {
-            StoreReads::CacheOnly
-        }
-        _ => StoreReads::Allowed,
-    };
     let result = match credential {
         Some("") => Err(Failure::Malformed),
-        credential => auth.authenticate_with(credential, reads).await,
+        credential => auth.authenticate_from(credential, client).await,
     };
     if matches!(result, Err(Failure::NotCached)) {
         return Err(ApiError::unauthenticated(Failure::NotCached));

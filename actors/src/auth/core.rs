@@ -79,13 +79,6 @@ pub enum Failure {
     NotCached,
 }
 
-/// Whether a validation may read the store on a cache miss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreReads {
-    Allowed,
-    CacheOnly,
-}
-
 /// Store reads a cooling address may cause per second (cache misses for
 /// key ids): enough for the real clients behind it, too few to load the
 /// store with guessed ids.
@@ -477,31 +470,30 @@ impl Authenticator {
 
     /// Authenticates a bearer credential: an API key or an access token.
     pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, Failure> {
-        self.authenticate_with(bearer, StoreReads::Allowed).await
+        self.authenticate_from(bearer, None).await
     }
 
-    /// As [`Authenticator::authenticate`]; with `StoreReads::CacheOnly` an
-    /// API key not in the cache is [`Failure::NotCached`] instead of a
-    /// store read.
-    pub async fn authenticate_with(
+    /// As [`Authenticator::authenticate`], for a credential from `client`:
+    /// when an API key is not in the cache and the address is cooling down
+    /// and has spent its store reads for this second, the key is
+    /// [`Failure::NotCached`] instead of a store read. Only a cache miss
+    /// pays for that check.
+    pub async fn authenticate_from(
         &self,
         bearer: Option<&str>,
-        reads: StoreReads,
+        client: Option<IpAddr>,
     ) -> Result<Principal, Failure> {
         let bearer = bearer.map(str::trim).filter(|text| !text.is_empty()).ok_or(Failure::Missing)?;
         if bearer.starts_with(secrets::KEY_PREFIX) {
-            self.authenticate_key(bearer, reads).await
+            self.authenticate_key(bearer, client).await
         } else {
             self.authenticate_token(bearer).await
         }
     }
 
-    async fn authenticate_key(&self, text: &str, reads: StoreReads) -> Result<Principal, Failure> {
+    async fn authenticate_key(&self, text: &str, client: Option<IpAddr>) -> Result<Principal, Failure> {
         let presented = PresentedKey::parse(text).ok_or(Failure::Malformed)?;
-        if reads == StoreReads::CacheOnly && self.keys.get(presented.id).await.is_none() {
-            return Err(Failure::NotCached);
-        }
-        let Cached::Found(key) = self.cached_key(presented.id).await? else {
+        let Cached::Found(key) = self.cached_key(presented.id, client).await? else {
             return Err(Failure::Unknown);
         };
         if !self.hasher.matches(presented, &key.secret_hash) {
@@ -574,7 +566,7 @@ impl Authenticator {
 
     /// A key of `user` that still authenticates.
     async fn usable_key(&self, id: &str, user: &str) -> Result<Arc<KeyRecord>, Failure> {
-        let Cached::Found(key) = self.cached_key(id).await? else {
+        let Cached::Found(key) = self.cached_key(id, None).await? else {
             return Err(Failure::Revoked);
         };
         if key.user_id != user {
@@ -589,16 +581,19 @@ impl Authenticator {
         Ok(key)
     }
 
-    async fn cached_key(&self, id: &str) -> Result<Cached<KeyRecord>, Failure> {
+    /// A key by id; a miss for a credential from `client` reads the store
+    /// only if the address may (see `may_read_store`).
+    async fn cached_key(&self, id: &str, client: Option<IpAddr>) -> Result<Cached<KeyRecord>, Failure> {
         let store = self.store.clone();
         let owned = id.to_owned();
-        cached(&self.keys, id, async move { store.key(owned).await }).await
+        let may_read = || client.is_none_or(|client| self.may_read_store(client));
+        cached(&self.keys, id, may_read, async move { store.key(owned).await }).await
     }
 
     async fn cached_user(&self, id: &str) -> Result<Cached<User>, Failure> {
         let store = self.store.clone();
         let owned = id.to_owned();
-        cached(&self.users, id, async move { store.user(owned).await }).await
+        cached(&self.users, id, || true, async move { store.user(owned).await }).await
     }
 
     async fn active_user(&self, id: &str) -> Result<Arc<User>, Failure> {
@@ -636,12 +631,16 @@ impl Authenticator {
             .max()
     }
 
-    /// Whether a credential from `client`, which is cooling down, may cost
-    /// a store read now (at most `COOLING_STORE_READS_PER_SECOND`).
-    pub fn may_read_store(&self, client: IpAddr) -> bool {
+    /// Whether a credential from `client` may cost a store read now: any
+    /// number unless it is cooling down, then at most
+    /// `COOLING_STORE_READS_PER_SECOND`.
+    fn may_read_store(&self, client: IpAddr) -> bool {
         let Some(window) = self.failures.get(&FailureSubject::Address(client)) else { return true };
         let mut window = window.lock();
         let now = Instant::now();
+        if window.blocked_until.is_none_or(|until| until <= now) {
+            return true;
+        }
         if now.duration_since(window.reads.0) >= Duration::from_secs(1) {
             window.reads = (now, 0);
         }
@@ -766,7 +765,7 @@ impl Authenticator {
         if !key.starts_with(secrets::KEY_PREFIX) {
             return Err(Failure::Malformed);
         }
-        let principal = self.authenticate_key(key, StoreReads::Allowed).await?;
+        let principal = self.authenticate_key(key, None).await?;
         let Credential::ApiKey { key_id } = &principal.credential else { return Err(Failure::Invalid) };
         let user = self.active_user(&principal.user_id).await?;
         let sign_in = SignIn::new(principal.scopes.clone(), SignInOrigin::Key(key_id.clone()))?;
@@ -1257,14 +1256,23 @@ impl Authenticator {
 }
 
 /// A cache hit, or one store read shared by every concurrent caller that
-/// missed; a store that cannot answer fails the lookup (closed).
-async fn cached<T, F>(cache: &Cache<String, Cached<T>>, id: &str, load: F) -> Result<Cached<T>, Failure>
+/// missed (if `may_read` allows it: else [`Failure::NotCached`]); a store
+/// that cannot answer fails the lookup (closed).
+async fn cached<T, F>(
+    cache: &Cache<String, Cached<T>>,
+    id: &str,
+    may_read: impl FnOnce() -> bool,
+    load: F,
+) -> Result<Cached<T>, Failure>
 where
     T: Clone + Send + Sync + 'static,
     F: std::future::Future<Output = Result<Option<T>, StoreError>>,
 {
     if let Some(hit) = cache.get(id).await {
         return Ok(hit);
+    }
+    if !may_read() {
+        return Err(Failure::NotCached);
     }
     let found = async move {
         Ok::<_, StoreError>(load.await?.map_or(Cached::Missing, |value| Cached::Found(Arc::new(value))))

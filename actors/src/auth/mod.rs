@@ -33,7 +33,7 @@ use hmac::Mac;
 pub use self::actor::{AuthActor, AuthActorConfig, EventSource};
 pub use self::core::{
     AdminError, AuthConfig, Authenticator, BruteForceConfig, Credential, Failure, FailureSubject, KeyRequest,
-    NewUser, Page, Principal, SignInOrigin, StoreReads, TokenPair, UserUpdate,
+    NewUser, Page, Principal, SignInOrigin, TokenPair, UserUpdate,
 };
 pub use self::hashing::HashingConfig;
 pub use self::jwt::{JwtAlgorithm, JwtKeySpec, JwtSettings};
