@@ -35,7 +35,7 @@ use super::auth::{authenticate_credential, bearer, client_address};
 use super::disconnect::Hangup;
 use super::exchange::{Answer, Body, Origin, Piece};
 use super::observe::RequestId;
-use super::ratelimit::{refusal, Gate, Pending};
+use super::ratelimit::{Gate, Pending};
 use super::routing::RouteRule;
 use super::routing::{resource, Route};
 use super::AppState;
@@ -237,18 +237,9 @@ async fn upgrade(
 /// anonymous budget, so one address cannot open sockets without end.
 async fn spend_anonymous(state: &AppState, client: Option<std::net::IpAddr>) -> Result<(), ApiError> {
     let Some(client) = client else { return Ok(()) };
-    let pending = Pending::new(
-        &state.limiting,
-        None,
-        format!("ip:{client}"),
-        super::routing::Route::WebSocket.pattern(),
-    );
-    let Some(pending) = pending else { return Ok(()) };
-    match pending.check(0).await {
-        Ok((decision, _)) if decision.admitted => Ok(()),
-        Ok((decision, _)) => Err(refusal(&decision)),
-        Err(_) => Err(ApiError::rate_limiter_unavailable()),
-    }
+    let pattern = super::routing::Route::WebSocket.pattern();
+    let pending = Pending::new(&state.limiting, None, format!("ip:{client}"), pattern);
+    Gate(pending.map(Rc::new)).admit(0).await.map(drop)
 }
 
 fn set_send_buffer(fd: RawFd, bytes: usize) {
