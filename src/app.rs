@@ -17,7 +17,8 @@ use blaze_actors::supervisor::{ActorBoard, Adopt, Backoff, ChildSpec, StartAll, 
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-use crate::http::{self, AppState, Compression, Limiting, Observe};
+use crate::http::{self, AppState, Compression, Observe};
+use crate::openai::{CacheAccess, Limiting, Pipeline};
 use crate::settings::{ConfigSources, ServerSettings, Settings};
 
 /// Runs the server on an actix system until a signal stops it. Exit code 0
@@ -282,15 +283,17 @@ async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervi
         health: shared.health.clone(),
         telemetry: shared.telemetry.clone(),
         supervisor,
-        models: shared.models.clone(),
         auth: shared.identity.clone(),
-        cache: shared
-            .cache
-            .clone()
-            .map(|cache| http::cache::CacheAccess { cache, shared: settings.cache.shared_across_users }),
-        guard: shared.guard.clone(),
-        validation: settings.validation,
-        limiting: shared.limiting.clone(),
+        pipeline: Pipeline {
+            models: shared.models.clone(),
+            guard: shared.guard.clone(),
+            cache: shared
+                .cache
+                .clone()
+                .map(|cache| CacheAccess { cache, shared: settings.cache.shared_across_users }),
+            validation: settings.validation,
+            limiting: shared.limiting.clone(),
+        },
         sockets: http::websocket::Sockets::new(
             settings.websocket,
             Duration::from_secs(server_settings.shutdown_grace_s),
@@ -306,7 +309,7 @@ async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervi
         body_limits: server_settings.body_limits.at_most(server_settings.max_request_bytes),
     };
     let sockets = state.sockets.clone();
-    let warm_state = state.clone();
+    let pipeline = state.pipeline.clone();
     let compression = settings.performance.compression;
     let (max_body, timeout_s) = (server_settings.max_request_bytes, server_settings.request_timeout_s);
     let workers = server_settings.worker_count();
@@ -335,9 +338,16 @@ async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervi
     }
     let server = server.run();
     if !settings.cache.warm_file.is_empty() {
-        let warm_state = warm_state.clone();
-        actix_rt::spawn(http::cache::warm(warm_state, settings.cache.warm_file.clone().into()));
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "warming ends with its file; cut short at shutdown it loses only entries not yet warm"
+        )]
+        actix_rt::spawn(crate::openai::warm::warm(pipeline, settings.cache.warm_file.clone().into()));
     }
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "waits for the signal that ends the server; it lives as long as the server"
+    )]
     actix_rt::spawn(drain_on_signal(server.handle(), shared.health.clone(), sockets, server_settings));
     server.await.map_err(|error| format!("server: {error}"))
 }

@@ -1,5 +1,6 @@
-//! Blaze's binary: the CLI, the HTTP surface and the wiring of the actors.
-//! The concerns themselves live in the `blaze-actors` crate.
+//! Blaze's binary: the CLI, the OpenAI pipeline (`openai`), the HTTP and
+//! WebSocket transports over it (`http`) and the wiring of the actors. The
+//! concerns themselves live in the `blaze-actors` crate.
 
 pub mod app;
 pub mod cli;
@@ -8,7 +9,9 @@ pub mod http;
 pub mod identity;
 pub mod logging;
 pub mod models;
+pub mod openai;
 pub mod probe;
+pub mod routes;
 pub mod settings;
 
 /// The build this binary came from.

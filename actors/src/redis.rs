@@ -34,6 +34,10 @@ pub struct Connection {
 impl Connection {
     pub fn open(client: &Client) -> Self {
         let client = client.clone();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "tracked: the handle is kept and aborted when its owner is dropped"
+        )]
         let task = tokio::spawn(async move {
             loop {
                 // Resolves only when the connection ends for good.

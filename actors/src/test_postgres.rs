@@ -17,6 +17,10 @@ pub fn drop_schema(name: &str) {
             if let Ok((client, connection)) =
                 tokio_postgres::connect(POSTGRES_URL, tokio_postgres::NoTls).await
             {
+                #[expect(
+                    clippy::disallowed_methods,
+                    reason = "test support: the connection lives as long as the test's runtime"
+                )]
                 tokio::spawn(connection);
                 // Never wait forever on a lock a dying connection still holds.
                 let drop = format!("SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS {name} CASCADE");

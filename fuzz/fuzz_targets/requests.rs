@@ -8,6 +8,7 @@
 
 use std::sync::LazyLock;
 
+use blaze::openai::{check_body, Endpoint};
 use blaze::settings::{ConfigSources, Settings, ValidationSettings};
 use libfuzzer_sys::fuzz_target;
 
@@ -23,14 +24,14 @@ static LIMITS: LazyLock<ValidationSettings> = LazyLock::new(|| {
     settings.validation
 });
 
-const PATHS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
+const ENDPOINTS: [Endpoint; 3] = [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings];
 
 fuzz_target!(|data: &[u8]| {
-    for path in PATHS {
-        if let Err(error) = blaze::http::check_body(path, data, &LIMITS) {
-            assert_eq!(error.status().as_u16(), 400, "{path}: {error:?}");
+    for endpoint in ENDPOINTS {
+        if let Err(error) = check_body(endpoint, data, &LIMITS) {
+            assert_eq!(error.status().as_u16(), 400, "{endpoint:?}: {error:?}");
             let body = error.body(None);
-            assert_eq!(body["error"]["type"], "invalid_request_error", "{path}: {body}");
+            assert_eq!(body["error"]["type"], "invalid_request_error", "{endpoint:?}: {body}");
             assert!(body["error"]["message"].as_str().is_some_and(|message| !message.is_empty()));
         }
     }

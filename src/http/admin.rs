@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::auth::{client_address, failed, AdminCaller, Caller};
 use super::routing::{resource, Route};
 use super::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::settings::BodyLimitSettings;
 
 pub fn configure(config: &mut web::ServiceConfig, limits: &BodyLimitSettings) {
@@ -47,12 +47,12 @@ pub fn configure(config: &mut web::ServiceConfig, limits: &BodyLimitSettings) {
 fn admin_error(error: AdminError) -> ApiError {
     match error {
         AdminError::NotFound(what) => ApiError::no_such(what, "given"),
-        AdminError::Conflict(message) => ApiError::conflict("conflict", message),
-        AdminError::KeyLimit { .. } => ApiError::conflict("key_limit_reached", error.to_string()),
+        AdminError::Conflict(message) => ApiError::conflict(ErrorCode::Conflict, message),
+        AdminError::KeyLimit { .. } => ApiError::conflict(ErrorCode::KeyLimitReached, error.to_string()),
         AdminError::Forbidden(message) => ApiError::forbidden(message),
         AdminError::InsufficientScope(scope) => ApiError::insufficient_scope(&scope),
         AdminError::Busy => ApiError::sign_ins_busy(),
-        AdminError::Invalid(message) => ApiError::bad_request("invalid_value", message),
+        AdminError::Invalid(message) => ApiError::bad_request(ErrorCode::InvalidValue, message),
         AdminError::Store(store) => {
             tracing::warn!(error = %store, "identity store failed");
             ApiError::unauthenticated(Failure::StoreUnavailable)
@@ -101,7 +101,7 @@ fn checked_limits(limits: Option<Limits>) -> Result<Option<Limits>, ApiError> {
     match limits {
         Some(limits) if !valid(limits.requests_per_minute) || !valid(limits.tokens_per_minute) => {
             Err(ApiError::bad_request(
-                "invalid_value",
+                ErrorCode::InvalidValue,
                 "`rate_limits`: requests_per_minute and tokens_per_minute are 1 to 10^12, or null for the default",
             )
             .with_param("rate_limits"))
@@ -176,7 +176,7 @@ async fn token(
         }
         _ => {
             return Err(ApiError::bad_request(
-                "invalid_grant",
+                ErrorCode::InvalidGrant,
                 "Send either `api_key`, or `email` and `password`",
             ))
         }
@@ -241,7 +241,8 @@ impl ListQuery {
     fn limit(&self) -> Result<u32, ApiError> {
         match self.limit.unwrap_or(20) {
             limit @ 1..=100 => Ok(limit),
-            _ => Err(ApiError::bad_request("invalid_value", "`limit` must be 1 to 100").with_param("limit")),
+            _ => Err(ApiError::bad_request(ErrorCode::InvalidValue, "`limit` must be 1 to 100")
+                .with_param("limit")),
         }
     }
 }
@@ -253,7 +254,7 @@ async fn create_user(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     if body.name.chars().count() > 200 {
-        return Err(ApiError::bad_request("invalid_value", "`name` must be at most 200 characters")
+        return Err(ApiError::bad_request(ErrorCode::InvalidValue, "`name` must be at most 200 characters")
             .with_param("name"));
     }
     let limits = checked_limits(body.rate_limits)?.unwrap_or_default();
@@ -269,9 +270,8 @@ async fn list_users(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     if query.user_id.is_some() {
-        return Err(
-            ApiError::bad_request("invalid_query", "`user_id` filters keys, not users").with_param("user_id")
-        );
+        return Err(ApiError::bad_request(ErrorCode::InvalidQuery, "`user_id` filters keys, not users")
+            .with_param("user_id"));
     }
     let page = state.auth.users(query.after.clone(), query.limit()?).await.map_err(admin_error)?;
     Ok(HttpResponse::Ok().json(page_json(&page, user_json, |user| &user.id)))
@@ -347,7 +347,7 @@ async fn create_key(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     if body.name.chars().count() > 200 {
-        return Err(ApiError::bad_request("invalid_value", "`name` must be at most 200 characters")
+        return Err(ApiError::bad_request(ErrorCode::InvalidValue, "`name` must be at most 200 characters")
             .with_param("name"));
     }
     if let Some(scopes) = &body.scopes {
@@ -356,7 +356,7 @@ async fn create_key(
         };
         if scopes.is_empty() || scopes.len() > 32 || !scopes.iter().all(valid_scope) {
             return Err(ApiError::bad_request(
-                "invalid_value",
+                ErrorCode::InvalidValue,
                 "`scopes`: 1 to 32 of *, models, chat, completions, embeddings, keys, admin, metrics \
                  (default: the caller's own)",
             )
@@ -364,7 +364,7 @@ async fn create_key(
         }
     }
     if body.expires_in_s.is_some_and(|seconds| seconds == 0 || seconds > 10 * 365 * 86_400) {
-        return Err(ApiError::bad_request("invalid_value", "`expires_in_s` must be 1 s to 10 years")
+        return Err(ApiError::bad_request(ErrorCode::InvalidValue, "`expires_in_s` must be 1 s to 10 years")
             .with_param("expires_in_s"));
     }
     let request = KeyRequest {

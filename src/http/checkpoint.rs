@@ -14,15 +14,15 @@ use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Tr
 use actix_web::http::header::CONTENT_LENGTH;
 use actix_web::{web, HttpMessage, HttpRequest, ResponseError};
 use blaze_actors::auth::Principal;
-use blaze_actors::ratelimit::Unavailable;
 use futures_util::future::LocalBoxFuture;
 use sha2::{Digest, Sha256};
 
 use super::auth::{authenticate_credential, bearer, client_address, subject_of};
-use super::ratelimit::{add_headers, refusal, Gate, Pending};
+use super::ratelimit::add_headers;
 use super::routing::{Access, Budget, RouteRule};
 use super::AppState;
 use crate::error::ApiError;
+use crate::openai::{Gate, Pending};
 use crate::settings::MetricsAccess;
 
 /// Who reads the monitoring routes (`security.metrics_access`), and the
@@ -129,33 +129,32 @@ where
                 Budget::Never | Budget::PerFrame => None,
                 Budget::Request | Budget::Tokens => subject_of(principal.as_ref(), request.request())
                     .and_then(|subject| {
-                        Pending::new(&state.limiting, principal.as_ref(), subject, rule.pattern)
+                        Pending::new(&state.pipeline.limiting, principal.as_ref(), subject, rule.pattern)
                     }),
             };
-            let Some(pending) = pending.map(Rc::new) else {
+            let Some(pending) = pending else {
                 return service.call(request).await.map(ServiceResponse::map_into_left_body);
             };
+            let gate = Gate::new(Some(pending));
             if rule.budget == Budget::Tokens {
-                let gate = Gate(Some(pending));
+                // Admitted by the pipeline once it has counted the tokens.
                 request.extensions_mut().insert(gate.clone());
                 let mut response = service.call(request).await?;
                 gate.spend_unadmitted().await;
-                gate.add_headers(response.headers_mut());
+                if let Some(decision) = gate.decision() {
+                    add_headers(response.headers_mut(), &decision);
+                }
                 return Ok(response.map_into_left_body());
             }
-            match pending.check(0).await {
-                Ok((decision, _)) if decision.admitted => {
-                    let mut response = service.call(request).await?;
-                    add_headers(response.headers_mut(), &decision);
-                    Ok(response.map_into_left_body())
-                }
-                Ok((decision, _)) => {
-                    let mut response = request.into_response(refusal(&decision).error_response());
-                    add_headers(response.headers_mut(), &decision);
-                    Ok(response.map_into_right_body())
-                }
-                Err(Unavailable) => refuse(request, &ApiError::rate_limiter_unavailable()),
+            let admitted = gate.admit(0).await;
+            let mut response = match admitted {
+                Ok(_) => service.call(request).await?.map_into_left_body(),
+                Err(error) => request.into_response(error.error_response()).map_into_right_body(),
+            };
+            if let Some(decision) = gate.decision() {
+                add_headers(response.headers_mut(), &decision);
             }
+            Ok(response)
         })
     }
 }

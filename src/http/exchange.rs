@@ -1,87 +1,32 @@
-//! What the OpenAI endpoints take besides the body and what they give
-//! back, the same for both surfaces: an [`Origin`] (who asks, the rate
-//! limit gate, whether the cache may answer, how to notice the client has
-//! gone) in, an [`Answer`] (a whole JSON body, or a stream of chunks) out.
-//! HTTP frames an answer as a response or Server-Sent Events here; the
-//! WebSocket surface frames it as result or chunk frames. Neither holds
-//! any of the endpoints' logic.
+//! The OpenAI pipeline over HTTP: the [`Origin`] of a request (who asks,
+//! its rate limit gate, whether the cache may answer, its connection's
+//! hang-up) in, the pipeline's [`Answer`] framed as a JSON response or
+//! Server-Sent Events out. None of the endpoints' logic lives here.
 
 use actix_web::http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::web::Bytes;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use blaze_actors::auth::Principal;
-use blaze_actors::cache::{CacheKey, Lookup};
 use futures_util::stream::LocalBoxStream;
 use futures_util::StreamExt;
 
 use super::auth::subject_of;
 use super::cache::{mark, refuses_cache};
-use super::disconnect::Hangup;
-use super::observe::RequestId;
-use super::ratelimit::Gate;
-use crate::error::ApiError;
+use crate::openai::RequestId;
+use crate::openai::{Answer, Body, Gate, Origin, Piece};
 
-/// Who asks, and how their answer may be made.
-pub struct Origin {
-    pub principal: Principal,
-    /// Whose budgets and guard score the request spends: `key:<id>` or
-    /// `user:<id>`.
-    pub subject: String,
-    /// For the logs.
-    pub request_id: RequestId,
-    pub gate: Gate,
-    /// False when the client asked not to be answered from the cache.
-    pub cache_allowed: bool,
-    pub hangup: Hangup,
-}
-
-impl Origin {
-    /// An HTTP request's origin, behind the auth and rate limit middleware.
-    pub fn http(request: &HttpRequest, principal: Principal, gate: Gate) -> Self {
-        let subject = subject_of(Some(&principal), request).unwrap_or_default();
-        // A shared header value: nothing is copied on the request path.
-        let request_id = request.extensions().get::<RequestId>().cloned().unwrap_or_else(RequestId::generate);
-        Self {
-            principal,
-            subject,
-            request_id,
-            gate,
-            cache_allowed: !refuses_cache(request),
-            hangup: Hangup::of(request),
-        }
-    }
-}
-
-/// One piece of a streamed answer.
-pub enum Piece {
-    /// A chunk, serialized (the same JSON on both surfaces).
-    Chunk(Bytes),
-    /// The stream failed; nothing follows.
-    Failed(ApiError),
-}
-
-pub enum Body {
-    /// The whole answer, serialized.
-    Json(Bytes),
-    /// Chunks until the stream ends (done) or fails.
-    Stream(LocalBoxStream<'static, Piece>),
-}
-
-/// An endpoint's answer, and what the cache did for it.
-pub struct Answer {
-    pub body: Body,
-    /// `None` for endpoints the cache never answers.
-    pub lookup: Option<Lookup>,
-    pub key: Option<CacheKey>,
-}
-
-impl Answer {
-    pub fn json(body: Bytes) -> Self {
-        Self { body: Body::Json(body), lookup: None, key: None }
-    }
-
-    pub fn cached(body: Body, lookup: Lookup, key: Option<CacheKey>) -> Self {
-        Self { body, lookup: Some(lookup), key }
+/// An HTTP request's origin, behind the checkpoint.
+pub fn origin(request: &HttpRequest, principal: Principal, gate: Gate) -> Origin {
+    let subject = subject_of(Some(&principal), request).unwrap_or_default();
+    // A shared header value: nothing is copied on the request path.
+    let request_id = request.extensions().get::<RequestId>().cloned().unwrap_or_else(RequestId::generate);
+    Origin {
+        principal,
+        subject,
+        request_id,
+        gate,
+        cache_allowed: !refuses_cache(request),
+        hangup: super::disconnect::hangup(request),
     }
 }
 

@@ -12,7 +12,9 @@ use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+pub use crate::openai::parse;
+
+use crate::error::{ApiError, ErrorCode};
 
 /// The largest body, as the server is configured (for the 413 message).
 #[derive(Debug, Clone, Copy)]
@@ -73,7 +75,7 @@ async fn read_body(
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|error| match error {
             PayloadError::Overflow => ApiError::payload_too_large(limit),
-            _ => ApiError::bad_request("invalid_body", "The request body could not be read"),
+            _ => ApiError::bad_request(ErrorCode::InvalidBody, "The request body could not be read"),
         })?;
         if buffer.len() + chunk.len() > limit {
             return Err(ApiError::payload_too_large(limit));
@@ -81,55 +83,4 @@ async fn read_body(
         buffer.extend_from_slice(&chunk);
     }
     Ok(buffer.freeze())
-}
-
-/// `bytes` as a `T`, or the 400 that names the field at fault.
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice::<T>(bytes).map_err(|error| describe::<T>(bytes, &error))
-}
-
-/// The 400 for a body that did not parse: where, and what was wrong.
-pub fn describe<T: DeserializeOwned>(bytes: &[u8], error: &serde_json::Error) -> ApiError {
-    if !error.is_data() {
-        return ApiError::bad_request("invalid_json", format!("The request body is not valid JSON: {error}"));
-    }
-    let path =
-        match serde_path_to_error::deserialize::<_, T>(&mut serde_json::Deserializer::from_slice(bytes)) {
-            Err(located) => located.path().to_string(),
-            Ok(_) => ".".to_owned(),
-        };
-    let message = error.to_string();
-    if let Some(field) = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) {
-        // The path names the unknown key itself (older serde_path_to_error
-        // stopped at the object holding it).
-        let param = if path == field || path.ends_with(&format!(".{field}")) {
-            path
-        } else if path == "." {
-            field.to_owned()
-        } else {
-            format!("{path}.{field}")
-        };
-        return ApiError::bad_request(
-            "unknown_parameter",
-            format!("Unrecognized request argument supplied: {field}"),
-        )
-        .with_param(param);
-    }
-    if message.contains("untagged enum EmbeddingInput") {
-        return ApiError::bad_request(
-            "invalid_input",
-            "`input` must be a string, an array of strings, an array of token ids, \
-             or an array of arrays of token ids",
-        )
-        .with_param("input");
-    }
-    // serde_json's message ends with where in the text; the path says it better.
-    let problem = message.split(" at line ").next().unwrap_or(&message);
-    if path == "." {
-        return ApiError::bad_request(
-            "invalid_request_body",
-            format!("The request body is invalid: {problem}"),
-        );
-    }
-    ApiError::bad_request("invalid_request_body", format!("`{path}`: {problem}")).with_param(path)
 }

@@ -1,17 +1,15 @@
-//! The HTTP surface: routes, the request middleware, extractor limits and
-//! the mapping of every error to the OpenAI error body.
+//! The HTTP transport: the route table and its checkpoint, the handlers
+//! (thin: the OpenAI endpoints hand their bodies to `crate::openai`), the
+//! request middleware and the extractor limits.
 
 mod admin;
 pub mod auth;
 pub mod cache;
-mod chat;
-mod chat_request;
 pub mod checkpoint;
 pub mod client;
 mod compression;
 pub mod disconnect;
-pub mod exchange;
-pub mod guard;
+mod exchange;
 mod json;
 mod observe;
 mod openai;
@@ -20,7 +18,6 @@ mod routes;
 pub mod routing;
 #[cfg(feature = "test-hooks")]
 mod test_hooks;
-mod validate;
 pub mod websocket;
 
 use std::sync::Arc;
@@ -30,26 +27,9 @@ use blaze_actors::health::HealthState;
 use blaze_actors::metrics::Telemetry;
 
 pub use self::compression::Compression;
-pub use self::observe::{Observe, RequestId, REQUEST_ID};
-pub use self::ratelimit::Limiting;
-use crate::error::{self, ApiError};
-
-/// The body of the OpenAI endpoint at `path` (`/v1/chat/completions`,
-/// `/v1/completions`, `/v1/embeddings`) parsed and checked as far as no
-/// model, client or guard is needed: the handlers' own first steps. The
-/// request fuzz target (fuzz/) drives it with arbitrary bytes.
-pub fn check_body(
-    path: &str,
-    bytes: &[u8],
-    limits: &crate::settings::ValidationSettings,
-) -> Result<(), ApiError> {
-    match routing::Route::for_pattern(path).map(|rule| rule.route) {
-        Some(routing::Route::ChatCompletions) => chat::check_body(validate::Endpoint::Chat, bytes, limits),
-        Some(routing::Route::Completions) => chat::check_body(validate::Endpoint::Completions, bytes, limits),
-        Some(routing::Route::Embeddings) => openai::check_body(bytes, limits),
-        _ => Err(ApiError::not_found("POST", path)),
-    }
-}
+pub use self::observe::{Observe, REQUEST_ID};
+use crate::error::{self, ApiError, ErrorCode};
+pub use crate::openai::RequestId;
 
 /// What handlers read; cheap to clone into every worker.
 #[derive(Clone)]
@@ -57,15 +37,9 @@ pub struct AppState {
     pub health: Arc<HealthState>,
     pub telemetry: Arc<Telemetry>,
     pub supervisor: actix::Addr<blaze_actors::supervisor::Supervisor>,
-    pub models: blaze_actors::router::ModelRegistry,
     pub auth: Arc<blaze_actors::auth::Authenticator>,
-    /// `None` when `cache.enabled` is false.
-    pub cache: Option<cache::CacheAccess>,
-    pub guard: Arc<blaze_actors::guard::Guard>,
-    pub validation: crate::settings::ValidationSettings,
-    /// Rate limits, for requests that come through no middleware
-    /// (WebSocket frames).
-    pub limiting: Arc<Limiting>,
+    /// The OpenAI pipeline: models, guard, cache, limits.
+    pub pipeline: crate::openai::Pipeline,
     pub sockets: Arc<websocket::Sockets>,
     /// Proxies trusted to name the client (`server.trusted_proxies`).
     pub proxies: Arc<client::TrustedProxies>,
@@ -85,14 +59,13 @@ pub fn configure(config: &mut web::ServiceConfig, state: AppState, max_body: usi
         .app_data(web::PayloadConfig::new(max_body))
         .app_data(json_config(max_body))
         .app_data(web::QueryConfig::default().error_handler(|error, _| {
-            ApiError::bad_request("invalid_query", format!("Invalid query string: {error}")).into()
+            ApiError::bad_request(ErrorCode::InvalidQuery, format!("Invalid query string: {error}")).into()
         }))
         .app_data(web::PathConfig::default().error_handler(|error, _| {
-            ApiError::bad_request("invalid_path", format!("Invalid path parameter: {error}")).into()
+            ApiError::bad_request(ErrorCode::InvalidPath, format!("Invalid path parameter: {error}")).into()
         }));
     routes::configure(config, &limits);
     openai::configure(config, &limits);
-    chat::configure(config, &limits);
     admin::configure(config, &limits);
     cache::configure(config, &limits);
     websocket::configure(config, &limits);

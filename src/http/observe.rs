@@ -12,48 +12,21 @@ use std::time::{Duration, Instant};
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
-use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
+use actix_web::http::header::{HeaderName, CONTENT_LENGTH};
 use actix_web::http::Method;
 use actix_web::{HttpMessage, HttpResponse, ResponseError};
 use blaze_actors::metrics::{RequestRecorder, RouteId, Telemetry};
 use futures_util::FutureExt;
 
 use crate::error::ApiError;
+use crate::openai::RequestId;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The request's id, from the client's `x-request-id` when it is sane,
-/// generated otherwise. Handlers read it from the request extensions.
-#[derive(Debug, Clone)]
-pub struct RequestId(HeaderValue);
-
-impl RequestId {
-    fn from_request(request: &ServiceRequest) -> Self {
-        let given = request.headers().get(&REQUEST_ID).filter(|id| is_sane_id(id.as_bytes()));
-        match given {
-            Some(id) => Self(id.clone()),
-            None => Self::generate(),
-        }
-    }
-
-    /// A new id, for a request that brought none (a WebSocket frame's).
-    pub fn generate() -> Self {
-        let mut buffer = uuid::Uuid::encode_buffer();
-        let id = uuid::Uuid::new_v4().simple().encode_lower(&mut buffer);
-        // Lowercase hex is always a valid header value.
-        Self(HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("unknown")))
-    }
-
-    pub fn as_str(&self) -> &str {
-        // Only sane ids (ASCII) are ever stored.
-        self.0.to_str().unwrap_or_default()
-    }
-}
-
-/// Short, printable, and safe to echo in headers and logs.
-fn is_sane_id(id: &[u8]) -> bool {
-    (1..=128).contains(&id.len())
-        && id.iter().all(|&byte| byte.is_ascii_alphanumeric() || b"-_.:".contains(&byte))
+/// generated otherwise.
+fn request_id_of(request: &ServiceRequest) -> RequestId {
+    request.headers().get(&REQUEST_ID).and_then(RequestId::given).unwrap_or_else(RequestId::generate)
 }
 
 pub struct Observe {
@@ -114,7 +87,7 @@ where
     fn call(&self, request: ServiceRequest) -> Self::Future {
         let started = Instant::now();
         let in_flight = self.recorder.request_started();
-        let request_id = RequestId::from_request(&request);
+        let request_id = request_id_of(&request);
         request.extensions_mut().insert(request_id.clone());
         // Taken now: after a panic or a timeout the request is gone.
         let labels = Labels {
@@ -175,7 +148,7 @@ fn finish<B>(
     labels: &Labels,
     started: Instant,
 ) {
-    response.headers_mut().insert(REQUEST_ID, request_id.0.clone());
+    response.headers_mut().insert(REQUEST_ID, request_id.header().clone());
     let elapsed = started.elapsed();
     let method = labels.method;
     let status = response.status().as_u16();

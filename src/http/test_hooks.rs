@@ -8,7 +8,7 @@ use actix_web::{web, HttpResponse};
 use blaze_actors::supervisor::{FailChild, FailMode};
 
 use super::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 pub fn configure(config: &mut web::ServiceConfig) {
     config
@@ -40,10 +40,10 @@ async fn fail_actor(
     let mode = match mode.as_str() {
         "panic" => FailMode::Panic,
         "stop" => FailMode::Stop,
-        _ => return Err(ApiError::bad_request("invalid_mode", "mode must be panic or stop")),
+        _ => return Err(ApiError::bad_request(ErrorCode::InvalidValue, "mode must be panic or stop")),
     };
     match state.supervisor.send(FailChild { name: name.clone(), mode }).await {
         Ok(true) => Ok(HttpResponse::Ok().json(serde_json::json!({ "failed": name }))),
-        _ => Err(ApiError::bad_request("unknown_actor", format!("no running actor named {name}"))),
+        _ => Err(ApiError::bad_request(ErrorCode::NotFound, format!("no running actor named {name}"))),
     }
 }

@@ -7,6 +7,7 @@
 //! checked on its own, so one run reports every bad key with the layer that
 //! set it; unknown keys are errors.
 
+mod check;
 mod load;
 mod print;
 #[cfg(test)]

@@ -112,6 +112,10 @@ impl Subscription {
         let (client, mut connection) =
             config.connect(tokio_postgres::NoTls).await.map_err(|error| error.to_string())?;
         let (sender, notifications) = tokio::sync::mpsc::unbounded_channel();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "tracked: the handle is kept and aborted when the listener is dropped"
+        )]
         let task = tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |context| connection.poll_message(context));
             while let Some(Ok(message)) = futures_util::StreamExt::next(&mut messages).await {

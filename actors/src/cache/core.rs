@@ -268,6 +268,10 @@ impl ResponseCache {
         if let Some(redis) = self.redis.as_ref().filter(|redis| redis.is_up()) {
             let (redis, model, id, value) =
                 (redis.clone(), key.model.clone(), key.id.clone(), stored.value.clone());
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "a write-behind of one entry to Redis off the request path; lost at shutdown, it is only a miss later"
+            )]
             tokio::spawn(async move { redis.put(&model, &id, &value, ttl).await });
         }
     }

@@ -55,6 +55,10 @@ impl ChildSpec {
     {
         let launch = move |reporter: Reporter| {
             let starting = factory();
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "the supervisor's own child runner: it owns the child's lifecycle and restarts"
+            )]
             actix_rt::spawn(run_child(starting, reporter));
         };
         Self { name, required, launch: Arc::new(launch) }

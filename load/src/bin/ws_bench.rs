@@ -334,6 +334,7 @@ async fn stream(
     let tasks: Vec<_> = (0..connections)
         .map(|_| {
             let (address, key, body) = (address.clone(), key.clone(), body.clone());
+            #[expect(clippy::disallowed_methods, reason = "tracked: every handle is awaited below")]
             tokio::spawn(async move {
                 match surface {
                     Surface::Ws => ws_connection(address, key, body, until).await,

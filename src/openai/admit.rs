@@ -1,0 +1,238 @@
+//! Admission: the budgets of one request, checked once against the
+//! [`RateLimiter`], and the tokens it reserved, settled with what it really
+//! used. The checkpoint admits the routes that count requests before their
+//! handler; the routes that count tokens are admitted by the pipeline once
+//! the prompt is tokenized (the count is known only then), through the
+//! [`Gate`] the checkpoint left for them.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blaze_actors::auth::Principal;
+use blaze_actors::ratelimit::{Admission, Decision, Limits, Quota, RateLimiter, Ticket, Unavailable, Unit};
+
+use crate::error::ApiError;
+
+/// The limiter and the budgets that apply when a key or user sets none.
+pub struct Limiting {
+    pub limiter: Arc<RateLimiter>,
+    pub defaults: Limits,
+    pub anonymous: Limits,
+    pub routes: Vec<(String, Limits)>,
+}
+
+/// One request's budget holder and what it was told.
+pub struct Pending {
+    limiting: Arc<Limiting>,
+    subject: String,
+    limits: Limits,
+    route: Option<(String, Limits)>,
+    decision: RefCell<Option<Decision>>,
+}
+
+impl Pending {
+    /// The budgets of `principal` (anonymous when `None`) on the route
+    /// with `pattern`; `None` when nothing limits them.
+    pub fn new(
+        limiting: &Arc<Limiting>,
+        principal: Option<&Principal>,
+        subject: String,
+        pattern: &str,
+    ) -> Option<Self> {
+        let limits = match principal {
+            Some(principal) => principal.limits.or(limiting.defaults),
+            None => limiting.anonymous,
+        };
+        let route = limiting.routes.iter().find(|(route, _)| route == pattern).cloned();
+        if limits.is_unlimited() && route.is_none() {
+            return None;
+        }
+        Some(Self { limiting: limiting.clone(), subject, limits, route, decision: RefCell::new(None) })
+    }
+
+    /// Checks the budgets once, reserving `tokens`; remembers the answer
+    /// for the response headers.
+    async fn check(&self, tokens: u64) -> Result<(Decision, Option<Ticket>), Unavailable> {
+        let admission = Admission {
+            subject: &self.subject,
+            limits: self.limits,
+            route: self.route.as_ref().map(|(route, limits)| (route.as_str(), *limits)),
+            tokens,
+        };
+        let mut decision = self.limiting.limiter.check(&admission).await?;
+        let ticket = decision.ticket.take();
+        *self.decision.borrow_mut() = Some(decision.clone());
+        Ok((decision, ticket))
+    }
+}
+
+/// What a request is admitted through. Without a budget to spend
+/// (unlimited) it admits everything.
+#[derive(Clone)]
+pub struct Gate(Option<Rc<Pending>>);
+
+impl Gate {
+    pub fn new(pending: Option<Pending>) -> Self {
+        Self(pending.map(Rc::new))
+    }
+
+    /// The gate of one request that did not come through the checkpoint
+    /// (a WebSocket frame): the caller's budgets, as on the route with
+    /// `pattern` over HTTP.
+    pub fn for_call(limiting: &Arc<Limiting>, principal: &Principal, subject: &str, pattern: &str) -> Self {
+        Self::new(Pending::new(limiting, Some(principal), subject.to_owned(), pattern))
+    }
+
+    /// The decision the request was told, for the response headers.
+    pub fn decision(&self) -> Option<Decision> {
+        self.0.as_ref().and_then(|pending| pending.decision.borrow().clone())
+    }
+
+    /// A request that ended before it was admitted (a bad body, an
+    /// unknown model) still spends one request.
+    pub async fn spend_unadmitted(&self) {
+        if let Some(pending) = &self.0 {
+            if pending.decision.borrow().is_none() {
+                let _ = pending.check(0).await;
+            }
+        }
+    }
+
+    /// Admits the request, reserving `tokens` (prompt plus the most the
+    /// completion may take), or refuses it (429, or 503 when closed).
+    pub async fn admit(&self, tokens: u64) -> Result<Option<Reservation>, ApiError> {
+        let Some(pending) = &self.0 else { return Ok(None) };
+        match pending.check(tokens).await {
+            Ok((decision, ticket)) if decision.admitted => {
+                Ok(ticket.map(|ticket| Reservation { limiter: pending.limiting.limiter.clone(), ticket }))
+            }
+            Ok((decision, _)) => Err(refusal(&decision)),
+            Err(Unavailable) => Err(ApiError::rate_limiter_unavailable()),
+        }
+    }
+}
+
+/// Tokens reserved at admission, to settle with what was really used.
+pub struct Reservation {
+    limiter: Arc<RateLimiter>,
+    ticket: Ticket,
+}
+
+impl Reservation {
+    pub fn reserved(&self) -> u64 {
+        self.ticket.reserved()
+    }
+
+    /// Corrects the reservation with the real usage, off the request path.
+    pub fn settle(self, used: u64) {
+        let Reservation { limiter, ticket } = self;
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "one limiter round trip off the request path; lost at shutdown, the reservation expires with its window"
+        )]
+        actix_web::rt::spawn(async move { limiter.settle(ticket, used).await });
+    }
+}
+
+/// A token reservation that settles when dropped, with the tokens counted
+/// so far: the prompt, then each generated piece, then the exact usage.
+/// Dropped with the answer or its stream, whichever way it ends.
+pub struct Settlement {
+    reservation: Option<Reservation>,
+    pub used: u64,
+}
+
+impl Settlement {
+    pub fn new(reservation: Option<Reservation>, prompt_tokens: usize) -> Self {
+        Self { reservation, used: prompt_tokens as u64 }
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            reservation.settle(self.used);
+        }
+    }
+}
+
+fn unit_name(unit: Unit) -> &'static str {
+    match unit {
+        Unit::Requests => "requests",
+        Unit::Tokens => "tokens",
+    }
+}
+
+/// The 429 for a refused decision, worded as OpenAI words it.
+pub fn refusal(decision: &Decision) -> ApiError {
+    if let Some(too_large) = decision.too_large {
+        let unit = unit_name(too_large.unit);
+        let message = format!(
+            "Request too large: it needs {} {unit} and the limit is {} {unit} per minute; \
+             send a smaller request (fewer input tokens, or a lower max_tokens)",
+            too_large.cost, too_large.limit
+        );
+        return ApiError::rate_limited(unit, message, None);
+    }
+    let exhausted = match (decision.requests, decision.tokens) {
+        (Some(requests), _) if requests.remaining == 0 => (Unit::Requests, requests),
+        (_, Some(tokens)) => (Unit::Tokens, tokens),
+        (Some(requests), None) => (Unit::Requests, requests),
+        (None, None) => (Unit::Requests, Quota { limit: 0, remaining: 0, reset: Duration::ZERO }),
+    };
+    let (unit, quota) = exhausted;
+    let unit = unit_name(unit);
+    let wait = decision.retry_after;
+    let message = format!(
+        "Rate limit reached on {unit} per minute: limit {}, remaining {}. Please try again in {}.",
+        quota.limit,
+        quota.remaining,
+        go_duration(wait)
+    );
+    ApiError::rate_limited(unit, message, Some(wait.as_secs_f64().ceil().max(1.0) as u64))
+}
+
+/// A duration as OpenAI writes it (Go's format): `6m0s`, `1.5s`, `20ms`.
+pub fn go_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis == 0 {
+        return "0s".to_owned();
+    }
+    if millis < 1000 {
+        return format!("{millis}ms");
+    }
+    let (hours, minutes, seconds_ms) = (millis / 3_600_000, millis / 60_000 % 60, millis % 60_000);
+    let mut seconds = format!("{}.{:03}", seconds_ms / 1000, seconds_ms % 1000);
+    while seconds.ends_with('0') {
+        seconds.pop();
+    }
+    let seconds = seconds.trim_end_matches('.');
+    match (hours, minutes) {
+        (0, 0) => format!("{seconds}s"),
+        (0, minutes) => format!("{minutes}m{seconds}s"),
+        (hours, minutes) => format!("{hours}h{minutes}m{seconds}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_openai_writes_them() {
+        let cases = [
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(20), "20ms"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_secs(1), "1s"),
+            (Duration::from_secs(360), "6m0s"),
+            (Duration::from_millis(61_250), "1m1.25s"),
+            (Duration::from_secs(3_725), "1h2m5s"),
+        ];
+        for (duration, text) in cases {
+            assert_eq!(go_duration(duration), text, "{duration:?}");
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! `/v1/chat/completions` and `/v1/completions`, read top to bottom: the
+//! body validated, its texts screened, the prompt tokenized, the request
+//! admitted with its tokens reserved, the answer looked up in the cache or
+//! generated, the output screened, the reservation settled and the answer
+//! recorded. Whole JSON, or a stream of chunks with `stream: true`.
+
+use blaze_actors::cache::{CacheKey, Lookup};
+use blaze_actors::guard::OutputFilter;
+use blaze_actors::inference::ChatPool;
+use blaze_actors::router::ModelHandle;
+use futures_util::StreamExt;
+
+use super::admit::Settlement;
+use super::answer::{Answer, Body};
+use super::caching::{deterministic, generation_key, Caching, Record};
+use super::generation::{cached_or_generated, sampling_params, Job};
+use super::origin::Origin;
+use super::reply::{Kind, Reply};
+use super::request::{parse, ChatRequest, CompletionRequest, Sampling};
+use super::screen::{screen_input, screen_output, CONTENT_FILTER};
+use super::stream::{chunks, StreamParts};
+use super::validate::{chat_turns, check_other_fields, check_sampling, check_text, check_text_fits, invalid};
+use super::{find_model, Endpoint, Pipeline};
+use crate::error::{ApiError, ErrorCode};
+use crate::routes::Route;
+use crate::settings::ValidationSettings;
+
+/// A chat completions body, from either transport.
+pub async fn chat_from_bytes(pipeline: &Pipeline, origin: &Origin, bytes: &[u8]) -> Result<Answer, ApiError> {
+    chat(pipeline, origin, parse(bytes)?).await
+}
+
+/// A completions body, from either transport.
+pub async fn completion_from_bytes(
+    pipeline: &Pipeline,
+    origin: &Origin,
+    bytes: &[u8],
+) -> Result<Answer, ApiError> {
+    completion(pipeline, origin, parse(bytes)?).await
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat(pipeline: &Pipeline, origin: &Origin, body: ChatRequest) -> Result<Answer, ApiError> {
+    // Validate: the fields, the model, the messages, their size.
+    check_other_fields(&body.other, Endpoint::Chat)?;
+    let pool = chat_pool(pipeline, &body.model)?;
+    let mut turns = chat_turns(body.messages, &pipeline.validation)?;
+    check_text_fits(&pool, turns.iter().map(|(role, text)| role.len() + text.len()).sum(), "messages")?;
+    // Screen what will reach the model (redacted in place).
+    screen_input(pipeline, origin, turns.iter_mut().map(|(_, text)| text), |index| {
+        format!("messages[{index}].content")
+    })?;
+    // The prompt: the turns through the model's template.
+    let prompt = chat_prompt(&pool, &turns)?;
+    let panic = test_panic(&turns);
+    let call = Call::new(pipeline, &pool, origin, &body.model, Kind::Chat);
+    generate(call, prompt, &body.sampling, panic).await
+}
+
+/// `POST /v1/completions`.
+pub async fn completion(
+    pipeline: &Pipeline,
+    origin: &Origin,
+    mut body: CompletionRequest,
+) -> Result<Answer, ApiError> {
+    check_other_fields(&body.other, Endpoint::Completions)?;
+    check_text(&body.prompt, || "prompt".to_owned(), &pipeline.validation)?;
+    let pool = chat_pool(pipeline, &body.model)?;
+    check_text_fits(&pool, body.prompt.len(), "prompt")?;
+    screen_input(pipeline, origin, [&mut body.prompt], |_| "prompt".to_owned())?;
+    let prompt = pool.model().tokenize(&body.prompt, true);
+    let call = Call::new(pipeline, &pool, origin, &body.model, Kind::Text);
+    generate(call, prompt, &body.sampling, false).await
+}
+
+/// What a generation runs with, besides its prompt and sampling.
+struct Call<'a> {
+    pipeline: &'a Pipeline,
+    pool: &'a ChatPool,
+    origin: &'a Origin,
+    model: &'a str,
+    kind: Kind,
+    caching: Option<Caching>,
+}
+
+impl<'a> Call<'a> {
+    fn new(
+        pipeline: &'a Pipeline,
+        pool: &'a ChatPool,
+        origin: &'a Origin,
+        model: &'a str,
+        kind: Kind,
+    ) -> Self {
+        let caching = Caching::of(pipeline, origin.cache_allowed, &origin.principal);
+        Self { pipeline, pool, origin, model, kind, caching }
+    }
+}
+
+/// The stages after the prompt is known: admit, cache lookup, infer,
+/// screen output, settle, record.
+async fn generate(
+    call: Call<'_>,
+    prompt: Vec<u32>,
+    sampling: &Sampling,
+    panic: bool,
+) -> Result<Answer, ApiError> {
+    let Call { pipeline, pool, origin, model, kind, caching } = call;
+    let params = sampling_params(sampling, prompt.len(), pool, &pipeline.validation)?;
+    // Admit: the prompt and the most the completion may take are reserved;
+    // the settlement corrects that with the real count when it drops.
+    let reservation = origin.gate.admit((prompt.len() + params.max_tokens) as u64).await?;
+    let mut settlement = Settlement::new(reservation, prompt.len());
+    let cached = caching.filter(|_| deterministic(sampling)).map(|caching| {
+        let key = generation_key(&caching, endpoint(kind), model, &prompt, &params, sampling);
+        (caching, key)
+    });
+    let reply = Reply::new(kind, model, prompt.len());
+    let job = Job { pool, model, prompt, params, panic };
+    if sampling.stream {
+        let include_usage = sampling.stream_options.as_ref().is_some_and(|options| options.include_usage);
+        return stream(pipeline, job, cached, StreamStart { reply, include_usage, settlement }).await;
+    }
+    // Cache lookup, else infer; a client that hangs up gives its place up.
+    let (record, lookup) = tokio::select! {
+        answer = cached_or_generated(job, cached.as_ref()) => answer?,
+        () = origin.hangup.wait() => return Err(ApiError::client_closed()),
+    };
+    settlement.used += record.completion_tokens as u64;
+    let record = screened(pipeline, record);
+    Ok(Answer::cached(Body::Json(reply.body(&record)), lookup, cached.map(|(_, key)| key)))
+}
+
+/// The route a generation's cache entries are filed under.
+fn endpoint(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Chat => Route::ChatCompletions.pattern(),
+        Kind::Text => Route::Completions.pattern(),
+    }
+}
+
+/// What a stream starts with.
+struct StreamStart {
+    reply: Reply,
+    include_usage: bool,
+    settlement: Settlement,
+}
+
+/// A streamed answer: a cached one replayed, or the generation's events
+/// (recorded in the cache when they complete).
+async fn stream(
+    pipeline: &Pipeline,
+    job: Job<'_>,
+    cached: Option<(Caching, CacheKey)>,
+    start: StreamStart,
+) -> Result<Answer, ApiError> {
+    let (events, lookup, key, store) = match cached {
+        Some((caching, key)) => match cached_record(&caching, &key).await {
+            Some((record, tier)) => (record.replay(), Lookup::Hit(tier), Some(key), None),
+            None => (job.stream()?, Lookup::Miss, Some(key.clone()), Some((caching, key))),
+        },
+        None => (job.stream()?, Lookup::Bypass, None, None),
+    };
+    let guard = &pipeline.guard;
+    let filter = guard.screens_output().then(|| OutputFilter::new(guard.rules()));
+    let StreamStart { reply, include_usage, settlement } = start;
+    let parts = StreamParts { reply, include_usage, settlement, store, filter };
+    Ok(Answer::cached(Body::Stream(chunks(parts, events).boxed_local()), lookup, key))
+}
+
+async fn cached_record(caching: &Caching, key: &CacheKey) -> Option<(Record, blaze_actors::cache::Tier)> {
+    let (bytes, tier) = caching.cache().get(key).await?;
+    serde_json::from_slice::<Record>(&bytes).ok().map(|record| (record, tier))
+}
+
+/// The answer as the client may see it: screened by the guard when it
+/// screens output.
+fn screened(pipeline: &Pipeline, record: Record) -> Record {
+    if !pipeline.guard.screens_output() {
+        return record;
+    }
+    match screen_output(&pipeline.guard, record.pieces.concat()) {
+        Some(text) => Record { pieces: vec![text], ..record },
+        None => Record { pieces: Vec::new(), finish_reason: CONTENT_FILTER.to_owned(), ..record },
+    }
+}
+
+pub(super) fn chat_pool(pipeline: &Pipeline, id: &str) -> Result<ChatPool, ApiError> {
+    let model = find_model(pipeline, id)?;
+    match &model.handle {
+        ModelHandle::Chat(pool) => Ok(pool.clone()),
+        ModelHandle::Embedding(_) => Err(invalid(
+            ErrorCode::InvalidModel,
+            "model",
+            format!("{id} is an embedding model; use /v1/embeddings"),
+        )),
+    }
+}
+
+/// The prompt's tokens: the turns through the model's template.
+pub(super) fn chat_prompt(pool: &ChatPool, turns: &[(String, String)]) -> Result<Vec<u32>, ApiError> {
+    pool.model()
+        .prompt_tokens(turns)
+        .map_err(|error| invalid(ErrorCode::InvalidMessages, "messages", error.to_string()))
+}
+
+/// Whether a test asked the worker to panic (test builds only).
+fn test_panic(turns: &[(String, String)]) -> bool {
+    cfg!(feature = "test-hooks") && turns.iter().any(|(_, text)| text == "__blaze_test_panic__")
+}
+
+/// A chat body parsed and checked as far as no model, client or guard is
+/// needed: the first steps of [`chat`], in their order.
+pub fn check_chat_body(bytes: &[u8], limits: &ValidationSettings) -> Result<(), ApiError> {
+    let body: ChatRequest = parse(bytes)?;
+    check_other_fields(&body.other, Endpoint::Chat)?;
+    chat_turns(body.messages, limits)?;
+    check_sampling(&body.sampling, limits).map(drop)
+}
+
+/// A completions body checked as [`check_chat_body`] checks a chat's.
+pub fn check_completion_body(bytes: &[u8], limits: &ValidationSettings) -> Result<(), ApiError> {
+    let body: CompletionRequest = parse(bytes)?;
+    check_other_fields(&body.other, Endpoint::Completions)?;
+    check_text(&body.prompt, || "prompt".to_owned(), limits)?;
+    check_sampling(&body.sampling, limits).map(drop)
+}

@@ -1,0 +1,137 @@
+//! The infer stage for chat and completions: the generation's parameters
+//! fixed against the model's window, the prompt submitted to the model's
+//! pool, and the whole completion collected, from the cache or generated
+//! once for every identical request missing at the same time.
+
+use blaze_actors::cache::Lookup;
+use blaze_actors::inference::{ChatEvent, ChatEvents, ChatPool, EngineError, SamplingParams, WorkError};
+
+use super::caching::Record;
+use super::request::Sampling;
+use super::validate::{check_sampling, invalid, CheckedSampling};
+use crate::error::{ApiError, ErrorCode};
+use crate::settings::ValidationSettings;
+
+/// Checks the sampling fields and fixes the generation's parameters: the
+/// completion may take what the window leaves after the prompt.
+pub fn sampling_params(
+    sampling: &Sampling,
+    prompt_tokens: usize,
+    pool: &ChatPool,
+    limits: &ValidationSettings,
+) -> Result<SamplingParams, ApiError> {
+    let CheckedSampling { temperature, top_p, stop, max_tokens } = check_sampling(sampling, limits)?;
+    let window = pool.model().context_length();
+    let max_tokens = max_tokens.unwrap_or_else(|| window.saturating_sub(prompt_tokens));
+    pool.model().check_window(prompt_tokens, max_tokens).map_err(|_| {
+        invalid(
+            ErrorCode::ContextLengthExceeded,
+            "messages",
+            format!(
+                "This model's maximum context length is {window} tokens; you requested {} tokens ({prompt_tokens} in the prompt, {max_tokens} for the completion)",
+                prompt_tokens + max_tokens
+            ),
+        )
+    })?;
+    Ok(SamplingParams {
+        max_tokens,
+        temperature,
+        top_p,
+        seed: sampling.seed.map_or_else(random_seed, |seed| seed as u32),
+        presence_penalty: sampling.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: sampling.frequency_penalty.unwrap_or(0.0),
+        stop,
+    })
+}
+
+fn random_seed() -> u32 {
+    uuid::Uuid::new_v4().as_u128() as u32
+}
+
+/// Queues the prompt on the model's pool: its events, or 429 when the
+/// pool's queue is full. `panic` (test builds only) makes the worker panic.
+pub fn submit(
+    pool: &ChatPool,
+    prompt: Vec<u32>,
+    params: SamplingParams,
+    panic: bool,
+) -> Result<ChatEvents, ApiError> {
+    #[cfg(feature = "test-hooks")]
+    let submitted = if panic { pool.submit_panicking(prompt, params) } else { pool.submit(prompt, params) };
+    #[cfg(not(feature = "test-hooks"))]
+    let submitted = {
+        let _ = panic;
+        pool.submit(prompt, params)
+    };
+    submitted.map_err(|overloaded| ApiError::overloaded(pool.model_id(), overloaded.retry_after_s))
+}
+
+/// What the client may take from a worker's failure.
+pub fn work_error(error: WorkError, model: &str) -> ApiError {
+    match error {
+        WorkError::Engine(EngineError::TooLong { tokens, limit }) => invalid(
+            ErrorCode::ContextLengthExceeded,
+            "messages",
+            format!("This model's maximum context length is {limit} tokens; you requested {tokens}"),
+        ),
+        WorkError::Engine(error) => invalid(ErrorCode::InvalidInput, "messages", error.to_string()),
+        WorkError::WorkerFailed => ApiError::worker_failed(model),
+    }
+}
+
+/// The whole completion, piece by piece.
+async fn collect(mut events: ChatEvents, model: &str) -> Result<Record, ApiError> {
+    let mut pieces = Vec::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            ChatEvent::Text(piece) => pieces.push(piece),
+            ChatEvent::Done { finish_reason, completion_tokens } => {
+                let finish_reason = finish_reason.as_str().to_owned();
+                return Ok(Record { pieces, finish_reason, completion_tokens });
+            }
+            ChatEvent::Failed(error) => return Err(work_error(error, model)),
+        }
+    }
+    Err(ApiError::worker_failed(model))
+}
+
+/// One generation to run: the pool, the prompt and its parameters.
+pub struct Job<'a> {
+    pub pool: &'a ChatPool,
+    pub model: &'a str,
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub panic: bool,
+}
+
+impl Job<'_> {
+    /// Generates the whole completion.
+    pub async fn run(self) -> Result<Record, ApiError> {
+        collect(submit(self.pool, self.prompt, self.params, self.panic)?, self.model).await
+    }
+
+    /// Generates the stream of the completion's events.
+    pub fn stream(self) -> Result<ChatEvents, ApiError> {
+        submit(self.pool, self.prompt, self.params, self.panic)
+    }
+}
+
+/// The whole completion: from the cache under `key`, or generated once for
+/// every identical request missing at the same time.
+pub async fn cached_or_generated(
+    job: Job<'_>,
+    cached: Option<&(super::caching::Caching, blaze_actors::cache::CacheKey)>,
+) -> Result<(Record, Lookup), ApiError> {
+    let Some((caching, key)) = cached else {
+        return Ok((job.run().await?, Lookup::Bypass));
+    };
+    let compute = async {
+        let record = job.run().await?;
+        serde_json::to_vec(&record).map_err(|error| ApiError::internal_failure("cache record", &error))
+    };
+    let (bytes, lookup) =
+        caching.cache().get_or_compute(key, compute).await.map_err(|error| (*error).clone())?;
+    let record =
+        serde_json::from_slice(&bytes).map_err(|error| ApiError::internal_failure("cache record", &error))?;
+    Ok((record, lookup))
+}

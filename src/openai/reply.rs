@@ -1,0 +1,173 @@
+//! The answer of one chat or completions request as the client reads it:
+//! the whole `chat.completion` / `text_completion`, or each chunk of its
+//! stream, serialized from the typed structs of `response.rs`.
+
+use actix_web::web::Bytes;
+use serde::Serialize;
+
+use super::answer::Piece;
+use super::caching::Record;
+use super::response::{AssistantMessage, ChatChoice, ChatChunkChoice, Completion, Delta, TextChoice, Usage};
+
+/// Chat (messages in, an assistant message out) or text completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Chat,
+    Text,
+}
+
+/// What every chunk and the whole answer of one request share.
+pub struct Reply {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub kind: Kind,
+    pub prompt_tokens: usize,
+}
+
+impl Reply {
+    pub fn new(kind: Kind, model: &str, prompt_tokens: usize) -> Self {
+        let id = match kind {
+            Kind::Chat => format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+            Kind::Text => format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
+        };
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        Self { id, created, model: model.to_owned(), kind, prompt_tokens }
+    }
+
+    fn object(&self, streaming: bool) -> &'static str {
+        match (self.kind, streaming) {
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+            (Kind::Text, _) => "text_completion",
+        }
+    }
+
+    fn envelope<C>(&self, streaming: bool, choices: Vec<C>, usage: Option<Usage>) -> Completion<'_, C> {
+        Completion {
+            id: &self.id,
+            object: self.object(streaming),
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: None,
+            choices,
+            usage,
+        }
+    }
+
+    /// The whole answer, serialized.
+    pub fn body(&self, record: &Record) -> Bytes {
+        let text = record.pieces.concat();
+        let usage = Some(Usage::new(self.prompt_tokens, record.completion_tokens));
+        let finish_reason = record.finish_reason.as_str();
+        match self.kind {
+            Kind::Chat => {
+                let message = AssistantMessage { role: "assistant", content: &text, refusal: None };
+                let choice = ChatChoice { index: 0, message, logprobs: None, finish_reason };
+                serialized(&self.envelope(false, vec![choice], usage))
+            }
+            Kind::Text => {
+                let choice =
+                    TextChoice { index: 0, text: &text, logprobs: None, finish_reason: Some(finish_reason) };
+                serialized(&self.envelope(false, vec![choice], usage))
+            }
+        }
+    }
+
+    /// A chunk of the stream: `text` (the role too on the `first` chunk of
+    /// a chat), or the `finish` reason.
+    pub fn chunk(&self, text: Option<&str>, first: bool, finish: Option<&str>) -> Piece {
+        let json = match self.kind {
+            Kind::Chat => {
+                let delta = Delta { role: first.then_some("assistant"), content: text };
+                let choice = ChatChunkChoice { index: 0, delta, logprobs: None, finish_reason: finish };
+                serialized(&self.envelope(true, vec![choice], None))
+            }
+            Kind::Text => {
+                let text = text.unwrap_or("");
+                let choice = TextChoice { index: 0, text, logprobs: None, finish_reason: finish };
+                serialized(&self.envelope(true, vec![choice], None))
+            }
+        };
+        Piece::Chunk(json)
+    }
+
+    /// The last chunk when the client asked for usage: no choices.
+    pub fn usage_chunk(&self, completion_tokens: usize) -> Piece {
+        let usage = Some(Usage::new(self.prompt_tokens, completion_tokens));
+        Piece::Chunk(serialized(&self.envelope::<TextChoice>(true, Vec::new(), usage)))
+    }
+}
+
+fn serialized(value: &impl Serialize) -> Bytes {
+    // Serializing these structs cannot fail: strings and numbers only.
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn parsed(piece: Piece) -> Value {
+        match piece {
+            Piece::Chunk(bytes) => serde_json::from_slice(&bytes).unwrap(),
+            Piece::Failed(error) => panic!("a chunk, not {error}"),
+        }
+    }
+
+    #[test]
+    fn a_chat_answer_has_openai_shape() {
+        let reply = Reply::new(Kind::Chat, "m", 5);
+        let record = Record {
+            pieces: vec!["Hel".into(), "lo".into()],
+            finish_reason: "stop".into(),
+            completion_tokens: 2,
+        };
+        let body: Value = serde_json::from_slice(&reply.body(&record)).unwrap();
+        assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+        assert_eq!(body["object"], "chat.completion");
+        assert_eq!(body["system_fingerprint"], Value::Null);
+        assert_eq!(
+            body["choices"],
+            json!([{"index": 0, "message": {"role": "assistant", "content": "Hello", "refusal": null}, "logprobs": null, "finish_reason": "stop"}])
+        );
+        assert_eq!(body["usage"], json!({"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}));
+    }
+
+    #[test]
+    fn chat_chunks_carry_the_role_first_and_usage_last() {
+        let reply = Reply::new(Kind::Chat, "m", 3);
+        let first = parsed(reply.chunk(Some("Hi"), true, None));
+        assert_eq!(first["object"], "chat.completion.chunk");
+        assert_eq!(first["choices"][0]["delta"], json!({"role": "assistant", "content": "Hi"}));
+        assert_eq!(first["choices"][0]["finish_reason"], Value::Null);
+        assert!(first.get("usage").is_none(), "usage only on the last chunk");
+        let last = parsed(reply.chunk(None, false, Some("length")));
+        assert_eq!(last["choices"][0]["delta"], json!({}));
+        assert_eq!(last["choices"][0]["finish_reason"], "length");
+        let usage = parsed(reply.usage_chunk(4));
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(usage["usage"]["total_tokens"], 7);
+    }
+
+    #[test]
+    fn text_completions_have_text_choices() {
+        let reply = Reply::new(Kind::Text, "m", 1);
+        let record =
+            Record { pieces: vec!["x".into()], finish_reason: "length".into(), completion_tokens: 1 };
+        let body: Value = serde_json::from_slice(&reply.body(&record)).unwrap();
+        assert!(body["id"].as_str().unwrap().starts_with("cmpl-"));
+        assert_eq!(body["object"], "text_completion");
+        assert_eq!(
+            body["choices"],
+            json!([{"index": 0, "text": "x", "logprobs": null, "finish_reason": "length"}])
+        );
+        let chunk = parsed(reply.chunk(None, true, Some("stop")));
+        assert_eq!(chunk["object"], "text_completion");
+        assert_eq!(chunk["choices"][0]["text"], "");
+    }
+}

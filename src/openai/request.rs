@@ -1,0 +1,564 @@
+//! The request bodies of the OpenAI endpoints, and the strict parser that
+//! names the field at fault when one does not parse.
+//!
+//! The chat and completions bodies are read in one pass. serde's
+//! `flatten` and `untagged` buffer every value of the body before they
+//! look at it (a copy of each string, and a tree of nodes around them),
+//! which made a 20 MiB body cost ~34 times its size before admission.
+//! These visitors read each field straight into its typed place; only
+//! the fields the types do not name are kept, as JSON values, for the
+//! validator to judge. Field names in errors still reach the 400's `param`
+//! (serde_path_to_error follows the same calls).
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::error::{ApiError, ErrorCode};
+
+/// How OpenAI's `stop` is given.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The sampling fields both endpoints share.
+#[derive(Debug, Default)]
+pub struct Sampling {
+    pub max_tokens: Option<usize>,
+    pub max_completion_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub n: Option<usize>,
+    pub stop: Option<Stop>,
+    pub seed: Option<u64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+}
+
+impl Sampling {
+    /// Reads the value of `key` if it is a sampling field; false if not.
+    fn read<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
+        match key {
+            "max_tokens" => self.max_tokens = map.next_value()?,
+            "max_completion_tokens" => self.max_completion_tokens = map.next_value()?,
+            "temperature" => self.temperature = map.next_value()?,
+            "top_p" => self.top_p = map.next_value()?,
+            "n" => self.n = map.next_value()?,
+            "stop" => self.stop = map.next_value()?,
+            "seed" => self.seed = map.next_value()?,
+            "presence_penalty" => self.presence_penalty = map.next_value()?,
+            "frequency_penalty" => self.frequency_penalty = map.next_value()?,
+            "stream" => self.stream = map.next_value::<Option<bool>>()?.unwrap_or(false),
+            "stream_options" => self.stream_options = map.next_value()?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// A message's content: a string, or a list of parts.
+#[derive(Debug)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ContentVisitor;
+
+        impl<'de> Visitor<'de> for ContentVisitor {
+            type Value = Content;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("a string or an array of content parts")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Content, E> {
+                Ok(Content::Text(text.to_owned()))
+            }
+
+            fn visit_string<E: de::Error>(self, text: String) -> Result<Content, E> {
+                Ok(Content::Text(text))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content, A::Error> {
+                let mut parts = Vec::new();
+                while let Some(part) = seq.next_element()? {
+                    parts.push(part);
+                }
+                Ok(Content::Parts(parts))
+            }
+        }
+
+        deserializer.deserialize_any(ContentVisitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: Option<Content>,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub sampling: Sampling,
+    /// Every other field: accepted only if OpenAI's and harmless.
+    pub other: BTreeMap<String, Value>,
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: String,
+    pub sampling: Sampling,
+    pub other: BTreeMap<String, Value>,
+}
+
+/// The OpenAI fields the validator may accept (with their neutral value)
+/// besides the typed ones; any other field is refused by name, so its
+/// value is skipped unread rather than built.
+const OTHER_FIELDS: &[&str] = &[
+    "user",
+    "service_tier",
+    "reasoning_effort",
+    "metadata",
+    "store",
+    "parallel_tool_calls",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "tools",
+    "functions",
+    "tool_choice",
+    "function_call",
+    "modalities",
+    "echo",
+    "best_of",
+    "suffix",
+];
+
+/// The largest value one of them may have, as JSON text.
+const MOST_OTHER_FIELD_BYTES: usize = 64 << 10;
+
+/// The fields of either body, as read: `body` is `messages` or `prompt`.
+struct Fields<T> {
+    model: Option<String>,
+    body: Option<T>,
+    sampling: Sampling,
+    other: BTreeMap<String, Value>,
+}
+
+struct RequestVisitor<T> {
+    body_field: &'static str,
+    marker: std::marker::PhantomData<T>,
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for RequestVisitor<T> {
+    type Value = Fields<T>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<T>, A::Error> {
+        let mut fields =
+            Fields { model: None, body: None, sampling: Sampling::default(), other: BTreeMap::new() };
+        let mut seen = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
+            }
+            if key == "model" {
+                fields.model = Some(map.next_value()?);
+            } else if key == self.body_field {
+                fields.body = Some(map.next_value()?);
+            } else if !fields.sampling.read(&key, &mut map)? {
+                let value = if OTHER_FIELDS.contains(&key.as_str()) {
+                    // Kept as its text first: a JSON tree costs tens of
+                    // times its text, and these fields are small or empty.
+                    let raw: Box<RawValue> = map.next_value()?;
+                    if raw.get().len() > MOST_OTHER_FIELD_BYTES {
+                        return Err(de::Error::custom(format_args!(
+                            "`{key}` is larger than {MOST_OTHER_FIELD_BYTES} bytes"
+                        )));
+                    }
+                    serde_json::from_str(raw.get()).map_err(de::Error::custom)?
+                } else {
+                    // Refused by name later: nothing of it is kept.
+                    map.next_value::<IgnoredAny>()?;
+                    Value::Null
+                };
+                fields.other.insert(key, value);
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// A whole body: the map read field by field, then the required fields.
+struct Body<T> {
+    model: String,
+    body: T,
+    sampling: Sampling,
+    other: BTreeMap<String, Value>,
+}
+
+fn read<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+    body_field: &'static str,
+) -> Result<Body<T>, D::Error> {
+    let fields =
+        deserializer.deserialize_map(RequestVisitor::<T> { body_field, marker: std::marker::PhantomData })?;
+    Ok(Body {
+        model: fields.model.ok_or_else(|| de::Error::missing_field("model"))?,
+        body: fields.body.ok_or_else(|| de::Error::missing_field(body_field))?,
+        sampling: fields.sampling,
+        other: fields.other,
+    })
+}
+
+impl<'de> Deserialize<'de> for ChatRequest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Body { model, body, sampling, other } = read(deserializer, "messages")?;
+        Ok(Self { model, messages: body, sampling, other })
+    }
+}
+
+impl<'de> Deserialize<'de> for CompletionRequest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Body { model, body, sampling, other } = read(deserializer, "prompt")?;
+        Ok(Self { model, prompt: body, sampling, other })
+    }
+}
+
+/// `POST /v1/embeddings`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingsRequest {
+    pub input: EmbeddingInput,
+    pub model: String,
+    #[serde(default)]
+    pub encoding_format: EncodingFormat,
+    pub dimensions: Option<usize>,
+    #[allow(dead_code)]
+    user: Option<String>,
+}
+
+/// What `/v1/embeddings` embeds. Any other shape is read as `Invalid`
+/// (and refused by the validator with the shapes it takes), rather than
+/// failing inside serde where only its message would tell what went wrong.
+#[derive(Debug)]
+pub enum EmbeddingInput {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+    Invalid,
+}
+
+/// One element of an input array.
+enum InputItem {
+    Text(String),
+    Token(u32),
+    Tokens(Vec<u32>),
+    Invalid,
+}
+
+/// Reads any JSON value as an `InputItem`; other shapes are skipped and
+/// `Invalid`.
+struct ItemVisitor;
+
+impl<'de> Visitor<'de> for ItemVisitor {
+    type Value = InputItem;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a string, a token id or an array of token ids")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<InputItem, E> {
+        Ok(InputItem::Text(text.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, text: String) -> Result<InputItem, E> {
+        Ok(InputItem::Text(text))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<InputItem, E> {
+        Ok(u32::try_from(value).map_or(InputItem::Invalid, InputItem::Token))
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<InputItem, E> {
+        Ok(u32::try_from(value).map_or(InputItem::Invalid, InputItem::Token))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<InputItem, E> {
+        Ok(InputItem::Invalid)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<InputItem, E> {
+        Ok(InputItem::Invalid)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<InputItem, E> {
+        Ok(InputItem::Invalid)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<InputItem, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(InputItem::Invalid)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<InputItem, A::Error> {
+        let mut tokens = Vec::new();
+        let mut valid = true;
+        while let Some(item) = seq.next_element::<InputItem>()? {
+            match item {
+                InputItem::Token(token) if valid => tokens.push(token),
+                _ => valid = false,
+            }
+        }
+        Ok(if valid { InputItem::Tokens(tokens) } else { InputItem::Invalid })
+    }
+}
+
+impl<'de> Deserialize<'de> for InputItem {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ItemVisitor)
+    }
+}
+
+/// The input's array, its kind decided by its first element: every element
+/// must be of that kind.
+struct InputVisitor;
+
+impl<'de> Visitor<'de> for InputVisitor {
+    type Value = EmbeddingInput;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a string or an array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<EmbeddingInput, A::Error> {
+        let mut input = match seq.next_element::<InputItem>()? {
+            None => return Ok(EmbeddingInput::Texts(Vec::new())),
+            Some(InputItem::Text(text)) => EmbeddingInput::Texts(vec![text]),
+            Some(InputItem::Token(token)) => EmbeddingInput::Tokens(vec![token]),
+            Some(InputItem::Tokens(tokens)) => EmbeddingInput::TokenLists(vec![tokens]),
+            Some(InputItem::Invalid) => EmbeddingInput::Invalid,
+        };
+        while let Some(item) = seq.next_element::<InputItem>()? {
+            match (&mut input, item) {
+                (EmbeddingInput::Texts(texts), InputItem::Text(text)) => texts.push(text),
+                (EmbeddingInput::Tokens(tokens), InputItem::Token(token)) => tokens.push(token),
+                (EmbeddingInput::TokenLists(lists), InputItem::Tokens(tokens)) => lists.push(tokens),
+                _ => input = EmbeddingInput::Invalid,
+            }
+        }
+        Ok(input)
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<EmbeddingInput, E> {
+        Ok(EmbeddingInput::Text(text.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, text: String) -> Result<EmbeddingInput, E> {
+        Ok(EmbeddingInput::Text(text))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<EmbeddingInput, E> {
+        Ok(EmbeddingInput::Invalid)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<EmbeddingInput, E> {
+        Ok(EmbeddingInput::Invalid)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<EmbeddingInput, E> {
+        Ok(EmbeddingInput::Invalid)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<EmbeddingInput, E> {
+        Ok(EmbeddingInput::Invalid)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<EmbeddingInput, E> {
+        Ok(EmbeddingInput::Invalid)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<EmbeddingInput, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(EmbeddingInput::Invalid)
+    }
+}
+
+impl<'de> Deserialize<'de> for EmbeddingInput {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(InputVisitor)
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingFormat {
+    #[default]
+    Float,
+    Base64,
+}
+
+/// `bytes` as a `T`, or the 400 that names the field at fault.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice::<T>(bytes).map_err(|error| describe::<T>(bytes, &error))
+}
+
+/// The 400 for a body that did not parse: where, and what was wrong.
+pub fn describe<T: DeserializeOwned>(bytes: &[u8], error: &serde_json::Error) -> ApiError {
+    if !error.is_data() {
+        return ApiError::bad_request(
+            ErrorCode::InvalidJson,
+            format!("The request body is not valid JSON: {error}"),
+        );
+    }
+    let path =
+        match serde_path_to_error::deserialize::<_, T>(&mut serde_json::Deserializer::from_slice(bytes)) {
+            Err(located) => located.path().to_string(),
+            Ok(_) => ".".to_owned(),
+        };
+    let message = error.to_string();
+    if let Some(field) = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) {
+        // The path names the unknown key itself (older serde_path_to_error
+        // stopped at the object holding it).
+        let param = if path == field || path.ends_with(&format!(".{field}")) {
+            path
+        } else if path == "." {
+            field.to_owned()
+        } else {
+            format!("{path}.{field}")
+        };
+        return ApiError::bad_request(
+            ErrorCode::UnknownParameter,
+            format!("Unrecognized request argument supplied: {field}"),
+        )
+        .with_param(param);
+    }
+    // serde_json's message ends with where in the text; the path says it better.
+    let problem = message.split(" at line ").next().unwrap_or(&message);
+    if path == "." {
+        return ApiError::bad_request(
+            ErrorCode::InvalidRequestBody,
+            format!("The request body is invalid: {problem}"),
+        );
+    }
+    ApiError::bad_request(ErrorCode::InvalidRequestBody, format!("`{path}`: {problem}")).with_param(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_land_in_their_places_and_the_rest_is_kept() {
+        let request: ChatRequest = serde_json::from_str(
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"},{"role":"user","content":[{"type":"text","text":"a"}]}],
+                "temperature":0,"stream":true,"stop":["x"],"user":"u1"}"#,
+        )
+        .unwrap();
+        assert_eq!(request.model, "m");
+        assert!(matches!(&request.messages[0].content, Some(Content::Text(text)) if text == "hi"));
+        assert!(matches!(&request.messages[1].content, Some(Content::Parts(parts)) if parts.len() == 1));
+        assert_eq!((request.sampling.temperature, request.sampling.stream), (Some(0.0), true));
+        assert!(matches!(request.sampling.stop, Some(Stop::Many(_))));
+        assert_eq!(request.other.get("user"), Some(&Value::String("u1".to_owned())));
+        let unknown: ChatRequest =
+            serde_json::from_str(r#"{"model":"m","messages":[],"padding":[[1,2],{"a":"b"}]}"#).unwrap();
+        assert_eq!(unknown.other.get("padding"), Some(&Value::Null), "named, not built");
+        // The cache warming file's lines come as values.
+        let warmed: ChatRequest = serde_json::from_value(serde_json::json!(
+            {"model": "m", "messages": [{"role": "user", "content": "hi"}], "user": "u2", "seed": 1}
+        ))
+        .unwrap();
+        assert_eq!(
+            (warmed.other.get("user"), warmed.sampling.seed),
+            (Some(&Value::String("u2".to_owned())), Some(1))
+        );
+        let completion: CompletionRequest =
+            serde_json::from_str(r#"{"prompt":"p","model":"m","max_tokens":3,"stream":null}"#).unwrap();
+        assert_eq!((completion.prompt.as_str(), completion.sampling.max_tokens), ("p", Some(3)));
+    }
+
+    #[test]
+    fn bad_bodies_name_their_fault() {
+        let missing = serde_json::from_str::<ChatRequest>(r#"{"messages":[]}"#).unwrap_err();
+        assert!(missing.to_string().contains("missing field `model`"), "{missing}");
+        let twice =
+            serde_json::from_str::<ChatRequest>(r#"{"model":"a","model":"b","messages":[]}"#).unwrap_err();
+        assert!(twice.to_string().contains("duplicate field `model`"), "{twice}");
+        let wrong =
+            serde_json::from_str::<ChatRequest>(r#"{"model":"a","messages":[],"top_p":"x"}"#).unwrap_err();
+        assert!(wrong.to_string().contains("expected f32"), "{wrong}");
+        let content =
+            serde_json::from_str::<ChatRequest>(r#"{"model":"a","messages":[{"role":"user","content":5}]}"#)
+                .unwrap_err();
+        assert!(content.to_string().contains("a string or an array of content parts"), "{content}");
+        let tools = format!(r#"{{"model":"a","messages":[],"tools":[{}0]}}"#, "0,".repeat(40_000));
+        let large = serde_json::from_str::<ChatRequest>(&tools).unwrap_err();
+        assert!(large.to_string().contains("`tools` is larger than 65536 bytes"), "{large}");
+        let array = serde_json::from_str::<ChatRequest>(r#"[1]"#).unwrap_err();
+        assert!(array.to_string().contains("a JSON object"), "{array}");
+    }
+
+    #[test]
+    fn embedding_inputs_of_every_shape_are_read_and_others_are_invalid() {
+        let input = |json: &str| {
+            serde_json::from_str::<EmbeddingsRequest>(&format!(r#"{{"model":"m","input":{json}}}"#))
+                .unwrap()
+                .input
+        };
+        assert!(matches!(input(r#""a""#), EmbeddingInput::Text(text) if text == "a"));
+        assert!(matches!(input(r#"["a","b"]"#), EmbeddingInput::Texts(texts) if texts.len() == 2));
+        assert!(matches!(input("[1,2,3]"), EmbeddingInput::Tokens(tokens) if tokens == [1, 2, 3]));
+        assert!(matches!(input("[[1],[2,3]]"), EmbeddingInput::TokenLists(lists) if lists.len() == 2));
+        assert!(matches!(input("[]"), EmbeddingInput::Texts(texts) if texts.is_empty()));
+        for invalid in [
+            r#"{"text":"x"}"#,
+            "5",
+            "true",
+            "null",
+            r#"["a",1]"#,
+            "[1,-1]",
+            r#"[[1],["a"]]"#,
+            "[1.5]",
+            "[4294967296]",
+        ] {
+            assert!(matches!(input(invalid), EmbeddingInput::Invalid), "{invalid}");
+        }
+    }
+}

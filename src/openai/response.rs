@@ -1,0 +1,121 @@
+//! The OpenAI response bodies Blaze sends, as typed structs: the same field
+//! names and shapes as OpenAI's, so the official SDKs read them unchanged.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
+        Self { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
+    }
+}
+
+/// `chat.completion`, `chat.completion.chunk` and `text_completion`: one
+/// envelope around the endpoint's choices.
+#[derive(Debug, Serialize)]
+pub struct Completion<'a, C> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: &'a str,
+    /// Always null: no fingerprint of the serving configuration is given.
+    pub system_fingerprint: Option<&'static str>,
+    pub choices: Vec<C>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// A choice of `chat.completion`.
+#[derive(Debug, Serialize)]
+pub struct ChatChoice<'a> {
+    pub index: usize,
+    pub message: AssistantMessage<'a>,
+    /// Always null: log probabilities are not computed.
+    pub logprobs: Option<()>,
+    pub finish_reason: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AssistantMessage<'a> {
+    pub role: &'static str,
+    pub content: &'a str,
+    pub refusal: Option<&'a str>,
+}
+
+/// A choice of `chat.completion.chunk`.
+#[derive(Debug, Serialize)]
+pub struct ChatChunkChoice<'a> {
+    pub index: usize,
+    pub delta: Delta<'a>,
+    pub logprobs: Option<()>,
+    pub finish_reason: Option<&'a str>,
+}
+
+/// What a chunk adds to the message: the role on the first, then text.
+#[derive(Debug, Serialize)]
+pub struct Delta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<&'a str>,
+}
+
+/// A choice of `text_completion`, whole or streamed.
+#[derive(Debug, Serialize)]
+pub struct TextChoice<'a> {
+    pub index: usize,
+    pub text: &'a str,
+    pub logprobs: Option<()>,
+    pub finish_reason: Option<&'a str>,
+}
+
+/// `POST /v1/embeddings`.
+#[derive(Debug, Serialize)]
+pub struct EmbeddingList<'a> {
+    pub object: &'static str,
+    pub data: Vec<Embedding>,
+    pub model: &'a str,
+    pub usage: EmbeddingUsage,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Embedding {
+    pub object: &'static str,
+    pub index: usize,
+    pub embedding: EmbeddingVector,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Debug, Serialize)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}
+
+/// `GET /v1/models/{id}`, and each entry of the list.
+#[derive(Debug, Serialize)]
+pub struct Model<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: u64,
+    pub owned_by: &'static str,
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Serialize)]
+pub struct ModelList<'a> {
+    pub object: &'static str,
+    pub data: Vec<Model<'a>>,
+}

@@ -1,0 +1,152 @@
+//! A streamed completion: the worker's events turned into chunks, with the
+//! output screen releasing text as it clears it, the tokens counted into
+//! the settlement as they come, and a complete stream recorded in the
+//! cache. Dropping the stream (the client went away, or cancelled) drops
+//! the events' receiver, which stops the generation at its next token; a
+//! block by the output screen ends the stream with finish_reason
+//! content_filter and stops the generation the same way.
+
+use blaze_actors::cache::CacheKey;
+use blaze_actors::guard::OutputFilter;
+use blaze_actors::inference::{ChatEvent, ChatEvents, FinishReason};
+use futures_util::Stream;
+
+use super::admit::Settlement;
+use super::answer::Piece;
+use super::caching::{Caching, Record};
+use super::generation::work_error;
+use super::reply::Reply;
+use super::screen::CONTENT_FILTER;
+use crate::error::ApiError;
+
+/// What a stream is made with, besides its events.
+pub struct StreamParts {
+    pub reply: Reply,
+    pub include_usage: bool,
+    pub settlement: Settlement,
+    /// Where a complete stream is cached (a miss that computed it).
+    pub store: Option<(Caching, CacheKey)>,
+    pub filter: Option<OutputFilter>,
+}
+
+struct Chunks {
+    parts: StreamParts,
+    events: ChatEvents,
+    /// No chunk sent yet: the next carries the role.
+    first: bool,
+    finished: bool,
+    /// Chunks to send before anything else, last first.
+    queued: Vec<Piece>,
+    /// The generated pieces, kept for the cache.
+    pieces: Vec<String>,
+}
+
+/// The chunks of a streamed answer, until it ends or fails.
+pub fn chunks(parts: StreamParts, events: ChatEvents) -> impl Stream<Item = Piece> {
+    let chunks =
+        Chunks { parts, events, first: true, finished: false, queued: Vec::new(), pieces: Vec::new() };
+    futures_util::stream::unfold(chunks, |mut chunks| async move {
+        let piece = chunks.next().await?;
+        Some((piece, chunks))
+    })
+}
+
+impl Chunks {
+    async fn next(&mut self) -> Option<Piece> {
+        loop {
+            if let Some(piece) = self.queued.pop() {
+                return Some(piece);
+            }
+            if self.finished {
+                return None;
+            }
+            let released = match self.events.recv().await {
+                Some(ChatEvent::Text(piece)) => self.on_text(piece),
+                Some(ChatEvent::Done { finish_reason, completion_tokens }) => {
+                    self.on_done(finish_reason, completion_tokens).await;
+                    None
+                }
+                Some(ChatEvent::Failed(error)) => {
+                    self.finished = true;
+                    Some(Piece::Failed(work_error(error, &self.parts.reply.model)))
+                }
+                None => {
+                    self.finished = true;
+                    Some(Piece::Failed(ApiError::worker_failed(&self.parts.reply.model)))
+                }
+            };
+            if released.is_some() {
+                return released;
+            }
+        }
+    }
+
+    /// A generated piece: counted, kept for the cache, and sent as far as
+    /// the output screen releases it.
+    fn on_text(&mut self, piece: String) -> Option<Piece> {
+        self.parts.settlement.used += 1;
+        let released = match &mut self.parts.filter {
+            None => Ok(piece.clone()),
+            Some(filter) => filter.push(&piece),
+        };
+        if self.parts.store.is_some() {
+            self.pieces.push(piece);
+        }
+        match released {
+            Ok(text) if text.is_empty() => None,
+            Ok(text) => {
+                let chunk = self.parts.reply.chunk(Some(&text), self.first, None);
+                self.first = false;
+                Some(chunk)
+            }
+            Err(_) => {
+                // Blocked: not cached, and the generation stops with the
+                // receiver.
+                self.parts.store = None;
+                let used = self.parts.settlement.used as usize;
+                let completion_tokens = used.saturating_sub(self.parts.reply.prompt_tokens);
+                self.queued = self.ending(CONTENT_FILTER, completion_tokens, None);
+                self.events.close();
+                self.finished = true;
+                None
+            }
+        }
+    }
+
+    /// The generation finished: settle the exact usage, record the stream,
+    /// release what the screen held back.
+    async fn on_done(&mut self, finish_reason: FinishReason, completion_tokens: usize) {
+        self.parts.settlement.used = (self.parts.reply.prompt_tokens + completion_tokens) as u64;
+        if let Some((caching, key)) = self.parts.store.take() {
+            let pieces = std::mem::take(&mut self.pieces);
+            let record =
+                Record { pieces, finish_reason: finish_reason.as_str().to_owned(), completion_tokens };
+            if let Ok(bytes) = serde_json::to_vec(&record) {
+                caching.cache().put(&key, bytes).await;
+            }
+        }
+        let (reason, rest) = match self.parts.filter.as_mut().map(OutputFilter::finish) {
+            None => (finish_reason.as_str(), None),
+            Some(Ok(rest)) => (finish_reason.as_str(), Some(rest)),
+            Some(Err(_)) => (CONTENT_FILTER, None),
+        };
+        self.queued = self.ending(reason, completion_tokens, rest);
+        self.finished = true;
+    }
+
+    /// The chunks that end the stream, last first.
+    fn ending(&mut self, finish_reason: &str, completion_tokens: usize, rest: Option<String>) -> Vec<Piece> {
+        let reply = &self.parts.reply;
+        let mut out = Vec::new();
+        if let Some(rest) = rest.filter(|rest| !rest.is_empty()) {
+            out.push(reply.chunk(Some(&rest), self.first, None));
+            self.first = false;
+        }
+        out.push(reply.chunk(None, self.first, Some(finish_reason)));
+        if self.parts.include_usage {
+            out.push(reply.usage_chunk(completion_tokens));
+        }
+        out.reverse();
+        out
+    }
+}

@@ -1,0 +1,247 @@
+//! What a request may ask, checked before anything reaches a model or the
+//! guard: text sizes and characters, counts of messages and inputs, the
+//! sampling fields, the roles and contents of chat messages, and the
+//! OpenAI fields Blaze accepts without acting on them (others are refused
+//! by name, as OpenAI refuses arguments it does not know).
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use blaze_actors::inference::ChatPool;
+
+use super::request::{Content, Message, Sampling, Stop};
+use super::Endpoint;
+use crate::error::{ApiError, ErrorCode};
+use crate::settings::ValidationSettings;
+
+/// A text bound for a model: at most `max_text_chars` characters, and no
+/// control character but tab, line feed and carriage return.
+pub fn check_text(
+    text: &str,
+    field: impl Fn() -> String,
+    limits: &ValidationSettings,
+) -> Result<(), ApiError> {
+    // Bytes bound characters from above: count only when it may matter.
+    if text.len() > limits.max_text_chars {
+        let characters = text.chars().count();
+        if characters > limits.max_text_chars {
+            let field = field();
+            return Err(ApiError::bad_request(
+                ErrorCode::TextTooLong,
+                format!(
+                    "`{field}` has {characters} characters; at most {} are accepted",
+                    limits.max_text_chars
+                ),
+            )
+            .with_param(field));
+        }
+    }
+    if let Some(control) =
+        text.bytes().find(|&byte| (byte < 0x20 && !matches!(byte, b'\t' | b'\n' | b'\r')) || byte == 0x7f)
+    {
+        let field = field();
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidCharacters,
+            format!("`{field}` contains the control character U+{control:04X}; remove it"),
+        )
+        .with_param(field));
+    }
+    Ok(())
+}
+
+/// At most `limit` items of `field`.
+pub fn check_count(count: usize, limit: usize, field: &str) -> Result<(), ApiError> {
+    if count > limit {
+        return Err(ApiError::bad_request(
+            ErrorCode::TooManyItems,
+            format!("`{field}` has {count} items; at most {limit} are accepted"),
+        )
+        .with_param(field));
+    }
+    Ok(())
+}
+
+/// The fields of a body that its type does not name: OpenAI fields Blaze
+/// accepts with no effect (or only with their neutral value), and nothing
+/// else.
+pub fn check_other_fields(other: &BTreeMap<String, Value>, endpoint: Endpoint) -> Result<(), ApiError> {
+    let empty_object = |value: &Value| value.as_object().is_some_and(serde_json::Map::is_empty);
+    let empty_array = |value: &Value| value.as_array().is_some_and(Vec::is_empty);
+    for (name, value) in other {
+        let chat = endpoint == Endpoint::Chat;
+        let accepted = match name.as_str() {
+            "user" | "service_tier" | "reasoning_effort" => value.is_null() || value.is_string(),
+            "metadata" => {
+                value.is_null() || value.as_object().is_some_and(|map| map.values().all(Value::is_string))
+            }
+            "store" | "parallel_tool_calls" => value.is_null() || value.is_boolean(),
+            "logit_bias" => value.is_null() || empty_object(value),
+            "logprobs" if chat => value.is_null() || *value == Value::Bool(false),
+            "logprobs" => value.is_null() || *value == 0,
+            "top_logprobs" if chat => value.is_null() || *value == 0,
+            "response_format" if chat => {
+                value.is_null() || value.get("type").and_then(Value::as_str) == Some("text")
+            }
+            "tools" | "functions" if chat => value.is_null() || empty_array(value),
+            "tool_choice" | "function_call" if chat => {
+                value.is_null() || matches!(value.as_str(), Some("none" | "auto"))
+            }
+            "modalities" if chat => value.is_null() || *value == serde_json::json!(["text"]),
+            "echo" if !chat => value.is_null() || *value == Value::Bool(false),
+            "best_of" if !chat => value.is_null() || *value == 1,
+            "suffix" if !chat => value.is_null() || value.as_str() == Some(""),
+            _ => {
+                return Err(ApiError::bad_request(
+                    ErrorCode::UnknownParameter,
+                    format!("Unrecognized request argument supplied: {name}"),
+                )
+                .with_param(name.as_str()));
+            }
+        };
+        if !accepted {
+            return Err(ApiError::bad_request(
+                ErrorCode::UnsupportedParameter,
+                format!("`{name}` is not supported with this value; omit it or send its default"),
+            )
+            .with_param(name.as_str()));
+        }
+    }
+    Ok(())
+}
+
+pub fn invalid(code: ErrorCode, param: &str, message: String) -> ApiError {
+    ApiError::bad_request(code, message).with_param(param)
+}
+
+/// Refuses a text too long to fit the model's window whatever its tokens,
+/// before the guard, the template or the tokenizer copy it.
+pub fn check_text_fits(pool: &ChatPool, bytes: usize, param: &str) -> Result<(), ApiError> {
+    let model = pool.model();
+    if bytes <= model.most_text_bytes() {
+        return Ok(());
+    }
+    Err(invalid(
+        ErrorCode::ContextLengthExceeded,
+        param,
+        format!(
+            "This model's maximum context length is {} tokens; your {param} hold {bytes} bytes of text, more than that many tokens can",
+            model.context_length()
+        ),
+    ))
+}
+
+/// The sampling fields as far as no model decides them.
+pub struct CheckedSampling {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub stop: Vec<String>,
+    /// What the client asked for, if anything.
+    pub max_tokens: Option<usize>,
+}
+
+/// Checks the ranges, `n`, the stop sequences and the `max_tokens` limit.
+pub fn check_sampling(sampling: &Sampling, limits: &ValidationSettings) -> Result<CheckedSampling, ApiError> {
+    if sampling.n.is_some_and(|n| n != 1) {
+        return Err(invalid(ErrorCode::InvalidN, "n", "only n = 1 is supported".to_owned()));
+    }
+    let temperature = sampling.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        let message = "temperature must be between 0 and 2".to_owned();
+        return Err(invalid(ErrorCode::InvalidTemperature, "temperature", message));
+    }
+    let top_p = sampling.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(invalid(
+            ErrorCode::InvalidTopP,
+            "top_p",
+            "top_p must be above 0 and at most 1".to_owned(),
+        ));
+    }
+    for (name, value) in
+        [("presence_penalty", sampling.presence_penalty), ("frequency_penalty", sampling.frequency_penalty)]
+    {
+        if value.is_some_and(|value| !(-2.0..=2.0).contains(&value)) {
+            return Err(invalid(ErrorCode::InvalidPenalty, name, format!("{name} must be between -2 and 2")));
+        }
+    }
+    let stop = check_stop(sampling.stop.as_ref(), limits)?;
+    let max_tokens = check_max_tokens(sampling.max_completion_tokens.or(sampling.max_tokens), limits)?;
+    Ok(CheckedSampling { temperature, top_p, stop, max_tokens })
+}
+
+fn check_stop(stop: Option<&Stop>, limits: &ValidationSettings) -> Result<Vec<String>, ApiError> {
+    let stop = match stop {
+        None => Vec::new(),
+        Some(Stop::One(stop)) => vec![stop.clone()],
+        Some(Stop::Many(stops)) => stops.clone(),
+    };
+    if stop.len() > limits.max_stop_sequences || stop.iter().any(String::is_empty) {
+        let message = format!("stop takes at most {} non-empty strings", limits.max_stop_sequences);
+        return Err(invalid(ErrorCode::InvalidStop, "stop", message));
+    }
+    for (index, sequence) in stop.iter().enumerate() {
+        check_text(sequence, || format!("stop[{index}]"), limits)?;
+    }
+    Ok(stop)
+}
+
+/// The one place `max_tokens` (or `max_completion_tokens`) is bounded by
+/// the configuration; the model's window bounds it in `sampling_params`.
+fn check_max_tokens(asked: Option<usize>, limits: &ValidationSettings) -> Result<Option<usize>, ApiError> {
+    match asked {
+        Some(0) => Err(invalid(
+            ErrorCode::InvalidMaxTokens,
+            "max_tokens",
+            "max_tokens must be at least 1".to_owned(),
+        )),
+        Some(max) if max > limits.max_tokens => {
+            let message = format!("max_tokens is {max}; at most {} is accepted", limits.max_tokens);
+            Err(invalid(ErrorCode::InvalidMaxTokens, "max_tokens", message))
+        }
+        asked => Ok(asked),
+    }
+}
+
+/// The messages as (role, text) turns, developer read as system; the
+/// texts are moved, not copied.
+pub fn chat_turns(
+    messages: Vec<Message>,
+    limits: &ValidationSettings,
+) -> Result<Vec<(String, String)>, ApiError> {
+    if messages.is_empty() {
+        return Err(invalid(ErrorCode::InvalidMessages, "messages", "messages must not be empty".to_owned()));
+    }
+    check_count(messages.len(), limits.max_messages, "messages")?;
+    let mut turns = Vec::with_capacity(messages.len());
+    for (index, message) in messages.into_iter().enumerate() {
+        if !matches!(message.role.as_str(), "system" | "developer" | "user" | "assistant") {
+            let message = format!("messages[{index}].role must be system, developer, user or assistant");
+            return Err(invalid(ErrorCode::InvalidRole, &format!("messages[{index}].role"), message));
+        }
+        let role = if message.role == "developer" { "system".to_owned() } else { message.role };
+        let text = text_of(message.content, index)?;
+        check_text(&text, || format!("messages[{index}].content"), limits)?;
+        turns.push((role, text));
+    }
+    Ok(turns)
+}
+
+fn text_of(content: Option<Content>, index: usize) -> Result<String, ApiError> {
+    match content {
+        None => Ok(String::new()),
+        Some(Content::Text(text)) => Ok(text),
+        Some(Content::Parts(parts)) => parts
+            .iter()
+            .map(|part| match (part.kind.as_str(), &part.text) {
+                ("text", Some(text)) => Ok(text.as_str()),
+                _ => Err(invalid(
+                    ErrorCode::InvalidContent,
+                    &format!("messages[{index}].content"),
+                    "only text content parts are supported".to_owned(),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|texts| texts.join("")),
+    }
+}

@@ -1,0 +1,65 @@
+//! The embedding engine against sentence-transformers on the same weights
+//! (fixtures made by tests/fixtures/make_embedding_fixtures.py).
+
+use blaze::settings::{ConfigSources, Settings};
+use blaze_actors::inference::{Bert, EmbeddingEngine};
+use blaze_actors::router::{ModelCache, ModelFiles};
+
+const MODEL: &str = "all-minilm-l6-v2";
+
+/// The model's directory, pulled into the cache if it is not there.
+fn model_directory() -> std::path::PathBuf {
+    let settings = Settings::load(&ConfigSources::default()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime
+        .block_on(blaze::models::pull(&settings.models, &[MODEL.to_owned()], blaze::models::Progress::Bar))
+        .unwrap();
+    match ModelCache::from_environment().locate(MODEL, &settings.models.catalog[MODEL]) {
+        Some(ModelFiles::Directory(directory)) => directory,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn cosine(a: &[f32], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(a, b)| f64::from(*a) * b).sum();
+    let norm_a: f64 = a.iter().map(|a| f64::from(*a).powi(2)).sum::<f64>().sqrt();
+    let norm_b: f64 = b.iter().map(|b| b.powi(2)).sum::<f64>().sqrt();
+    dot / (norm_a * norm_b)
+}
+
+#[test]
+fn embeddings_match_sentence_transformers_alone_and_batched() {
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/embeddings-all-minilm-l6-v2.json")).unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert!(cases.len() >= 20);
+    let engine = Bert::load(&model_directory(), 2).unwrap();
+    assert_eq!(engine.dimensions(), 384);
+
+    let tokens: Vec<Vec<u32>> =
+        cases.iter().map(|case| engine.tokenize(case["input"].as_str().unwrap()).unwrap()).collect();
+    for (case, tokens) in cases.iter().zip(&tokens) {
+        assert_eq!(tokens.len() as u64, case["tokens"].as_u64().unwrap(), "token count of {}", case["input"]);
+    }
+    let batch: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
+    let batched = engine.embed(&batch).unwrap();
+    for (index, case) in cases.iter().enumerate() {
+        let expected: Vec<f64> =
+            case["embedding"].as_array().unwrap().iter().map(|value| value.as_f64().unwrap()).collect();
+        let alone = engine.embed(&[&tokens[index]]).unwrap().remove(0);
+        for (how, vector) in [("batched", &batched[index]), ("alone", &alone)] {
+            let similarity = cosine(vector, &expected);
+            assert!(similarity >= 0.9999, "{how} {}: cosine {similarity}", case["input"]);
+        }
+    }
+}
+
+#[test]
+fn inputs_over_the_limit_or_outside_the_vocabulary_are_refused() {
+    let engine = Bert::load(&model_directory(), 1).unwrap();
+    let long = vec![1000u32; engine.max_tokens() + 1];
+    let error = engine.embed(&[&long]).unwrap_err();
+    assert!(error.to_string().contains(&engine.max_tokens().to_string()), "{error}");
+    assert!(engine.embed(&[&[101, 40_000, 102]]).unwrap_err().to_string().contains("vocabulary"));
+    assert!(engine.embed(&[&[]]).is_err());
+}

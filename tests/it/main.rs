@@ -1,0 +1,29 @@
+//! Blaze's integration tests, in one binary so the suite links once: the
+//! real `blaze` binary started on random ports (`common`), the engines
+//! against their committed fixtures, the load suite, the deployment files,
+//! and the real PostgreSQL and Redis of the machine.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// A test's tasks end with its runtime, at the end of the test.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+mod auth_admin;
+mod auth_tokens;
+mod cache_api;
+mod chat_api;
+mod chat_engine;
+mod cli;
+mod deployment_files;
+mod embedding_fidelity;
+mod embeddings_api;
+mod guard_api;
+mod guard_corpus;
+mod http_surface;
+mod lifecycle;
+mod load_suite;
+mod multi_replica;
+mod rate_limits;
+mod security;
+mod websocket_api;
