@@ -1,13 +1,23 @@
 //! Blaze's actors. Each module owns one concern of the service: its actor
-//! (a thin actix adapter), its messages, and the plain domain logic the actor
-//! wraps, so the logic tests without a running system.
+//! (a thin actix adapter) and the plain domain logic the actor wraps, so
+//! the logic tests without a running system.
 //!
-//! Every module has the same shape:
-//! - `mod.rs`: what the module owns, and its public surface;
+//! A module folder has this shape, as far as its concern needs it:
+//! - `mod.rs`: what the module owns, and its public surface: callers name
+//!   what it re-exports, never the files below it;
 //! - `actor.rs`: the actix actor, lifecycle and message handlers only;
-//! - `messages.rs`: one typed struct per message;
-//! - `core.rs`: the domain logic and the state published to the hot path;
-//! - `tests.rs`: tests of the module.
+//! - `messages.rs`: one typed struct per message, where other modules send
+//!   the actor messages (health, metrics, supervisor; inference keeps its
+//!   two in `actor.rs`). Most actors take none: they run background work
+//!   and publish what request handlers read;
+//! - the domain logic, in plain structs, in files named by concern: one
+//!   `core.rs` where a single file holds it, else a file or folder per
+//!   concern (`auth/authenticator/`, `auth/store/`, `guard/scan.rs`,
+//!   `ratelimit/gcra.rs`, `router/registry.rs`);
+//! - `tests.rs`: the module's tests; a file's small unit tests may sit in
+//!   that file.
+//!
+//! Helpers several modules share (`files.rs`, `redis.rs`) are single files.
 //!
 //! The rule that keeps the service fast: actors own state, lifecycle and
 //! failure; request handlers read what actors publish (an `ArcSwap`, atomics,

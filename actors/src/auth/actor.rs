@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, WrapFuture};
 
-use super::core::Authenticator;
+use super::authenticator::Authenticator;
 use super::events::{Incoming, Subscription};
 
 /// Where other replicas' events come from.

@@ -3,16 +3,19 @@
 //! - `store/`: one trait, one schema, two backends (embedded SQLite by
 //!   default, PostgreSQL when shared);
 //! - `secrets.rs`: the key format, the peppered hash, passwords;
+//! - `hashing.rs`: the bounded pool that hashes passwords off the request
+//!   path;
+//! - `scopes.rs`: the scope vocabulary of keys and tokens;
 //! - `jwt.rs`: signing and verification keys, claims, validation;
-//! - `core.rs`: the [`Authenticator`] request handlers read directly
-//!   (caches, revocations, brute-force windows) and the management
-//!   operations;
+//! - `authenticator/`: the [`Authenticator`] request handlers read
+//!   directly (caches, revocations, brute-force windows), token sign-ins,
+//!   and the management operations, one file per concern;
 //! - `events.rs`: revocations and changes sent between replicas;
 //! - `actor.rs`: the Auth actor: batched last-used writes, revocation sync,
 //!   the subscription to other replicas' events.
 
 mod actor;
-mod core;
+mod authenticator;
 pub mod events;
 pub mod hashing;
 pub mod jwt;
@@ -31,7 +34,7 @@ use futures_util::future::BoxFuture;
 use hmac::Mac;
 
 pub use self::actor::{AuthActor, AuthActorConfig, EventSource};
-pub use self::core::{
+pub use self::authenticator::{
     AdminError, AuthConfig, Authenticator, BruteForceConfig, Credential, Failure, FailureSubject, KeyRequest,
     NewUser, Page, Principal, SignInOrigin, TokenPair, UserUpdate,
 };

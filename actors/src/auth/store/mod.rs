@@ -6,6 +6,7 @@
 
 mod embedded;
 mod postgres;
+mod postgres_rows;
 mod schema;
 
 use futures_util::future::BoxFuture;

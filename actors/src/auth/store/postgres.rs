@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use futures_util::future::BoxFuture;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::NoTls;
 
+use super::postgres_rows::{
+    insert_key, insert_user, key_from, refresh_from, revocation_from, select_key, select_user, user_from,
+};
 use super::schema::{self, MIGRATIONS};
 use super::{
-    limit_columns, limits_from, scopes_parse, scopes_text, KeyRecord, RefreshRecord, RefreshUse, Revocation,
-    RevocationKind, Role, Store, StoreError, StoreResult, User, UserChanges, UserStatus,
+    limit_columns, KeyRecord, RefreshRecord, RefreshUse, Revocation, Store, StoreError, StoreResult, User,
+    UserChanges,
 };
 
 /// An arbitrary constant naming Blaze's migration and bootstrap lock.
@@ -35,7 +38,7 @@ pub struct PostgresStore {
     pool: Pool,
 }
 
-fn failed(error: tokio_postgres::Error) -> StoreError {
+pub(super) fn failed(error: tokio_postgres::Error) -> StoreError {
     match error.code() {
         Some(code) if *code == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => {
             StoreError::Conflict(error.to_string())
@@ -129,116 +132,6 @@ impl PostgresStore {
         }
         transaction.commit().await.map_err(failed)
     }
-}
-
-fn user_from(row: &Row) -> StoreResult<User> {
-    Ok(User {
-        id: row.get(0),
-        email: row.get(1),
-        name: row.get(2),
-        role: Role::parse(row.get(3))?,
-        status: UserStatus::parse(row.get(4))?,
-        password_hash: row.get(5),
-        created_at: row.get(6),
-        updated_at: row.get(7),
-        limits: limits_from(row.get(8), row.get(9)),
-    })
-}
-
-fn key_from(row: &Row) -> KeyRecord {
-    KeyRecord {
-        id: row.get(0),
-        user_id: row.get(1),
-        name: row.get(2),
-        secret_hash: row.get(3),
-        scopes: scopes_parse(row.get(4)),
-        created_at: row.get(5),
-        expires_at: row.get(6),
-        revoked_at: row.get(7),
-        last_used_at: row.get(8),
-        replaced_by: row.get(9),
-        limits: limits_from(row.get(10), row.get(11)),
-        lineage: row.get(12),
-    }
-}
-
-fn refresh_from(row: &Row) -> RefreshRecord {
-    RefreshRecord {
-        jti: row.get(0),
-        family_id: row.get(1),
-        user_id: row.get(2),
-        expires_at: row.get(3),
-        used_at: row.get(4),
-        revoked_at: row.get(5),
-    }
-}
-
-async fn insert_user(client: &impl deadpool_postgres::GenericClient, user: &User) -> StoreResult<()> {
-    let statement = client.prepare_cached(&schema::insert_user()).await.map_err(failed)?;
-    client
-        .execute(
-            &statement,
-            &[
-                &user.id,
-                &user.email,
-                &user.name,
-                &user.role.as_str(),
-                &user.status.as_str(),
-                &user.password_hash,
-                &user.created_at,
-                &user.updated_at,
-                &limit_columns(&user.limits)[0],
-                &limit_columns(&user.limits)[1],
-            ],
-        )
-        .await
-        .map(drop)
-        .map_err(failed)
-}
-
-async fn insert_key(client: &impl deadpool_postgres::GenericClient, key: &KeyRecord) -> StoreResult<()> {
-    let statement = client.prepare_cached(&schema::insert_key()).await.map_err(failed)?;
-    client
-        .execute(
-            &statement,
-            &[
-                &key.id,
-                &key.user_id,
-                &key.name,
-                &key.secret_hash,
-                &scopes_text(&key.scopes),
-                &key.created_at,
-                &key.expires_at,
-                &key.revoked_at,
-                &key.last_used_at,
-                &key.replaced_by,
-                &limit_columns(&key.limits)[0],
-                &limit_columns(&key.limits)[1],
-                &key.lineage,
-            ],
-        )
-        .await
-        .map(drop)
-        .map_err(failed)
-}
-
-async fn select_key(
-    client: &impl deadpool_postgres::GenericClient,
-    id: &str,
-) -> StoreResult<Option<KeyRecord>> {
-    let statement = client.prepare_cached(&schema::key_by_id()).await.map_err(failed)?;
-    let row = client.query_opt(&statement, &[&id]).await.map_err(failed)?;
-    Ok(row.as_ref().map(key_from))
-}
-
-async fn select_user(
-    client: &impl deadpool_postgres::GenericClient,
-    sql: &str,
-    value: &str,
-) -> StoreResult<Option<User>> {
-    let statement = client.prepare_cached(sql).await.map_err(failed)?;
-    let row = client.query_opt(&statement, &[&value]).await.map_err(failed)?;
-    row.as_ref().map(user_from).transpose()
 }
 
 impl Store for PostgresStore {
@@ -494,16 +387,7 @@ impl Store for PostgresStore {
             let client = self.client().await?;
             let statement = client.prepare_cached(schema::REVOCATIONS_IN_FORCE).await.map_err(failed)?;
             let rows = client.query(&statement, &[&now]).await.map_err(failed)?;
-            rows.iter()
-                .map(|row| {
-                    Ok(Revocation {
-                        kind: RevocationKind::parse(row.get(0))?,
-                        subject: row.get(1),
-                        expires_at: row.get(2),
-                        created_at: row.get(3),
-                    })
-                })
-                .collect()
+            rows.iter().map(revocation_from).collect()
         })
     }
 
