@@ -10,9 +10,9 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tracing::{error, info};
 
-use super::bert::Bert;
-use super::chat::ChatPool;
-use super::pool::{EmbeddingPool, WorkerExit};
+use super::chat::{llama_has_amx, ChatPool};
+use super::embed::{amx_in_use, Bert, EmbeddingPool};
+use super::pool::WorkerExit;
 
 /// The worker thread ended.
 #[derive(Message, Debug)]
@@ -60,11 +60,7 @@ fn embedding_thread(
         Ok(engine) => match pool.warm_up(&engine) {
             Err(problem) => format!("warm-up failed: {problem}"),
             Ok(()) => {
-                info!(
-                    model = pool.model(),
-                    amx = super::amx::available(),
-                    "model loaded and proven by a forward pass"
-                );
+                info!(model = pool.model(), amx = amx_in_use(), "model loaded and proven by a forward pass");
                 ended(pool.run_worker(&engine, stop))
             }
         },
@@ -75,7 +71,7 @@ fn chat_thread(pool: &ChatPool, threads: usize, stop: &AtomicBool) -> String {
     match pool.warm_up(threads) {
         Err(problem) => format!("warm-up failed: {problem}"),
         Ok(()) => {
-            info!(model = pool.model_id(), amx = super::llama_has_amx(), "model proven by a generation");
+            info!(model = pool.model_id(), amx = llama_has_amx(), "model proven by a generation");
             ended(pool.run_worker(threads, stop))
         }
     }

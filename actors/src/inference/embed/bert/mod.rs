@@ -11,9 +11,8 @@ use rayon::prelude::*;
 use safetensors::SafeTensors;
 use serde::Deserialize;
 
-use super::amx;
-use super::engine::{EmbeddingEngine, EngineError};
-use super::kernels;
+use crate::inference::embed::{amx, kernels};
+use crate::inference::engine::{EmbeddingEngine, EngineError};
 
 #[derive(Debug, Clone, Deserialize)]
 struct BertConfig {
