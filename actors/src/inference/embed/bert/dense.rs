@@ -1,22 +1,29 @@
 //! The dense products of the forward pass: a linear layer's weight in the
 //! form its products run on.
 
+#[cfg(all(target_arch = "x86_64", not(blaze_without_amx)))]
 use crate::inference::embed::amx;
 
 /// A linear layer's `[in, out]` weight, in the form the products run on:
-/// bf16 tiles where the CPU has AMX, f32 for `gemm` otherwise.
+/// bf16 tiles where the CPU has AMX, f32 for `gemm` otherwise (and always
+/// where the AMX kernels are not compiled in).
 pub(super) enum Dense {
-    F32 { weight: Vec<f32>, depth: usize, columns: usize },
+    F32 {
+        weight: Vec<f32>,
+        depth: usize,
+        columns: usize,
+    },
+    #[cfg(all(target_arch = "x86_64", not(blaze_without_amx)))]
     Amx(amx::PackedWeight),
 }
 
 impl Dense {
     pub(super) fn new(weight: Vec<f32>, depth: usize, columns: usize) -> Self {
+        #[cfg(all(target_arch = "x86_64", not(blaze_without_amx)))]
         if amx::available() {
-            Self::Amx(amx::PackedWeight::pack(&weight, depth, columns))
-        } else {
-            Self::F32 { weight, depth, columns }
+            return Self::Amx(amx::PackedWeight::pack(&weight, depth, columns));
         }
+        Self::F32 { weight, depth, columns }
     }
 
     /// `out[rows, out] = lhs[rows, in] · weight`.
@@ -25,6 +32,7 @@ impl Dense {
             Self::F32 { weight, depth, columns } => {
                 matmul(out, lhs, weight, rows, *depth, *columns, parallelism)
             }
+            #[cfg(all(target_arch = "x86_64", not(blaze_without_amx)))]
             Self::Amx(packed) => {
                 amx::product(out, lhs, rows, packed, !matches!(parallelism, gemm::Parallelism::None))
             }
