@@ -48,7 +48,9 @@ pub(super) struct ChatJob {
     pub(super) panic: bool,
 }
 
-pub(super) struct Shared {
+/// The state of one pool that its handles and its worker threads share:
+/// the model, the queue, and whether a worker has proven the model.
+pub(super) struct ChatPoolState {
     pub(super) model_id: String,
     model: Arc<ChatModel>,
     sender: Sender<ChatJob>,
@@ -61,13 +63,13 @@ pub(super) struct Shared {
 /// The handle the request path holds; cheap to clone.
 #[derive(Clone)]
 pub struct ChatPool {
-    shared: Arc<Shared>,
+    state: Arc<ChatPoolState>,
 }
 
 impl ChatPool {
     pub fn new(model_id: &str, model: Arc<ChatModel>, max_batch: usize, queue_capacity: usize) -> Self {
         let (sender, receiver) = crossbeam_channel::bounded(queue_capacity.max(1));
-        let shared = Shared {
+        let state = ChatPoolState {
             model_id: model_id.to_owned(),
             model,
             sender,
@@ -75,19 +77,19 @@ impl ChatPool {
             max_batch: max_batch.clamp(1, MAX_SLOTS),
             ready: AtomicBool::new(false),
         };
-        Self { shared: Arc::new(shared) }
+        Self { state: Arc::new(state) }
     }
 
     pub fn model_id(&self) -> &str {
-        &self.shared.model_id
+        &self.state.model_id
     }
 
     pub fn model(&self) -> &ChatModel {
-        &self.shared.model
+        &self.state.model
     }
 
     pub fn is_ready(&self) -> bool {
-        self.shared.ready.load(Ordering::Relaxed)
+        self.state.ready.load(Ordering::Relaxed)
     }
 
     /// Queues a completion, or refuses it at once when the queue is full.
@@ -121,16 +123,16 @@ impl ChatPool {
             #[cfg(feature = "test-hooks")]
             panic,
         };
-        match self.shared.sender.try_send(job) {
+        match self.state.sender.try_send(job) {
             Ok(()) => {
-                gauge!("blaze_inference_queue_depth", "model" => self.shared.model_id.clone())
-                    .set(self.shared.receiver.len() as f64);
+                gauge!("blaze_inference_queue_depth", "model" => self.state.model_id.clone())
+                    .set(self.state.receiver.len() as f64);
                 Ok(receiver)
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                counter!("blaze_inference_rejected_total", "model" => self.shared.model_id.clone())
+                counter!("blaze_inference_rejected_total", "model" => self.state.model_id.clone())
                     .increment(1);
-                let queued = self.shared.receiver.len();
+                let queued = self.state.receiver.len();
                 Err(Overloaded { queued, retry_after_s: (queued as u64).clamp(1, 60) })
             }
         }
@@ -138,24 +140,24 @@ impl ChatPool {
 
     /// Proves the model with a short generation before taking requests.
     pub fn warm_up(&self, threads: usize) -> Result<(), EngineError> {
-        let model = &self.shared.model;
+        let model = &self.state.model;
         let mut decoder = model.decoder(threads, 1)?;
         let prompt = model.tokenize(&model.render(&[("user".to_owned(), "Hi".to_owned())])?, true);
         decoder.generate(&prompt, &SamplingParams::greedy(1), &mut |_| true)?;
-        self.shared.ready.store(true, Ordering::Relaxed);
+        self.state.ready.store(true, Ordering::Relaxed);
         Ok(())
     }
 
     /// The worker loop, until `stop` is set or the engine panics (which
     /// fails only the completions this worker held).
     pub fn run_worker(&self, threads: usize, stop: &AtomicBool) -> WorkerExit {
-        let Ok(decoder) = self.shared.model.decoder(threads, self.shared.max_batch) else {
+        let Ok(decoder) = self.state.model.decoder(threads, self.state.max_batch) else {
             return WorkerExit::Panicked;
         };
-        let mut worker = Worker::new(&self.shared, decoder);
+        let mut worker = Worker::new(&self.state, decoder);
         while !stop.load(Ordering::Relaxed) {
             if worker.is_idle() {
-                match self.shared.receiver.recv_timeout(Duration::from_millis(100)) {
+                match self.state.receiver.recv_timeout(Duration::from_millis(100)) {
                     Ok(job) => worker.start(job),
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => continue,
                 }

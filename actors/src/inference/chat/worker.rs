@@ -9,7 +9,7 @@ use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
 use super::completion::{FinishReason, Progress};
 use super::llama::{Decoder, Sequence};
-use super::pool::{ChatEvent, ChatJob, Shared};
+use super::pool::{ChatEvent, ChatJob, ChatPoolState};
 use crate::inference::pool::WorkError;
 
 /// A completion in the decoder.
@@ -23,7 +23,7 @@ struct Running {
 
 /// One worker's state: its decoder and the completions it runs.
 pub(super) struct Worker<'a> {
-    shared: &'a Shared,
+    pool: &'a ChatPoolState,
     decoder: Decoder<'a>,
     running: Vec<Running>,
     free_slots: Vec<usize>,
@@ -60,15 +60,9 @@ impl WorkerMetrics {
 }
 
 impl<'a> Worker<'a> {
-    pub(super) fn new(shared: &'a Shared, decoder: Decoder<'a>) -> Self {
+    pub(super) fn new(pool: &'a ChatPoolState, decoder: Decoder<'a>) -> Self {
         let free_slots = (0..decoder.slots()).rev().collect();
-        Self {
-            shared,
-            decoder,
-            running: Vec::new(),
-            free_slots,
-            metrics: WorkerMetrics::new(&shared.model_id),
-        }
+        Self { pool, decoder, running: Vec::new(), free_slots, metrics: WorkerMetrics::new(&pool.model_id) }
     }
 
     /// Whether it runs no completion (then it waits on the queue).
@@ -81,12 +75,12 @@ impl<'a> Worker<'a> {
     pub(super) fn step(&mut self) {
         self.drop_cancelled();
         while !self.free_slots.is_empty() {
-            match self.shared.receiver.try_recv() {
+            match self.pool.receiver.try_recv() {
                 Ok(job) => self.start(job),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        self.metrics.queue_depth.set(self.shared.receiver.len() as f64);
+        self.metrics.queue_depth.set(self.pool.receiver.len() as f64);
         self.metrics.running.set(self.running.len() as f64);
         if self.running.is_empty() {
             return;

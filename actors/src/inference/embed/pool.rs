@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use tokio::sync::oneshot;
 
 use super::bert::BertTokenizer;
@@ -34,7 +34,9 @@ pub(crate) struct EmbeddingJob {
     panic: bool,
 }
 
-struct Shared {
+/// The state of one pool that its handles and its worker threads share:
+/// the queue, the batching settings, and what the workers report back.
+struct EmbeddingPoolState {
     model: String,
     sender: Sender<EmbeddingJob>,
     receiver: Receiver<EmbeddingJob>,
@@ -49,13 +51,13 @@ struct Shared {
 /// The handle the request path holds; cheap to clone.
 #[derive(Clone)]
 pub struct EmbeddingPool {
-    shared: Arc<Shared>,
+    state: Arc<EmbeddingPoolState>,
 }
 
 impl EmbeddingPool {
     pub fn new(model: &str, tokenizer: Arc<BertTokenizer>, settings: BatchSettings) -> Self {
         let (sender, receiver) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
-        let shared = Shared {
+        let state = EmbeddingPoolState {
             model: model.to_owned(),
             sender,
             receiver,
@@ -64,23 +66,23 @@ impl EmbeddingPool {
             ready: AtomicBool::new(false),
             seconds_per_input: AtomicU64::new(0.002f64.to_bits()),
         };
-        Self { shared: Arc::new(shared) }
+        Self { state: Arc::new(state) }
     }
 
     pub fn model(&self) -> &str {
-        &self.shared.model
+        &self.state.model
     }
 
     pub fn tokenizer(&self) -> &BertTokenizer {
-        &self.shared.tokenizer
+        &self.state.tokenizer
     }
 
     pub fn is_ready(&self) -> bool {
-        self.shared.ready.load(Ordering::Relaxed)
+        self.state.ready.load(Ordering::Relaxed)
     }
 
     pub fn queued(&self) -> usize {
-        self.shared.receiver.len()
+        self.state.receiver.len()
     }
 
     /// Queues a request, or refuses it at once when the queue is full.
@@ -110,17 +112,17 @@ impl EmbeddingPool {
             #[cfg(feature = "test-hooks")]
             panic,
         };
-        match self.shared.sender.try_send(job) {
+        match self.state.sender.try_send(job) {
             Ok(()) => {
-                gauge!("blaze_inference_queue_depth", "model" => self.shared.model.clone())
+                gauge!("blaze_inference_queue_depth", "model" => self.state.model.clone())
                     .set(self.queued() as f64);
                 Ok(receiver)
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 let queued = self.queued();
-                let per_input = f64::from_bits(self.shared.seconds_per_input.load(Ordering::Relaxed));
+                let per_input = f64::from_bits(self.state.seconds_per_input.load(Ordering::Relaxed));
                 let wait = (queued.max(1) as f64 * per_input * 4.0).ceil() as u64;
-                counter!("blaze_inference_rejected_total", "model" => self.shared.model.clone()).increment(1);
+                counter!("blaze_inference_rejected_total", "model" => self.state.model.clone()).increment(1);
                 Err(Overloaded { queued, retry_after_s: wait.clamp(1, 60) })
             }
         }
@@ -130,74 +132,86 @@ impl EmbeddingPool {
     /// `stop` is set. Returns early after a panic in the engine, having
     /// failed only the requests of that batch.
     pub fn run_worker(&self, engine: &dyn EmbeddingEngine, stop: &AtomicBool) -> WorkerExit {
-        let shared = &self.shared;
-        let model = shared.model.clone();
-        let batch_sizes = histogram!("blaze_inference_batch_size", "model" => model.clone());
-        let durations =
-            histogram!("blaze_inference_duration_seconds", "model" => model.clone(), "phase" => "embed");
-        let prompt_tokens = counter!("blaze_tokens_total", "model" => model.clone(), "kind" => "prompt");
-        let depth = gauge!("blaze_inference_queue_depth", "model" => model);
+        let metrics = BatchMetrics::new(&self.state.model);
         while !stop.load(Ordering::Relaxed) {
             let Some(jobs) = self.next_batch(stop) else { continue };
-            depth.set(self.queued() as f64);
+            metrics.depth.set(self.queued() as f64);
             let jobs: Vec<EmbeddingJob> = jobs.into_iter().filter(|job| !job.reply.is_closed()).collect();
             if jobs.is_empty() {
                 continue;
             }
-            let inputs: Vec<&[u32]> =
-                jobs.iter().flat_map(|job| job.tokens.iter().map(Vec::as_slice)).collect();
-            let started = Instant::now();
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                #[cfg(feature = "test-hooks")]
-                if jobs.iter().any(|job| job.panic) {
-                    #[allow(clippy::panic)]
-                    {
-                        panic!("test hook: embedding worker told to panic");
-                    }
-                }
-                let mut vectors = Vec::with_capacity(inputs.len());
-                for chunk in inputs.chunks(shared.settings.max_batch.max(1)) {
-                    batch_sizes.record(chunk.len() as f64);
-                    vectors.extend(engine.embed(chunk)?);
-                }
-                Ok::<_, EngineError>(vectors)
-            }));
-            let elapsed = started.elapsed();
-            durations.record(elapsed.as_secs_f64());
-            let per_input = elapsed.as_secs_f64() / inputs.len().max(1) as f64;
-            let previous = f64::from_bits(shared.seconds_per_input.load(Ordering::Relaxed));
-            shared.seconds_per_input.store((previous * 0.8 + per_input * 0.2).to_bits(), Ordering::Relaxed);
-            prompt_tokens.increment(inputs.iter().map(|tokens| tokens.len() as u64).sum());
-            match outcome {
-                Ok(Ok(vectors)) => {
-                    shared.ready.store(true, Ordering::Relaxed);
-                    let mut vectors = vectors.into_iter();
-                    for job in jobs {
-                        let mine: Vec<Vec<f32>> = vectors.by_ref().take(job.tokens.len()).collect();
-                        let _ = job.reply.send(Ok(mine));
-                    }
-                }
-                Ok(Err(error)) => {
-                    for job in jobs {
-                        let _ = job.reply.send(Err(WorkError::Engine(error.clone())));
-                    }
-                }
-                Err(_) => {
-                    for job in jobs {
-                        let _ = job.reply.send(Err(WorkError::WorkerFailed));
-                    }
-                    return WorkerExit::Panicked;
-                }
+            if !self.compute(engine, jobs, &metrics) {
+                return WorkerExit::Panicked;
             }
         }
         WorkerExit::Stopped
     }
 
+    /// Computes one batch, in chunks of `max_batch` inputs, and answers its
+    /// jobs. False after a panic in the engine.
+    fn compute(&self, engine: &dyn EmbeddingEngine, jobs: Vec<EmbeddingJob>, metrics: &BatchMetrics) -> bool {
+        let state = &self.state;
+        let inputs: Vec<&[u32]> = jobs.iter().flat_map(|job| job.tokens.iter().map(Vec::as_slice)).collect();
+        let started = Instant::now();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            #[cfg(feature = "test-hooks")]
+            if jobs.iter().any(|job| job.panic) {
+                #[allow(clippy::panic)]
+                {
+                    panic!("test hook: embedding worker told to panic");
+                }
+            }
+            let mut vectors = Vec::with_capacity(inputs.len());
+            for chunk in inputs.chunks(state.settings.max_batch.max(1)) {
+                metrics.batch_sizes.record(chunk.len() as f64);
+                vectors.extend(engine.embed(chunk)?);
+            }
+            Ok::<_, EngineError>(vectors)
+        }));
+        let elapsed = started.elapsed();
+        metrics.durations.record(elapsed.as_secs_f64());
+        let per_input = elapsed.as_secs_f64() / inputs.len().max(1) as f64;
+        let previous = f64::from_bits(state.seconds_per_input.load(Ordering::Relaxed));
+        state.seconds_per_input.store((previous * 0.8 + per_input * 0.2).to_bits(), Ordering::Relaxed);
+        metrics.prompt_tokens.increment(inputs.iter().map(|tokens| tokens.len() as u64).sum());
+        match outcome {
+            Ok(result) => {
+                self.answer(jobs, result);
+                true
+            }
+            Err(_) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(WorkError::WorkerFailed));
+                }
+                false
+            }
+        }
+    }
+
+    /// Sends each job its vectors, in order, or the engine's error.
+    fn answer(&self, jobs: Vec<EmbeddingJob>, result: Result<Vec<Vec<f32>>, EngineError>) {
+        match result {
+            Ok(vectors) => {
+                self.state.ready.store(true, Ordering::Relaxed);
+                let mut vectors = vectors.into_iter();
+                for job in jobs {
+                    let mine: Vec<Vec<f32>> = vectors.by_ref().take(job.tokens.len()).collect();
+                    let _ = job.reply.send(Ok(mine));
+                }
+            }
+            Err(error) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(WorkError::Engine(error.clone())));
+                }
+            }
+        }
+    }
+
     /// Waits for a first request (checking `stop` now and then), then takes
     /// more until the batch is full or `max_wait` has passed.
     fn next_batch(&self, stop: &AtomicBool) -> Option<Vec<EmbeddingJob>> {
-        let receiver = &self.shared.receiver;
-        let settings = self.shared.settings;
+        let receiver = &self.state.receiver;
+        let settings = self.state.settings;
         let first = match receiver.recv_timeout(Duration::from_millis(100)) {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
@@ -220,9 +234,29 @@ impl EmbeddingPool {
     /// Runs one forward pass to prove the model works, before taking
     /// requests; readiness waits for it.
     pub fn warm_up(&self, engine: &dyn EmbeddingEngine) -> Result<(), EngineError> {
-        let tokens = self.shared.tokenizer.tokenize("Blaze warms up this model.")?;
+        let tokens = self.state.tokenizer.tokenize("Blaze warms up this model.")?;
         engine.embed(&[&tokens])?;
-        self.shared.ready.store(true, Ordering::Relaxed);
+        self.state.ready.store(true, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// What a worker records of its batches.
+struct BatchMetrics {
+    batch_sizes: Histogram,
+    durations: Histogram,
+    prompt_tokens: Counter,
+    depth: Gauge,
+}
+
+impl BatchMetrics {
+    fn new(model: &str) -> Self {
+        let model = model.to_owned();
+        Self {
+            batch_sizes: histogram!("blaze_inference_batch_size", "model" => model.clone()),
+            durations: histogram!("blaze_inference_duration_seconds", "model" => model.clone(), "phase" => "embed"),
+            prompt_tokens: counter!("blaze_tokens_total", "model" => model.clone(), "kind" => "prompt"),
+            depth: gauge!("blaze_inference_queue_depth", "model" => model),
+        }
     }
 }
