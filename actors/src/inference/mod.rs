@@ -22,8 +22,8 @@ mod pool;
 pub use self::actor::InferenceWorker;
 pub use self::chat::{
     llama_has_amx, ChatEvent, ChatEvents, ChatModel, ChatPool, Decoder, FinishReason, Progress,
-    SamplingParams, Sequence, MAX_SLOTS,
+    SamplingParams, Sequence,
 };
 pub use self::embed::{BatchSettings, Bert, BertTokenizer, EmbeddingPool, EmbeddingResult};
-pub use self::engine::{EmbeddingEngine, EngineError};
+pub use self::engine::{ChatDecoder, ChatEngine, ChatSequence, EmbeddingEngine, EngineError, MAX_SLOTS};
 pub use self::pool::{Overloaded, WorkError, WorkerExit};

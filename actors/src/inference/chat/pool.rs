@@ -1,7 +1,8 @@
 //! A chat model's worker pool: a bounded queue shared by its worker
-//! threads, each running a [`Decoder`](super::Decoder) that generates
-//! several completions together and streams each one's text back as it is
-//! generated.
+//! threads, each running a decoder of the engine ([`ChatDecoder`]) that
+//! generates several completions together and streams each one's text back
+//! as it is generated. The pool knows the engine only through
+//! [`ChatEngine`], so its tests run on a fake one.
 //!
 //! Continuous batching: a queued completion joins the running ones between
 //! two steps as soon as one of the worker's `max_batch` slots is free, and
@@ -19,9 +20,9 @@ use metrics::{counter, gauge};
 use tokio::sync::mpsc;
 
 use super::completion::{FinishReason, SamplingParams};
-use super::llama::{ChatModel, MAX_SLOTS};
+use super::llama::ChatModel;
 use super::worker::Worker;
-use crate::inference::engine::EngineError;
+use crate::inference::engine::{ChatDecoder, ChatEngine, EngineError, MAX_SLOTS};
 use crate::inference::pool::{Overloaded, WorkError, WorkerExit};
 
 /// What a completion sends back, in order: pieces of text, then one end.
@@ -50,24 +51,31 @@ pub(super) struct ChatJob {
 
 /// The state of one pool that its handles and its worker threads share:
 /// the model, the queue, and whether a worker has proven the model.
-pub(super) struct ChatPoolState {
-    pub(super) model_id: String,
-    model: Arc<ChatModel>,
+struct ChatPoolState<E> {
+    model_id: String,
+    model: Arc<E>,
     sender: Sender<ChatJob>,
-    pub(super) receiver: Receiver<ChatJob>,
+    receiver: Receiver<ChatJob>,
     /// Sequences each worker runs together.
     max_batch: usize,
     ready: AtomicBool,
 }
 
-/// The handle the request path holds; cheap to clone.
-#[derive(Clone)]
-pub struct ChatPool {
-    state: Arc<ChatPoolState>,
+/// The handle the request path holds; cheap to clone. Generic over the
+/// engine so that the pool is tested with a fake one; the service's is
+/// llama.cpp's [`ChatModel`].
+pub struct ChatPool<E: ChatEngine = ChatModel> {
+    state: Arc<ChatPoolState<E>>,
 }
 
-impl ChatPool {
-    pub fn new(model_id: &str, model: Arc<ChatModel>, max_batch: usize, queue_capacity: usize) -> Self {
+impl<E: ChatEngine> Clone for ChatPool<E> {
+    fn clone(&self) -> Self {
+        Self { state: self.state.clone() }
+    }
+}
+
+impl<E: ChatEngine> ChatPool<E> {
+    pub fn new(model_id: &str, model: Arc<E>, max_batch: usize, queue_capacity: usize) -> Self {
         let (sender, receiver) = crossbeam_channel::bounded(queue_capacity.max(1));
         let state = ChatPoolState {
             model_id: model_id.to_owned(),
@@ -84,7 +92,7 @@ impl ChatPool {
         &self.state.model_id
     }
 
-    pub fn model(&self) -> &ChatModel {
+    pub fn model(&self) -> &E {
         &self.state.model
     }
 
@@ -142,7 +150,7 @@ impl ChatPool {
     pub fn warm_up(&self, threads: usize) -> Result<(), EngineError> {
         let model = &self.state.model;
         let mut decoder = model.decoder(threads, 1)?;
-        let prompt = model.tokenize(&model.render(&[("user".to_owned(), "Hi".to_owned())])?, true);
+        let prompt = model.prompt_tokens(&[("user".to_owned(), "Hi".to_owned())])?;
         decoder.generate(&prompt, &SamplingParams::greedy(1), &mut |_| true)?;
         self.state.ready.store(true, Ordering::Relaxed);
         Ok(())
@@ -151,13 +159,14 @@ impl ChatPool {
     /// The worker loop, until `stop` is set or the engine panics (which
     /// fails only the completions this worker held).
     pub fn run_worker(&self, threads: usize, stop: &AtomicBool) -> WorkerExit {
-        let Ok(decoder) = self.state.model.decoder(threads, self.state.max_batch) else {
+        let state = &self.state;
+        let Ok(decoder) = state.model.decoder(threads, state.max_batch) else {
             return WorkerExit::Panicked;
         };
-        let mut worker = Worker::new(&self.state, decoder);
+        let mut worker = Worker::new(&state.receiver, &state.model_id, decoder);
         while !stop.load(Ordering::Relaxed) {
             if worker.is_idle() {
-                match self.state.receiver.recv_timeout(Duration::from_millis(100)) {
+                match state.receiver.recv_timeout(Duration::from_millis(100)) {
                     Ok(job) => worker.start(job),
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => continue,
                 }

@@ -4,28 +4,29 @@
 
 use std::time::Instant;
 
-use crossbeam_channel::TryRecvError;
+use crossbeam_channel::{Receiver, TryRecvError};
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
 use super::completion::{FinishReason, Progress};
-use super::llama::{Decoder, Sequence};
-use super::pool::{ChatEvent, ChatJob, ChatPoolState};
+use super::pool::{ChatEvent, ChatJob};
+use crate::inference::engine::{ChatDecoder, ChatSequence};
 use crate::inference::pool::WorkError;
 
 /// A completion in the decoder.
-struct Running {
+struct Running<S> {
     job: ChatJob,
-    sequence: Sequence,
+    sequence: S,
     first_token: Option<Instant>,
     /// Some text reached the client (the test hook panics after that).
     sent_text: bool,
 }
 
 /// One worker's state: its decoder and the completions it runs.
-pub(super) struct Worker<'a> {
-    pool: &'a ChatPoolState,
-    decoder: Decoder<'a>,
-    running: Vec<Running>,
+pub(super) struct Worker<'a, D: ChatDecoder> {
+    /// The pool's queue.
+    queue: &'a Receiver<ChatJob>,
+    decoder: D,
+    running: Vec<Running<D::Sequence>>,
     free_slots: Vec<usize>,
     metrics: WorkerMetrics,
 }
@@ -59,10 +60,11 @@ impl WorkerMetrics {
     }
 }
 
-impl<'a> Worker<'a> {
-    pub(super) fn new(pool: &'a ChatPoolState, decoder: Decoder<'a>) -> Self {
+impl<'a, D: ChatDecoder> Worker<'a, D> {
+    /// A worker of model `model_id` taking completions from `queue`.
+    pub(super) fn new(queue: &'a Receiver<ChatJob>, model_id: &str, decoder: D) -> Self {
         let free_slots = (0..decoder.slots()).rev().collect();
-        Self { pool, decoder, running: Vec::new(), free_slots, metrics: WorkerMetrics::new(&pool.model_id) }
+        Self { queue, decoder, running: Vec::new(), free_slots, metrics: WorkerMetrics::new(model_id) }
     }
 
     /// Whether it runs no completion (then it waits on the queue).
@@ -75,19 +77,19 @@ impl<'a> Worker<'a> {
     pub(super) fn step(&mut self) {
         self.drop_cancelled();
         while !self.free_slots.is_empty() {
-            match self.pool.receiver.try_recv() {
+            match self.queue.try_recv() {
                 Ok(job) => self.start(job),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        self.metrics.queue_depth.set(self.pool.receiver.len() as f64);
+        self.metrics.queue_depth.set(self.queue.len() as f64);
         self.metrics.running.set(self.running.len() as f64);
         if self.running.is_empty() {
             return;
         }
         let reading = self.running.iter().any(|running| running.sequence.is_reading());
         let started = Instant::now();
-        let mut sequences: Vec<&mut Sequence> =
+        let mut sequences: Vec<&mut D::Sequence> =
             self.running.iter_mut().map(|running| &mut running.sequence).collect();
         let outcome = self.decoder.step(&mut sequences);
         let phase = if reading { &self.metrics.prefill } else { &self.metrics.decode };
@@ -190,7 +192,7 @@ impl<'a> Worker<'a> {
     }
 
     /// Ends a completion with its last event, freeing its slot.
-    fn release(&mut self, mut running: Running, last: ChatEvent) {
+    fn release(&mut self, mut running: Running<D::Sequence>, last: ChatEvent) {
         self.decoder.release(&mut running.sequence);
         self.free_slots.push(running.sequence.slot());
         let _ = running.job.events.send(last);

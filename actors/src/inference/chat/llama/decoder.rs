@@ -13,10 +13,7 @@ use super::backend;
 use super::model::ChatModel;
 use super::sampling::{first_argmax, StopScanner};
 use crate::inference::chat::completion::{FinishReason, Progress, SamplingParams};
-use crate::inference::engine::EngineError;
-
-/// Most sequences one decoder holds at once.
-pub const MAX_SLOTS: usize = 64;
+use crate::inference::engine::{ChatDecoder, EngineError, MAX_SLOTS};
 
 /// Most tokens fed to the model in one step: a long prompt is read in
 /// chunks of this size, so the sequences already generating beside it wait
@@ -194,28 +191,7 @@ impl<'m> Decoder<'m> {
         params: &SamplingParams,
         emit: &mut dyn FnMut(&str) -> bool,
     ) -> Result<(FinishReason, usize), EngineError> {
-        let mut sequence = self.start(0, prompt, params)?;
-        let outcome = loop {
-            match self.step(&mut [&mut sequence]) {
-                Err(error) => break Err(error),
-                Ok(progress) => match progress.into_iter().next() {
-                    Some(Progress::Text(text)) => {
-                        if !text.is_empty() && !emit(&text) {
-                            break Ok((FinishReason::Stop, sequence.completion_tokens()));
-                        }
-                    }
-                    Some(Progress::Finished { text, reason, completion_tokens }) => {
-                        if !text.is_empty() {
-                            emit(&text);
-                        }
-                        break Ok((reason, completion_tokens));
-                    }
-                    Some(Progress::Reading) | None => {}
-                },
-            }
-        };
-        self.release(&mut sequence);
-        outcome
+        ChatDecoder::generate(self, prompt, params, emit)
     }
 }
 

@@ -5,6 +5,7 @@
 //! and counts prompts, and the worker threads, each with its own context.
 
 mod decoder;
+mod engine;
 mod model;
 mod sampling;
 mod template;
@@ -13,7 +14,7 @@ use std::sync::OnceLock;
 
 use llama_cpp_2::llama_backend::LlamaBackend;
 
-pub use self::decoder::{Decoder, Sequence, MAX_SLOTS};
+pub use self::decoder::{Decoder, Sequence};
 pub use self::model::ChatModel;
 use crate::inference::engine::EngineError;
 
