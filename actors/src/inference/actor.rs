@@ -10,9 +10,10 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tracing::{error, info};
 
-use super::bert::Bert;
-use super::chat::ChatPool;
-use super::pool::{EmbeddingPool, WorkerExit};
+use super::chat::{llama_has_amx, ChatPool};
+use super::embed::{amx_in_use, Bert, EmbeddingPool};
+use super::engine::ChatEngine;
+use super::pool::WorkerExit;
 
 /// The worker thread ended.
 #[derive(Message, Debug)]
@@ -22,7 +23,24 @@ struct ThreadEnded(String);
 /// What a worker computes for.
 enum Work {
     Embedding { pool: EmbeddingPool, model_directory: PathBuf },
-    Chat(ChatPool),
+    Chat(Arc<dyn ChatWork>),
+}
+
+/// A chat pool, whatever its engine, as its worker thread runs it.
+trait ChatWork: Send + Sync {
+    fn model_id(&self) -> &str;
+    /// Proves the model, then serves until stopped; says why it ended.
+    fn serve(&self, threads: usize, stop: &AtomicBool) -> String;
+}
+
+impl<E: ChatEngine> ChatWork for ChatPool<E> {
+    fn model_id(&self) -> &str {
+        ChatPool::model_id(self)
+    }
+
+    fn serve(&self, threads: usize, stop: &AtomicBool) -> String {
+        chat_thread(self, threads, stop)
+    }
 }
 
 pub struct InferenceWorker {
@@ -36,8 +54,8 @@ impl InferenceWorker {
         Self { work: Work::Embedding { pool, model_directory }, threads, stop: Arc::default() }
     }
 
-    pub fn chat(pool: ChatPool, threads: usize) -> Self {
-        Self { work: Work::Chat(pool), threads, stop: Arc::default() }
+    pub fn chat<E: ChatEngine>(pool: ChatPool<E>, threads: usize) -> Self {
+        Self { work: Work::Chat(Arc::new(pool)), threads, stop: Arc::default() }
     }
 
     fn model_id(&self) -> &str {
@@ -60,22 +78,18 @@ fn embedding_thread(
         Ok(engine) => match pool.warm_up(&engine) {
             Err(problem) => format!("warm-up failed: {problem}"),
             Ok(()) => {
-                info!(
-                    model = pool.model(),
-                    amx = super::amx::available(),
-                    "model loaded and proven by a forward pass"
-                );
+                info!(model = pool.model(), amx = amx_in_use(), "model loaded and proven by a forward pass");
                 ended(pool.run_worker(&engine, stop))
             }
         },
     }
 }
 
-fn chat_thread(pool: &ChatPool, threads: usize, stop: &AtomicBool) -> String {
+fn chat_thread<E: ChatEngine>(pool: &ChatPool<E>, threads: usize, stop: &AtomicBool) -> String {
     match pool.warm_up(threads) {
         Err(problem) => format!("warm-up failed: {problem}"),
         Ok(()) => {
-            info!(model = pool.model_id(), amx = super::llama_has_amx(), "model proven by a generation");
+            info!(model = pool.model_id(), amx = llama_has_amx(), "model proven by a generation");
             ended(pool.run_worker(threads, stop))
         }
     }
@@ -105,7 +119,7 @@ impl Actor for InferenceWorker {
             Work::Chat(pool) => {
                 let pool = pool.clone();
                 std::thread::Builder::new().name(name).spawn(move || {
-                    address.do_send(ThreadEnded(chat_thread(&pool, threads, &stop)));
+                    address.do_send(ThreadEnded(pool.serve(threads, &stop)));
                 })
             }
         };

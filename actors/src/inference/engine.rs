@@ -1,6 +1,8 @@
 //! What an inference engine offers, one trait per model kind, so the
 //! workers and the API do not depend on how a model computes.
 
+use super::chat::{FinishReason, Progress, SamplingParams};
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EngineError {
     #[error("cannot load the model: {0}")]
@@ -22,4 +24,101 @@ pub trait EmbeddingEngine: Send {
     fn check_tokens(&self, tokens: &[u32]) -> Result<(), EngineError>;
     /// One normalized vector per input, in order.
     fn embed(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, EngineError>;
+}
+
+/// Most sequences one chat decoder holds at once.
+pub const MAX_SLOTS: usize = 64;
+
+/// A chat model, shared read-only by the request path, which sizes and
+/// tokenizes prompts with it, and the pool's worker threads, each of which
+/// generates with a [`ChatDecoder`] of its own.
+pub trait ChatEngine: Send + Sync + 'static {
+    /// One worker's decoder; it borrows the model.
+    type Decoder<'a>: ChatDecoder
+    where
+        Self: 'a;
+
+    /// Tokens of one sequence's window: its prompt and completion together.
+    fn context_length(&self) -> usize;
+    /// The most bytes of text that can fit the window whatever its tokens:
+    /// a longer text is refused before it is rendered or tokenized.
+    fn most_text_bytes(&self) -> usize;
+    /// The prompt tokens of a conversation, `(role, text)` turns through
+    /// the model's chat template, with the assistant's turn opened.
+    fn prompt_tokens(&self, turns: &[(String, String)]) -> Result<Vec<u32>, EngineError>;
+    /// The model's tokens of `text`; `add_special` adds what the model
+    /// wants at the start of a prompt (a BOS).
+    fn tokenize(&self, text: &str, add_special: bool) -> Vec<u32>;
+    /// Whether a prompt and a completion of these lengths fit the window.
+    fn check_window(&self, prompt_tokens: usize, max_tokens: usize) -> Result<(), EngineError>;
+    /// A decoder with `threads` compute threads, holding up to `slots`
+    /// sequences at once (clamped to 1..=[`MAX_SLOTS`]).
+    fn decoder(&self, threads: usize, slots: usize) -> Result<Self::Decoder<'_>, EngineError>;
+}
+
+/// Several completions generated together, one step at a time: a new one
+/// starts in a free slot between steps, and a finished one is released.
+pub trait ChatDecoder {
+    type Sequence: ChatSequence;
+
+    /// Sequences it can hold at once.
+    fn slots(&self) -> usize;
+    /// Starts a completion of `prompt` in `slot` (one no other live
+    /// sequence uses); it is read in the next steps.
+    fn start(
+        &mut self,
+        slot: usize,
+        prompt: &[u32],
+        params: &SamplingParams,
+    ) -> Result<Self::Sequence, EngineError>;
+    /// Frees a sequence's slot (it finished or was cancelled).
+    fn release(&mut self, sequence: &mut Self::Sequence);
+    /// Feeds each sequence its next input; what each one did, in order. On
+    /// an error, the sequences it fed hold none of this step's tokens.
+    fn step(&mut self, sequences: &mut [&mut Self::Sequence]) -> Result<Vec<Progress>, EngineError>;
+
+    /// Generates one completion alone, calling `emit` with each piece of
+    /// text as it is decided (never a part of a stop string, never half a
+    /// UTF-8 character); `emit` returns false to cancel. Returns why it
+    /// stopped and how many tokens it generated.
+    fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &SamplingParams,
+        emit: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(FinishReason, usize), EngineError> {
+        let mut sequence = self.start(0, prompt, params)?;
+        let outcome = loop {
+            match self.step(&mut [&mut sequence]) {
+                Err(error) => break Err(error),
+                Ok(progress) => match progress.into_iter().next() {
+                    Some(Progress::Text(text)) => {
+                        if !text.is_empty() && !emit(&text) {
+                            break Ok((FinishReason::Stop, sequence.completion_tokens()));
+                        }
+                    }
+                    Some(Progress::Finished { text, reason, completion_tokens }) => {
+                        if !text.is_empty() {
+                            emit(&text);
+                        }
+                        break Ok((reason, completion_tokens));
+                    }
+                    Some(Progress::Reading) | None => {}
+                },
+            }
+        };
+        self.release(&mut sequence);
+        outcome
+    }
+}
+
+/// One completion in a decoder.
+pub trait ChatSequence {
+    /// The decoder slot it runs in.
+    fn slot(&self) -> usize;
+    fn prompt_tokens(&self) -> usize;
+    fn completion_tokens(&self) -> usize;
+    /// Whether its prompt is still being read (a prefill step), as opposed
+    /// to one token fed per step.
+    fn is_reading(&self) -> bool;
 }

@@ -1,28 +1,29 @@
-//! Inference: the engines behind one trait per model kind.
+//! Inference: the engines behind one trait per model kind, each kind with
+//! its pool of workers.
 //!
-//! Embeddings run on [`Bert`], a packed-batch BERT encoder in f32. Each
-//! model has an [`EmbeddingPool`]: a bounded queue that sheds load at
-//! admission, and [`InferenceWorker`] actors, each owning a dedicated
-//! thread that batches requests across callers.
+//! - `embed/`: embeddings on [`Bert`], a packed-batch BERT encoder in f32.
+//!   Each model has an [`EmbeddingPool`]: a bounded queue that sheds load at
+//!   admission, and workers that batch requests across callers.
+//! - `chat/`: chat on [`ChatModel`], a GGUF model through llama.cpp. Each
+//!   model has a [`ChatPool`] whose workers each own a [`Decoder`]: one
+//!   context running several completions together, a new one joining
+//!   between steps.
 //!
-//! Chat runs on [`ChatModel`], a GGUF model through llama.cpp. Each model
-//! has a [`ChatPool`] whose workers each own a [`Decoder`]: one context
-//! running several completions together, a new one joining between steps.
+//! Shared by both: [`InferenceWorker`], the actor owning one worker thread
+//! of a pool (`actor.rs`); the engine traits and their errors
+//! (`engine.rs`); how a request fails or is refused (`pool.rs`).
 
 mod actor;
-mod amx;
-mod bert;
 mod chat;
+mod embed;
 mod engine;
-mod kernels;
-mod llama;
 mod pool;
 
 pub use self::actor::InferenceWorker;
-pub use self::bert::{Bert, BertTokenizer};
-pub use self::chat::{ChatEvent, ChatEvents, ChatPool};
-pub use self::engine::{EmbeddingEngine, EngineError};
-pub use self::llama::{
-    llama_has_amx, ChatModel, Decoder, FinishReason, Progress, SamplingParams, Sequence, MAX_SLOTS,
+pub use self::chat::{
+    llama_has_amx, ChatEvent, ChatEvents, ChatModel, ChatPool, Decoder, FinishReason, Progress,
+    SamplingParams, Sequence,
 };
-pub use self::pool::{BatchSettings, EmbeddingPool, EmbeddingResult, Overloaded, WorkError, WorkerExit};
+pub use self::embed::{BatchSettings, Bert, BertTokenizer, EmbeddingPool, EmbeddingResult};
+pub use self::engine::{ChatDecoder, ChatEngine, ChatSequence, EmbeddingEngine, EngineError, MAX_SLOTS};
+pub use self::pool::{Overloaded, WorkError, WorkerExit};

@@ -1,185 +1,32 @@
-//! A chat model's worker pool: a bounded queue shared by its worker
-//! threads, each running a [`Decoder`] that generates several completions
-//! together and streams each one's text back as it is generated.
-//!
-//! Continuous batching: a queued completion joins the running ones between
-//! two steps as soon as one of the worker's `max_batch` slots is free, and
-//! a finished or cancelled one leaves at once, freeing its slot. Queued
-//! completions stay in the shared queue until then, so another worker can
-//! take them and the queue's length is what admission sees.
+//! One chat worker's continuous batching: its decoder, the completions it
+//! runs, and the step that feeds them all once, lets queued ones join and
+//! sends each one's text back.
 
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, TryRecvError};
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
-use tokio::sync::mpsc;
 
-use super::engine::EngineError;
-use super::llama::{ChatModel, Decoder, FinishReason, Progress, SamplingParams, Sequence};
-use super::pool::{Overloaded, WorkError, WorkerExit};
-
-/// What a completion sends back, in order: pieces of text, then one end.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ChatEvent {
-    Text(String),
-    Done { finish_reason: FinishReason, completion_tokens: usize },
-    Failed(WorkError),
-}
-
-/// The events of one completion. Unbounded so that a slow reader never
-/// stalls the other sequences of its batch; it holds at most `max_tokens`
-/// pieces.
-pub type ChatEvents = mpsc::UnboundedReceiver<ChatEvent>;
-
-struct ChatJob {
-    prompt: Vec<u32>,
-    params: SamplingParams,
-    events: mpsc::UnboundedSender<ChatEvent>,
-    queued_at: Instant,
-    /// Test hook: the worker panics after the first piece of text.
-    #[cfg(feature = "test-hooks")]
-    panic: bool,
-}
-
-struct Shared {
-    model_id: String,
-    model: Arc<ChatModel>,
-    sender: Sender<ChatJob>,
-    receiver: Receiver<ChatJob>,
-    /// Sequences each worker runs together.
-    max_batch: usize,
-    ready: AtomicBool,
-}
-
-/// The handle the request path holds; cheap to clone.
-#[derive(Clone)]
-pub struct ChatPool {
-    shared: Arc<Shared>,
-}
-
-impl ChatPool {
-    pub fn new(model_id: &str, model: Arc<ChatModel>, max_batch: usize, queue_capacity: usize) -> Self {
-        let (sender, receiver) = crossbeam_channel::bounded(queue_capacity.max(1));
-        let shared = Shared {
-            model_id: model_id.to_owned(),
-            model,
-            sender,
-            receiver,
-            max_batch: max_batch.clamp(1, super::llama::MAX_SLOTS),
-            ready: AtomicBool::new(false),
-        };
-        Self { shared: Arc::new(shared) }
-    }
-
-    pub fn model_id(&self) -> &str {
-        &self.shared.model_id
-    }
-
-    pub fn model(&self) -> &ChatModel {
-        &self.shared.model
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.shared.ready.load(Ordering::Relaxed)
-    }
-
-    /// Queues a completion, or refuses it at once when the queue is full.
-    pub fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<ChatEvents, Overloaded> {
-        self.enqueue(prompt, params, false)
-    }
-
-    /// Test hook: queues a completion during which the worker panics.
-    #[cfg(feature = "test-hooks")]
-    pub fn submit_panicking(
-        &self,
-        prompt: Vec<u32>,
-        params: SamplingParams,
-    ) -> Result<ChatEvents, Overloaded> {
-        self.enqueue(prompt, params, true)
-    }
-
-    fn enqueue(
-        &self,
-        prompt: Vec<u32>,
-        params: SamplingParams,
-        panic: bool,
-    ) -> Result<ChatEvents, Overloaded> {
-        let _ = panic;
-        let (events, receiver) = mpsc::unbounded_channel();
-        let job = ChatJob {
-            prompt,
-            params,
-            events,
-            queued_at: Instant::now(),
-            #[cfg(feature = "test-hooks")]
-            panic,
-        };
-        match self.shared.sender.try_send(job) {
-            Ok(()) => {
-                gauge!("blaze_inference_queue_depth", "model" => self.shared.model_id.clone())
-                    .set(self.shared.receiver.len() as f64);
-                Ok(receiver)
-            }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                counter!("blaze_inference_rejected_total", "model" => self.shared.model_id.clone())
-                    .increment(1);
-                let queued = self.shared.receiver.len();
-                Err(Overloaded { queued, retry_after_s: (queued as u64).clamp(1, 60) })
-            }
-        }
-    }
-
-    /// Proves the model with a short generation before taking requests.
-    pub fn warm_up(&self, threads: usize) -> Result<(), EngineError> {
-        let model = &self.shared.model;
-        let mut decoder = model.decoder(threads, 1)?;
-        let prompt = model.tokenize(&model.render(&[("user".to_owned(), "Hi".to_owned())])?, true);
-        decoder.generate(&prompt, &SamplingParams::greedy(1), &mut |_| true)?;
-        self.shared.ready.store(true, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// The worker loop, until `stop` is set or the engine panics (which
-    /// fails only the completions this worker held).
-    pub fn run_worker(&self, threads: usize, stop: &AtomicBool) -> WorkerExit {
-        let Ok(decoder) = self.shared.model.decoder(threads, self.shared.max_batch) else {
-            return WorkerExit::Panicked;
-        };
-        let mut worker = Worker::new(&self.shared, decoder);
-        while !stop.load(Ordering::Relaxed) {
-            if worker.running.is_empty() {
-                match self.shared.receiver.recv_timeout(Duration::from_millis(100)) {
-                    Ok(job) => worker.start(job),
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => continue,
-                }
-            }
-            if std::panic::catch_unwind(AssertUnwindSafe(|| worker.step())).is_err() {
-                worker.fail_all(&WorkError::WorkerFailed);
-                return WorkerExit::Panicked;
-            }
-        }
-        worker.stop_all();
-        WorkerExit::Stopped
-    }
-}
+use super::completion::{FinishReason, Progress};
+use super::pool::{ChatEvent, ChatJob};
+use crate::inference::engine::{ChatDecoder, ChatSequence};
+use crate::inference::pool::WorkError;
 
 /// A completion in the decoder.
-struct Running {
+struct Running<S> {
     job: ChatJob,
-    sequence: Sequence,
+    sequence: S,
     first_token: Option<Instant>,
     /// Some text reached the client (the test hook panics after that).
     sent_text: bool,
 }
 
 /// One worker's state: its decoder and the completions it runs.
-struct Worker<'a> {
-    shared: &'a Shared,
-    decoder: Decoder<'a>,
-    running: Vec<Running>,
+pub(super) struct Worker<'a, D: ChatDecoder> {
+    /// The pool's queue.
+    queue: &'a Receiver<ChatJob>,
+    decoder: D,
+    running: Vec<Running<D::Sequence>>,
     free_slots: Vec<usize>,
     metrics: WorkerMetrics,
 }
@@ -213,36 +60,36 @@ impl WorkerMetrics {
     }
 }
 
-impl<'a> Worker<'a> {
-    fn new(shared: &'a Shared, decoder: Decoder<'a>) -> Self {
+impl<'a, D: ChatDecoder> Worker<'a, D> {
+    /// A worker of model `model_id` taking completions from `queue`.
+    pub(super) fn new(queue: &'a Receiver<ChatJob>, model_id: &str, decoder: D) -> Self {
         let free_slots = (0..decoder.slots()).rev().collect();
-        Self {
-            shared,
-            decoder,
-            running: Vec::new(),
-            free_slots,
-            metrics: WorkerMetrics::new(&shared.model_id),
-        }
+        Self { queue, decoder, running: Vec::new(), free_slots, metrics: WorkerMetrics::new(model_id) }
+    }
+
+    /// Whether it runs no completion (then it waits on the queue).
+    pub(super) fn is_idle(&self) -> bool {
+        self.running.is_empty()
     }
 
     /// One step: drop cancelled completions, let queued ones join while
     /// slots are free, then feed every running sequence once.
-    fn step(&mut self) {
+    pub(super) fn step(&mut self) {
         self.drop_cancelled();
         while !self.free_slots.is_empty() {
-            match self.shared.receiver.try_recv() {
+            match self.queue.try_recv() {
                 Ok(job) => self.start(job),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        self.metrics.queue_depth.set(self.shared.receiver.len() as f64);
+        self.metrics.queue_depth.set(self.queue.len() as f64);
         self.metrics.running.set(self.running.len() as f64);
         if self.running.is_empty() {
             return;
         }
         let reading = self.running.iter().any(|running| running.sequence.is_reading());
         let started = Instant::now();
-        let mut sequences: Vec<&mut Sequence> =
+        let mut sequences: Vec<&mut D::Sequence> =
             self.running.iter_mut().map(|running| &mut running.sequence).collect();
         let outcome = self.decoder.step(&mut sequences);
         let phase = if reading { &self.metrics.prefill } else { &self.metrics.decode };
@@ -262,7 +109,7 @@ impl<'a> Worker<'a> {
     }
 
     /// Starts a queued completion in a free slot.
-    fn start(&mut self, job: ChatJob) {
+    pub(super) fn start(&mut self, job: ChatJob) {
         if job.events.is_closed() {
             return;
         }
@@ -345,21 +192,21 @@ impl<'a> Worker<'a> {
     }
 
     /// Ends a completion with its last event, freeing its slot.
-    fn release(&mut self, mut running: Running, last: ChatEvent) {
+    fn release(&mut self, mut running: Running<D::Sequence>, last: ChatEvent) {
         self.decoder.release(&mut running.sequence);
         self.free_slots.push(running.sequence.slot());
         let _ = running.job.events.send(last);
     }
 
     /// After a panic: every completion this worker ran fails.
-    fn fail_all(&mut self, error: &WorkError) {
+    pub(super) fn fail_all(&mut self, error: &WorkError) {
         for running in std::mem::take(&mut self.running) {
             let _ = running.job.events.send(ChatEvent::Failed(error.clone()));
         }
     }
 
     /// On shutdown, running completions end where they are.
-    fn stop_all(&mut self) {
+    pub(super) fn stop_all(&mut self) {
         for running in std::mem::take(&mut self.running) {
             let completion_tokens = running.sequence.completion_tokens();
             self.release(running, ChatEvent::Done { finish_reason: FinishReason::Stop, completion_tokens });

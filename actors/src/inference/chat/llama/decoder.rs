@@ -1,0 +1,304 @@
+//! The batching decoder: one llama.cpp context running several sequences
+//! together, each in its own part of the KV cache.
+
+use std::num::NonZeroU32;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+
+use super::backend;
+use super::model::ChatModel;
+use super::sampling::{first_argmax, StopScanner};
+use crate::inference::chat::completion::{FinishReason, Progress, SamplingParams};
+use crate::inference::engine::{ChatDecoder, EngineError, MAX_SLOTS};
+
+/// Most tokens fed to the model in one step: a long prompt is read in
+/// chunks of this size, so the sequences already generating beside it wait
+/// at most one chunk for their next token.
+const STEP_TOKENS: usize = 512;
+
+/// One completion in a decoder: its tokens so far (the prompt, then what was
+/// generated) and how many of them its part of the KV cache holds.
+pub struct Sequence {
+    slot: i32,
+    pub(super) tokens: Vec<LlamaToken>,
+    /// How many of `tokens` (from the start) are in the KV cache; the rest
+    /// are fed in the next steps.
+    cached: usize,
+    prompt_tokens: usize,
+    pub(super) max_tokens: usize,
+    pub(super) sampler: LlamaSampler,
+    /// Greedy without penalties: the token is the argmax of the logits,
+    /// read in place instead of through the sampler's copy of them.
+    pub(super) argmax: bool,
+    pub(super) text: StopScanner,
+    pub(super) utf8: Vec<u8>,
+    /// Where this sequence's logits are in the last batch, if it has some.
+    logits: Option<i32>,
+}
+
+impl Sequence {
+    pub fn slot(&self) -> usize {
+        self.slot as usize
+    }
+
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
+    pub fn completion_tokens(&self) -> usize {
+        self.tokens.len() - self.prompt_tokens
+    }
+
+    /// The ids of the tokens generated so far.
+    pub fn generated_ids(&self) -> Vec<u32> {
+        self.tokens[self.prompt_tokens..].iter().map(|token| token.0 as u32).collect()
+    }
+
+    /// Whether its prompt is still being read, as opposed to one token fed
+    /// per step.
+    pub fn is_reading(&self) -> bool {
+        self.tokens.len() - self.cached > 1 || self.completion_tokens() == 0
+    }
+}
+
+/// A llama.cpp context running several sequences together: each step feeds
+/// every sequence its next input in one batch (continuous batching: a new
+/// sequence joins between steps, and a finished one leaves).
+pub struct Decoder<'m> {
+    pub(super) model: &'m ChatModel,
+    pub(super) context: LlamaContext<'m>,
+    batch: LlamaBatch<'m>,
+    batch_tokens: usize,
+    slots: usize,
+}
+
+impl<'m> Decoder<'m> {
+    /// Sequences it can hold at once.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Starts a completion of `prompt` in `slot` (one no other live
+    /// sequence uses); it is read in the next steps.
+    pub fn start(
+        &mut self,
+        slot: usize,
+        prompt: &[u32],
+        params: &SamplingParams,
+    ) -> Result<Sequence, EngineError> {
+        if slot >= self.slots {
+            return Err(EngineError::Input(format!("slot {slot} of a decoder with {} slots", self.slots)));
+        }
+        let mut sequence = self.model.sequence(slot, prompt, params)?;
+        self.release(&mut sequence);
+        Ok(sequence)
+    }
+
+    /// Drops a sequence's cells from the KV cache (it finished or was
+    /// cancelled); its slot is free again.
+    pub fn release(&mut self, sequence: &mut Sequence) {
+        let _ = self.context.clear_kv_cache_seq(Some(sequence.slot as u32), None, None);
+        sequence.cached = 0;
+        sequence.logits = None;
+    }
+
+    /// Feeds each sequence its next input and decides the next token of
+    /// each sequence whose input is all read: first the generating ones,
+    /// one token each, in one batch; then each sequence reading its prompt,
+    /// a chunk of it in a batch of its own, the same chunks as when it runs
+    /// alone. llama.cpp splits a batch of unequal sequences into pieces
+    /// whose shapes would depend on the neighbours, and the matrix kernels
+    /// it picks (so the rounding) with them. Up to `STEP_TOKENS` tokens in
+    /// all. On an error, the cache holds none of this step's tokens of the
+    /// sequences it fed.
+    pub fn step(&mut self, sequences: &mut [&mut Sequence]) -> Result<Vec<Progress>, EngineError> {
+        let mut progress = vec![Progress::Reading; sequences.len()];
+        let (reading, generating): (Vec<usize>, Vec<usize>) =
+            (0..sequences.len()).partition(|&index| sequences[index].is_reading());
+        let mut budget = self.batch_tokens;
+        if !generating.is_empty() {
+            budget = budget.saturating_sub(generating.len());
+            self.feed(sequences, &generating, &mut progress, usize::MAX)?;
+        }
+        for index in reading {
+            if budget == 0 {
+                break;
+            }
+            let fed = self.feed(sequences, &[index], &mut progress, budget)?;
+            budget -= fed;
+        }
+        Ok(progress)
+    }
+
+    /// Decodes one batch: up to `limit` unread tokens of each of
+    /// `sequences[indices]`; decides for those whose input is then all read.
+    /// Returns the tokens fed.
+    fn feed(
+        &mut self,
+        sequences: &mut [&mut Sequence],
+        indices: &[usize],
+        progress: &mut [Progress],
+        limit: usize,
+    ) -> Result<usize, EngineError> {
+        self.batch.clear();
+        let mut fed = Vec::with_capacity(indices.len());
+        for &index in indices {
+            let sequence = &mut *sequences[index];
+            sequence.logits = None;
+            let count = (sequence.tokens.len() - sequence.cached).min(limit).min(self.batch_tokens);
+            for offset in 0..count {
+                let position = sequence.cached + offset;
+                let last = position + 1 == sequence.tokens.len();
+                self.batch
+                    .add(sequence.tokens[position], position as i32, &[sequence.slot], last)
+                    .map_err(|error| EngineError::Input(error.to_string()))?;
+                if last {
+                    sequence.logits = Some(self.batch.n_tokens() - 1);
+                }
+            }
+            fed.push(count);
+        }
+        if self.batch.n_tokens() == 0 {
+            return Ok(0);
+        }
+        if let Err(error) = self.context.decode(&mut self.batch) {
+            for &index in indices {
+                self.release(sequences[index]);
+            }
+            return Err(EngineError::Input(format!("decode failed: {error}")));
+        }
+        for (&index, count) in indices.iter().zip(&fed) {
+            let sequence = &mut *sequences[index];
+            sequence.cached += count;
+            if let Some(logits) = sequence.logits.take() {
+                progress[index] = self.decide(sequence, logits);
+            }
+        }
+        Ok(fed.iter().sum())
+    }
+
+    /// Generates one completion alone, calling `emit` with each piece of
+    /// text as it is decided (never a part of a stop string, never half a
+    /// UTF-8 character); `emit` returns false to cancel. Returns why it
+    /// stopped and how many tokens it generated.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &SamplingParams,
+        emit: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(FinishReason, usize), EngineError> {
+        ChatDecoder::generate(self, prompt, params, emit)
+    }
+}
+
+impl ChatModel {
+    /// llama.cpp's plainest greedy loop, the oracle of the fidelity tests:
+    /// a context of its own holding one sequence, the prompt read in
+    /// batches of `STEP_TOKENS`, then one token per decode, each the argmax
+    /// of the last logits, until end of turn or `max_tokens` (as the
+    /// fixture script runs llama.cpp). None of the decoder's slots, batch
+    /// scheduling, sampling or stop handling takes part.
+    pub fn reference_greedy(&self, prompt: &[u32], max_tokens: usize) -> Result<Vec<u32>, EngineError> {
+        let failed = |error: &dyn std::fmt::Display| EngineError::Input(error.to_string());
+        let batch_tokens = self.context_length.min(STEP_TOKENS);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(self.context_length as u32))
+            .with_n_batch(batch_tokens as u32)
+            .with_n_ubatch(batch_tokens as u32)
+            .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
+            .with_n_threads(2)
+            .with_n_threads_batch(2);
+        let mut context = self
+            .model
+            .new_context(backend()?, params)
+            .map_err(|error| EngineError::Load(error.to_string()))?;
+        let mut batch = LlamaBatch::new(batch_tokens, 1);
+        let mut tokens: Vec<LlamaToken> = prompt.iter().map(|&token| LlamaToken(token as i32)).collect();
+        let mut read = 0;
+        let mut generated = Vec::new();
+        while generated.len() < max_tokens {
+            batch.clear();
+            let end = tokens.len().min(read + batch_tokens);
+            for (position, token) in tokens.iter().enumerate().take(end).skip(read) {
+                batch
+                    .add(*token, position as i32, &[0], position + 1 == end)
+                    .map_err(|error| failed(&error))?;
+            }
+            context.decode(&mut batch).map_err(|error| failed(&error))?;
+            read = end;
+            if read < tokens.len() {
+                continue;
+            }
+            let token = first_argmax(context.get_logits_ith(batch.n_tokens() - 1));
+            if self.model.vocab().is_eog(token) {
+                break;
+            }
+            generated.push(token.0 as u32);
+            tokens.push(token);
+        }
+        Ok(generated)
+    }
+
+    /// A decoder for one worker: one llama.cpp context of `threads` compute
+    /// threads, holding up to `slots` sequences at once, each in its own
+    /// part of the KV cache (`context_length` tokens). Separate parts keep
+    /// every sequence's arithmetic the same whatever runs beside it: in one
+    /// shared cache, attention sums would run over the other sequences'
+    /// masked cells and round differently, so a greedy or seeded completion
+    /// would depend on the load.
+    pub fn decoder(&self, threads: usize, slots: usize) -> Result<Decoder<'_>, EngineError> {
+        let slots = slots.clamp(1, MAX_SLOTS);
+        let cells = NonZeroU32::new((self.context_length * slots) as u32);
+        let threads = threads.max(1) as i32;
+        let batch_tokens = self.context_length.min(STEP_TOKENS);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(cells)
+            .with_n_batch(batch_tokens as u32)
+            .with_n_ubatch(batch_tokens as u32)
+            .with_n_seq_max(slots as u32)
+            .with_kv_unified(false)
+            // llama.cpp's CPU flash attention costs a fifth of a decoding
+            // step for this model against a tenth for the plain
+            // softmax(QK)V (perf, 2 threads); llama.cpp's own default
+            // (auto) turns it on.
+            .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let context = self
+            .model
+            .new_context(backend()?, params)
+            .map_err(|error| EngineError::Load(error.to_string()))?;
+        Ok(Decoder { model: self, context, batch: LlamaBatch::new(batch_tokens, 1), batch_tokens, slots })
+    }
+
+    /// A completion of `prompt` to run in slot `slot` of a decoder.
+    fn sequence(
+        &self,
+        slot: usize,
+        prompt: &[u32],
+        params: &SamplingParams,
+    ) -> Result<Sequence, EngineError> {
+        self.check_window(prompt.len(), params.max_tokens)?;
+        if prompt.is_empty() {
+            return Err(EngineError::Input("the prompt has no tokens".to_owned()));
+        }
+        Ok(Sequence {
+            slot: slot as i32,
+            tokens: prompt.iter().map(|&token| LlamaToken(token as i32)).collect(),
+            cached: 0,
+            prompt_tokens: prompt.len(),
+            max_tokens: params.max_tokens,
+            sampler: self.sampler(params),
+            argmax: params.temperature <= 0.0
+                && params.presence_penalty == 0.0
+                && params.frequency_penalty == 0.0,
+            text: StopScanner::new(params.stop.clone()),
+            utf8: Vec::new(),
+            logits: None,
+        })
+    }
+}

@@ -1,0 +1,79 @@
+//! The llama.cpp model as a [`ChatEngine`]: the traits the chat pool is
+//! written against, each method the inherent one of the same name (kept
+//! inherent so that callers need not import the traits).
+
+use super::decoder::{Decoder, Sequence};
+use super::model::ChatModel;
+use crate::inference::chat::completion::{Progress, SamplingParams};
+use crate::inference::engine::{ChatDecoder, ChatEngine, ChatSequence, EngineError};
+
+impl ChatEngine for ChatModel {
+    type Decoder<'a> = Decoder<'a>;
+
+    fn context_length(&self) -> usize {
+        ChatModel::context_length(self)
+    }
+
+    fn most_text_bytes(&self) -> usize {
+        ChatModel::most_text_bytes(self)
+    }
+
+    fn prompt_tokens(&self, turns: &[(String, String)]) -> Result<Vec<u32>, EngineError> {
+        ChatModel::prompt_tokens(self, turns)
+    }
+
+    fn tokenize(&self, text: &str, add_special: bool) -> Vec<u32> {
+        ChatModel::tokenize(self, text, add_special)
+    }
+
+    fn check_window(&self, prompt_tokens: usize, max_tokens: usize) -> Result<(), EngineError> {
+        ChatModel::check_window(self, prompt_tokens, max_tokens)
+    }
+
+    fn decoder(&self, threads: usize, slots: usize) -> Result<Decoder<'_>, EngineError> {
+        ChatModel::decoder(self, threads, slots)
+    }
+}
+
+impl ChatDecoder for Decoder<'_> {
+    type Sequence = Sequence;
+
+    fn slots(&self) -> usize {
+        Decoder::slots(self)
+    }
+
+    fn start(
+        &mut self,
+        slot: usize,
+        prompt: &[u32],
+        params: &SamplingParams,
+    ) -> Result<Sequence, EngineError> {
+        Decoder::start(self, slot, prompt, params)
+    }
+
+    fn release(&mut self, sequence: &mut Sequence) {
+        Decoder::release(self, sequence)
+    }
+
+    fn step(&mut self, sequences: &mut [&mut Sequence]) -> Result<Vec<Progress>, EngineError> {
+        Decoder::step(self, sequences)
+    }
+}
+
+impl ChatSequence for Sequence {
+    fn slot(&self) -> usize {
+        Sequence::slot(self)
+    }
+
+    fn prompt_tokens(&self) -> usize {
+        Sequence::prompt_tokens(self)
+    }
+
+    fn completion_tokens(&self) -> usize {
+        Sequence::completion_tokens(self)
+    }
+
+    fn is_reading(&self) -> bool {
+        Sequence::is_reading(self)
+    }
+}

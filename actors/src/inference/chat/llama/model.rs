@@ -1,0 +1,164 @@
+//! A loaded GGUF model: its chat template, tokenizer and context window,
+//! shared read-only by the request path and the worker threads.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+
+use super::backend;
+use super::template::ChatTemplate;
+use crate::inference::engine::EngineError;
+
+/// A loaded chat model.
+pub struct ChatModel {
+    pub(super) model: LlamaModel,
+    template: ChatTemplate,
+    pub(super) context_length: usize,
+    /// The longest any one token's text is, bytes: a text longer than the
+    /// window times this cannot fit, and is refused without tokenizing.
+    longest_token_bytes: usize,
+    /// Recent prompts' tokens: llama.cpp's tokenizer splits text with
+    /// std::regex (hundreds of microseconds for a short prompt), and the
+    /// request path counts every prompt, cached answers included.
+    tokenized: moka::sync::Cache<(bool, String), Arc<[u32]>>,
+    /// Recent conversations' prompt tokens, by the conversation's SHA-256
+    /// (collision-resistant: a prompt never gets another's tokens): the
+    /// template render and the tokenizer both skipped.
+    prompts: moka::sync::Cache<[u8; 32], Arc<[u32]>>,
+}
+
+/// What the tokenization memo holds at most, in bytes of text and tokens.
+const TOKENIZED_BYTES: u64 = 32 << 20;
+
+impl ChatModel {
+    /// Loads a `.gguf` file; the context window of a sequence is the
+    /// model's trained one, capped at `max_context`.
+    pub fn load(path: &Path, max_context: usize) -> Result<Arc<Self>, EngineError> {
+        Self::load_offloaded(path, max_context, 0)
+    }
+
+    /// Loads as [`ChatModel::load`] does, with up to `gpu_layers` of the
+    /// model's layers on the GPU. A build without a GPU backend (no `cuda`
+    /// feature) runs them on the CPU and says so once.
+    pub fn load_offloaded(
+        path: &Path,
+        max_context: usize,
+        gpu_layers: u32,
+    ) -> Result<Arc<Self>, EngineError> {
+        let backend = backend()?;
+        let offloaded = if gpu_layers > 0 && !backend.supports_gpu_offload() {
+            tracing::warn!(
+                gpu_layers,
+                model = %path.display(),
+                "gpu_layers is set but this build has no GPU backend (build with --features cuda); the model runs on the CPU"
+            );
+            0
+        } else {
+            gpu_layers
+        };
+        let params = LlamaModelParams::default().with_n_gpu_layers(offloaded);
+        let model = LlamaModel::load_from_file(backend, path, &params)
+            .map_err(|error| EngineError::Load(error.to_string()))?;
+        let source = model
+            .meta_val_str("tokenizer.chat_template")
+            .map_err(|error| EngineError::Load(format!("the GGUF has no chat template: {error}")))?;
+        let special = |token: LlamaToken| {
+            model.vocab().text(token).map(|text| text.to_string_lossy().into_owned()).unwrap_or_default()
+        };
+        let template = ChatTemplate::new(source, special(model.vocab().bos()), special(model.vocab().eos()))?;
+        let context_length = (model.n_ctx_train() as usize).min(max_context).max(16);
+        let longest_token_bytes = (0..model.n_vocab())
+            .filter_map(|id| model.vocab().text(LlamaToken(id)).map(|text| text.to_bytes().len()))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let tokenized = moka::sync::Cache::builder()
+            .max_capacity(TOKENIZED_BYTES)
+            .weigher(|(_, text): &(bool, String), tokens: &Arc<[u32]>| {
+                u32::try_from(text.len() + 4 * tokens.len() + 64).unwrap_or(u32::MAX)
+            })
+            .build();
+        let prompts = moka::sync::Cache::builder()
+            .max_capacity(TOKENIZED_BYTES)
+            .weigher(|_: &[u8; 32], tokens: &Arc<[u32]>| {
+                u32::try_from(4 * tokens.len() + 96).unwrap_or(u32::MAX)
+            })
+            .build();
+        Ok(Arc::new(Self { model, template, context_length, longest_token_bytes, tokenized, prompts }))
+    }
+
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    /// The most bytes of text that can fit the window: every token covers
+    /// at most `longest_token_bytes` of it (byte-level and byte-fallback
+    /// token texts are at least as long as the bytes they stand for), so a
+    /// longer text needs more tokens than the window holds. Checked before
+    /// rendering or tokenizing, whose buffers grow with the text.
+    pub fn most_text_bytes(&self) -> usize {
+        self.context_length.saturating_mul(self.longest_token_bytes)
+    }
+
+    /// The prompt of a conversation, by the model's own chat template, with
+    /// the assistant's turn opened.
+    pub fn render(&self, messages: &[(String, String)]) -> Result<String, EngineError> {
+        self.template.render(messages)
+    }
+
+    /// The prompt tokens of a conversation: its turns through the template,
+    /// tokenized, with the assistant's turn opened.
+    pub fn prompt_tokens(&self, messages: &[(String, String)]) -> Result<Vec<u32>, EngineError> {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        for (role, text) in messages {
+            // Lengths first: no two conversations hash the same bytes.
+            hash.update((role.len() as u64).to_le_bytes());
+            hash.update(role.as_bytes());
+            hash.update((text.len() as u64).to_le_bytes());
+            hash.update(text.as_bytes());
+        }
+        let key: [u8; 32] = hash.finalize().into();
+        if let Some(tokens) = self.prompts.get(&key) {
+            return Ok(tokens.to_vec());
+        }
+        let tokens = self.tokenize_afresh(&self.render(messages)?, true);
+        self.prompts.insert(key, tokens.as_slice().into());
+        Ok(tokens)
+    }
+
+    /// The model's tokens of `text`; special tokens in the text are parsed
+    /// (the chat template writes them), a BOS is added if the model wants one.
+    pub fn tokenize(&self, text: &str, add_special: bool) -> Vec<u32> {
+        let key = (add_special, text.to_owned());
+        if let Some(tokens) = self.tokenized.get(&key) {
+            return tokens.to_vec();
+        }
+        let tokens = self.tokenize_afresh(text, add_special);
+        self.tokenized.insert(key, tokens.as_slice().into());
+        tokens
+    }
+
+    fn tokenize_afresh(&self, text: &str, add_special: bool) -> Vec<u32> {
+        self.model
+            .vocab()
+            .tokenize(text.as_bytes(), add_special, true)
+            .into_iter()
+            .map(|token| token.0 as u32)
+            .collect()
+    }
+
+    /// Checks that the prompt and the completion fit the context window.
+    pub fn check_window(&self, prompt_tokens: usize, max_tokens: usize) -> Result<(), EngineError> {
+        if prompt_tokens + max_tokens > self.context_length {
+            return Err(EngineError::TooLong {
+                tokens: prompt_tokens + max_tokens,
+                limit: self.context_length,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,173 @@
+//! Choosing a sequence's next token and the text it may send: the sampler
+//! chain, the greedy argmax read in place, whole UTF-8 characters only,
+//! and stop strings held back until they can no longer match.
+
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+
+use super::decoder::{Decoder, Sequence};
+use super::model::ChatModel;
+use crate::inference::chat::completion::{FinishReason, Progress, SamplingParams};
+
+impl ChatModel {
+    /// The sampler chain of a completion's parameters.
+    pub(super) fn sampler(&self, params: &SamplingParams) -> LlamaSampler {
+        let mut chain = Vec::new();
+        if params.presence_penalty != 0.0 || params.frequency_penalty != 0.0 {
+            let vocabulary = self.model.n_vocab();
+            chain.push(LlamaSampler::penalties(
+                vocabulary,
+                -1,
+                1.0,
+                params.frequency_penalty,
+                params.presence_penalty,
+            ));
+        }
+        if params.temperature <= 0.0 {
+            chain.push(LlamaSampler::greedy());
+        } else {
+            chain.push(LlamaSampler::top_p(params.top_p, 1));
+            chain.push(LlamaSampler::temp(params.temperature));
+            chain.push(LlamaSampler::dist(params.seed));
+        }
+        LlamaSampler::chain_simple(chain)
+    }
+}
+
+impl Decoder<'_> {
+    /// Samples a sequence's next token from its logits at `index`.
+    pub(super) fn decide(&mut self, sequence: &mut Sequence, index: i32) -> Progress {
+        let vocabulary = self.model.model.vocab();
+        let token = if sequence.argmax {
+            first_argmax(self.context.get_logits_ith(index))
+        } else {
+            // Also records the token in the sampler (for the penalties).
+            sequence.sampler.sample(&self.context, index)
+        };
+        if vocabulary.is_eog(token) {
+            let text = sequence.text.finish();
+            return Progress::Finished {
+                text,
+                reason: FinishReason::Stop,
+                completion_tokens: sequence.completion_tokens(),
+            };
+        }
+        sequence.tokens.push(token);
+        sequence.utf8.extend(vocabulary.token_to_piece(token, false, None));
+        let complete = complete_utf8(&mut sequence.utf8);
+        let completion_tokens = sequence.completion_tokens();
+        match sequence.text.push(&complete) {
+            Scan::Stopped(text) => Progress::Finished { text, reason: FinishReason::Stop, completion_tokens },
+            Scan::Continue(mut text) if completion_tokens >= sequence.max_tokens => {
+                text.push_str(&String::from_utf8_lossy(&std::mem::take(&mut sequence.utf8)));
+                text.push_str(&sequence.text.finish());
+                Progress::Finished { text, reason: FinishReason::Length, completion_tokens }
+            }
+            Scan::Continue(text) => Progress::Text(text),
+        }
+    }
+}
+
+/// The token of the highest logit, the first one on a tie (as llama.cpp's
+/// greedy sampler picks).
+pub(super) fn first_argmax(logits: &[f32]) -> LlamaToken {
+    let mut best = 0;
+    for (index, &logit) in logits.iter().enumerate() {
+        if logit > logits[best] {
+            best = index;
+        }
+    }
+    LlamaToken(best as i32)
+}
+
+/// Takes the longest valid UTF-8 prefix out of `bytes`, leaving a partial
+/// character for the next token.
+fn complete_utf8(bytes: &mut Vec<u8>) -> String {
+    let valid = match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.len(),
+        Err(error) if error.error_len().is_none() => error.valid_up_to(),
+        // Invalid bytes (not just incomplete): replace them rather than stall.
+        Err(_) => {
+            let text = String::from_utf8_lossy(bytes).into_owned();
+            bytes.clear();
+            return text;
+        }
+    };
+    let rest = bytes.split_off(valid);
+    String::from_utf8(std::mem::replace(bytes, rest)).unwrap_or_default()
+}
+
+enum Scan {
+    /// Text safe to send now.
+    Continue(String),
+    /// A stop string was found; the text before it.
+    Stopped(String),
+}
+
+/// Holds back the end of the text that could still become a stop string.
+pub(super) struct StopScanner {
+    stops: Vec<String>,
+    pending: String,
+}
+
+impl StopScanner {
+    pub(super) fn new(stops: Vec<String>) -> Self {
+        Self { stops, pending: String::new() }
+    }
+
+    fn push(&mut self, piece: &str) -> Scan {
+        self.pending.push_str(piece);
+        let found = self.stops.iter().filter_map(|stop| self.pending.find(stop.as_str())).min();
+        if let Some(at) = found {
+            return Scan::Stopped(self.pending[..at].to_owned());
+        }
+        let keep =
+            self.stops.iter().map(|stop| longest_suffix_prefix(&self.pending, stop)).max().unwrap_or(0);
+        let cut = self.pending.len() - keep;
+        let ready = self.pending[..cut].to_owned();
+        self.pending.drain(..cut);
+        Scan::Continue(ready)
+    }
+
+    pub(super) fn finish(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+/// The length of the longest end of `text` that is a start of `stop`, at a
+/// character boundary.
+fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
+    (1..stop.len().min(text.len() + 1))
+        .rev()
+        .find(|&length| {
+            text.is_char_boundary(text.len() - length) && stop.starts_with(&text[text.len() - length..])
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_are_held_back_across_pieces_and_cut() {
+        let stops = vec!["END".to_owned()];
+        let mut scanner = StopScanner::new(stops.clone());
+        assert!(matches!(scanner.push("hello E"), Scan::Continue(text) if text == "hello "));
+        assert!(matches!(scanner.push("N"), Scan::Continue(text) if text.is_empty()));
+        assert!(matches!(scanner.push("Dgame"), Scan::Stopped(text) if text.is_empty()));
+        let mut scanner = StopScanner::new(stops.clone());
+        assert!(matches!(scanner.push("E"), Scan::Continue(text) if text.is_empty()));
+        assert!(matches!(scanner.push("x"), Scan::Continue(text) if text == "Ex"));
+        assert_eq!(scanner.finish(), "");
+    }
+
+    #[test]
+    fn partial_utf8_waits_for_the_rest_of_the_character() {
+        let mut bytes = "é".as_bytes()[..1].to_vec();
+        assert_eq!(complete_utf8(&mut bytes), "");
+        bytes.extend(&"é".as_bytes()[1..]);
+        assert_eq!(complete_utf8(&mut bytes), "é");
+        assert!(bytes.is_empty());
+    }
+}

@@ -1,0 +1,18 @@
+//! The chat engine and its pool: [`ChatModel`], a GGUF model through
+//! llama.cpp (`llama/`), and the [`ChatPool`] whose workers each own a
+//! [`Decoder`]: one context running several completions together, a new
+//! one joining between steps. The pool and its workers (`pool.rs`,
+//! `worker.rs`) are written against the engine traits
+//! ([`ChatEngine`](crate::inference::ChatEngine)), which the llama model
+//! implements (`llama/engine.rs`); `tests.rs` runs them on a fake engine.
+
+mod completion;
+mod llama;
+mod pool;
+#[cfg(test)]
+mod tests;
+mod worker;
+
+pub use self::completion::{FinishReason, Progress, SamplingParams};
+pub use self::llama::{llama_has_amx, ChatModel, Decoder, Sequence};
+pub use self::pool::{ChatEvent, ChatEvents, ChatPool};

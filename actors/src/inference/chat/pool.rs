@@ -1,0 +1,182 @@
+//! A chat model's worker pool: a bounded queue shared by its worker
+//! threads, each running a decoder of the engine ([`ChatDecoder`]) that
+//! generates several completions together and streams each one's text back
+//! as it is generated. The pool knows the engine only through
+//! [`ChatEngine`], so its tests run on a fake one.
+//!
+//! Continuous batching: a queued completion joins the running ones between
+//! two steps as soon as one of the worker's `max_batch` slots is free, and
+//! a finished or cancelled one leaves at once, freeing its slot. Queued
+//! completions stay in the shared queue until then, so another worker can
+//! take them and the queue's length is what admission sees.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use metrics::{counter, gauge};
+use tokio::sync::mpsc;
+
+use super::completion::{FinishReason, SamplingParams};
+use super::llama::ChatModel;
+use super::worker::Worker;
+use crate::inference::engine::{ChatDecoder, ChatEngine, EngineError, MAX_SLOTS};
+use crate::inference::pool::{Overloaded, WorkError, WorkerExit};
+
+/// What a completion sends back, in order: pieces of text, then one end.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatEvent {
+    Text(String),
+    Done { finish_reason: FinishReason, completion_tokens: usize },
+    Failed(WorkError),
+}
+
+/// The events of one completion. Unbounded so that a slow reader never
+/// stalls the other sequences of its batch; it holds at most `max_tokens`
+/// pieces.
+pub type ChatEvents = mpsc::UnboundedReceiver<ChatEvent>;
+
+/// A queued completion.
+pub(super) struct ChatJob {
+    pub(super) prompt: Vec<u32>,
+    pub(super) params: SamplingParams,
+    pub(super) events: mpsc::UnboundedSender<ChatEvent>,
+    pub(super) queued_at: Instant,
+    /// Test hook: the worker panics after the first piece of text.
+    #[cfg(feature = "test-hooks")]
+    pub(super) panic: bool,
+}
+
+/// The state of one pool that its handles and its worker threads share:
+/// the model, the queue, and whether a worker has proven the model.
+struct ChatPoolState<E> {
+    model_id: String,
+    model: Arc<E>,
+    sender: Sender<ChatJob>,
+    receiver: Receiver<ChatJob>,
+    /// Sequences each worker runs together.
+    max_batch: usize,
+    ready: AtomicBool,
+}
+
+/// The handle the request path holds; cheap to clone. Generic over the
+/// engine so that the pool is tested with a fake one; the service's is
+/// llama.cpp's [`ChatModel`].
+pub struct ChatPool<E: ChatEngine = ChatModel> {
+    state: Arc<ChatPoolState<E>>,
+}
+
+impl<E: ChatEngine> Clone for ChatPool<E> {
+    fn clone(&self) -> Self {
+        Self { state: self.state.clone() }
+    }
+}
+
+impl<E: ChatEngine> ChatPool<E> {
+    pub fn new(model_id: &str, model: Arc<E>, max_batch: usize, queue_capacity: usize) -> Self {
+        let (sender, receiver) = crossbeam_channel::bounded(queue_capacity.max(1));
+        let state = ChatPoolState {
+            model_id: model_id.to_owned(),
+            model,
+            sender,
+            receiver,
+            max_batch: max_batch.clamp(1, MAX_SLOTS),
+            ready: AtomicBool::new(false),
+        };
+        Self { state: Arc::new(state) }
+    }
+
+    pub fn model_id(&self) -> &str {
+        &self.state.model_id
+    }
+
+    pub fn model(&self) -> &E {
+        &self.state.model
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state.ready.load(Ordering::Relaxed)
+    }
+
+    /// Queues a completion, or refuses it at once when the queue is full.
+    pub fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<ChatEvents, Overloaded> {
+        self.enqueue(prompt, params, false)
+    }
+
+    /// Test hook: queues a completion during which the worker panics.
+    #[cfg(feature = "test-hooks")]
+    pub fn submit_panicking(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+    ) -> Result<ChatEvents, Overloaded> {
+        self.enqueue(prompt, params, true)
+    }
+
+    fn enqueue(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        panic: bool,
+    ) -> Result<ChatEvents, Overloaded> {
+        let _ = panic;
+        let (events, receiver) = mpsc::unbounded_channel();
+        let job = ChatJob {
+            prompt,
+            params,
+            events,
+            queued_at: Instant::now(),
+            #[cfg(feature = "test-hooks")]
+            panic,
+        };
+        match self.state.sender.try_send(job) {
+            Ok(()) => {
+                gauge!("blaze_inference_queue_depth", "model" => self.state.model_id.clone())
+                    .set(self.state.receiver.len() as f64);
+                Ok(receiver)
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                counter!("blaze_inference_rejected_total", "model" => self.state.model_id.clone())
+                    .increment(1);
+                let queued = self.state.receiver.len();
+                Err(Overloaded { queued, retry_after_s: (queued as u64).clamp(1, 60) })
+            }
+        }
+    }
+
+    /// Proves the model with a short generation before taking requests.
+    pub fn warm_up(&self, threads: usize) -> Result<(), EngineError> {
+        let model = &self.state.model;
+        let mut decoder = model.decoder(threads, 1)?;
+        let prompt = model.prompt_tokens(&[("user".to_owned(), "Hi".to_owned())])?;
+        decoder.generate(&prompt, &SamplingParams::greedy(1), &mut |_| true)?;
+        self.state.ready.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The worker loop, until `stop` is set or the engine panics (which
+    /// fails only the completions this worker held).
+    pub fn run_worker(&self, threads: usize, stop: &AtomicBool) -> WorkerExit {
+        let state = &self.state;
+        let Ok(decoder) = state.model.decoder(threads, state.max_batch) else {
+            return WorkerExit::Panicked;
+        };
+        let mut worker = Worker::new(&state.receiver, &state.model_id, decoder);
+        while !stop.load(Ordering::Relaxed) {
+            if worker.is_idle() {
+                match state.receiver.recv_timeout(Duration::from_millis(100)) {
+                    Ok(job) => worker.start(job),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => continue,
+                }
+            }
+            if std::panic::catch_unwind(AssertUnwindSafe(|| worker.step())).is_err() {
+                worker.fail_all(&WorkError::WorkerFailed);
+                return WorkerExit::Panicked;
+            }
+        }
+        worker.stop_all();
+        WorkerExit::Stopped
+    }
+}

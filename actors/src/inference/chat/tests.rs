@@ -1,0 +1,192 @@
+//! The chat pool against a fake engine: no model, every step one token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor;
+
+use super::{ChatEvent, ChatEvents, ChatPool, FinishReason, Progress, SamplingParams};
+use crate::inference::engine::{ChatDecoder, ChatEngine, ChatSequence, EngineError, MAX_SLOTS};
+use crate::inference::pool::WorkError;
+use crate::inference::InferenceWorker;
+use crate::supervisor::{
+    ActorBoard, ActorState, ActorStatus, Backoff, ChildSpec, StartAll, StopAll, Supervisor,
+};
+
+/// A prompt starting with this token makes the fake decoder panic on the
+/// step after its first piece of text.
+const PANIC: u32 = 666;
+
+/// Words are tokens: "panic" is [`PANIC`], any other word its length.
+struct FakeEngine;
+
+impl ChatEngine for FakeEngine {
+    type Decoder<'a> = FakeDecoder;
+
+    fn context_length(&self) -> usize {
+        64
+    }
+
+    fn most_text_bytes(&self) -> usize {
+        64 * 8
+    }
+
+    fn prompt_tokens(&self, turns: &[(String, String)]) -> Result<Vec<u32>, EngineError> {
+        Ok(turns.iter().flat_map(|(_, text)| self.tokenize(text, false)).collect())
+    }
+
+    fn tokenize(&self, text: &str, _add_special: bool) -> Vec<u32> {
+        text.split_whitespace().map(|word| if word == "panic" { PANIC } else { word.len() as u32 }).collect()
+    }
+
+    fn check_window(&self, prompt_tokens: usize, max_tokens: usize) -> Result<(), EngineError> {
+        let limit = self.context_length();
+        if prompt_tokens + max_tokens > limit {
+            return Err(EngineError::TooLong { tokens: prompt_tokens + max_tokens, limit });
+        }
+        Ok(())
+    }
+
+    fn decoder(&self, _threads: usize, slots: usize) -> Result<FakeDecoder, EngineError> {
+        Ok(FakeDecoder { slots: slots.clamp(1, MAX_SLOTS) })
+    }
+}
+
+struct FakeDecoder {
+    slots: usize,
+}
+
+/// Generates "x" each step until `max_tokens`.
+struct FakeSequence {
+    slot: usize,
+    prompt: Vec<u32>,
+    generated: usize,
+    max_tokens: usize,
+}
+
+impl ChatDecoder for FakeDecoder {
+    type Sequence = FakeSequence;
+
+    fn slots(&self) -> usize {
+        self.slots
+    }
+
+    fn start(
+        &mut self,
+        slot: usize,
+        prompt: &[u32],
+        params: &SamplingParams,
+    ) -> Result<FakeSequence, EngineError> {
+        if prompt.is_empty() {
+            return Err(EngineError::Input("the prompt has no tokens".to_owned()));
+        }
+        Ok(FakeSequence { slot, prompt: prompt.to_vec(), generated: 0, max_tokens: params.max_tokens })
+    }
+
+    fn release(&mut self, _: &mut FakeSequence) {}
+
+    fn step(&mut self, sequences: &mut [&mut FakeSequence]) -> Result<Vec<Progress>, EngineError> {
+        Ok(sequences.iter_mut().map(|sequence| sequence.next()).collect())
+    }
+}
+
+impl FakeSequence {
+    fn next(&mut self) -> Progress {
+        if self.prompt[0] == PANIC && self.generated > 0 {
+            panic!("the fake engine fails on purpose");
+        }
+        self.generated += 1;
+        let text = "x".to_owned();
+        if self.generated < self.max_tokens {
+            return Progress::Text(text);
+        }
+        Progress::Finished { text, reason: FinishReason::Length, completion_tokens: self.generated }
+    }
+}
+
+impl ChatSequence for FakeSequence {
+    fn slot(&self) -> usize {
+        self.slot
+    }
+
+    fn prompt_tokens(&self) -> usize {
+        self.prompt.len()
+    }
+
+    fn completion_tokens(&self) -> usize {
+        self.generated
+    }
+
+    fn is_reading(&self) -> bool {
+        self.generated == 0
+    }
+}
+
+/// A completion's events until its end.
+async fn all_events(mut events: ChatEvents) -> Vec<ChatEvent> {
+    let mut all = Vec::new();
+    while let Some(event) =
+        tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("an event in time")
+    {
+        let end = !matches!(event, ChatEvent::Text(_));
+        all.push(event);
+        if end {
+            break;
+        }
+    }
+    all
+}
+
+async fn wait_for(board: &ActorBoard, name: &str, accept: impl Fn(&ActorState) -> bool) -> ActorState {
+    for _ in 0..500 {
+        if let Some(state) = board.get(name).filter(|state| accept(state)) {
+            return state;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{name} never reached the expected state");
+}
+
+#[test]
+fn the_request_path_reads_the_engine_through_the_pool() {
+    let pool = ChatPool::new("fake", Arc::new(FakeEngine), 2, 4);
+    let turns = [("user".to_owned(), "hello panic".to_owned())];
+    assert_eq!(pool.model().prompt_tokens(&turns).unwrap(), vec![5, PANIC]);
+    assert_eq!(pool.model().context_length(), 64);
+    assert!(pool.model().check_window(60, 5).is_err());
+    assert!(!pool.is_ready(), "no worker has proven the model yet");
+}
+
+/// What the HTTP test of a worker panic mid-stream checks, without a model:
+/// the completion that was running fails after its first text, the one
+/// still queued is not lost, and the worker comes back.
+#[actix_rt::test]
+async fn a_panic_in_the_engine_fails_only_the_completion_it_ran_and_the_worker_restarts() {
+    // One slot: the second completion waits in the queue while the first
+    // runs. Both are queued before the worker starts, so the order is fixed.
+    let pool = ChatPool::new("fake", Arc::new(FakeEngine), 1, 4);
+    let panicking = pool.submit(pool.model().tokenize("panic now", true), SamplingParams::greedy(8)).unwrap();
+    let waiting = pool.submit(pool.model().tokenize("a question", true), SamplingParams::greedy(3)).unwrap();
+
+    let board = ActorBoard::default();
+    let worker_pool = pool.clone();
+    let spec = ChildSpec::new("worker:fake:0", true, move || {
+        let worker = InferenceWorker::chat(worker_pool.clone(), 1);
+        async move { Ok(worker) }
+    });
+    let backoff = Backoff { initial: Duration::from_millis(10), ..Backoff::default() };
+    let supervisor = Supervisor::new(vec![spec], board.clone(), backoff).start();
+    supervisor.send(StartAll).await.unwrap();
+
+    let failed = all_events(panicking).await;
+    assert_eq!(failed, vec![ChatEvent::Text("x".to_owned()), ChatEvent::Failed(WorkError::WorkerFailed)]);
+    let served = all_events(waiting).await;
+    let done = ChatEvent::Done { finish_reason: FinishReason::Length, completion_tokens: 3 };
+    assert_eq!(served.last(), Some(&done), "the queued completion is served: {served:?}");
+    assert_eq!(served.len(), 4, "three pieces of text, then the end: {served:?}");
+
+    let state = wait_for(&board, "worker:fake:0", |state| state.status == ActorStatus::Up).await;
+    assert_eq!(state.restarts, 1, "the worker restarted once");
+    assert!(pool.is_ready());
+    supervisor.send(StopAll).await.unwrap();
+}

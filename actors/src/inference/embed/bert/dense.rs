@@ -1,0 +1,82 @@
+//! The dense products of the forward pass: a linear layer's weight in the
+//! form its products run on.
+
+#[cfg(all(target_arch = "x86_64", not(blaze_without_amx)))]
+use crate::inference::embed::amx;
+
+/// A linear layer's `[in, out]` weight, in the form the products run on:
+/// bf16 tiles where the CPU has AMX, f32 for `gemm` otherwise (and always
+/// where the AMX kernels are not compiled in).
+pub(super) enum Dense {
+    F32 {
+        weight: Vec<f32>,
+        depth: usize,
+        columns: usize,
+    },
+    #[cfg(all(target_arch = "x86_64", not(blaze_without_amx)))]
+    Amx(amx::PackedWeight),
+}
+
+impl Dense {
+    pub(super) fn new(weight: Vec<f32>, depth: usize, columns: usize) -> Self {
+        #[cfg(all(target_arch = "x86_64", not(blaze_without_amx)))]
+        if amx::available() {
+            return Self::Amx(amx::PackedWeight::pack(&weight, depth, columns));
+        }
+        Self::F32 { weight, depth, columns }
+    }
+
+    /// `out[rows, out] = lhs[rows, in] · weight`.
+    pub(super) fn apply(&self, out: &mut [f32], lhs: &[f32], rows: usize, parallelism: gemm::Parallelism) {
+        match self {
+            Self::F32 { weight, depth, columns } => {
+                matmul(out, lhs, weight, rows, *depth, *columns, parallelism)
+            }
+            #[cfg(all(target_arch = "x86_64", not(blaze_without_amx)))]
+            Self::Amx(packed) => {
+                amx::product(out, lhs, rows, packed, !matches!(parallelism, gemm::Parallelism::None))
+            }
+        }
+    }
+}
+
+/// `out[m, n] = lhs[m, k] · rhs[k, n]`, all row-major.
+fn matmul(
+    out: &mut [f32],
+    lhs: &[f32],
+    rhs: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    parallelism: gemm::Parallelism,
+) {
+    if m == 0 || out.len() != m * n || lhs.len() != m * k || rhs.len() != k * n {
+        return;
+    }
+    // SAFETY: the three slices hold exactly the m×n, m×k and k×n row-major
+    // matrices described by the strides (checked above), and `out` does not
+    // overlap the inputs (it is a distinct `&mut`).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
