@@ -51,7 +51,7 @@ pub use self::chat::{chat, chat_from_bytes, completion, completion_from_bytes};
 pub use self::embeddings::{embeddings, embeddings_from_bytes};
 pub use self::models::{find_model, model_list, model_object};
 pub use self::origin::{Hangup, Origin, RequestId};
-pub use self::request::{describe, parse, ChatRequest, CompletionRequest, EmbeddingsRequest};
+pub use self::request::{parse, ChatRequest, CompletionRequest, EmbeddingsRequest};
 use crate::error::ApiError;
 use crate::settings::ValidationSettings;
 

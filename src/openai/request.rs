@@ -440,7 +440,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// The 400 for a body that did not parse: where, and what was wrong.
-pub fn describe<T: DeserializeOwned>(bytes: &[u8], error: &serde_json::Error) -> ApiError {
+fn describe<T: DeserializeOwned>(bytes: &[u8], error: &serde_json::Error) -> ApiError {
     if !error.is_data() {
         return ApiError::bad_request(
             ErrorCode::InvalidJson,
