@@ -138,13 +138,28 @@ impl Server {
         message: &str,
         accept: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        for _ in 0..250 {
+        self.wait_event_within(message, accept, Duration::from_secs(5)).await
+    }
+
+    /// As [`Server::wait_event`], for an event that follows work of its
+    /// own (a model load, a generation) and so may come late on a loaded
+    /// machine: waits at most `limit`.
+    pub async fn wait_event_within(
+        &self,
+        message: &str,
+        accept: impl Fn(&serde_json::Value) -> bool,
+        limit: Duration,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
             if let Some(event) = self.events(message).into_iter().find(&accept) {
                 return event;
             }
+            if Instant::now() >= deadline {
+                panic!("no `{message}` event within {limit:?}; logs: {:#?}", self.logs());
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("no `{message}` event as expected; logs: {:#?}", self.logs());
     }
 
     /// The Prometheus exposition, as text.
