@@ -72,3 +72,43 @@ fn server_sent_events(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ApiError;
+
+    async fn events_of(pieces: Vec<Piece>) -> Vec<String> {
+        let answer = Answer {
+            body: Body::Stream(futures_util::stream::iter(pieces).boxed_local()),
+            lookup: None,
+            key: None,
+        };
+        let response = respond(answer);
+        assert_eq!(response.headers()[CONTENT_TYPE], "text/event-stream");
+        let bytes =
+            actix_web::body::to_bytes(response.into_body()).await.unwrap_or_else(|_| panic!("a body"));
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        text.split("\n\n")
+            .filter(|event| !event.is_empty())
+            .map(|event| event.strip_prefix("data: ").expect("data events only").to_owned())
+            .collect()
+    }
+
+    #[actix_rt::test]
+    async fn a_failed_stream_ends_with_an_error_event_and_no_done() {
+        let chunk = Piece::Chunk(Bytes::from_static(br#"{"choices":[]}"#));
+        let events = events_of(vec![chunk, Piece::Failed(ApiError::worker_failed("m"))]).await;
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[0], r#"{"choices":[]}"#);
+        let error: serde_json::Value = serde_json::from_str(&events[1]).unwrap();
+        assert_eq!(error["error"]["code"], "worker_failed");
+    }
+
+    #[actix_rt::test]
+    async fn a_finished_stream_ends_with_done() {
+        let chunk = Piece::Chunk(Bytes::from_static(br#"{"choices":[]}"#));
+        let events = events_of(vec![chunk]).await;
+        assert_eq!(events, vec![r#"{"choices":[]}"#.to_owned(), "[DONE]".to_owned()]);
+    }
+}

@@ -52,9 +52,8 @@ pub async fn chat(pipeline: &Pipeline, origin: &Origin, body: ChatRequest) -> Re
     })?;
     // The prompt: the turns through the model's template.
     let prompt = chat_prompt(&pool, &turns)?;
-    let panic = test_panic(&turns);
     let call = Call::new(pipeline, &pool, origin, &body.model, Kind::Chat);
-    generate(call, prompt, &body.sampling, panic).await
+    generate(call, prompt, &body.sampling).await
 }
 
 /// `POST /v1/completions`.
@@ -70,7 +69,7 @@ pub async fn completion(
     screen_input(pipeline, origin, [&mut body.prompt], |_| "prompt".to_owned())?;
     let prompt = pool.model().tokenize(&body.prompt, true);
     let call = Call::new(pipeline, &pool, origin, &body.model, Kind::Text);
-    generate(call, prompt, &body.sampling, false).await
+    generate(call, prompt, &body.sampling).await
 }
 
 /// What a generation runs with, besides its prompt and sampling.
@@ -98,12 +97,7 @@ impl<'a> Call<'a> {
 
 /// The stages after the prompt is known: admit, cache lookup, infer,
 /// screen output, settle, record.
-async fn generate(
-    call: Call<'_>,
-    prompt: Vec<u32>,
-    sampling: &Sampling,
-    panic: bool,
-) -> Result<Answer, ApiError> {
+async fn generate(call: Call<'_>, prompt: Vec<u32>, sampling: &Sampling) -> Result<Answer, ApiError> {
     let Call { pipeline, pool, origin, model, kind, caching } = call;
     let params = sampling_params(sampling, prompt.len(), pool, &pipeline.validation)?;
     // Admit: the prompt and the most the completion may take are reserved;
@@ -115,7 +109,7 @@ async fn generate(
         (caching, key)
     });
     let reply = Reply::new(kind, model, prompt.len());
-    let job = Job { pool, model, prompt, params, panic };
+    let job = Job { pool, model, prompt, params };
     if sampling.stream {
         let include_usage = sampling.stream_options.as_ref().is_some_and(|options| options.include_usage);
         return stream(pipeline, job, cached, StreamStart { reply, include_usage, settlement }).await;
@@ -201,11 +195,6 @@ pub(super) fn chat_prompt(pool: &ChatPool, turns: &[(String, String)]) -> Result
     pool.model()
         .prompt_tokens(turns)
         .map_err(|error| invalid(ErrorCode::InvalidMessages, "messages", error.to_string()))
-}
-
-/// Whether a test asked the worker to panic (test builds only).
-fn test_panic(turns: &[(String, String)]) -> bool {
-    cfg!(feature = "test-hooks") && turns.iter().any(|(_, text)| text == "__blaze_test_panic__")
 }
 
 /// A chat body parsed and checked as far as no model, client or guard is

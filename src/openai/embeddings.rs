@@ -272,27 +272,14 @@ fn engine_error(error: EngineError, index: usize) -> ApiError {
 }
 
 async fn compute(pool: &EmbeddingPool, tokens: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, ApiError> {
-    #[cfg(feature = "test-hooks")]
-    let receiver = if tokens.first().is_some_and(|first| is_test_panic(pool, first)) {
-        pool.submit_panicking(tokens)
-    } else {
-        pool.submit(tokens)
-    };
-    #[cfg(not(feature = "test-hooks"))]
-    let receiver = pool.submit(tokens);
-    let receiver =
-        receiver.map_err(|overloaded| ApiError::overloaded(pool.model(), overloaded.retry_after_s))?;
+    let receiver = pool
+        .submit(tokens)
+        .map_err(|overloaded| ApiError::overloaded(pool.model(), overloaded.retry_after_s))?;
     match receiver.await {
         Ok(Ok(vectors)) => Ok(vectors),
         Ok(Err(WorkError::Engine(error))) => Err(engine_error(error, 0)),
         Ok(Err(WorkError::WorkerFailed)) | Err(_) => Err(ApiError::worker_failed(pool.model())),
     }
-}
-
-/// Test hook: the text `__blaze_test_panic__` makes the worker panic.
-#[cfg(feature = "test-hooks")]
-fn is_test_panic(pool: &EmbeddingPool, tokens: &[u32]) -> bool {
-    pool.tokenizer().tokenize("__blaze_test_panic__").is_ok_and(|marker| marker == tokens)
 }
 
 fn encode(vector: Vec<f32>, format: EncodingFormat) -> EmbeddingVector {

@@ -49,21 +49,10 @@ fn random_seed() -> u32 {
 }
 
 /// Queues the prompt on the model's pool: its events, or 429 when the
-/// pool's queue is full. `panic` (test builds only) makes the worker panic.
-pub fn submit(
-    pool: &ChatPool,
-    prompt: Vec<u32>,
-    params: SamplingParams,
-    panic: bool,
-) -> Result<ChatEvents, ApiError> {
-    #[cfg(feature = "test-hooks")]
-    let submitted = if panic { pool.submit_panicking(prompt, params) } else { pool.submit(prompt, params) };
-    #[cfg(not(feature = "test-hooks"))]
-    let submitted = {
-        let _ = panic;
-        pool.submit(prompt, params)
-    };
-    submitted.map_err(|overloaded| ApiError::overloaded(pool.model_id(), overloaded.retry_after_s))
+/// pool's queue is full.
+pub fn submit(pool: &ChatPool, prompt: Vec<u32>, params: SamplingParams) -> Result<ChatEvents, ApiError> {
+    pool.submit(prompt, params)
+        .map_err(|overloaded| ApiError::overloaded(pool.model_id(), overloaded.retry_after_s))
 }
 
 /// What the client may take from a worker's failure.
@@ -101,18 +90,17 @@ pub struct Job<'a> {
     pub model: &'a str,
     pub prompt: Vec<u32>,
     pub params: SamplingParams,
-    pub panic: bool,
 }
 
 impl Job<'_> {
     /// Generates the whole completion.
     pub async fn run(self) -> Result<Record, ApiError> {
-        collect(submit(self.pool, self.prompt, self.params, self.panic)?, self.model).await
+        collect(submit(self.pool, self.prompt, self.params)?, self.model).await
     }
 
     /// Generates the stream of the completion's events.
     pub fn stream(self) -> Result<ChatEvents, ApiError> {
-        submit(self.pool, self.prompt, self.params, self.panic)
+        submit(self.pool, self.prompt, self.params)
     }
 }
 

@@ -150,3 +150,86 @@ impl Chunks {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use blaze_actors::inference::WorkError;
+    use futures_util::StreamExt;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::openai::reply::Kind;
+
+    fn parts() -> StreamParts {
+        StreamParts {
+            reply: Reply::new(Kind::Chat, "m", 3),
+            include_usage: true,
+            settlement: Settlement::new(None, 3),
+            store: None,
+            filter: None,
+        }
+    }
+
+    /// The pieces of a stream whose worker sends `sent`, then hangs up.
+    async fn pieces(sent: Vec<ChatEvent>) -> Vec<Piece> {
+        let (sender, events) = tokio::sync::mpsc::unbounded_channel();
+        for event in sent {
+            sender.send(event).unwrap();
+        }
+        drop(sender);
+        chunks(parts(), events).collect().await
+    }
+
+    fn chunk(piece: &Piece) -> Value {
+        match piece {
+            Piece::Chunk(bytes) => serde_json::from_slice(bytes).unwrap(),
+            Piece::Failed(error) => panic!("a chunk, not {error}"),
+        }
+    }
+
+    fn failure(piece: &Piece) -> Value {
+        match piece {
+            Piece::Failed(error) => error.body(None),
+            Piece::Chunk(bytes) => panic!("a failure, not {bytes:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_failure_mid_stream_ends_it_with_the_error_and_nothing_after() {
+        let pieces = pieces(vec![
+            ChatEvent::Text("Hel".to_owned()),
+            ChatEvent::Failed(WorkError::WorkerFailed),
+            ChatEvent::Text("never sent".to_owned()),
+        ])
+        .await;
+        assert_eq!(pieces.len(), 2);
+        let first = chunk(&pieces[0]);
+        assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(first["choices"][0]["delta"]["content"], "Hel");
+        let error = failure(&pieces[1]);
+        assert_eq!(
+            (error["error"]["code"].as_str(), error["error"]["type"].as_str()),
+            (Some("worker_failed"), Some("server_error"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_goes_away_without_a_word_fails_the_stream() {
+        let pieces = pieces(vec![ChatEvent::Text("Hel".to_owned())]).await;
+        assert_eq!(pieces.len(), 2);
+        assert_eq!(failure(&pieces[1])["error"]["code"], "worker_failed");
+    }
+
+    #[tokio::test]
+    async fn a_finished_stream_ends_with_its_reason_then_usage() {
+        let done = ChatEvent::Done { finish_reason: FinishReason::Length, completion_tokens: 2 };
+        let pieces =
+            pieces(vec![ChatEvent::Text("a".to_owned()), ChatEvent::Text("b".to_owned()), done]).await;
+        let chunks: Vec<Value> = pieces.iter().map(chunk).collect();
+        assert_eq!(chunks.len(), 4, "{chunks:?}");
+        assert_eq!(chunks[1]["choices"][0]["delta"]["role"], Value::Null, "the role comes once");
+        assert_eq!(chunks[2]["choices"][0]["finish_reason"], "length");
+        assert_eq!(chunks[3]["choices"], serde_json::json!([]));
+        assert_eq!(chunks[3]["usage"]["total_tokens"], 5);
+    }
+}

@@ -132,6 +132,6 @@ async fn warm_generation(
     }
     let params = sampling_params(&sampling, prompt.len(), &pool, &pipeline.validation)?;
     let key = generation_key(&caching, pattern, &model, &prompt, &params, &sampling);
-    let job = Job { pool: &pool, model: &model, prompt, params, panic: false };
+    let job = Job { pool: &pool, model: &model, prompt, params };
     Ok(cached_or_generated(job, Some(&(caching, key))).await?.1)
 }

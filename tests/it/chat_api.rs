@@ -198,37 +198,6 @@ async fn bad_chat_requests_get_400s_that_name_the_field() {
 }
 
 #[tokio::test]
-async fn a_worker_panic_mid_stream_ends_it_with_an_error_event_and_the_worker_comes_back() {
-    let _turn = decoding_turn().await;
-    let server = Server::start(&[], &[]).await;
-    let panicking = json!({
-        "model": MODEL,
-        "messages": [{ "role": "user", "content": "__blaze_test_panic__" }],
-        "max_tokens": 32,
-        "stream": true,
-    });
-    let response = post(&server, "/v1/chat/completions", &panicking).await;
-    assert_eq!(response.status(), 200, "the stream had started");
-    let events = events(&response.text().await.unwrap());
-    assert!(!events.iter().any(|event| event == "[DONE]"), "no [DONE] after an error: {events:?}");
-    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
-    assert_eq!(last["error"]["code"], "worker_failed", "{last}");
-    assert!(events.len() >= 2, "text came before the failure");
-
-    let mut recovered = false;
-    for _ in 0..100 {
-        if post(&server, "/v1/chat/completions", &question(json!({ "max_tokens": 4 }))).await.status() == 200
-        {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(recovered, "the restarted worker serves again");
-    server.assert_restarts(&format!("worker:{MODEL}:0"), 1).await;
-}
-
-#[tokio::test]
 async fn a_full_chat_queue_answers_429_at_once() {
     let _turn = decoding_turn().await;
     let file = config_file(&format!(

@@ -200,25 +200,6 @@ async fn a_full_queue_answers_429_with_retry_after_at_once() {
 }
 
 #[tokio::test]
-async fn a_worker_panic_fails_its_requests_with_500_and_the_worker_comes_back() {
-    let server = Server::start(&[], &[]).await;
-    let failed = embed(&server, json!({ "model": MODEL, "input": "__blaze_test_panic__" })).await;
-    let error = expect_error(failed, 500, "worker_failed").await;
-    assert_eq!(error["type"], "server_error");
-    let mut recovered = false;
-    for _ in 0..100 {
-        let response = embed(&server, json!({ "model": MODEL, "input": "hello again" })).await;
-        if response.status() == 200 {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(recovered, "the restarted worker serves again");
-    server.assert_restarts(&format!("worker:{MODEL}:0"), 1).await;
-}
-
-#[tokio::test]
 async fn a_client_that_disconnects_cancels_its_queued_work() {
     let file = config_file(&format!(
         "models:\n  catalog:\n    {MODEL}:\n      max_batch: 1\n      max_wait_ms: 0\n"

@@ -12,7 +12,7 @@ use tracing::{error, info};
 
 use super::chat::{llama_has_amx, ChatPool};
 use super::embed::{amx_in_use, Bert, EmbeddingPool};
-use super::engine::ChatEngine;
+use super::engine::{ChatEngine, EmbeddingEngine, EngineError};
 use super::pool::WorkerExit;
 
 /// The worker thread ended.
@@ -22,9 +22,13 @@ struct ThreadEnded(String);
 
 /// What a worker computes for.
 enum Work {
-    Embedding { pool: EmbeddingPool, model_directory: PathBuf },
+    Embedding { pool: EmbeddingPool, load: EmbeddingLoader },
     Chat(Arc<dyn ChatWork>),
 }
+
+/// Loads an embedding engine with this many compute threads, in the worker
+/// thread: each restart loads the model afresh.
+pub type EmbeddingLoader = Arc<dyn Fn(usize) -> Result<Box<dyn EmbeddingEngine>, EngineError> + Send + Sync>;
 
 /// A chat pool, whatever its engine, as its worker thread runs it.
 trait ChatWork: Send + Sync {
@@ -50,8 +54,17 @@ pub struct InferenceWorker {
 }
 
 impl InferenceWorker {
+    /// A worker of an embedding pool whose model (a BERT) is in `model_directory`.
     pub fn embedding(pool: EmbeddingPool, model_directory: PathBuf, threads: usize) -> Self {
-        Self { work: Work::Embedding { pool, model_directory }, threads, stop: Arc::default() }
+        let load: EmbeddingLoader = Arc::new(move |threads| {
+            Ok(Box::new(Bert::load(&model_directory, threads)?) as Box<dyn EmbeddingEngine>)
+        });
+        Self::embedding_with(pool, load, threads)
+    }
+
+    /// A worker of an embedding pool whose engine `load` makes.
+    pub fn embedding_with(pool: EmbeddingPool, load: EmbeddingLoader, threads: usize) -> Self {
+        Self { work: Work::Embedding { pool, load }, threads, stop: Arc::default() }
     }
 
     pub fn chat<E: ChatEngine>(pool: ChatPool<E>, threads: usize) -> Self {
@@ -69,17 +82,17 @@ impl InferenceWorker {
 /// Loads the engine, proves it, and serves until stopped; says why it ended.
 fn embedding_thread(
     pool: &EmbeddingPool,
-    directory: &std::path::Path,
+    load: &EmbeddingLoader,
     threads: usize,
     stop: &AtomicBool,
 ) -> String {
-    match Bert::load(directory, threads) {
+    match load(threads) {
         Err(problem) => format!("cannot load: {problem}"),
-        Ok(engine) => match pool.warm_up(&engine) {
+        Ok(engine) => match pool.warm_up(engine.as_ref()) {
             Err(problem) => format!("warm-up failed: {problem}"),
             Ok(()) => {
                 info!(model = pool.model(), amx = amx_in_use(), "model loaded and proven by a forward pass");
-                ended(pool.run_worker(&engine, stop))
+                ended(pool.run_worker(engine.as_ref(), stop))
             }
         },
     }
@@ -110,10 +123,10 @@ impl Actor for InferenceWorker {
         let address = ctx.address();
         let name = format!("blaze-worker-{}", self.model_id());
         let spawned = match &self.work {
-            Work::Embedding { pool, model_directory } => {
-                let (pool, directory) = (pool.clone(), model_directory.clone());
+            Work::Embedding { pool, load } => {
+                let (pool, load) = (pool.clone(), load.clone());
                 std::thread::Builder::new().name(name).spawn(move || {
-                    address.do_send(ThreadEnded(embedding_thread(&pool, &directory, threads, &stop)));
+                    address.do_send(ThreadEnded(embedding_thread(&pool, &load, threads, &stop)));
                 })
             }
             Work::Chat(pool) => {

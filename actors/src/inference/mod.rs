@@ -19,7 +19,7 @@ mod embed;
 mod engine;
 mod pool;
 
-pub use self::actor::InferenceWorker;
+pub use self::actor::{EmbeddingLoader, InferenceWorker};
 pub use self::chat::{
     llama_has_amx, ChatEvent, ChatEvents, ChatModel, ChatPool, Decoder, FinishReason, Progress,
     SamplingParams, Sequence,

@@ -44,9 +44,6 @@ pub(super) struct ChatJob {
     pub(super) params: SamplingParams,
     pub(super) events: mpsc::UnboundedSender<ChatEvent>,
     pub(super) queued_at: Instant,
-    /// Test hook: the worker panics after the first piece of text.
-    #[cfg(feature = "test-hooks")]
-    pub(super) panic: bool,
 }
 
 /// The state of one pool that its handles and its worker threads share:
@@ -102,35 +99,8 @@ impl<E: ChatEngine> ChatPool<E> {
 
     /// Queues a completion, or refuses it at once when the queue is full.
     pub fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<ChatEvents, Overloaded> {
-        self.enqueue(prompt, params, false)
-    }
-
-    /// Test hook: queues a completion during which the worker panics.
-    #[cfg(feature = "test-hooks")]
-    pub fn submit_panicking(
-        &self,
-        prompt: Vec<u32>,
-        params: SamplingParams,
-    ) -> Result<ChatEvents, Overloaded> {
-        self.enqueue(prompt, params, true)
-    }
-
-    fn enqueue(
-        &self,
-        prompt: Vec<u32>,
-        params: SamplingParams,
-        panic: bool,
-    ) -> Result<ChatEvents, Overloaded> {
-        let _ = panic;
         let (events, receiver) = mpsc::unbounded_channel();
-        let job = ChatJob {
-            prompt,
-            params,
-            events,
-            queued_at: Instant::now(),
-            #[cfg(feature = "test-hooks")]
-            panic,
-        };
+        let job = ChatJob { prompt, params, events, queued_at: Instant::now() };
         match self.state.sender.try_send(job) {
             Ok(()) => {
                 gauge!("blaze_inference_queue_depth", "model" => self.state.model_id.clone())

@@ -157,7 +157,7 @@ fn the_request_path_reads_the_engine_through_the_pool() {
     assert!(!pool.is_ready(), "no worker has proven the model yet");
 }
 
-/// What the HTTP test of a worker panic mid-stream checks, without a model:
+/// A worker panic mid-stream, without a model:
 /// the completion that was running fails after its first text, the one
 /// still queued is not lost, and the worker comes back.
 #[actix_rt::test]

@@ -17,8 +17,6 @@ struct Running<S> {
     job: ChatJob,
     sequence: S,
     first_token: Option<Instant>,
-    /// Some text reached the client (the test hook panics after that).
-    sent_text: bool,
 }
 
 /// One worker's state: its decoder and the completions it runs.
@@ -120,7 +118,7 @@ impl<'a, D: ChatDecoder> Worker<'a, D> {
         match self.decoder.start(slot, &job.prompt, &job.params) {
             Ok(sequence) => {
                 self.metrics.prompt_tokens.increment(sequence.prompt_tokens() as u64);
-                self.running.push(Running { job, sequence, first_token: None, sent_text: false });
+                self.running.push(Running { job, sequence, first_token: None });
             }
             Err(error) => {
                 self.free_slots.push(slot);
@@ -160,15 +158,7 @@ impl<'a, D: ChatDecoder> Worker<'a, D> {
                 running.first_token = Some(Instant::now());
                 self.metrics.time_to_first_token.record(running.job.queued_at.elapsed().as_secs_f64());
             }
-            #[cfg(feature = "test-hooks")]
-            if running.job.panic && running.sent_text {
-                #[allow(clippy::panic)]
-                {
-                    panic!("test hook: chat worker told to panic");
-                }
-            }
             if !text.is_empty() {
-                running.sent_text = true;
                 // A client that went away is dropped before the next step.
                 let _ = running.job.events.send(ChatEvent::Text(text));
             }

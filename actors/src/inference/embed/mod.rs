@@ -29,3 +29,6 @@ pub fn amx_in_use() -> bool {
 pub fn amx_in_use() -> bool {
     false
 }
+
+#[cfg(test)]
+mod tests;

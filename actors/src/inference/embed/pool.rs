@@ -29,9 +29,6 @@ pub type EmbeddingResult = Result<Vec<Vec<f32>>, WorkError>;
 pub(crate) struct EmbeddingJob {
     tokens: Vec<Vec<u32>>,
     reply: oneshot::Sender<EmbeddingResult>,
-    /// Test hook: the worker panics on this job.
-    #[cfg(feature = "test-hooks")]
-    panic: bool,
 }
 
 /// The state of one pool that its handles and its worker threads share:
@@ -87,31 +84,8 @@ impl EmbeddingPool {
 
     /// Queues a request, or refuses it at once when the queue is full.
     pub fn submit(&self, tokens: Vec<Vec<u32>>) -> Result<oneshot::Receiver<EmbeddingResult>, Overloaded> {
-        self.enqueue(tokens, false)
-    }
-
-    /// Test hook: queues a request on which the worker panics.
-    #[cfg(feature = "test-hooks")]
-    pub fn submit_panicking(
-        &self,
-        tokens: Vec<Vec<u32>>,
-    ) -> Result<oneshot::Receiver<EmbeddingResult>, Overloaded> {
-        self.enqueue(tokens, true)
-    }
-
-    fn enqueue(
-        &self,
-        tokens: Vec<Vec<u32>>,
-        panic: bool,
-    ) -> Result<oneshot::Receiver<EmbeddingResult>, Overloaded> {
-        let _ = panic;
         let (reply, receiver) = oneshot::channel();
-        let job = EmbeddingJob {
-            tokens,
-            reply,
-            #[cfg(feature = "test-hooks")]
-            panic,
-        };
+        let job = EmbeddingJob { tokens, reply };
         match self.state.sender.try_send(job) {
             Ok(()) => {
                 gauge!("blaze_inference_queue_depth", "model" => self.state.model.clone())
@@ -154,13 +128,6 @@ impl EmbeddingPool {
         let inputs: Vec<&[u32]> = jobs.iter().flat_map(|job| job.tokens.iter().map(Vec::as_slice)).collect();
         let started = Instant::now();
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            #[cfg(feature = "test-hooks")]
-            if jobs.iter().any(|job| job.panic) {
-                #[allow(clippy::panic)]
-                {
-                    panic!("test hook: embedding worker told to panic");
-                }
-            }
             let mut vectors = Vec::with_capacity(inputs.len());
             for chunk in inputs.chunks(state.settings.max_batch.max(1)) {
                 metrics.batch_sizes.record(chunk.len() as f64);
@@ -234,7 +201,7 @@ impl EmbeddingPool {
     /// Runs one forward pass to prove the model works, before taking
     /// requests; readiness waits for it.
     pub fn warm_up(&self, engine: &dyn EmbeddingEngine) -> Result<(), EngineError> {
-        let tokens = self.state.tokenizer.tokenize("Blaze warms up this model.")?;
+        let tokens = engine.tokenize("Blaze warms up this model.")?;
         engine.embed(&[&tokens])?;
         self.state.ready.store(true, Ordering::Relaxed);
         Ok(())

@@ -40,6 +40,21 @@ impl BertTokenizer {
         Ok(Self { tokenizer, max_tokens, vocab_size: config.vocab_size, dimensions: config.hidden_size })
     }
 
+    /// A word-level tokenizer of `words` (one token each, in order; any
+    /// other word is the first), for tests of the pool without a model.
+    #[cfg(test)]
+    pub(crate) fn of_words(words: &[&str], dimensions: usize, max_tokens: usize) -> Self {
+        let vocab: serde_json::Map<String, serde_json::Value> =
+            words.iter().enumerate().map(|(index, word)| ((*word).to_owned(), index.into())).collect();
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+            "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": words[0]},
+        });
+        let tokenizer: tokenizers::Tokenizer = json.to_string().parse().expect("a word-level tokenizer");
+        Self { tokenizer, max_tokens, vocab_size: words.len(), dimensions }
+    }
+
     pub fn dimensions(&self) -> usize {
         self.dimensions
     }
