@@ -272,7 +272,6 @@ impl Handler<StopAll> for Supervisor {
     }
 }
 
-#[cfg(feature = "test-hooks")]
 impl Handler<super::FailChild> for Supervisor {
     type Result = bool;
 

@@ -16,18 +16,10 @@ use tokio::sync::watch;
 use super::messages::{ChildDown, ChildHandle, ChildUp, Ping, Stop};
 
 /// What a supervised actor must answer.
-#[cfg(not(feature = "test-hooks"))]
-pub trait SupervisedActor: Actor<Context = Context<Self>> + Handler<Ping> + Handler<Stop> {}
-#[cfg(not(feature = "test-hooks"))]
-impl<A> SupervisedActor for A where A: Actor<Context = Context<A>> + Handler<Ping> + Handler<Stop> {}
-
-/// What a supervised actor must answer.
-#[cfg(feature = "test-hooks")]
 pub trait SupervisedActor:
     Actor<Context = Context<Self>> + Handler<Ping> + Handler<Stop> + Handler<super::Fail>
 {
 }
-#[cfg(feature = "test-hooks")]
 impl<A> SupervisedActor for A where
     A: Actor<Context = Context<A>> + Handler<Ping> + Handler<Stop> + Handler<super::Fail>
 {
@@ -88,7 +80,6 @@ where
         ChildHandle {
             ping: address.clone().recipient(),
             stop: address.clone().recipient(),
-            #[cfg(feature = "test-hooks")]
             fail: address.clone().recipient(),
         },
         began.elapsed(),

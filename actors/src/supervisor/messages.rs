@@ -37,7 +37,6 @@ pub struct Stop;
 pub struct ChildHandle {
     pub ping: Recipient<Ping>,
     pub stop: Recipient<Stop>,
-    #[cfg(feature = "test-hooks")]
     pub fail: Recipient<Fail>,
 }
 
@@ -60,21 +59,20 @@ pub(crate) struct ChildDown {
     pub reason: String,
 }
 
-/// Test hook: makes a supervised actor fail.
-#[cfg(feature = "test-hooks")]
+/// Makes a supervised actor fail on purpose. Only the `test-hooks` build's
+/// fault routes send it (through [`FailChild`]); every supervised actor
+/// answers it, so the fault tests reach any of them.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct Fail(pub FailMode);
 
-#[cfg(feature = "test-hooks")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailMode {
     Panic,
     Stop,
 }
 
-/// Test hook: makes the named child fail; false if no such child runs.
-#[cfg(feature = "test-hooks")]
+/// Makes the named child fail; false if no such child runs.
 #[derive(Message, Debug)]
 #[rtype(result = "bool")]
 pub struct FailChild {

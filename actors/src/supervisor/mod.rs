@@ -18,12 +18,10 @@ mod tests;
 
 pub use self::actor::Supervisor;
 pub use self::core::{ActorBoard, ActorState, ActorStatus, Backoff, ChildSpec, SupervisedActor};
-pub use self::messages::{Adopt, ChildHandle, Ping, StartAll, Stop, StopAll};
-#[cfg(feature = "test-hooks")]
-pub use self::messages::{Fail, FailChild, FailMode};
+pub use self::messages::{Adopt, ChildHandle, Fail, FailChild, FailMode, Ping, StartAll, Stop, StopAll};
 
 /// Implements the messages every supervised actor answers: `Ping` for the
-/// health probes, and under `test-hooks` the `Fail` hook.
+/// health probes, `Stop` at shutdown, and `Fail` for the fault tests.
 #[macro_export]
 macro_rules! supervised_actor {
     ($actor:ty) => {
@@ -39,7 +37,6 @@ macro_rules! supervised_actor {
             }
         }
 
-        #[cfg(feature = "test-hooks")]
         impl ::actix::Handler<$crate::supervisor::Fail> for $actor {
             type Result = ();
             #[allow(clippy::panic)]
