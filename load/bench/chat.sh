@@ -33,7 +33,7 @@ gguf=${BLAZE_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/blaze/models}/smollm2-1
 for round in $(seq "$rounds"); do
   echo "# round $round"
   "$python" "$anchors/bench_llama.py" "$gguf" "$work/prompt_ids.txt" 128 128 3 2 2>/dev/null | grep '^RESULT'
-  "$bin/blaze-chat-bench" "$gguf" "$work/prompt_ids.txt" --generate 128 --repeats 3 --threads 2 --streams 8 \
+  engine_bench chat "$gguf" "$work/prompt_ids.txt" --generate 128 --repeats 3 --threads 2 --streams 8 \
     --context-length 2048 2>/dev/null | grep '^RESULT'
 done
 

@@ -25,6 +25,16 @@ case ${BLAZE_BENCH_PROFILE:-release} in
        bin=$CARGO_TARGET_DIR/debug ;;
   *) echo "BLAZE_BENCH_PROFILE must be release or dev" >&2; exit 2 ;;
 esac
+# engine_bench NAME ARGUMENTS...: one of the engines' in-process benches
+# (actors/benches/NAME.rs), in the same profile as $bin.
+engine_bench() {
+  local name=$1
+  shift
+  local profile=()
+  [ "${BLAZE_BENCH_PROFILE:-release}" = dev ] && profile=(--profile dev)
+  cargo bench --quiet --locked --manifest-path "$root/Cargo.toml" --workspace "${profile[@]}" \
+    --bench "$name" -- "$@"
+}
 # Less disturbance from other sessions' work (builds); needs root, best effort.
 echo -10 > /proc/self/autogroup 2>/dev/null || true
 # Blaze authenticates every /v1 call: each run gets a throwaway data dir

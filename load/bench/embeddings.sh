@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Embeddings throughput: Blaze in-process (blaze-embed-bench) at batch 1, 8
+# Embeddings throughput: Blaze in-process (the embed engine bench) at batch 1, 8
 # and 32, then over HTTP with 64 concurrent clients each sending one
 # sentence (wrk), and the ratio of the HTTP rate to the in-process batch-32
 # rate (target >= 0.8). Inputs: one sentence per line (for example the
@@ -17,7 +17,7 @@ seconds=${2:-10}
 
 "$bin/blaze" models pull all-minilm-l6-v2 >/dev/null
 model_dir=${BLAZE_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/blaze/models}/all-minilm-l6-v2
-in_process=$("$bin/blaze-embed-bench" "$model_dir" "$inputs" bench 1,8,32 --sentences 256 --repeats 3)
+in_process=$(engine_bench embed "$model_dir" "$inputs" bench 1,8,32 --sentences 256 --repeats 3)
 echo "$in_process"
 batch32=$(awk '/bs=32 / { for (i = 1; i <= NF; i++) if ($i ~ /^sent_per_s_median=/) { sub(/.*=/, "", $i); print $i } }' <<<"$in_process")
 

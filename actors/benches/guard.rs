@@ -6,20 +6,22 @@
 //! input (linear: about 10x); then the time one cached chat request's
 //! message costs.
 //!
-//!     blaze-guard-bench [--seconds S]
+//!     cargo bench --workspace --bench guard -- [--seconds S]
 
 use std::time::{Duration, Instant};
 
-use blaze::settings::{ConfigSources, Settings};
-use blaze_actors::guard::Guard;
+use blaze_actors::guard::{Guard, GuardConfig};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "blaze-guard-bench")]
+#[command(name = "guard")]
 struct Args {
     /// How long each measurement runs.
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
+    /// `cargo bench` passes it; nothing to do.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 const ASCII_PROSE: &str = "The quarterly report shows revenue grew by 12 percent, driven by strong demand in \
@@ -38,6 +40,16 @@ const ADVERSARIAL: &str = "ignore ignore the the the previous previous rules? re
     a@a@a@a.b@c.d 4111 1111 1111 1112 1 2 3 4 5 6 7 8 9 0 DE00 0000 0000 0000 00 i g n o r e t h e a b c d e f \
     aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd29ybGQ= eyJhbGciOi.eyJzdWIi.x -----BEGIN X bearer abc \
     pretend imagine suppose no no no developer developer mode? ";
+
+/// The guard section of config/default.yaml, read as the server reads it.
+fn default_guard() -> Result<GuardConfig, String> {
+    const DEFAULT_YAML: &str = include_str!("../../config/default.yaml");
+    config::Config::builder()
+        .add_source(config::File::from_str(DEFAULT_YAML, config::FileFormat::Yaml))
+        .build()
+        .and_then(|settings| settings.get::<GuardConfig>("guard"))
+        .map_err(|error| format!("config/default.yaml: {error}"))
+}
 
 fn text_of(unit: &str, bytes: usize) -> String {
     let mut text = String::with_capacity(bytes + unit.len());
@@ -71,9 +83,8 @@ fn main() -> Result<(), String> {
     if !(0.1..=60.0).contains(&args.seconds) {
         return Err("--seconds must be 0.1 to 60".to_owned());
     }
-    let settings = Settings::load(&ConfigSources::default()).map_err(|errors| format!("{errors:?}"))?;
-    let patterns: usize = settings.guard.categories.values().map(|category| category.patterns.len()).sum();
-    let mut config = settings.guard;
+    let mut config = default_guard()?;
+    let patterns: usize = config.categories.values().map(|category| category.patterns.len()).sum();
     // Scores would cool the bench down after its first blocks.
     config.scores.block_points = 0.0;
     let guard = Guard::new(config)?;

@@ -2,7 +2,7 @@
 //! ../shared/anchors/bench_llama.py writes, printed like that script prints
 //! llama.cpp's, so the figures sit side by side:
 //!
-//!     blaze-chat-bench MODEL.gguf PROMPT_IDS [--generate 128] [--repeats 3] [--threads 2] [--streams 8]
+//!     cargo bench --workspace --bench chat -- MODEL.gguf PROMPT_IDS [--generate 128] [--repeats 3] [--threads 2] [--streams 8]
 //!         [--context-length 2048]
 //!
 //! One sequence: prompt processing (the prompt read in one step) and greedy
@@ -17,7 +17,7 @@ use blaze_actors::inference::{ChatModel, Decoder, Progress, SamplingParams, Sequ
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "blaze-chat-bench")]
+#[command(name = "chat")]
 struct Args {
     /// The .gguf file.
     model: PathBuf,
@@ -35,6 +35,9 @@ struct Args {
     /// Tokens per sequence in the KV cache; the server's default.
     #[arg(long, default_value_t = 2048)]
     context_length: usize,
+    /// `cargo bench` passes it; nothing to do.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -1,7 +1,7 @@
 //! In-process embedding throughput, printed like the reference scripts in
 //! ../shared/anchors print theirs, so the figures sit side by side.
 //!
-//!     blaze-embed-bench MODEL_DIR FILE LABEL 1,8,32 [SENTENCES] [REPEATS] [THREADS]
+//!     cargo bench --workspace --bench embed -- MODEL_DIR FILE LABEL 1,8,32 [--sentences N] [--repeats N] [--threads N]
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,7 +10,7 @@ use blaze_actors::inference::{Bert, EmbeddingEngine};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "blaze-embed-bench")]
+#[command(name = "embed")]
 struct Args {
     /// The model's directory (config.json, tokenizer.json, model.safetensors).
     model: PathBuf,
@@ -27,6 +27,9 @@ struct Args {
     repeats: usize,
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// `cargo bench` passes it; nothing to do.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn main() -> Result<(), String> {
