@@ -10,11 +10,11 @@ pub mod client;
 mod compression;
 pub mod disconnect;
 mod exchange;
+mod health;
 mod json;
 mod observe;
 mod openai;
 pub mod ratelimit;
-mod routes;
 pub mod routing;
 #[cfg(feature = "test-hooks")]
 mod test_hooks;
@@ -64,7 +64,7 @@ pub fn configure(config: &mut web::ServiceConfig, state: AppState, max_body: usi
         .app_data(web::PathConfig::default().error_handler(|error, _| {
             ApiError::bad_request(ErrorCode::InvalidPath, format!("Invalid path parameter: {error}")).into()
         }));
-    routes::configure(config, &limits);
+    health::configure(config, &limits);
     openai::configure(config, &limits);
     admin::configure(config, &limits);
     cache::configure(config, &limits);
