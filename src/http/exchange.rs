@@ -85,7 +85,7 @@ mod tests {
             key: None,
         };
         let response = respond(answer);
-        assert_eq!(response.headers()[CONTENT_TYPE], "text/event-stream");
+        assert_eq!(response.headers().get(CONTENT_TYPE).unwrap(), "text/event-stream");
         let bytes =
             actix_web::body::to_bytes(response.into_body()).await.unwrap_or_else(|_| panic!("a body"));
         let text = String::from_utf8(bytes.to_vec()).unwrap();
