@@ -6,20 +6,25 @@ use std::time::Duration;
 
 use actix::{Actor, Addr, Recipient};
 use actix_web::{App, HttpServer};
-use blaze_actors::auth::{AuthActor, AuthActorConfig, Authenticator, EventSource, StoreProbe};
-use blaze_actors::cache::{CacheActor, CacheOptions, ResponseCache};
-use blaze_actors::guard::{Guard, GuardActor, Reload};
+use blaze_actors::auth::{
+    AdminError, AuthActor, AuthActorConfig, Authenticator, EventSource, IdentityError, StoreProbe,
+};
+use blaze_actors::cache::{CacheActor, CacheOpenError, CacheOptions, ResponseCache};
+use blaze_actors::guard::{Guard, GuardActor, PatternError, Reload};
 use blaze_actors::health::{HealthMonitor, HealthMonitorConfig, HealthState};
-use blaze_actors::metrics::{MetricsAggregator, Telemetry};
+use blaze_actors::metrics::{MetricsAggregator, MetricsError, Telemetry};
 use blaze_actors::ratelimit::{RateLimiter, RateLimiterActor, RateLimiterOptions};
 use blaze_actors::router::{ModelCache, ModelRegistry, Router};
 use blaze_actors::supervisor::{ActorBoard, Adopt, Backoff, ChildSpec, StartAll, StopAll, Supervisor};
+use blaze_actors::RedisError;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
+use crate::http::client::NotANetwork;
 use crate::http::{self, AppState, Compression, Observe};
+use crate::models::ModelsError;
 use crate::openai::{CacheAccess, Limiting, Pipeline};
-use crate::settings::{ConfigSources, ServerSettings, Settings};
+use crate::settings::{ConfigErrors, ConfigSources, ServerSettings, Settings};
 
 /// Runs the server on an actix system until a signal stops it. Exit code 0
 /// after a clean drain.
@@ -38,8 +43,38 @@ pub fn serve_blocking(settings: Settings, sources: ConfigSources, offline: bool)
     }
 }
 
+/// Why the server cannot start (or stopped on an error).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("--offline, and these models are not in the cache: {0}; run `blaze models pull` first")]
+    Offline(String),
+    #[error(transparent)]
+    Models(#[from] ModelsError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The first admin cannot be created.
+    #[error(transparent)]
+    Bootstrap(#[from] AdminError),
+    #[error(transparent)]
+    RateLimits(#[from] RedisError),
+    #[error(transparent)]
+    Cache(#[from] CacheOpenError),
+    #[error(transparent)]
+    Guard(#[from] PatternError),
+    #[error(transparent)]
+    TrustedProxies(#[from] NotANetwork),
+    #[error("supervisor: {0}")]
+    Supervisor(#[from] actix::MailboxError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen { address: String, source: std::io::Error },
+    #[error("server: {0}")]
+    Server(std::io::Error),
+}
+
 /// The shared state every part reads, built once per process.
-struct Shared {
+struct Services {
     health: Arc<HealthState>,
     telemetry: Arc<Telemetry>,
     board: ActorBoard,
@@ -58,9 +93,7 @@ struct Shared {
 fn guard_reload(sources: ConfigSources) -> Option<Reload> {
     let file = sources.file.clone()?;
     let load = move || {
-        Settings::load(&sources)
-            .map(|settings| settings.guard)
-            .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+        Settings::load(&sources).map(|settings| settings.guard).map_err(|errors| ConfigErrors(errors).into())
     };
     Some(Reload { files: vec![file], load: Arc::new(load) })
 }
@@ -69,44 +102,45 @@ fn guard_reload(sources: ConfigSources) -> Option<Reload> {
 /// supervisor (known once it runs, hence the cell).
 fn router_spec(
     settings: &Settings,
-    shared: &Shared,
+    services: &Services,
     supervisor: Arc<OnceLock<Recipient<Adopt>>>,
 ) -> ChildSpec {
     let catalog = Arc::new(settings.models.catalog.clone());
-    let registry = shared.models.clone();
+    let registry = services.models.clone();
     ChildSpec::new("router", true, move || {
         let started = match supervisor.get() {
             Some(supervisor) => {
                 Router::start(&catalog, &ModelCache::from_environment(), &registry, supervisor)
+                    .map_err(Into::into)
             }
-            None => Err("the supervisor is not running yet".to_owned()),
+            None => Err("the supervisor is not running yet".into()),
         };
         async move { started }
     })
 }
 
-fn child_specs(settings: &Settings, shared: &Shared) -> Vec<ChildSpec> {
+fn child_specs(settings: &Settings, services: &Services) -> Vec<ChildSpec> {
     let monitoring = &settings.monitoring;
     let probe_interval = Duration::from_secs(monitoring.probe_interval_s);
     let health_config =
         HealthMonitorConfig { probe_interval, probe_timeout: probe_interval.min(Duration::from_secs(2)) };
-    let (health, board) = (shared.health.clone(), shared.board.clone());
-    let telemetry = shared.telemetry.clone();
-    let mut probes = shared.models.probes();
-    probes.push(Arc::new(StoreProbe(shared.identity.clone())));
-    let (authenticator, events) = (shared.identity.clone(), shared.identity_events.clone());
+    let (health, board) = (services.health.clone(), services.board.clone());
+    let telemetry = services.telemetry.clone();
+    let mut probes = services.models.probes();
+    probes.push(Arc::new(StoreProbe(services.identity.clone())));
+    let (authenticator, events) = (services.identity.clone(), services.identity_events.clone());
     let auth_config = AuthActorConfig {
         last_used_flush: Duration::from_secs(settings.auth.last_used_flush_s),
         resync_interval: Duration::from_secs(settings.auth.resync_interval_s),
     };
     let collection_interval = Duration::from_secs(monitoring.collection_interval_s);
-    let limiter = shared.limiting.limiter.clone();
-    let (guard, guard_reload) = (shared.guard.clone(), shared.guard_reload.clone());
+    let limiter = services.limiting.limiter.clone();
+    let (guard, guard_reload) = (services.guard.clone(), services.guard_reload.clone());
     let mut specs = vec![ChildSpec::new("guard", true, move || {
         let actor = GuardActor::new(guard.clone(), guard_reload.clone());
         async move { Ok(actor) }
     })];
-    if let Some(cache) = shared.cache.clone() {
+    if let Some(cache) = services.cache.clone() {
         let redis_url = cache_redis_url(settings);
         let timeout = Duration::from_millis(settings.cache.redis_timeout_ms);
         specs.push(ChildSpec::new("cache", true, move || {
@@ -142,7 +176,7 @@ fn cache_redis_url(settings: &Settings) -> Option<String> {
 
 /// The response cache, if on: memory, then Redis when configured, then
 /// disk under the data dir.
-fn open_cache(settings: &Settings) -> Result<Option<Arc<ResponseCache>>, String> {
+fn open_cache(settings: &Settings) -> Result<Option<Arc<ResponseCache>>, CacheOpenError> {
     let cache = &settings.cache;
     if !cache.enabled {
         return Ok(None);
@@ -165,7 +199,7 @@ fn open_cache(settings: &Settings) -> Result<Option<Arc<ResponseCache>>, String>
     ResponseCache::open(&options).map(Some)
 }
 
-async fn serve(settings: Settings, guard_reload: Option<Reload>, offline: bool) -> Result<(), String> {
+async fn serve(settings: Settings, guard_reload: Option<Reload>, offline: bool) -> Result<(), StartError> {
     let build = crate::build_info();
     info!(version = build.version, git_sha = build.git_sha, profile = build.profile, "starting");
     ensure_models(&settings, offline).await?;
@@ -174,11 +208,10 @@ async fn serve(settings: Settings, guard_reload: Option<Reload>, offline: bool) 
         &build,
         Duration::from_secs(monitoring.collection_interval_s),
         Duration::from_secs(monitoring.retention_s),
-    )
-    .map_err(|error| error.to_string())?;
+    )?;
     let models = ModelRegistry::expecting(settings.models.catalog.keys().cloned());
     let identity = open_identity(&settings).await?;
-    let shared = Shared {
+    let services = Services {
         health: HealthState::new(build),
         telemetry,
         board: ActorBoard::default(),
@@ -191,28 +224,28 @@ async fn serve(settings: Settings, guard_reload: Option<Reload>, offline: bool) 
         guard_reload,
     };
     let adopt = Arc::new(OnceLock::new());
-    let mut specs = child_specs(&settings, &shared);
-    specs.push(router_spec(&settings, &shared, adopt.clone()));
-    let supervisor = Supervisor::new(specs, shared.board.clone(), Backoff::default()).start();
+    let mut specs = child_specs(&settings, &services);
+    specs.push(router_spec(&settings, &services, adopt.clone()));
+    let supervisor = Supervisor::new(specs, services.board.clone(), Backoff::default()).start();
     let _ = adopt.set(supervisor.clone().recipient());
-    supervisor.send(StartAll).await.map_err(|error| format!("supervisor: {error}"))?;
+    supervisor.send(StartAll).await?;
 
-    let result = run_http(&settings, &shared, supervisor.clone()).await;
+    let result = run_http(&settings, &services, supervisor.clone()).await;
     if supervisor.send(StopAll).await.is_err() {
         warn!("the supervisor was gone at shutdown");
     }
-    if let Some(cache) = &shared.cache {
+    if let Some(cache) = &services.cache {
         // Queued disk writes land before the process goes.
         cache.flush().await;
     }
-    if let Err(error) = shared.identity.flush_last_used().await {
+    if let Err(error) = services.identity.flush_last_used().await {
         warn!(error = %error, "cannot write the last key uses at shutdown");
     }
     result
 }
 
 /// The rate limiter, on Redis when configured (shared by replicas).
-fn limiting(settings: &Settings) -> Result<Arc<Limiting>, String> {
+fn limiting(settings: &Settings) -> Result<Arc<Limiting>, RedisError> {
     use crate::settings::RateLimitBackend;
     let limits = &settings.rate_limits;
     let redis_url = match limits.backend {
@@ -239,7 +272,7 @@ fn limiting(settings: &Settings) -> Result<Arc<Limiting>, String> {
 
 /// Opens the identity store and, on an empty one, creates the first admin.
 /// A generated key is printed once on stdout, outside the logs.
-async fn open_identity(settings: &Settings) -> Result<blaze_actors::auth::Identity, String> {
+async fn open_identity(settings: &Settings) -> Result<blaze_actors::auth::Identity, StartError> {
     let identity = blaze_actors::auth::open(crate::identity::options(settings)).await?;
     let configured = Some(settings.auth.bootstrap_key.as_str()).filter(|key| !key.is_empty());
     match identity.authenticator.bootstrap(configured, &settings.auth.bootstrap_email).await? {
@@ -262,37 +295,38 @@ async fn open_identity(settings: &Settings) -> Result<blaze_actors::auth::Identi
 
 /// Pulls the models missing from the cache, or with `--offline` refuses to
 /// start without them.
-async fn ensure_models(settings: &Settings, offline: bool) -> Result<(), String> {
+async fn ensure_models(settings: &Settings, offline: bool) -> Result<(), StartError> {
     let missing = crate::models::missing(&settings.models);
     if missing.is_empty() {
         return Ok(());
     }
     if offline {
-        return Err(format!(
-            "--offline, and these models are not in the cache: {}; run `blaze models pull` first",
-            missing.join(", ")
-        ));
+        return Err(StartError::Offline(missing.join(", ")));
     }
     info!(models = missing.join(", "), "pulling missing models");
-    crate::models::pull(&settings.models, &missing, crate::models::Progress::Log).await
+    Ok(crate::models::pull(&settings.models, &missing, crate::models::Progress::Log).await?)
 }
 
-async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervisor>) -> Result<(), String> {
+async fn run_http(
+    settings: &Settings,
+    services: &Services,
+    supervisor: Addr<Supervisor>,
+) -> Result<(), StartError> {
     let server_settings = settings.server.clone();
     let state = AppState {
-        health: shared.health.clone(),
-        telemetry: shared.telemetry.clone(),
+        health: services.health.clone(),
+        telemetry: services.telemetry.clone(),
         supervisor,
-        auth: shared.identity.clone(),
+        auth: services.identity.clone(),
         pipeline: Pipeline {
-            models: shared.models.clone(),
-            guard: shared.guard.clone(),
-            cache: shared
+            models: services.models.clone(),
+            guard: services.guard.clone(),
+            cache: services
                 .cache
                 .clone()
                 .map(|cache| CacheAccess { cache, shared: settings.cache.shared_across_users }),
             validation: settings.validation,
-            limiting: shared.limiting.clone(),
+            limiting: services.limiting.clone(),
         },
         sockets: http::websocket::Sockets::new(
             settings.websocket,
@@ -330,8 +364,9 @@ async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervi
     .shutdown_timeout(server_settings.shutdown_grace_s)
     .disable_signals()
     .bind((server_settings.host.as_str(), server_settings.port))
-    .map_err(|error| {
-        format!("cannot listen on {}:{}: {error}", server_settings.host, server_settings.port)
+    .map_err(|source| StartError::Listen {
+        address: format!("{}:{}", server_settings.host, server_settings.port),
+        source,
     })?;
     for address in server.addrs() {
         info!(address = %address, workers, "listening");
@@ -348,8 +383,8 @@ async fn run_http(settings: &Settings, shared: &Shared, supervisor: Addr<Supervi
         clippy::disallowed_methods,
         reason = "waits for the signal that ends the server; it lives as long as the server"
     )]
-    actix_rt::spawn(drain_on_signal(server.handle(), shared.health.clone(), sockets, server_settings));
-    server.await.map_err(|error| format!("server: {error}"))
+    actix_rt::spawn(drain_on_signal(server.handle(), services.health.clone(), sockets, server_settings));
+    server.await.map_err(StartError::Server)
 }
 
 /// First SIGTERM or SIGINT: readiness turns 503 at once; for

@@ -137,7 +137,7 @@ pub fn run() -> ExitCode {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
             let pulled = match runtime {
                 Ok(runtime) => runtime.block_on(crate::models::pull(&settings.models, &ids, Progress::Bar)),
-                Err(error) => Err(error.to_string()),
+                Err(error) => Err(crate::models::ModelsError::Runtime(error)),
             };
             match pulled {
                 Ok(()) => ExitCode::SUCCESS,

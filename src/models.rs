@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use blaze_actors::router::{ModelCache, ModelFiles, ModelSpec, PullEvent, PullOutcome, Puller};
+use blaze_actors::router::{ModelCache, ModelFiles, ModelSpec, PullError, PullEvent, PullOutcome, Puller};
 use indicatif::{ProgressBar, ProgressStyle};
 use tracing::info;
 
@@ -19,11 +19,25 @@ pub enum Progress {
     Log,
 }
 
+/// Why models cannot be pulled.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelsError {
+    #[error("no model `{id}` in the catalog; configured: {configured}")]
+    NotInCatalog { id: String, configured: String },
+    #[error("{id}: {source}")]
+    Pull { id: String, source: PullError },
+    /// The puller itself cannot start (its HTTP client).
+    #[error(transparent)]
+    Puller(PullError),
+    #[error("cannot start the pull's runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
 /// The models to act on: the named ones (each must exist), or all.
 fn select<'a>(
     settings: &'a ModelsSettings,
     ids: &[String],
-) -> Result<Vec<(&'a String, &'a ModelSpec)>, String> {
+) -> Result<Vec<(&'a String, &'a ModelSpec)>, ModelsError> {
     if ids.is_empty() {
         return Ok(settings.catalog.iter().collect());
     }
@@ -31,7 +45,7 @@ fn select<'a>(
         .map(|id| {
             settings.catalog.get_key_value(id).ok_or_else(|| {
                 let known: Vec<_> = settings.catalog.keys().map(String::as_str).collect();
-                format!("no model `{id}` in the catalog; configured: {}", known.join(", "))
+                ModelsError::NotInCatalog { id: id.clone(), configured: known.join(", ") }
             })
         })
         .collect()
@@ -39,10 +53,10 @@ fn select<'a>(
 
 /// Pulls the selected models into the cache; stops at the first failure,
 /// naming the model.
-pub async fn pull(settings: &ModelsSettings, ids: &[String], progress: Progress) -> Result<(), String> {
+pub async fn pull(settings: &ModelsSettings, ids: &[String], progress: Progress) -> Result<(), ModelsError> {
     let selected = select(settings, ids)?;
     let cache = ModelCache::from_environment();
-    let puller = Puller::new(&settings.index_url, cache).map_err(|error| error.to_string())?;
+    let puller = Puller::new(&settings.index_url, cache).map_err(ModelsError::Puller)?;
     for (id, spec) in selected {
         let started = Instant::now();
         let bar = ProgressBar::hidden();
@@ -67,7 +81,10 @@ pub async fn pull(settings: &ModelsSettings, ids: &[String], progress: Progress)
             PullEvent::Progress { bytes } => bar.inc(bytes),
             PullEvent::Extracting => bar.set_message(format!("{id} (extracting)")),
         };
-        let outcome = puller.pull(id, spec, &on_event).await.map_err(|error| format!("{id}: {error}"));
+        let outcome = puller
+            .pull(id, spec, &on_event)
+            .await
+            .map_err(|source| ModelsError::Pull { id: id.clone(), source });
         bar.finish_and_clear();
         let outcome = outcome?;
         let seconds = started.elapsed().as_secs_f64();

@@ -40,26 +40,52 @@ pub fn local_address(server: &ServerSettings) -> String {
     format!("{host}:{}", server.port)
 }
 
+/// Why the server is not healthy as seen from here.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthCheckError {
+    #[error("bad address {address}: {source}")]
+    Address { address: String, source: std::io::Error },
+    #[error("bad address {0}: it resolves to nothing")]
+    Unresolved(String),
+    #[error("cannot connect to {address}: {source}")]
+    Connect { address: String, source: std::io::Error },
+    #[error("cannot set timeouts: {0}")]
+    Timeouts(std::io::Error),
+    #[error("cannot send to {address}: {source}")]
+    Send { address: String, source: std::io::Error },
+    #[error("no answer from {address}: {source}")]
+    NoAnswer { address: String, source: std::io::Error },
+    /// `url` answered, with a status other than 200.
+    #[error("{url} answered {status_line}")]
+    Status { url: String, status_line: String },
+    #[error("{0} gave no HTTP status line")]
+    NoStatusLine(String),
+}
+
 /// Asks `address` (`host:port`) for `probe`'s endpoint; Ok with the status
 /// line when it answers 200, Err saying what went wrong otherwise.
-pub fn check(address: &str, probe: Probe, timeout: Duration) -> Result<String, String> {
+pub fn check(address: &str, probe: Probe, timeout: Duration) -> Result<String, HealthCheckError> {
     let socket_address = resolve(address)?;
     let mut stream = TcpStream::connect_timeout(&socket_address, timeout)
-        .map_err(|error| format!("cannot connect to {address}: {error}"))?;
+        .map_err(|source| HealthCheckError::Connect { address: address.to_owned(), source })?;
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|error| format!("cannot set timeouts: {error}"))?;
+        .map_err(HealthCheckError::Timeouts)?;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: blaze-health\r\nConnection: close\r\n\r\n",
         probe.path()
     );
-    stream.write_all(request.as_bytes()).map_err(|error| format!("cannot send to {address}: {error}"))?;
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|source| HealthCheckError::Send { address: address.to_owned(), source })?;
     // The status line is all we need; the body may be a JSON document.
     let mut head = Vec::with_capacity(256);
     let mut buffer = [0u8; 256];
     while !head.contains(&b'\n') && head.len() < 4096 {
-        let read = stream.read(&mut buffer).map_err(|error| format!("no answer from {address}: {error}"))?;
+        let read = stream
+            .read(&mut buffer)
+            .map_err(|source| HealthCheckError::NoAnswer { address: address.to_owned(), source })?;
         if read == 0 {
             break;
         }
@@ -68,17 +94,17 @@ pub fn check(address: &str, probe: Probe, timeout: Duration) -> Result<String, S
     let status_line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().trim().to_owned();
     match status_line.split_whitespace().nth(1) {
         Some("200") => Ok(status_line),
-        Some(_) => Err(format!("{}{} answered {status_line}", address, probe.path())),
-        None => Err(format!("{}{} gave no HTTP status line", address, probe.path())),
+        Some(_) => Err(HealthCheckError::Status { url: format!("{address}{}", probe.path()), status_line }),
+        None => Err(HealthCheckError::NoStatusLine(format!("{address}{}", probe.path()))),
     }
 }
 
-fn resolve(address: &str) -> Result<SocketAddr, String> {
+fn resolve(address: &str) -> Result<SocketAddr, HealthCheckError> {
     address
         .to_socket_addrs()
-        .map_err(|error| format!("bad address {address}: {error}"))?
+        .map_err(|source| HealthCheckError::Address { address: address.to_owned(), source })?
         .next()
-        .ok_or_else(|| format!("bad address {address}: it resolves to nothing"))
+        .ok_or_else(|| HealthCheckError::Unresolved(address.to_owned()))
 }
 
 #[cfg(test)]
@@ -106,7 +132,7 @@ mod tests {
         let address = serve_once("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}");
         assert_eq!(check(&address, Probe::Ready, Duration::from_secs(2)).unwrap(), "HTTP/1.1 200 OK");
         let address = serve_once("HTTP/1.1 503 Service Unavailable\r\n\r\n");
-        let error = check(&address, Probe::Ready, Duration::from_secs(2)).unwrap_err();
+        let error = check(&address, Probe::Ready, Duration::from_secs(2)).unwrap_err().to_string();
         assert!(error.ends_with("answered HTTP/1.1 503 Service Unavailable"), "{error}");
     }
 
@@ -116,6 +142,8 @@ mod tests {
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
         let error = check(&address, Probe::Live, Duration::from_secs(2)).unwrap_err();
+        assert!(matches!(error, HealthCheckError::Connect { .. }), "{error:?}");
+        let error = error.to_string();
         assert!(error.starts_with(&format!("cannot connect to {address}")), "{error}");
     }
 

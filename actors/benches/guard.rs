@@ -87,7 +87,7 @@ fn main() -> Result<(), String> {
     let patterns: usize = config.categories.values().map(|category| category.patterns.len()).sum();
     // Scores would cool the bench down after its first blocks.
     config.scores.block_points = 0.0;
-    let guard = Guard::new(config)?;
+    let guard = Guard::new(config).map_err(|error| error.to_string())?;
     println!("default pattern set: {patterns} patterns");
     for (label, unit) in [("ascii", ASCII_PROSE), ("mixed", MIXED_PROSE)] {
         for bytes in [1_000, 100_000] {

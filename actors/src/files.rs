@@ -4,11 +4,25 @@
 //! dir is not changed (it may be shared, such as /tmp): one that others
 //! can read is named in a warning.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A data-dir file or directory that cannot be made or made private.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct FileError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+impl FileError {
+    fn at(path: &Path) -> impl Fn(std::io::Error) -> Self + '_ {
+        move |source| Self { path: path.to_owned(), source }
+    }
+}
 
 /// Creates `directory` (and missing parents) readable by its owner only.
-pub fn private_directory(directory: &Path) -> Result<(), String> {
-    let describe = |error: std::io::Error| format!("{}: {error}", directory.display());
+pub fn private_directory(directory: &Path) -> Result<(), FileError> {
+    let describe = FileError::at(directory);
     if directory.is_dir() {
         #[cfg(unix)]
         {
@@ -33,20 +47,20 @@ pub fn private_directory(directory: &Path) -> Result<(), String> {
 
 /// Creates `path` empty with mode 0600 if it is missing (SQLite then gives
 /// its -wal and -shm files the same mode), or tightens an existing one.
-pub fn private_file(path: &Path) -> Result<(), String> {
-    let describe = |error: std::io::Error| format!("{}: {error}", path.display());
+pub fn private_file(path: &Path) -> Result<(), FileError> {
+    let describe = FileError::at(path);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(false);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path).map_err(describe)?;
-    restrict(path, 0o600).map_err(describe)?;
+    options.open(path).map_err(&describe)?;
+    restrict(path, 0o600).map_err(&describe)?;
     for suffix in ["-wal", "-shm"] {
         let mut companion = path.as_os_str().to_owned();
         companion.push(suffix);
         let companion = Path::new(&companion);
         if companion.exists() {
-            restrict(companion, 0o600).map_err(describe)?;
+            restrict(companion, 0o600).map_err(FileError::at(companion))?;
         }
     }
     Ok(())

@@ -34,6 +34,10 @@ pub mod ratelimit;
 mod redis;
 pub mod router;
 pub mod supervisor;
+
+/// What any Redis call fails with (the rate limiter's and the cache's
+/// start-up errors carry it).
+pub use self::redis::RedisError;
 /// PostgreSQL schemas of a test's own, dropped afterwards.
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod test_postgres;

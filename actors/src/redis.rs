@@ -9,8 +9,22 @@ use fred::clients::SubscriberClient;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::prelude::{Builder, Client, Config, ReconnectPolicy};
 
-pub fn client_builder(url: &str, timeout: Duration) -> Result<Builder, String> {
-    let config = Config::from_url(url).map_err(|error| format!("redis_url: {error}"))?;
+/// What a Redis call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("redis_url: {0}")]
+    InvalidUrl(fred::error::Error),
+    #[error("{0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// A script answered in a shape its caller does not know.
+    #[error("the {script} script answered {numbers} numbers")]
+    UnexpectedReply { script: &'static str, numbers: usize },
+}
+
+pub fn client_builder(url: &str, timeout: Duration) -> Result<Builder, RedisError> {
+    let config = Config::from_url(url).map_err(RedisError::InvalidUrl)?;
     let mut builder = Builder::from_config(config);
     builder
         .with_connection_config(|connection| {
@@ -75,14 +89,13 @@ pub struct ChannelSubscription {
 }
 
 impl ChannelSubscription {
-    pub async fn open(url: &str, channel: &str, timeout: Duration) -> Result<Self, String> {
-        let client =
-            client_builder(url, timeout)?.build_subscriber_client().map_err(|error| error.to_string())?;
+    pub async fn open(url: &str, channel: &str, timeout: Duration) -> Result<Self, RedisError> {
+        let client = client_builder(url, timeout)?.build_subscriber_client()?;
         let messages = client.message_rx();
         let reconnects = client.reconnect_rx();
-        client.init().await.map_err(|error| error.to_string())?;
+        client.init().await?;
         let resubscribe = client.manage_subscriptions();
-        client.subscribe(channel).await.map_err(|error| error.to_string())?;
+        client.subscribe(channel).await?;
         Ok(Self { client, messages, reconnects, resubscribe })
     }
 

@@ -57,6 +57,7 @@ fn admin_error(error: AdminError) -> ApiError {
             tracing::warn!(error = %store, "identity store failed");
             ApiError::unauthenticated(Failure::StoreUnavailable)
         }
+        AdminError::Secret(secret) => ApiError::internal_failure("making a secret", &secret),
     }
 }
 

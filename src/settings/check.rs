@@ -10,7 +10,7 @@ impl Settings {
         if let Err(problem) =
             crate::http::client::TrustedProxies::parse(&server.trusted_proxies, server.forwarded_header)
         {
-            problems.push(("server.trusted_proxies", problem));
+            problems.push(("server.trusted_proxies", problem.to_string()));
         }
         let bodies = &server.body_limits;
         for (key, value) in [
@@ -31,7 +31,7 @@ impl Settings {
         let guard = &self.guard;
         let mut problems = Vec::new();
         if let Err(problem) = blaze_actors::guard::PatternSet::compile(&guard.categories) {
-            problems.push(("guard.categories", problem));
+            problems.push(("guard.categories", problem.to_string()));
         }
         if guard.output_holdback_bytes > 1 << 20 {
             problems.push(("guard.output_holdback_bytes", "must be at most 1048576".to_owned()));

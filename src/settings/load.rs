@@ -45,6 +45,11 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Every problem of a configuration that does not load, as one error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
 struct Layer {
     origin: String,
     config: Config,

@@ -20,7 +20,7 @@ use blaze_actors::router::ModelSpec;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::load::{ConfigError, ConfigSources, PROFILES};
+pub use self::load::{ConfigError, ConfigErrors, ConfigSources, PROFILES};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

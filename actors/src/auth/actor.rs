@@ -133,7 +133,7 @@ async fn listen(authenticator: Arc<Authenticator>, source: EventSource) {
                 if failures == 1 || failures.is_multiple_of(60) {
                     tracing::warn!(
                         source = source.name(),
-                        error,
+                        %error,
                         "cannot subscribe to identity events; retrying"
                     );
                 }

@@ -13,7 +13,17 @@ use fred::prelude::Client;
 use serde::{Deserialize, Serialize};
 
 use super::store::Revocation;
-use crate::redis::{client_builder, ChannelSubscription, Connection, Delivery};
+use crate::redis::{client_builder, ChannelSubscription, Connection, Delivery, RedisError};
+
+/// Why a subscription to other replicas' events cannot open (the caller
+/// retries).
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error("{0}")]
+    Postgres(#[from] tokio_postgres::Error),
+}
 
 /// The channel every replica listens on (Redis channel, PostgreSQL
 /// notification channel).
@@ -46,8 +56,8 @@ impl EventBus {
     /// A Redis publisher; it connects in the background and keeps trying,
     /// so a Redis that is down at start-up delays nothing and is used once
     /// it is up. Must be called within the Tokio runtime.
-    pub fn redis(url: &str) -> Result<Self, String> {
-        let client = client_builder(url, REDIS_TIMEOUT)?.build().map_err(|error| error.to_string())?;
+    pub fn redis(url: &str) -> Result<Self, RedisError> {
+        let client = client_builder(url, REDIS_TIMEOUT)?.build()?;
         let connection = Arc::new(Connection::open(&client));
         Ok(Self::Redis { client, _connection: connection })
     }
@@ -103,14 +113,13 @@ pub enum Subscription {
 }
 
 impl Subscription {
-    pub async fn redis(url: &str) -> Result<Self, String> {
-        ChannelSubscription::open(url, CHANNEL, REDIS_TIMEOUT).await.map(Self::Redis)
+    pub async fn redis(url: &str) -> Result<Self, SubscribeError> {
+        Ok(Self::Redis(ChannelSubscription::open(url, CHANNEL, REDIS_TIMEOUT).await?))
     }
 
     /// A dedicated connection (not from the pool) that LISTENs.
-    pub async fn postgres(config: tokio_postgres::Config) -> Result<Self, String> {
-        let (client, mut connection) =
-            config.connect(tokio_postgres::NoTls).await.map_err(|error| error.to_string())?;
+    pub async fn postgres(config: tokio_postgres::Config) -> Result<Self, SubscribeError> {
+        let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
         let (sender, notifications) = tokio::sync::mpsc::unbounded_channel();
         #[expect(
             clippy::disallowed_methods,
@@ -126,7 +135,7 @@ impl Subscription {
                 }
             }
         });
-        client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(|error| error.to_string())?;
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
         Ok(Self::Postgres { _client: client, notifications, task })
     }
 

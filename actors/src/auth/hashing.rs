@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::secrets;
+use super::secrets::{self, SecretError};
 
 /// How the pool is sized.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +41,7 @@ pub struct Busy;
 
 enum Job {
     Verify { password: String, hash: Option<String>, reply: oneshot::Sender<bool> },
-    Hash { password: String, reply: oneshot::Sender<Result<String, String>> },
+    Hash { password: String, reply: oneshot::Sender<Result<String, SecretError>> },
 }
 
 /// The pool's queue; the threads end when it is dropped.
@@ -64,8 +64,13 @@ impl Drop for Place {
     }
 }
 
+/// A password hashing thread cannot start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start a password hashing thread: {0}")]
+pub struct HashingStartError(std::io::Error);
+
 impl PasswordHashing {
-    pub fn start(config: HashingConfig) -> Result<Arc<Self>, String> {
+    pub fn start(config: HashingConfig) -> Result<Arc<Self>, HashingStartError> {
         let places = config.threads.max(1) + config.queue.max(1);
         // Room for every place: a job with a place never waits to be queued.
         let (sender, receiver) = sync_channel::<Job>(places);
@@ -86,7 +91,7 @@ impl PasswordHashing {
                         }
                     }
                 })
-                .map_err(|error| format!("cannot start a password hashing thread: {error}"))?;
+                .map_err(HashingStartError)?;
         }
         Ok(Arc::new(Self { queue: sender, taken: Arc::new(AtomicUsize::new(0)), places }))
     }
@@ -116,10 +121,10 @@ impl PasswordHashing {
     }
 
     /// A new argon2id hash of `password`.
-    pub async fn hash(&self, place: Place, password: String) -> Result<String, String> {
+    pub async fn hash(&self, place: Place, password: String) -> Result<String, SecretError> {
         let (reply, answer) = oneshot::channel();
         self.submit(Job::Hash { password, reply });
-        let hashed = answer.await.unwrap_or_else(|_| Err("the password hashing thread stopped".to_owned()));
+        let hashed = answer.await.unwrap_or(Err(SecretError::HashingStopped));
         drop(place);
         hashed
     }

@@ -119,20 +119,80 @@ pub struct JwtSettings {
     pub leeway_s: u64,
 }
 
-fn read(path: &PathBuf) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))
+/// Why the JWT keys cannot load.
+#[derive(Debug, thiserror::Error)]
+pub enum JwtKeyError {
+    #[error("no JWT key is configured and none was generated")]
+    NoKey,
+    #[error("the generated HS256 secret: {0}")]
+    Generated(jsonwebtoken::errors::Error),
+    #[error("auth.jwt.keys `{kid}`: {problem}")]
+    Key { kid: String, problem: KeyProblem },
+    #[error("auth.jwt.signing_kid `{0}`: no configured key with that kid can sign")]
+    NoSigner(String),
 }
 
-fn hs256(secret: &[u8]) -> Result<(DecodingKey, EncodingKey), String> {
-    let decoding = DecodingKey::from_secret(secret).map_err(|error| error.to_string())?;
-    let encoding = EncodingKey::from_secret(secret).map_err(|error| error.to_string())?;
-    Ok((decoding, encoding))
+/// What is wrong with one configured key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyProblem {
+    #[error("HS256 needs secret_file")]
+    NoSecretFile,
+    #[error("needs public_key_file")]
+    NoPublicKeyFile,
+    #[error("the secret must be at least {MIN_SECRET_LEN} bytes")]
+    ShortSecret,
+    #[error("{}: {source}", path.display())]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(#[from] jsonwebtoken::errors::Error),
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>, KeyProblem> {
+    std::fs::read(path).map_err(|source| KeyProblem::Unreadable { path: path.clone(), source })
+}
+
+fn hs256(secret: &[u8]) -> Result<(DecodingKey, EncodingKey), jsonwebtoken::errors::Error> {
+    Ok((DecodingKey::from_secret(secret)?, EncodingKey::from_secret(secret)?))
 }
 
 /// A kid derived from a secret: stable across restarts, reveals nothing.
 pub fn kid_of_secret(secret: &[u8]) -> String {
     let digest = sha2::Sha256::digest(secret);
     format!("hs256-{}", hex::encode(&digest[..6]))
+}
+
+/// One configured key: its algorithm, how it verifies, and how it signs
+/// where its private part is given.
+fn key_of(spec: &JwtKeySpec) -> Result<(Algorithm, DecodingKey, Option<EncodingKey>), KeyProblem> {
+    match spec.algorithm {
+        JwtAlgorithm::HS256 => {
+            let path = spec.secret_file.as_ref().ok_or(KeyProblem::NoSecretFile)?;
+            let secret = read(path)?;
+            let secret = secret.trim_ascii();
+            if secret.len() < MIN_SECRET_LEN {
+                return Err(KeyProblem::ShortSecret);
+            }
+            let (decoding, encoding) = hs256(secret)?;
+            Ok((Algorithm::HS256, decoding, Some(encoding)))
+        }
+        JwtAlgorithm::EdDSA | JwtAlgorithm::RS256 => {
+            let path = spec.public_key_file.as_ref().ok_or(KeyProblem::NoPublicKeyFile)?;
+            let public = read(path)?;
+            let private = spec.private_key_file.as_ref().map(read).transpose()?;
+            let (decoding, encoding) = if spec.algorithm == JwtAlgorithm::EdDSA {
+                (
+                    DecodingKey::from_ed_pem(&public)?,
+                    private.map(|pem| EncodingKey::from_ed_pem(&pem)).transpose()?,
+                )
+            } else {
+                (
+                    DecodingKey::from_rsa_pem(&public)?,
+                    private.map(|pem| EncodingKey::from_rsa_pem(&pem)).transpose()?,
+                )
+            };
+            Ok((spec.algorithm.algorithm(), decoding, encoding))
+        }
+    }
 }
 
 impl JwtKeys {
@@ -144,7 +204,7 @@ impl JwtKeys {
         signing_kid: &str,
         generated_secret: Option<Vec<u8>>,
         settings: &JwtSettings,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, JwtKeyError> {
         let mut verifying = HashMap::new();
         let mut signers = Vec::new();
         let mut add =
@@ -163,69 +223,30 @@ impl JwtKeys {
                 verifying.insert(kid, VerifyingKey { key: decoding, validation });
             };
         if specs.is_empty() {
-            let secret = generated_secret.ok_or("no JWT key is configured and none was generated")?;
-            let (decoding, encoding) = hs256(&secret)?;
+            let secret = generated_secret.ok_or(JwtKeyError::NoKey)?;
+            let (decoding, encoding) = hs256(&secret).map_err(JwtKeyError::Generated)?;
             add(kid_of_secret(&secret), Algorithm::HS256, decoding, Some(encoding));
         }
         for spec in specs {
-            let problem = |text: String| format!("auth.jwt.keys `{}`: {text}", spec.kid);
-            match spec.algorithm {
-                JwtAlgorithm::HS256 => {
-                    let path =
-                        spec.secret_file.as_ref().ok_or_else(|| problem("HS256 needs secret_file".into()))?;
-                    let secret = read(path).map_err(problem)?;
-                    let secret = secret.trim_ascii().to_vec();
-                    if secret.len() < MIN_SECRET_LEN {
-                        return Err(problem(format!("the secret must be at least {MIN_SECRET_LEN} bytes")));
-                    }
-                    let (decoding, encoding) = hs256(&secret).map_err(problem)?;
-                    add(spec.kid.clone(), Algorithm::HS256, decoding, Some(encoding));
-                }
-                JwtAlgorithm::EdDSA | JwtAlgorithm::RS256 => {
-                    let path = spec
-                        .public_key_file
-                        .as_ref()
-                        .ok_or_else(|| problem("needs public_key_file".into()))?;
-                    let public = read(path).map_err(problem)?;
-                    let private = spec.private_key_file.as_ref().map(read).transpose().map_err(problem)?;
-                    let (decoding, encoding) = if spec.algorithm == JwtAlgorithm::EdDSA {
-                        (
-                            DecodingKey::from_ed_pem(&public).map_err(|error| problem(error.to_string()))?,
-                            private
-                                .map(|pem| EncodingKey::from_ed_pem(&pem))
-                                .transpose()
-                                .map_err(|error| problem(error.to_string()))?,
-                        )
-                    } else {
-                        (
-                            DecodingKey::from_rsa_pem(&public).map_err(|error| problem(error.to_string()))?,
-                            private
-                                .map(|pem| EncodingKey::from_rsa_pem(&pem))
-                                .transpose()
-                                .map_err(|error| problem(error.to_string()))?,
-                        )
-                    };
-                    add(spec.kid.clone(), spec.algorithm.algorithm(), decoding, encoding);
-                }
-            }
+            let (algorithm, decoding, encoding) =
+                key_of(spec).map_err(|problem| JwtKeyError::Key { kid: spec.kid.clone(), problem })?;
+            add(spec.kid.clone(), algorithm, decoding, encoding);
         }
         let signing = if signing_kid.is_empty() {
             signers.into_iter().next()
         } else {
             signers.into_iter().find(|(kid, ..)| kid == signing_kid)
         };
-        let signing = signing.ok_or_else(|| {
-            format!("auth.jwt.signing_kid `{signing_kid}`: no configured key with that kid can sign")
-        })?;
+        let signing = signing.ok_or_else(|| JwtKeyError::NoSigner(signing_kid.to_owned()))?;
         Ok(Self { signing, verifying })
     }
 
     /// Signs claims with the signing key, its kid in the header.
-    pub fn sign(&self, claims: &Claims) -> Result<String, String> {
+    pub fn sign(&self, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
         let (kid, algorithm, key) = &self.signing;
         let mut header = Header::new(*algorithm);
         header.kid = Some(kid.clone());
-        jsonwebtoken::encode(&header, claims, key).map_err(|error| error.to_string())
+        jsonwebtoken::encode(&header, claims, key)
     }
 
     /// Checks a token completely and returns its claims if it is a valid

@@ -33,15 +33,20 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use hmac::Mac;
 
+use crate::health::ProbeError;
+
 pub use self::actor::{AuthActor, AuthActorConfig, EventSource};
 pub use self::authenticator::{
     AdminError, AuthConfig, Authenticator, BruteForceConfig, Credential, Failure, FailureSubject, KeyRequest,
     NewUser, Page, Principal, SignInOrigin, TokenPair, UserUpdate,
 };
 pub use self::hashing::HashingConfig;
+pub use self::hashing::HashingStartError;
+pub use self::jwt::JwtKeyError;
 pub use self::jwt::{JwtAlgorithm, JwtKeySpec, JwtSettings};
+pub use self::secrets::SecretError;
 pub use self::store::{
-    EmbeddedStore, KeyRecord, PostgresOptions, PostgresStore, Role, Store, User, UserStatus,
+    EmbeddedStore, KeyRecord, PostgresOptions, PostgresStore, Role, Store, StoreError, User, UserStatus,
 };
 
 /// Now, in Unix milliseconds.
@@ -71,24 +76,50 @@ pub struct Identity {
     pub events: EventSource,
 }
 
+/// Why the identity service cannot open at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(
+        "security.pepper must be set when storage.database_url is set: every replica sharing the \
+         database must hash keys with the same pepper"
+    )]
+    PepperRequired,
+    #[error("security.pepper: {0}")]
+    Pepper(SecretError),
+    #[error("{}: {source}", path.display())]
+    PepperFile { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Jwt(#[from] jwt::JwtKeyError),
+    #[error("PostgreSQL: {0}")]
+    Postgres(StoreError),
+    #[error("database_url: {0}")]
+    DatabaseUrl(#[from] tokio_postgres::Error),
+    #[error("{}: {source}", path.display())]
+    Embedded { path: PathBuf, source: StoreError },
+    #[error(transparent)]
+    Events(#[from] crate::redis::RedisError),
+    #[error(transparent)]
+    Hashing(#[from] hashing::HashingStartError),
+}
+
 /// Opens the store (applying migrations), loads the pepper and the JWT
 /// keys, and connects the event bus.
-pub async fn open(options: IdentityOptions) -> Result<Identity, String> {
+pub async fn open(options: IdentityOptions) -> Result<Identity, IdentityError> {
     let pepper = match (&options.pepper, &options.postgres) {
         (Some(pepper), _) => pepper.as_bytes().to_vec(),
-        (None, Some(_)) => {
-            return Err("security.pepper must be set when storage.database_url is set: every replica \
-                        sharing the database must hash keys with the same pepper"
-                .to_owned())
-        }
+        (None, Some(_)) => return Err(IdentityError::PepperRequired),
         (None, None) => data_dir_pepper(&options.data_dir)?,
     };
-    let hasher = secrets::KeyHasher::new(&pepper).map_err(|problem| format!("security.pepper: {problem}"))?;
+    let hasher = secrets::KeyHasher::new(&pepper).map_err(IdentityError::Pepper)?;
     // The default HS256 secret derives from the pepper, so replicas that
     // share the pepper share it too, and there is one secret to manage.
     let derived_secret = hmac::Hmac::<sha2::Sha256>::new_from_slice(&pepper)
         .map(|mac| mac.chain_update(b"blaze jwt hs256 v1").finalize().into_bytes().to_vec())
-        .map_err(|error| error.to_string())?;
+        .map_err(|_| IdentityError::Pepper(SecretError::ShortPepper))?;
     let jwt = jwt::JwtKeys::load(
         &options.jwt_keys,
         &options.signing_kid,
@@ -97,8 +128,7 @@ pub async fn open(options: IdentityOptions) -> Result<Identity, String> {
     )?;
     let (store, pool, events): (Arc<dyn Store>, _, _) = match &options.postgres {
         Some(postgres) => {
-            let store =
-                PostgresStore::connect(postgres).await.map_err(|error| format!("PostgreSQL: {error}"))?;
+            let store = PostgresStore::connect(postgres).await.map_err(IdentityError::Postgres)?;
             let pool = store.pool().clone();
             let events = match &options.redis_url {
                 Some(url) => EventSource::Redis(url.clone()),
@@ -109,7 +139,8 @@ pub async fn open(options: IdentityOptions) -> Result<Identity, String> {
         None => {
             let path = options.data_dir.join("identity.db");
             crate::files::private_directory(&options.data_dir)?;
-            let store = EmbeddedStore::open(&path).map_err(|error| format!("{}: {error}", path.display()))?;
+            let store = EmbeddedStore::open(&path)
+                .map_err(|source| IdentityError::Embedded { path: path.clone(), source })?;
             let events = options.redis_url.clone().map_or(EventSource::Local, EventSource::Redis);
             (Arc::new(store), None, events)
         }
@@ -131,16 +162,16 @@ pub async fn open(options: IdentityOptions) -> Result<Identity, String> {
 }
 
 /// The data dir's pepper, made on first start (readable by its owner only).
-fn data_dir_pepper(data_dir: &Path) -> Result<Vec<u8>, String> {
+fn data_dir_pepper(data_dir: &Path) -> Result<Vec<u8>, IdentityError> {
     let path = data_dir.join("pepper");
-    let describe = |error: std::io::Error| format!("{}: {error}", path.display());
+    let describe = |source: std::io::Error| IdentityError::PepperFile { path: path.clone(), source };
     if let Ok(text) = std::fs::read_to_string(&path) {
         // One left readable by an older version is tightened.
         crate::files::private_file(&path)?;
         return Ok(text.trim().as_bytes().to_vec());
     }
     crate::files::private_directory(data_dir)?;
-    let pepper = hex::encode(secrets::random_bytes::<32>().ok_or("the system has no randomness")?);
+    let pepper = hex::encode(secrets::random_bytes::<32>().ok_or(SecretError::NoRandomness)?);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -171,13 +202,14 @@ impl crate::health::Probe for StoreProbe {
         true
     }
 
-    fn check(&self) -> BoxFuture<'static, Result<(), String>> {
+    fn check(&self) -> BoxFuture<'static, Result<(), ProbeError>> {
         let store = self.0.store().clone();
         Box::pin(async move {
-            tokio::time::timeout(Duration::from_secs(2), store.ping())
+            let limit = Duration::from_secs(2);
+            tokio::time::timeout(limit, store.ping())
                 .await
-                .map_err(|_| "no answer within 2 s".to_owned())?
-                .map_err(|error| error.to_string())
+                .map_err(|_| ProbeError::Timeout(limit))?
+                .map_err(|error| ProbeError::Down(error.to_string()))
         })
     }
 }

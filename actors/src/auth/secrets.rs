@@ -21,6 +21,20 @@ pub const KEY_LEN: usize = KEY_PREFIX.len() + ID_HEX_LEN + 1 + SECRET_HEX_LEN;
 /// The shortest pepper accepted: 32 bytes.
 pub const MIN_PEPPER_LEN: usize = 32;
 
+/// What making a secret (a pepper's hasher, a key, an id, a password hash)
+/// can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("the system has no randomness")]
+    NoRandomness,
+    #[error("the pepper must be at least {MIN_PEPPER_LEN} bytes")]
+    ShortPepper,
+    #[error("cannot hash the password: {0}")]
+    PasswordHash(argon2::password_hash::Error),
+    #[error("the password hashing thread stopped")]
+    HashingStopped,
+}
+
 /// A key as the client presents it, parsed but not yet checked.
 #[derive(Clone, Copy)]
 pub struct PresentedKey<'a> {
@@ -83,11 +97,12 @@ pub struct KeyHasher {
 }
 
 impl KeyHasher {
-    pub fn new(pepper: &[u8]) -> Result<Self, String> {
+    pub fn new(pepper: &[u8]) -> Result<Self, SecretError> {
         if pepper.len() < MIN_PEPPER_LEN {
-            return Err(format!("the pepper must be at least {MIN_PEPPER_LEN} bytes"));
+            return Err(SecretError::ShortPepper);
         }
-        let mac = Hmac::<Sha256>::new_from_slice(pepper).map_err(|error| error.to_string())?;
+        // HMAC takes a key of any length: this cannot fail.
+        let mac = Hmac::<Sha256>::new_from_slice(pepper).map_err(|_| SecretError::ShortPepper)?;
         Ok(Self { mac })
     }
 
@@ -109,12 +124,12 @@ impl KeyHasher {
 }
 
 /// An argon2id hash of a password, in the PHC string format.
-pub fn hash_password(password: &str) -> Result<String, String> {
-    let salt = random_bytes::<16>().ok_or("the system has no randomness")?;
+pub fn hash_password(password: &str) -> Result<String, SecretError> {
+    let salt = random_bytes::<16>().ok_or(SecretError::NoRandomness)?;
     Argon2::default()
         .hash_password_with_salt(password.as_bytes(), &salt)
         .map(|hash| hash.to_string())
-        .map_err(|error| error.to_string())
+        .map_err(SecretError::PasswordHash)
 }
 
 /// Whether a password matches its argon2id hash (constant time inside).

@@ -101,7 +101,7 @@ async fn listen(cache: Arc<ResponseCache>, url: String, timeout: Duration) {
             Err(error) => {
                 failures = failures.saturating_add(1);
                 if failures == 1 || failures.is_multiple_of(60) {
-                    tracing::warn!(error, "cannot subscribe to cache invalidations; retrying");
+                    tracing::warn!(%error, "cannot subscribe to cache invalidations; retrying");
                 }
             }
         }

@@ -13,6 +13,8 @@ use sha2::{Digest, Sha256};
 use super::disk::DiskTier;
 use super::memory::{memory_tier, MemoryTier, Stored};
 use super::redis::{RedisSizes, RedisTier};
+use crate::files::FileError;
+use crate::redis::RedisError;
 
 #[derive(Debug, Clone)]
 pub struct CacheOptions {
@@ -106,6 +108,20 @@ fn count(tier: Tier, hit: bool) {
     metrics::counter!("blaze_cache_requests_total", "tier" => tier.name(), "result" => result).increment(1);
 }
 
+/// Why the cache cannot open at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheOpenError {
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("{}: {source}", path.display())]
+    Database { path: PathBuf, source: rusqlite::Error },
+    /// The disk tier's writer thread cannot start.
+    #[error("cannot start the disk cache's writer: {0}")]
+    Writer(std::io::Error),
+}
+
 pub struct ResponseCache {
     memory: MemoryTier,
     redis: Option<Arc<RedisTier>>,
@@ -114,7 +130,7 @@ pub struct ResponseCache {
 }
 
 impl ResponseCache {
-    pub fn open(options: &CacheOptions) -> Result<Arc<Self>, String> {
+    pub fn open(options: &CacheOptions) -> Result<Arc<Self>, CacheOpenError> {
         let redis = match &options.redis_url {
             Some(url) => {
                 Some(Arc::new(RedisTier::connect(url, options.redis_timeout, options.redis_max_value_bytes)?))

@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::core::Invalidation;
+use super::core::{CacheOpenError, Invalidation};
 use super::memory::Stored;
 use crate::auth::now_ms;
 
@@ -60,11 +60,11 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
 impl DiskTier {
     /// Opens (or creates) `<directory>/cache.db`, holding at most
     /// `capacity_bytes` of values.
-    pub fn open(directory: &Path, capacity_bytes: u64) -> Result<Self, String> {
+    pub fn open(directory: &Path, capacity_bytes: u64) -> Result<Self, CacheOpenError> {
         crate::files::private_directory(directory)?;
         let path = directory.join("cache.db");
         crate::files::private_file(&path)?;
-        let failed = |error: rusqlite::Error| format!("{}: {error}", path.display());
+        let failed = |source: rusqlite::Error| CacheOpenError::Database { path: path.clone(), source };
         let writer = open_connection(&path).map_err(failed)?;
         writer.execute_batch(SCHEMA).map_err(failed)?;
         let (bytes, entries): (i64, i64) = writer
@@ -84,7 +84,7 @@ impl DiskTier {
         std::thread::Builder::new()
             .name("cache-disk".to_owned())
             .spawn(move || Writer { connection: writer, capacity_bytes, bytes, entries }.run(&queue))
-            .map_err(|error| error.to_string())?;
+            .map_err(CacheOpenError::Writer)?;
         Ok(tier)
     }
 

@@ -16,5 +16,5 @@ mod redis;
 mod tests;
 
 pub use self::actor::CacheActor;
-pub use self::core::{CacheKey, CacheOptions, Invalidation, Lookup, ResponseCache, Tier};
+pub use self::core::{CacheKey, CacheOpenError, CacheOptions, Invalidation, Lookup, ResponseCache, Tier};
 pub use self::redis::RedisSizes;

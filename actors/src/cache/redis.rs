@@ -13,7 +13,7 @@ use fred::types::scripts::Script;
 use futures_util::StreamExt;
 
 use super::core::Invalidation;
-use crate::redis::{client_builder, Connection};
+use crate::redis::{client_builder, Connection, RedisError};
 
 const PREFIX: &str = "blaze:cache:v1";
 /// The channel invalidations travel on.
@@ -60,8 +60,8 @@ fn escape_glob(text: &str) -> String {
 }
 
 impl RedisTier {
-    pub fn connect(url: &str, timeout: Duration, max_value_bytes: usize) -> Result<Self, String> {
-        let client = client_builder(url, timeout)?.build().map_err(|error| error.to_string())?;
+    pub fn connect(url: &str, timeout: Duration, max_value_bytes: usize) -> Result<Self, RedisError> {
+        let client = client_builder(url, timeout)?.build()?;
         let connection = Connection::open(&client);
         Ok(Self {
             client,
@@ -83,13 +83,13 @@ impl RedisTier {
     ) -> Option<T> {
         let outcome = match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(value)) => return Some(value),
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => format!("no answer within {:?}", self.timeout),
+            Ok(Err(error)) => RedisError::Redis(error),
+            Err(_) => RedisError::Timeout(self.timeout),
         };
         metrics::counter!("blaze_cache_errors_total", "tier" => "redis").increment(1);
         if self.up.swap(false, Ordering::AcqRel) {
             tracing::warn!(
-                error = outcome,
+                error = %outcome,
                 "cache: Redis is unreachable; its tier is skipped until it answers"
             );
         }

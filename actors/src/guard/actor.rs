@@ -17,12 +17,24 @@ use actix::{Actor, AsyncContext, Context};
 use sha2::{Digest, Sha256};
 
 use super::core::{Guard, GuardConfig, Rules};
+use super::patterns::PatternError;
 
 const POLL_EVERY: Duration = Duration::from_secs(1);
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
-/// Reads the guard's configuration again (all layers), for a reload.
-pub type LoadConfig = Arc<dyn Fn() -> Result<GuardConfig, String> + Send + Sync>;
+/// Reads the guard's configuration again (all layers), for a reload; the
+/// error is the configuration's own (the server's settings errors).
+pub type LoadConfig =
+    Arc<dyn Fn() -> Result<GuardConfig, Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
+
+/// Why a reload is refused (the previous patterns stay).
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error("{0}")]
+    Config(Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Patterns(#[from] PatternError),
+}
 
 /// What a reload is driven by: the files to watch, and how to load.
 #[derive(Clone)]
@@ -91,7 +103,7 @@ impl GuardActor {
 /// Loads, compiles and swaps in the guard's configuration; on an error the
 /// current rules stay. Returns whether the new rules are in.
 pub fn reload_now(guard: &Guard, reload: &Reload) -> bool {
-    let outcome = (reload.load)().and_then(Rules::compile);
+    let outcome = (reload.load)().map_err(ReloadError::Config).and_then(|config| Ok(Rules::compile(config)?));
     match outcome {
         Ok(rules) => {
             let patterns = rules.set.names.len();
@@ -102,7 +114,7 @@ pub fn reload_now(guard: &Guard, reload: &Reload) -> bool {
         }
         Err(error) => {
             metrics::counter!("blaze_guard_reloads_total", "result" => "refused").increment(1);
-            tracing::error!(error, "guard: the new patterns are refused; the previous ones stay");
+            tracing::error!(%error, "guard: the new patterns are refused; the previous ones stay");
             false
         }
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
-use super::patterns::{Action, AppliesTo, Categories, PatternSet};
+use super::patterns::{Action, AppliesTo, Categories, PatternError, PatternSet};
 use super::scan::{scan, Finding, Scratch};
 use super::scores::{ScoreSettings, Scores};
 
@@ -77,7 +77,7 @@ pub struct Rules {
 }
 
 impl Rules {
-    pub fn compile(config: GuardConfig) -> Result<Self, String> {
+    pub fn compile(config: GuardConfig) -> Result<Self, PatternError> {
         Ok(Self { set: PatternSet::compile(&config.categories)?, config })
     }
 }
@@ -93,7 +93,7 @@ thread_local! {
 }
 
 impl Guard {
-    pub fn new(config: GuardConfig) -> Result<Arc<Self>, String> {
+    pub fn new(config: GuardConfig) -> Result<Arc<Self>, PatternError> {
         let rules = Rules::compile(config)?;
         let scores = Scores::new(rules.config.scores.clone());
         Ok(Arc::new(Self { rules: ArcSwap::from_pointee(rules), scores }))

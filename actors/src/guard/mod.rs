@@ -21,7 +21,9 @@ mod tests;
 
 pub use self::actor::{reload_now, GuardActor, LoadConfig, Reload};
 pub use self::core::{findings_of, Blocked, Direction, Guard, GuardConfig, Rules, Screening};
-pub use self::patterns::{Action, AppliesTo, Categories, CategorySpec, Check, PatternSet, PatternSpec};
+pub use self::patterns::{
+    Action, AppliesTo, Categories, CategorySpec, Check, PatternError, PatternSet, PatternSpec,
+};
 pub use self::scan::Finding;
 pub use self::scores::{ScoreSettings, Scores};
 pub use self::stream::OutputFilter;

@@ -138,11 +138,30 @@ impl std::fmt::Debug for PatternSet {
 }
 
 /// A build error with what the parser said, not only that it failed.
-fn describe(name: &str, error: &meta::BuildError) -> String {
-    match error.syntax_error() {
-        Some(syntax) => format!("{name}: {syntax}"),
-        None => format!("{name}: {error}"),
-    }
+/// Why the patterns cannot compile: each names the category or pattern
+/// at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("category {0:?}: names are letters, digits and _")]
+    CategoryName(String),
+    /// The regex engine refuses the pattern (`pattern` is
+    /// `category.name`; `squeezed`: its separator-free form).
+    #[error("{pattern}: {reason}")]
+    Refused { pattern: String, reason: String },
+    #[error("{0}: matches the empty text")]
+    MatchesEmpty(String),
+    /// Each compiles alone, but not all of them in one automaton
+    /// (`squeezed`: in their separator-free forms).
+    #[error("the patterns together ({patterns}){}: {reason}", if *.squeezed { ", squeezed" } else { "" })]
+    Together { patterns: String, squeezed: bool, reason: String },
+}
+
+fn describe(name: &str, error: &meta::BuildError) -> PatternError {
+    let reason = match error.syntax_error() {
+        Some(syntax) => syntax.to_string(),
+        None => error.to_string(),
+    };
+    PatternError::Refused { pattern: name.to_owned(), reason }
 }
 
 fn syntax_config() -> syntax::Config {
@@ -165,7 +184,7 @@ fn builder() -> meta::Builder {
 impl PatternSet {
     /// Compiles every category; an error names the category and pattern
     /// at fault.
-    pub fn compile(categories: &Categories) -> Result<Self, String> {
+    pub fn compile(categories: &Categories) -> Result<Self, PatternError> {
         let mut sources = Vec::new();
         let mut meanings = Vec::new();
         let mut names = Vec::new();
@@ -173,7 +192,7 @@ impl PatternSet {
         let mut applies_to = Vec::new();
         for (index, (category, spec)) in categories.iter().enumerate() {
             if category.is_empty() || !category.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("category {category:?}: names are letters, digits and _"));
+                return Err(PatternError::CategoryName(category.clone()));
             }
             category_list.push((category.clone(), spec.action));
             applies_to.push(spec.applies_to);
@@ -181,7 +200,7 @@ impl PatternSet {
                 let name = format!("{category}.{}", pattern.name);
                 let alone = builder().build(&pattern.regex).map_err(|error| describe(&name, &error))?;
                 if alone.is_match("") {
-                    return Err(format!("{name}: matches the empty text"));
+                    return Err(PatternError::MatchesEmpty(name));
                 }
                 sources.push(pattern.regex.clone());
                 meanings.push(Meaning::Pattern { category: index, check: pattern.check });
@@ -191,24 +210,34 @@ impl PatternSet {
         let empty = sources.is_empty();
         let second_look = builder().build_many(&sources).map_err(|error| match error.pattern() {
             Some(id) => describe(&names[id.as_usize()], &error),
-            None => describe(&format!("the patterns together ({})", names.join(", ")), &error),
+            None => PatternError::Together {
+                patterns: names.join(", "),
+                squeezed: false,
+                reason: error.to_string(),
+            },
         })?;
         let squeezed_trees = sources
             .iter()
             .zip(&names)
             .map(|(source, name)| {
-                syntax::parse_with(source, &syntax_config())
-                    .map(|tree| squeeze(&tree))
-                    .map_err(|error| format!("{name}: {error}"))
+                syntax::parse_with(source, &syntax_config()).map(|tree| squeeze(&tree)).map_err(|error| {
+                    PatternError::Refused { pattern: name.clone(), reason: error.to_string() }
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let squeezed = builder().build_many_from_hir(&squeezed_trees).map_err(|error| {
             // Name the pattern whose squeezed form alone is refused, if one is.
             let alone = squeezed_trees.iter().zip(&names).find_map(|(tree, name)| {
-                builder().build_from_hir(tree).err().map(|error| format!("{name}, squeezed: {error}"))
+                builder().build_from_hir(tree).err().map(|error| PatternError::Refused {
+                    pattern: format!("{name}, squeezed"),
+                    reason: error.to_string(),
+                })
             });
-            alone
-                .unwrap_or_else(|| format!("the patterns together ({}), squeezed: {error}", names.join(", ")))
+            alone.unwrap_or_else(|| PatternError::Together {
+                patterns: names.join(", "),
+                squeezed: true,
+                reason: error.to_string(),
+            })
         })?;
         sources.push(BASE64_CANDIDATE.to_owned());
         meanings.push(Meaning::Base64);
@@ -216,9 +245,11 @@ impl PatternSet {
         sources.push(SPACED_CANDIDATE.to_owned());
         meanings.push(Meaning::Spaced);
         names.push("decoder.spaced".to_owned());
-        let first_look = builder()
-            .build_many(&sources)
-            .map_err(|error| format!("the patterns together ({}): {error}", names.join(", ")))?;
+        let first_look = builder().build_many(&sources).map_err(|error| PatternError::Together {
+            patterns: names.join(", "),
+            squeezed: false,
+            reason: error.to_string(),
+        })?;
         Ok(Self {
             first_look,
             second_look,
@@ -389,11 +420,17 @@ mod tests {
             },
         );
         let error = PatternSet::compile(&categories).unwrap_err();
-        assert!(error.starts_with("pii.broken:"), "{error}");
+        assert!(
+            matches!(&error, PatternError::Refused { pattern, .. } if pattern == "pii.broken"),
+            "{error:?}"
+        );
+        assert!(error.to_string().starts_with("pii.broken:"), "{error}");
         categories.get_mut("pii").unwrap().patterns[1].regex = "x*".to_owned();
-        assert_eq!(PatternSet::compile(&categories).unwrap_err(), "pii.broken: matches the empty text");
+        let error = PatternSet::compile(&categories).unwrap_err();
+        assert_eq!(error, PatternError::MatchesEmpty("pii.broken".to_owned()));
+        assert_eq!(error.to_string(), "pii.broken: matches the empty text");
         categories.get_mut("pii").unwrap().patterns[1].regex = "(?:a{1000}){1000}".to_owned();
         let error = PatternSet::compile(&categories).unwrap_err();
-        assert!(error.starts_with("pii.broken:"), "over the size limit: {error}");
+        assert!(error.to_string().starts_with("pii.broken:"), "over the size limit: {error}");
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use actix::prelude::*;
 use futures_util::future::join_all;
 
-use super::core::{ComponentHealth, HealthSnapshot, HealthState, Probe, ProbeOutcome};
+use super::core::{ComponentHealth, HealthSnapshot, HealthState, Probe, ProbeError, ProbeOutcome};
 use super::messages::{BoardChanged, ProbeNow};
 use crate::supervisor::{ActorBoard, Ping};
 
@@ -83,7 +83,7 @@ impl HealthMonitor {
             let Some(ping) = state.ping else { continue };
             checks.push(Box::pin(async move {
                 let outcome = timed(timeout, async move {
-                    ping.send(Ping).await.map_err(|error| format!("mailbox: {error}"))
+                    ping.send(Ping).await.map_err(|error| ProbeError::Down(format!("mailbox: {error}")))
                 })
                 .await;
                 Checked::Actor(name.to_owned(), outcome)
@@ -124,11 +124,11 @@ impl HealthMonitor {
     }
 }
 
-async fn timed(timeout: Duration, check: impl Future<Output = Result<(), String>>) -> ProbeOutcome {
+async fn timed(timeout: Duration, check: impl Future<Output = Result<(), ProbeError>>) -> ProbeOutcome {
     let began = Instant::now();
     let result = match tokio::time::timeout(timeout, check).await {
         Ok(result) => result,
-        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+        Err(_) => Err(ProbeError::Timeout(timeout)),
     };
     ProbeOutcome { latency: began.elapsed(), result, at: SystemTime::now() }
 }

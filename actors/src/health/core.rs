@@ -19,7 +19,23 @@ pub trait Probe: Send + Sync + 'static {
     /// Whether readiness waits for this component.
     fn required(&self) -> bool;
     /// One check; errors say what is wrong, without secrets.
-    fn check(&self) -> BoxFuture<'static, Result<(), String>>;
+    fn check(&self) -> BoxFuture<'static, Result<(), ProbeError>>;
+}
+
+/// Why a component is not up, as its health report says.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
+    /// It is coming up (a model loading).
+    #[error("loading: {0}")]
+    Loading(&'static str),
+    /// Its last load failed, for this reason; it is tried again.
+    #[error("cannot load: {0}")]
+    LoadFailed(String),
+    /// It answered with an error (its text, which holds no secrets).
+    #[error("{0}")]
+    Down(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -34,7 +50,7 @@ pub enum ComponentStatus {
 #[derive(Debug, Clone)]
 pub struct ProbeOutcome {
     pub latency: Duration,
-    pub result: Result<(), String>,
+    pub result: Result<(), ProbeError>,
     pub at: SystemTime,
 }
 
@@ -60,7 +76,7 @@ impl ComponentHealth {
             _ => ComponentStatus::Down,
         };
         let last_error = match state.status {
-            ActorStatus::Up => ping_failed.cloned(),
+            ActorStatus::Up => ping_failed.map(ToString::to_string),
             _ => state.last_exit.clone(),
         };
         Self {
@@ -77,7 +93,7 @@ impl ComponentHealth {
         let (status, last_error) = match outcome.map(|outcome| &outcome.result) {
             None => (ComponentStatus::Starting, None),
             Some(Ok(())) => (ComponentStatus::Up, None),
-            Some(Err(error)) => (ComponentStatus::Down, Some(error.clone())),
+            Some(Err(error)) => (ComponentStatus::Down, Some(error.to_string())),
         };
         Self { status, required, last_error, ..Self::probe_fields(outcome) }
     }

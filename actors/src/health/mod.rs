@@ -15,7 +15,7 @@ mod tests;
 
 pub use self::actor::{HealthMonitor, HealthMonitorConfig};
 pub use self::core::{
-    ComponentHealth, ComponentStatus, DetailedReport, HealthSnapshot, HealthState, Probe, ProbeOutcome,
-    Readiness,
+    ComponentHealth, ComponentStatus, DetailedReport, HealthSnapshot, HealthState, Probe, ProbeError,
+    ProbeOutcome, Readiness,
 };
 pub use self::messages::ProbeNow;

@@ -28,13 +28,13 @@ impl Probe for Switch {
         self.required
     }
 
-    fn check(&self) -> BoxFuture<'static, Result<(), String>> {
+    fn check(&self) -> BoxFuture<'static, Result<(), ProbeError>> {
         let up = self.up.load(Ordering::SeqCst);
         Box::pin(async move {
             if up {
                 Ok(())
             } else {
-                Err("switched off".to_owned())
+                Err(ProbeError::Down("switched off".to_owned()))
             }
         })
     }

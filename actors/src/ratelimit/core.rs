@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::gcra::{Pace, Standing};
 use super::local::LocalBuckets;
 use super::redis::RedisBuckets;
+use crate::redis::RedisError;
 
 /// Per-minute budgets of one subject; `None` is unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,7 +178,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(options: RateLimiterOptions) -> Result<Arc<Self>, String> {
+    pub fn new(options: RateLimiterOptions) -> Result<Arc<Self>, RedisError> {
         let redis = match &options.redis_url {
             Some(url) => Some(RedisBuckets::connect(url, options.redis_timeout)?),
             None => None,
@@ -334,18 +335,18 @@ impl RateLimiter {
             (Backend::Redis, Some(redis)) => {
                 if let Err(error) = redis.settle(&ticket.subject, &ticket.buckets, delta).await {
                     metrics::counter!("blaze_ratelimit_redis_errors_total").increment(1);
-                    tracing::debug!(error, "cannot settle a token reservation in Redis");
+                    tracing::debug!(%error, "cannot settle a token reservation in Redis");
                 }
             }
             _ => self.local.settle(&ticket.subject, &ticket.buckets, delta),
         }
     }
 
-    fn mark_down(&self, error: &str) {
+    fn mark_down(&self, error: &RedisError) {
         metrics::counter!("blaze_ratelimit_redis_errors_total").increment(1);
         if self.redis_up.swap(false, Ordering::AcqRel) {
             metrics::gauge!("blaze_ratelimit_redis_up").set(0.0);
-            tracing::warn!(error, fail_mode = ?self.options.fail_mode, "rate limiter: Redis is unreachable");
+            tracing::warn!(%error, fail_mode = ?self.options.fail_mode, "rate limiter: Redis is unreachable");
         }
     }
 
@@ -369,7 +370,7 @@ impl RateLimiter {
 
     /// Forgets every bucket of an admission's subject, on Redis and
     /// locally.
-    pub async fn forget(&self, admission: &Admission<'_>) -> Result<(), String> {
+    pub async fn forget(&self, admission: &Admission<'_>) -> Result<(), RedisError> {
         self.local.clear();
         match &self.redis {
             Some(redis) => redis.forget(admission.subject, &self.buckets(admission, 1)).await,

@@ -11,7 +11,7 @@ use fred::types::scripts::Script;
 
 use super::core::{Bucket, Verdict};
 use super::gcra;
-use crate::redis::{client_builder, Connection};
+use crate::redis::{client_builder, Connection, RedisError};
 
 /// Redis keys of this version of the scripts; a new script gets a new
 /// prefix, so replicas of two versions never misread each other's keys.
@@ -32,8 +32,8 @@ fn key(subject: &str, bucket: &Bucket) -> String {
 impl RedisBuckets {
     /// A client that connects in the background: a Redis that is down at
     /// start-up delays nothing (the fail mode applies until it is up).
-    pub fn connect(url: &str, timeout: Duration) -> Result<Self, String> {
-        let client = client_builder(url, timeout)?.build().map_err(|error| error.to_string())?;
+    pub fn connect(url: &str, timeout: Duration) -> Result<Self, RedisError> {
+        let client = client_builder(url, timeout)?.build()?;
         let connection = Connection::open(&client);
         Ok(Self {
             client,
@@ -47,15 +47,15 @@ impl RedisBuckets {
     async fn bounded<T>(
         &self,
         call: impl std::future::Future<Output = fred::prelude::FredResult<T>>,
-    ) -> Result<T, String> {
+    ) -> Result<T, RedisError> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+            Ok(Err(error)) => Err(error.into()),
+            Err(_) => Err(RedisError::Timeout(self.timeout)),
         }
     }
 
-    pub async fn check(&self, subject: &str, buckets: &[Bucket]) -> Result<Verdict, String> {
+    pub async fn check(&self, subject: &str, buckets: &[Bucket]) -> Result<Verdict, RedisError> {
         let keys: Vec<String> = buckets.iter().map(|bucket| key(subject, bucket)).collect();
         let mut arguments = Vec::with_capacity(buckets.len() * 3);
         for bucket in buckets {
@@ -66,7 +66,7 @@ impl RedisBuckets {
         let reply: Vec<i64> =
             self.bounded(self.check.evalsha_with_reload(&self.client, keys, arguments)).await?;
         if reply.len() != 2 + 2 * buckets.len() {
-            return Err(format!("the check script answered {} numbers", reply.len()));
+            return Err(RedisError::UnexpectedReply { script: "check", numbers: reply.len() });
         }
         let standings = reply[2..]
             .chunks(2)
@@ -75,7 +75,7 @@ impl RedisBuckets {
         Ok(Verdict { admitted: reply[0] == 1, retry_after_us: reply[1].max(0) as u64, standings })
     }
 
-    pub async fn settle(&self, subject: &str, buckets: &[Bucket], delta: i64) -> Result<(), String> {
+    pub async fn settle(&self, subject: &str, buckets: &[Bucket], delta: i64) -> Result<(), RedisError> {
         let keys: Vec<String> = buckets.iter().map(|bucket| key(subject, bucket)).collect();
         let mut arguments = vec![delta.to_string()];
         arguments.extend(buckets.iter().map(|bucket| bucket.pace.interval_us.to_string()));
@@ -90,7 +90,7 @@ impl RedisBuckets {
     }
 
     /// Deletes every bucket of `subject` (tests, and an admin reset).
-    pub async fn forget(&self, subject: &str, buckets: &[Bucket]) -> Result<(), String> {
+    pub async fn forget(&self, subject: &str, buckets: &[Bucket]) -> Result<(), RedisError> {
         let keys: Vec<String> = buckets.iter().map(|bucket| key(subject, bucket)).collect();
         self.bounded(self.client.del::<i64, _>(keys)).await.map(drop)
     }

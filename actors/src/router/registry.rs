@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use futures_util::future::BoxFuture;
 
 use super::catalog::ModelKind;
-use crate::health::Probe;
+use crate::health::{Probe, ProbeError};
 use crate::inference::{ChatPool, EmbeddingPool};
 
 /// How requests reach a served model.
@@ -158,7 +158,7 @@ impl Probe for ModelProbe {
         true
     }
 
-    fn check(&self) -> BoxFuture<'static, Result<(), String>> {
+    fn check(&self) -> BoxFuture<'static, Result<(), ProbeError>> {
         let outcome = match self.registry.get(&self.id) {
             Some(model) => {
                 let ready = match &model.handle {
@@ -168,12 +168,12 @@ impl Probe for ModelProbe {
                 if ready {
                     Ok(())
                 } else {
-                    Err("loading: no forward pass has succeeded yet".to_owned())
+                    Err(ProbeError::Loading("no forward pass has succeeded yet"))
                 }
             }
             None => match self.registry.state(&self.id) {
-                ModelState::Failed(reason) => Err(format!("cannot load: {reason}")),
-                _ => Err("loading: not loaded yet".to_owned()),
+                ModelState::Failed(reason) => Err(ProbeError::LoadFailed(reason)),
+                _ => Err(ProbeError::Loading("not loaded yet")),
             },
         };
         Box::pin(async move { outcome })

@@ -37,13 +37,17 @@ pub struct ChildSpec {
     pub(crate) launch: Arc<Launcher>,
 }
 
+/// Why a child could not start: each kind of child fails in its own
+/// terms, and the supervisor only reports the text and retries.
+pub type ChildStartError = Box<dyn std::error::Error>;
+
 impl ChildSpec {
     /// `required`: whether readiness waits for this child.
     pub fn new<A, F, Fut>(name: &'static str, required: bool, factory: F) -> Self
     where
         A: SupervisedActor,
         F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<A, String>> + 'static,
+        Fut: Future<Output = Result<A, ChildStartError>> + 'static,
     {
         let launch = move |reporter: Reporter| {
             let starting = factory();
@@ -66,7 +70,7 @@ impl ChildSpec {
 async fn run_child<A, Fut>(starting: Fut, reporter: Reporter)
 where
     A: SupervisedActor,
-    Fut: Future<Output = Result<A, String>>,
+    Fut: Future<Output = Result<A, ChildStartError>>,
 {
     let began = Instant::now();
     let actor = match AssertUnwindSafe(starting).catch_unwind().await {

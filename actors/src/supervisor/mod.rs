@@ -17,7 +17,9 @@ mod messages;
 mod tests;
 
 pub use self::actor::Supervisor;
-pub use self::core::{ActorBoard, ActorState, ActorStatus, Backoff, ChildSpec, SupervisedActor};
+pub use self::core::{
+    ActorBoard, ActorState, ActorStatus, Backoff, ChildSpec, ChildStartError, SupervisedActor,
+};
 pub use self::messages::{Adopt, ChildHandle, Fail, FailChild, FailMode, Ping, StartAll, Stop, StopAll};
 
 /// Implements the messages every supervised actor answers: `Ping` for the

@@ -95,7 +95,7 @@ async fn a_child_that_fails_to_start_is_retried() {
         let failed_before = Arc::new(AtomicBool::new(true));
         async move {
             if attempt == 0 {
-                Err("first start fails".to_owned())
+                Err("first start fails".into())
             } else {
                 Ok(FailsOnce { failed_before, panic_instead: false })
             }

@@ -9,7 +9,7 @@ use super::{millis, Authenticator, Principal, MAX_PASSWORD_BYTES};
 use crate::auth::events::AuthEvent;
 use crate::auth::now_ms;
 use crate::auth::scopes;
-use crate::auth::secrets::{self, NewKey, PresentedKey};
+use crate::auth::secrets::{self, NewKey, PresentedKey, SecretError};
 use crate::auth::store::{
     KeyRecord, Limits, RevocationKind, Role, StoreError, User, UserChanges, UserStatus,
 };
@@ -35,6 +35,9 @@ pub enum AdminError {
     Invalid(String),
     #[error(transparent)]
     Store(StoreError),
+    /// The server cannot make a secret (no randomness, a hashing failure).
+    #[error(transparent)]
+    Secret(#[from] SecretError),
 }
 
 impl From<StoreError> for AdminError {
@@ -90,19 +93,22 @@ impl Authenticator {
         &self,
         configured_key: Option<&str>,
         email: &str,
-    ) -> Result<Option<NewKey>, String> {
+    ) -> Result<Option<NewKey>, AdminError> {
         let (key, generated) = match configured_key {
             Some(text) => {
-                let presented = PresentedKey::parse(text).ok_or(
-                    "auth.bootstrap_key is not a Blaze key (blz_ then 16 and 64 lower-case hex digits)",
-                )?;
+                let presented = PresentedKey::parse(text).ok_or_else(|| {
+                    AdminError::Invalid(
+                        "auth.bootstrap_key is not a Blaze key (blz_ then 16 and 64 lower-case hex digits)"
+                            .to_owned(),
+                    )
+                })?;
                 (NewKey { id: presented.id.to_owned(), text: text.to_owned() }, false)
             }
-            None => (secrets::generate_key().ok_or("the system has no randomness")?, true),
+            None => (secrets::generate_key().ok_or(SecretError::NoRandomness)?, true),
         };
         let now = now_ms();
         let admin = User {
-            id: secrets::random_id().ok_or("the system has no randomness")?,
+            id: secrets::random_id().ok_or(SecretError::NoRandomness)?,
             email: email.trim().to_lowercase(),
             name: "Administrator".to_owned(),
             role: Role::Admin,
@@ -126,7 +132,7 @@ impl Authenticator {
             limits: Limits::default(),
             lineage: key.id.clone(),
         };
-        let created = self.store.bootstrap(admin, record).await.map_err(|error| error.to_string())?;
+        let created = self.store.bootstrap(admin, record).await?;
         Ok((created && generated).then_some(key))
     }
 
@@ -136,7 +142,7 @@ impl Authenticator {
             return Err(AdminError::Invalid("`password` must be 12 to 1024 characters".to_owned()));
         }
         let place = self.passwords.place().map_err(|_busy| AdminError::Busy)?;
-        self.passwords.hash(place, password).await.map_err(AdminError::Invalid)
+        Ok(self.passwords.hash(place, password).await?)
     }
 
     pub async fn create_user(&self, new: NewUser) -> Result<User, AdminError> {
@@ -150,7 +156,7 @@ impl Authenticator {
         };
         let now = now_ms();
         let user = User {
-            id: secrets::random_id().ok_or(AdminError::Invalid("no randomness".to_owned()))?,
+            id: secrets::random_id().ok_or(SecretError::NoRandomness)?,
             email,
             name: new.name,
             role: new.role,
@@ -239,7 +245,7 @@ impl Authenticator {
         if user.status != UserStatus::Active {
             return Err(AdminError::Conflict(format!("user `{owner}` is disabled")));
         }
-        let key = secrets::generate_key().ok_or(AdminError::Invalid("no randomness".to_owned()))?;
+        let key = secrets::generate_key().ok_or(SecretError::NoRandomness)?;
         let now = now_ms();
         let record = KeyRecord {
             id: key.id.clone(),
@@ -318,7 +324,7 @@ impl Authenticator {
         if let Some(beyond) = old.scopes.iter().find(|scope| !actor.grants(scope)) {
             return Err(AdminError::InsufficientScope(beyond.clone()));
         }
-        let key = secrets::generate_key().ok_or(AdminError::Invalid("no randomness".to_owned()))?;
+        let key = secrets::generate_key().ok_or(SecretError::NoRandomness)?;
         let now = now_ms();
         let record = KeyRecord {
             id: key.id.clone(),

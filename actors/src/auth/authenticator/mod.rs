@@ -33,7 +33,7 @@ use parking_lot::{Mutex, RwLock};
 use self::brute_force::FailureWindow;
 use self::sync::Revoked;
 use super::events::EventBus;
-use super::hashing::{HashingConfig, PasswordHashing};
+use super::hashing::{HashingConfig, HashingStartError, PasswordHashing};
 use super::jwt::{Claims, JwtKeys, JwtSettings, TokenProblem};
 use super::secrets::KeyHasher;
 use super::store::{KeyRecord, Store, StoreError, User};
@@ -122,7 +122,7 @@ impl Authenticator {
         hasher: KeyHasher,
         jwt: JwtKeys,
         config: AuthConfig,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, HashingStartError> {
         let passwords = PasswordHashing::start(config.password_hashing)?;
         let lifetimes = || Lifetimes { found: config.cache_ttl, missing: config.negative_cache_ttl };
         let keys = Cache::builder().max_capacity(config.cache_capacity).expire_after(lifetimes()).build();

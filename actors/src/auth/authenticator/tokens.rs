@@ -92,7 +92,7 @@ impl Authenticator {
         self.store.insert_refresh(record).await.map_err(|_| Failure::StoreUnavailable)?;
         let sign = |claims: &Claims| {
             self.jwt.sign(claims).map_err(|error| {
-                tracing::error!(error, "cannot sign a token");
+                tracing::error!(%error, "cannot sign a token");
                 Failure::StoreUnavailable
             })
         };

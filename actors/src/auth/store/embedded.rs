@@ -37,9 +37,10 @@ impl EmbeddedStore {
     /// Opens (or creates) the database file and applies the migrations.
     pub fn open(path: &Path) -> StoreResult<Self> {
         if let Some(parent) = path.parent() {
-            crate::files::private_directory(parent).map_err(StoreError::Unavailable)?;
+            crate::files::private_directory(parent)
+                .map_err(|error| StoreError::Unavailable(error.to_string()))?;
         }
-        crate::files::private_file(path).map_err(StoreError::Unavailable)?;
+        crate::files::private_file(path).map_err(|error| StoreError::Unavailable(error.to_string()))?;
         let mut connection = Connection::open(path).map_err(failed)?;
         connection
             .execute_batch(

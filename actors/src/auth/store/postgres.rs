@@ -98,9 +98,11 @@ impl PostgresStore {
     }
 
     /// The config of a dedicated connection that LISTENs for events.
-    pub fn listen_config(&self, options: &PostgresOptions) -> Result<tokio_postgres::Config, String> {
-        let mut config: tokio_postgres::Config =
-            options.url.parse().map_err(|error: tokio_postgres::Error| format!("database_url: {error}"))?;
+    pub fn listen_config(
+        &self,
+        options: &PostgresOptions,
+    ) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+        let mut config: tokio_postgres::Config = options.url.parse()?;
         config.connect_timeout(options.create_timeout);
         config.application_name("blaze-events");
         Ok(config)
