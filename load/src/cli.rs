@@ -8,13 +8,42 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::engine::{self, Progress, RunOptions, Target};
-use crate::report::{self, Report};
-use crate::scenario::{self, Overrides, Scenario};
+use crate::compare::CompareError;
+use crate::engine::{self, Progress, RunError, RunOptions, Target, TargetError};
+use crate::reference::ReferenceError;
+use crate::report::{Report, ReportError};
+use crate::scenario::{self, Overrides, Scenario, ScenarioError};
+use crate::template::VariableError;
 
 pub const EXIT_REGRESSION: i32 = 1;
 pub const EXIT_BAD_INPUT: i32 = 2;
 pub const EXIT_THRESHOLD: i32 = 3;
+
+/// Why a command could not do its work; printed after `blaze-load: `, and
+/// the command exits 2 (bad input).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    #[error(transparent)]
+    Variable(#[from] VariableError),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    #[error(transparent)]
+    Compare(#[from] CompareError),
+    #[error("--threads: 1 to 256")]
+    Threads { threads: usize },
+    #[error(
+        "blaze-reference is not beside blaze-load: build it (cargo build --release -p blaze-load) or give --reference"
+    )]
+    NoReferenceBinary,
+}
 
 #[derive(Debug, Parser)]
 #[command(name = "blaze-load", version, about = "Blaze's load suite: scenarios, drivers and reports")]
@@ -136,9 +165,10 @@ pub fn main_with<I: IntoIterator<Item = String>>(arguments: I) -> i32 {
         Command::Compare { base, new, max_regression, max_error_increase } => {
             compare_command(&base, &new, &max_regression, &max_error_increase)
         }
-        Command::Report { json, html } => {
-            read_report(&json).and_then(|report| write_html(&report, &html)).map(|()| 0)
-        }
+        Command::Report { json, html } => Report::read(&json)
+            .and_then(|report| report.write_html(&html))
+            .map(|()| 0)
+            .map_err(CliError::from),
     };
     match result {
         Ok(code) => code,
@@ -149,7 +179,7 @@ pub fn main_with<I: IntoIterator<Item = String>>(arguments: I) -> i32 {
     }
 }
 
-fn check(scenarios: &[String]) -> Result<i32, String> {
+fn check(scenarios: &[String]) -> Result<i32, CliError> {
     let mut failed = false;
     for name in scenarios {
         match scenario::source(name).and_then(|text| Scenario::parse(&text, &Overrides::default())) {
@@ -163,35 +193,17 @@ fn check(scenarios: &[String]) -> Result<i32, String> {
     Ok(if failed { EXIT_BAD_INPUT } else { 0 })
 }
 
-fn read_report(path: &std::path::Path) -> Result<Report, String> {
-    let text = std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
-    let report: Report = serde_json::from_str(&text)
-        .map_err(|error| format!("{}: not a blaze-load report: {error}", path.display()))?;
-    if report.schema != report::SCHEMA {
-        return Err(format!("{}: schema {} is not {}", path.display(), report.schema, report::SCHEMA));
-    }
-    Ok(report)
-}
-
-fn write_html(report: &Report, path: &std::path::Path) -> Result<(), String> {
-    let page = report::html(report)?;
-    std::fs::write(path, page).map_err(|error| format!("{}: {error}", path.display()))
-}
-
 fn compare_command(
     base: &std::path::Path,
     new: &std::path::Path,
     max_regression: &str,
     max_error: &str,
-) -> Result<i32, String> {
+) -> Result<i32, CliError> {
     let max_regression = crate::compare::parse_share(max_regression)?;
     let max_error = crate::compare::parse_share(max_error)?;
-    let (base, new) = (read_report(base)?, read_report(new)?);
+    let (base, new) = (Report::read(base)?, Report::read(new)?);
     if base.scenario != new.scenario {
-        return Err(format!(
-            "the reports are of different scenarios ({} and {})",
-            base.scenario, new.scenario
-        ));
+        return Err(CompareError::DifferentScenarios { base: base.scenario, new: new.scenario }.into());
     }
     let comparison = crate::compare::compare(&base, &new, max_regression, max_error);
     print!("{}", comparison.table());
@@ -209,7 +221,7 @@ pub fn run_scenario(
     key: Option<String>,
     threads: usize,
     quiet: bool,
-) -> Result<Report, String> {
+) -> Result<Report, RunError> {
     let started_at = now_rfc3339();
     let url = target.url.clone();
     let options =
@@ -219,13 +231,11 @@ pub fn run_scenario(
     Ok(Report::new(&scenario, &url, started_at, measured))
 }
 
-fn reference_binary(given: Option<PathBuf>) -> Result<PathBuf, String> {
-    given.or_else(crate::reference::beside_this_binary).ok_or_else(|| {
-        "blaze-reference is not beside blaze-load: build it (cargo build --release -p blaze-load) or give --reference".to_owned()
-    })
+fn reference_binary(given: Option<PathBuf>) -> Result<PathBuf, CliError> {
+    given.or_else(crate::reference::beside_this_binary).ok_or(CliError::NoReferenceBinary)
 }
 
-fn run_command(arguments: RunArguments) -> Result<i32, String> {
+fn run_command(arguments: RunArguments) -> Result<i32, CliError> {
     let overrides = Overrides {
         duration: arguments.duration,
         warmup: arguments.warmup,
@@ -245,13 +255,13 @@ fn run_command(arguments: RunArguments) -> Result<i32, String> {
     }
     let scenario = Scenario::parse(&scenario::source(&arguments.scenario)?, &overrides)?;
     if let Some(problem) = scenario.variables.iter().find_map(|variable| variable.unset()) {
-        return Err(problem);
+        return Err(problem.into());
     }
     let threads = arguments
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |cores| cores.get()));
     if !(1..=256).contains(&threads) {
-        return Err("--threads: 1 to 256".to_owned());
+        return Err(CliError::Threads { threads });
     }
     let needs_reference = scenario.against_reference || arguments.baseline;
     let reference = if needs_reference {
@@ -287,11 +297,10 @@ fn run_command(arguments: RunArguments) -> Result<i32, String> {
     }
     print!("{}", report.table());
     if let Some(path) = &arguments.json {
-        let text = serde_json::to_string_pretty(&report).map_err(|error| error.to_string())?;
-        std::fs::write(path, text).map_err(|error| format!("{}: {error}", path.display()))?;
+        report.write_json(path)?;
     }
     if let Some(path) = &arguments.html {
-        write_html(&report, path)?;
+        report.write_html(path)?;
     }
     Ok(if report.passed { 0 } else { EXIT_THRESHOLD })
 }

@@ -8,6 +8,17 @@ use std::fmt::Write as _;
 use crate::report::Report;
 use crate::stats::Summary;
 
+/// Why two reports cannot be compared, or a limit is not understood.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error("`{text}` is not a share (say 10%)")]
+    NotAShare { text: String },
+    #[error("`{text}` is not within 0% and 1000%")]
+    ShareOutOfRange { text: String },
+    #[error("the reports are of different scenarios ({base} and {new})")]
+    DifferentScenarios { base: String, new: String },
+}
+
 /// One figure of one request in both runs.
 #[derive(Debug, Clone)]
 pub struct Difference {
@@ -69,16 +80,16 @@ fn signed_change(difference: &Difference) -> f64 {
 }
 
 /// `10%`, `10` or `0.1` -> 0.1.
-pub fn parse_share(text: &str) -> Result<f64, String> {
+pub fn parse_share(text: &str) -> Result<f64, CompareError> {
     let trimmed = text.trim();
     let (number, percent) = match trimmed.strip_suffix('%') {
         Some(number) => (number, true),
         None => (trimmed, false),
     };
-    let value: f64 = number.trim().parse().map_err(|_| format!("`{text}` is not a share (say 10%)"))?;
+    let value: f64 = number.trim().parse().map_err(|_| CompareError::NotAShare { text: text.to_owned() })?;
     let share = if percent || value > 1.0 { value / 100.0 } else { value };
     if !(0.0..=10.0).contains(&share) {
-        return Err(format!("`{text}` is not within 0% and 1000%"));
+        return Err(CompareError::ShareOutOfRange { text: text.to_owned() });
     }
     Ok(share)
 }
@@ -152,7 +163,7 @@ mod tests {
         assert_eq!(parse_share("10%").unwrap(), 0.1);
         assert_eq!(parse_share("0.25").unwrap(), 0.25);
         assert_eq!(parse_share("5").unwrap(), 0.05);
-        assert!(parse_share("ten").is_err());
-        assert!(parse_share("-3%").is_err());
+        assert!(matches!(parse_share("ten"), Err(CompareError::NotAShare { .. })));
+        assert!(matches!(parse_share("-3%"), Err(CompareError::ShareOutOfRange { .. })));
     }
 }

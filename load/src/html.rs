@@ -7,20 +7,16 @@ use std::fmt::Write as _;
 
 use plotters::prelude::*;
 
-use crate::report::Report;
+use crate::report::{Report, ReportError};
 use crate::stats::Bucket;
 
 type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
 
-fn failed<E: std::fmt::Display>(error: E) -> String {
-    format!("drawing a plot: {error}")
-}
-
-fn line_chart(title: &str, y_label: &str, series: &[Series<'_>]) -> Result<String, String> {
+fn line_chart(title: &str, y_label: &str, series: &[Series<'_>]) -> Result<String, ReportError> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (760, 300)).into_drawing_area();
-        root.fill(&WHITE).map_err(failed)?;
+        root.fill(&WHITE)?;
         let points = series.iter().flat_map(|(_, _, points)| points.iter());
         let (max_x, max_y) = points.fold((1.0f64, 0.0f64), |(x, y), point| (x.max(point.0), y.max(point.1)));
         let max_y = if max_y > 0.0 { max_y * 1.1 } else { 1.0 };
@@ -29,38 +25,26 @@ fn line_chart(title: &str, y_label: &str, series: &[Series<'_>]) -> Result<Strin
             .margin(12)
             .x_label_area_size(38)
             .y_label_area_size(62)
-            .build_cartesian_2d(0f64..max_x, 0f64..max_y)
-            .map_err(failed)?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds into the measurement")
-            .y_desc(y_label)
-            .draw()
-            .map_err(failed)?;
+            .build_cartesian_2d(0f64..max_x, 0f64..max_y)?;
+        chart.configure_mesh().x_desc("seconds into the measurement").y_desc(y_label).draw()?;
         for (name, color, points) in series {
             let color = *color;
             chart
-                .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
-                .map_err(failed)?
+                .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
                 .label(*name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(failed)?;
-        root.present().map_err(failed)?;
+        chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
+        root.present()?;
     }
     Ok(svg)
 }
 
-fn bar_chart(title: &str, buckets: &[Bucket]) -> Result<String, String> {
+fn bar_chart(title: &str, buckets: &[Bucket]) -> Result<String, ReportError> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (760, 300)).into_drawing_area();
-        root.fill(&WHITE).map_err(failed)?;
+        root.fill(&WHITE)?;
         let width = match buckets {
             [first, second, ..] => second.upper_ms - first.upper_ms,
             _ => 1.0,
@@ -73,18 +57,15 @@ fn bar_chart(title: &str, buckets: &[Bucket]) -> Result<String, String> {
             .margin(12)
             .x_label_area_size(38)
             .y_label_area_size(62)
-            .build_cartesian_2d(low..high.max(low + 1e-3), 0f64..most * 1.1)
-            .map_err(failed)?;
-        chart.configure_mesh().x_desc("time to first token, ms").y_desc("streams").draw().map_err(failed)?;
-        chart
-            .draw_series(buckets.iter().map(|bucket| {
-                Rectangle::new(
-                    [(bucket.upper_ms - width, 0.0), (bucket.upper_ms, bucket.count as f64)],
-                    BLUE.mix(0.6).filled(),
-                )
-            }))
-            .map_err(failed)?;
-        root.present().map_err(failed)?;
+            .build_cartesian_2d(low..high.max(low + 1e-3), 0f64..most * 1.1)?;
+        chart.configure_mesh().x_desc("time to first token, ms").y_desc("streams").draw()?;
+        chart.draw_series(buckets.iter().map(|bucket| {
+            Rectangle::new(
+                [(bucket.upper_ms - width, 0.0), (bucket.upper_ms, bucket.count as f64)],
+                BLUE.mix(0.6).filled(),
+            )
+        }))?;
+        root.present()?;
     }
     Ok(svg)
 }
@@ -115,7 +96,7 @@ if(b.width>0&&b.height>0&&m>0){f.setAttribute('data-rendered','yes');n++;}});\
 document.body.setAttribute('data-plots-rendered',String(n));});";
 
 /// The whole page.
-pub fn html(report: &Report) -> Result<String, String> {
+pub fn html(report: &Report) -> Result<String, ReportError> {
     let mut out = String::new();
     let _ = write!(
         out,

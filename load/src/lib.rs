@@ -29,8 +29,19 @@ pub fn run_id() -> u64 {
     })
 }
 
+/// The run needs more open files than this process may ever have: the
+/// hard limit is below what the users or connections take.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the run needs {needed} open files and this process may have at most {hard}: lower the users or connections, or raise the hard limit (ulimit -Hn)"
+)]
+pub struct OpenFileLimitError {
+    pub needed: u64,
+    pub hard: u64,
+}
+
 /// Raises the open-file limit to what the run needs (up to the hard limit).
-pub fn raise_fd_limit(needed: u64) -> Result<(), String> {
+pub fn raise_fd_limit(needed: u64) -> Result<(), OpenFileLimitError> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: a valid rlimit to fill and then to set.
     let (current, hard) = unsafe {
@@ -44,9 +55,7 @@ pub fn raise_fd_limit(needed: u64) -> Result<(), String> {
         (limit.rlim_cur, limit.rlim_max)
     };
     if current < needed {
-        return Err(format!(
-            "the run needs {needed} open files and this process may have at most {hard}: lower the users or connections, or raise the hard limit (ulimit -Hn)"
-        ));
+        return Err(OpenFileLimitError { needed, hard });
     }
     Ok(())
 }

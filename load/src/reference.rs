@@ -5,6 +5,18 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+/// Why the reference server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ReferenceError {
+    #[error("cannot start {binary}: {source}")]
+    Start { binary: PathBuf, source: std::io::Error },
+    #[error("the reference server has no stdout")]
+    NoStandardOutput,
+    /// Its first line of output was not the JSON event with its address.
+    #[error("{binary} did not say where it listens")]
+    NoAddress { binary: PathBuf },
+}
+
 pub struct ReferenceServer {
     child: Child,
     pub url: String,
@@ -18,14 +30,14 @@ pub fn beside_this_binary() -> Option<PathBuf> {
 
 impl ReferenceServer {
     /// Starts it on a free loopback port and waits for its address.
-    pub fn start(binary: &Path) -> Result<Self, String> {
+    pub fn start(binary: &Path) -> Result<Self, ReferenceError> {
         let mut child = Command::new(binary)
             .args(["--host", "127.0.0.1", "--port", "0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|error| format!("cannot start {}: {error}", binary.display()))?;
-        let stdout = child.stdout.take().ok_or("the reference server has no stdout")?;
+            .map_err(|source| ReferenceError::Start { binary: binary.to_owned(), source })?;
+        let stdout = child.stdout.take().ok_or(ReferenceError::NoStandardOutput)?;
         let mut line = String::new();
         let read = BufReader::new(stdout).read_line(&mut line);
         let address = read
@@ -37,7 +49,7 @@ impl ReferenceServer {
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
-                Err(format!("{} did not say where it listens", binary.display()))
+                Err(ReferenceError::NoAddress { binary: binary.to_owned() })
             }
         }
     }

@@ -4,6 +4,7 @@
 //! plots (inline SVG drawn by plotters: it opens offline).
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +13,25 @@ use crate::scenario::{Metric, Scenario, Threshold};
 use crate::stats::{Summary, Tick};
 
 pub const SCHEMA: &str = "blaze-load/report/1";
+
+/// Why a report cannot be read, drawn or written; `path` is its file.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a blaze-load report: {source}")]
+    NotAReport { path: PathBuf, source: serde_json::Error },
+    /// Reports of another schema are refused rather than half-read: a
+    /// comparison of figures that mean different things would mislead.
+    #[error("{path}: schema {schema} is not {}", SCHEMA)]
+    Schema { path: PathBuf, schema: String },
+    #[error("cannot serialize the report: {0}")]
+    Serialize(#[source] serde_json::Error),
+    #[error("drawing a plot: {0}")]
+    Plot(#[from] plotters::drawing::DrawingAreaErrorKind<std::io::Error>),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,6 +157,28 @@ impl Report {
         report.thresholds = scenario.thresholds.iter().map(|threshold| judge(threshold, &report)).collect();
         report.passed = report.thresholds.iter().all(|result| result.passed);
         report
+    }
+
+    /// Reads a JSON report written by `run --json`.
+    pub fn read(path: &Path) -> Result<Self, ReportError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ReportError::Read { path: path.to_owned(), source })?;
+        let report: Report = serde_json::from_str(&text)
+            .map_err(|source| ReportError::NotAReport { path: path.to_owned(), source })?;
+        if report.schema != SCHEMA {
+            return Err(ReportError::Schema { path: path.to_owned(), schema: report.schema });
+        }
+        Ok(report)
+    }
+
+    pub fn write_json(&self, path: &Path) -> Result<(), ReportError> {
+        let text = serde_json::to_string_pretty(self).map_err(ReportError::Serialize)?;
+        std::fs::write(path, text).map_err(|source| ReportError::Write { path: path.to_owned(), source })
+    }
+
+    pub fn write_html(&self, path: &Path) -> Result<(), ReportError> {
+        let page = html(self)?;
+        std::fs::write(path, page).map_err(|source| ReportError::Write { path: path.to_owned(), source })
     }
 
     pub fn set_baseline(&mut self, baseline: &Report) {
@@ -277,3 +319,19 @@ fn bytes(count: u64) -> String {
 }
 
 pub use crate::html::html;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_that_cannot_be_read_names_its_file() {
+        let path = Path::new("/nonexistent/blaze-load/report.json");
+        let error = Report::read(path).unwrap_err();
+        assert!(matches!(&error, ReportError::Read { .. }), "{error:?}");
+        assert!(
+            error.to_string().starts_with("cannot read /nonexistent/blaze-load/report.json: "),
+            "{error}"
+        );
+    }
+}

@@ -67,6 +67,40 @@ pub struct Variable {
     source: Source,
 }
 
+/// Why a scenario's variable is refused, or cannot be filled.
+#[derive(Debug, thiserror::Error)]
+pub enum VariableError {
+    #[error("variables.{name}: names are letters, digits and _")]
+    Name { name: String },
+    #[error("variables.{name}: give exactly one of corpus, number, choice, value, env")]
+    Kinds { name: String },
+    #[error("variables.{name}.corpus: only `sentences` is bundled")]
+    Corpus { name: String, corpus: String },
+    #[error("variables.{name}.pool: {pool} is not within 1..={sentences}")]
+    Pool { name: String, pool: usize, sentences: usize },
+    #[error("variables.{name}.repeat: {repeat} is not within 0..=1")]
+    Repeat { name: String, repeat: f64 },
+    #[error("variables.{name}.number: {min} > {max}")]
+    NumberRange { name: String, min: i64, max: i64 },
+    #[error("variables.{name}.choice: empty")]
+    EmptyChoice { name: String },
+    /// Found when a run starts, not when the scenario is checked: a
+    /// scenario is valid on a machine that lacks the environment variable.
+    #[error(
+        "variables.{name}: ${environment_variable} is not set and there is no default (give --var {name}=...)"
+    )]
+    Unset { name: String, environment_variable: String },
+}
+
+/// Why a template's text is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("`{text}`: a {{{{ without }}}}")]
+    Unclosed { text: String },
+    #[error("`{{{{{name}}}}}` is not a variable of the scenario nor captured before it")]
+    UnknownVariable { name: String },
+}
+
 /// Numbers the sentences never sent before, across the whole run.
 static FRESH: AtomicU64 = AtomicU64::new(0);
 
@@ -79,9 +113,9 @@ impl Variable {
         Self { name: name.to_owned(), source: Source::Fixed(value.to_owned()) }
     }
 
-    pub fn compile(name: &str, spec: VariableSpec) -> Result<Self, String> {
+    pub fn compile(name: &str, spec: VariableSpec) -> Result<Self, VariableError> {
         if !valid_name(name) {
-            return Err(format!("variables.{name}: names are letters, digits and _"));
+            return Err(VariableError::Name { name: name.to_owned() });
         }
         let kinds = [
             spec.corpus.is_some(),
@@ -91,30 +125,30 @@ impl Variable {
             spec.env.is_some(),
         ];
         if kinds.iter().filter(|kind| **kind).count() != 1 {
-            return Err(format!("variables.{name}: give exactly one of corpus, number, choice, value, env"));
+            return Err(VariableError::Kinds { name: name.to_owned() });
         }
         let source = if let Some(corpus) = spec.corpus {
             if corpus != "sentences" {
-                return Err(format!("variables.{name}.corpus: only `sentences` is bundled"));
+                return Err(VariableError::Corpus { name: name.to_owned(), corpus });
             }
             let sentences = self::corpus();
             let pool = spec.pool.unwrap_or(sentences.len());
             if pool == 0 || pool > sentences.len() {
-                return Err(format!("variables.{name}.pool: {pool} is not within 1..={}", sentences.len()));
+                return Err(VariableError::Pool { name: name.to_owned(), pool, sentences: sentences.len() });
             }
             let repeat = spec.repeat.unwrap_or(1.0);
             if !(0.0..=1.0).contains(&repeat) {
-                return Err(format!("variables.{name}.repeat: {repeat} is not within 0..=1"));
+                return Err(VariableError::Repeat { name: name.to_owned(), repeat });
             }
             Source::Corpus { sentences, pool, repeat }
         } else if let Some([min, max]) = spec.number {
             if min > max {
-                return Err(format!("variables.{name}.number: {min} > {max}"));
+                return Err(VariableError::NumberRange { name: name.to_owned(), min, max });
             }
             Source::Number { min, max }
         } else if let Some(choice) = spec.choice {
             if choice.is_empty() {
-                return Err(format!("variables.{name}.choice: empty"));
+                return Err(VariableError::EmptyChoice { name: name.to_owned() });
             }
             Source::Choice(choice)
         } else if let Some(value) = spec.value {
@@ -131,12 +165,11 @@ impl Variable {
     }
 
     /// Why a run cannot fill this variable, if it cannot.
-    pub fn unset(&self) -> Option<String> {
+    pub fn unset(&self) -> Option<VariableError> {
         match &self.source {
-            Source::Unset(variable) => Some(format!(
-                "variables.{}: ${variable} is not set and there is no default (give --var {}=...)",
-                self.name, self.name
-            )),
+            Source::Unset(variable) => {
+                Some(VariableError::Unset { name: self.name.clone(), environment_variable: variable.clone() })
+            }
             _ => None,
         }
     }
@@ -184,17 +217,16 @@ pub struct Context<'a> {
 }
 
 impl Template {
-    pub fn parse(text: &str, known: &[String], json_strings: bool) -> Result<Self, String> {
+    pub fn parse(text: &str, known: &[String], json_strings: bool) -> Result<Self, TemplateError> {
         let mut segments = Vec::new();
         let mut rest = text;
         while let Some(start) = rest.find("{{") {
             let end =
-                rest[start..].find("}}").ok_or_else(|| format!("`{text}`: a {{{{ without }}}}"))? + start;
+                rest[start..].find("}}").ok_or_else(|| TemplateError::Unclosed { text: text.to_owned() })?
+                    + start;
             let name = rest[start + 2..end].trim();
             if !known.iter().any(|known| known == name) {
-                return Err(format!(
-                    "`{{{{{name}}}}}` is not a variable of the scenario nor captured before it"
-                ));
+                return Err(TemplateError::UnknownVariable { name: name.to_owned() });
             }
             if start > 0 {
                 segments.push(Segment::Literal(rest[..start].to_owned()));
@@ -271,8 +303,10 @@ mod tests {
         let text = template.render_string(&mut context);
         assert_eq!(text, r#"{"content":"say \"hi\"\n"}"#);
         assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok());
-        assert!(Template::parse("{{nope}}", &known, false).unwrap_err().contains("nope"));
-        assert!(Template::parse("{{prompt", &known, false).is_err());
+        let unknown = Template::parse("{{nope}}", &known, false).unwrap_err().to_string();
+        assert_eq!(unknown, "`{{nope}}` is not a variable of the scenario nor captured before it");
+        let unclosed = Template::parse("{{prompt", &known, false).unwrap_err().to_string();
+        assert_eq!(unclosed, "`{{prompt`: a {{ without }}");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! completions per second and the time to the last chunk. The key comes
 //! from BLAZE_BENCH_KEY.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -21,6 +22,58 @@ use hdrhistogram::Histogram;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
+
+/// Why the bench, or one of its connections, failed. A connection's error
+/// is counted and the first one shown; any other ends the bench.
+#[derive(Debug, thiserror::Error)]
+enum BenchError {
+    #[error("BLAZE_BENCH_KEY is not set")]
+    NoKey,
+    #[error("bad key")]
+    BadKey,
+    #[error("{address} is not loopback: this benchmark only targets this machine")]
+    NotLoopback { address: String },
+    #[error("--connections must be 1 to 100000")]
+    IdleConnections,
+    #[error("--connections must be 1 to 20000 and --seconds 1 to 300")]
+    StreamSettings,
+    #[error("the open-file limit is {limit}; raise it (ulimit -n) above {connections}")]
+    OpenFileLimit { limit: u64, connections: usize },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("no VmRSS in /proc/{pid}/status")]
+    NoResidentMemory { pid: u32 },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// Boxed, as is `SocketEnded`: tungstenite's errors are large, and
+    /// every result of the bench carries this type.
+    #[error(transparent)]
+    WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("no frame within 60 s")]
+    FrameTimeout,
+    #[error("socket ended: {last:?}")]
+    SocketEnded { last: Box<Option<Result<Message, tokio_tungstenite::tungstenite::Error>>> },
+    #[error("a frame of another id: {frame}")]
+    OtherId { frame: serde_json::Value },
+    #[error("error frame: {frame}")]
+    ErrorFrame { frame: serde_json::Value },
+    #[error("status {status}")]
+    Status { status: reqwest::StatusCode },
+    #[error("the stream did not end with [DONE]")]
+    Unfinished,
+    #[error(transparent)]
+    Histogram(#[from] hdrhistogram::CreationError),
+    #[error(transparent)]
+    HistogramAddition(#[from] hdrhistogram::AdditionError),
+    #[error(transparent)]
+    Join(#[from] tokio::task::JoinError),
+    #[error("{count} errors")]
+    Errors { count: usize },
+}
 
 #[derive(Debug, Parser)]
 #[command(name = "blaze-ws-bench")]
@@ -63,16 +116,22 @@ enum Mode {
     },
 }
 
-fn key() -> Result<String, String> {
-    std::env::var("BLAZE_BENCH_KEY").map_err(|_| "BLAZE_BENCH_KEY is not set".to_owned())
+impl From<tokio_tungstenite::tungstenite::Error> for BenchError {
+    fn from(error: tokio_tungstenite::tungstenite::Error) -> Self {
+        Self::WebSocket(Box::new(error))
+    }
 }
 
-fn loopback(address: &str) -> Result<(), String> {
+fn key() -> Result<String, BenchError> {
+    std::env::var("BLAZE_BENCH_KEY").map_err(|_| BenchError::NoKey)
+}
+
+fn loopback(address: &str) -> Result<(), BenchError> {
     let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
     if matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
         Ok(())
     } else {
-        Err(format!("{address} is not loopback: this benchmark only targets this machine"))
+        Err(BenchError::NotLoopback { address: address.to_owned() })
     }
 }
 
@@ -89,13 +148,14 @@ fn raise_fd_limit() -> u64 {
     limit.rlim_cur
 }
 
-fn resident_kib(pid: u32) -> Result<u64, String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|error| error.to_string())?;
+fn resident_kib(pid: u32) -> Result<u64, BenchError> {
+    let path = PathBuf::from(format!("/proc/{pid}/status"));
+    let status = std::fs::read_to_string(&path).map_err(|source| BenchError::Read { path, source })?;
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| "no VmRSS".to_owned())
+        .ok_or(BenchError::NoResidentMemory { pid })
 }
 
 /// Small client buffers: ten thousand sockets must not cost the client
@@ -109,52 +169,50 @@ fn client_config() -> WebSocketConfig {
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn open(address: &str, key: &str) -> Result<Socket, String> {
-    let mut request =
-        format!("ws://{address}/v1/ws").into_client_request().map_err(|error| error.to_string())?;
-    let value = format!("Bearer {key}").parse().map_err(|_| "bad key".to_owned())?;
+async fn open(address: &str, key: &str) -> Result<Socket, BenchError> {
+    let mut request = format!("ws://{address}/v1/ws").into_client_request()?;
+    let value = format!("Bearer {key}").parse().map_err(|_| BenchError::BadKey)?;
     request.headers_mut().insert("authorization", value);
-    let (socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(client_config()), false)
-        .await
-        .map_err(|error| error.to_string())?;
+    let (socket, _) =
+        tokio_tungstenite::connect_async_with_config(request, Some(client_config()), false).await?;
     Ok(socket)
 }
 
 /// Sends a request frame and reads until it ends; true on a good end.
-async fn one_request(socket: &mut Socket, frame: &str, id: &str) -> Result<(), String> {
-    socket.send(Message::text(frame)).await.map_err(|error| error.to_string())?;
+async fn one_request(socket: &mut Socket, frame: &str, id: &str) -> Result<(), BenchError> {
+    socket.send(Message::text(frame)).await?;
     loop {
         let message = tokio::time::timeout(Duration::from_secs(60), socket.next())
             .await
-            .map_err(|_| "no frame within 60 s".to_owned())?;
+            .map_err(|_| BenchError::FrameTimeout)?;
         let Some(Ok(Message::Text(text))) = message else {
             match message {
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                other => return Err(format!("socket ended: {other:?}")),
+                last => return Err(BenchError::SocketEnded { last: Box::new(last) }),
             }
         };
-        let frame: serde_json::Value = serde_json::from_str(&text).map_err(|error| error.to_string())?;
+        let frame: serde_json::Value = serde_json::from_str(&text)?;
         if frame["id"] != id {
-            return Err(format!("a frame of another id: {frame}"));
+            return Err(BenchError::OtherId { frame });
         }
         match frame["type"].as_str() {
             Some("chunk") => continue,
             Some("done" | "result") => return Ok(()),
-            _ => return Err(format!("error frame: {frame}")),
+            _ => return Err(BenchError::ErrorFrame { frame }),
         }
     }
 }
 
-async fn idle(address: String, connections: usize, server_pid: u32) -> Result<(), String> {
+async fn idle(address: String, connections: usize, server_pid: u32) -> Result<(), BenchError> {
     let key = key()?;
     let limit = raise_fd_limit();
     if (limit as usize) < connections + 64 {
-        return Err(format!("the open-file limit is {limit}; raise it (ulimit -n) above {connections}"));
+        return Err(BenchError::OpenFileLimit { limit, connections });
     }
     let before = resident_kib(server_pid)?;
     let started = Instant::now();
     // At most 256 handshakes at once: the listen backlog is finite.
-    let results: Vec<Result<Socket, String>> = futures_util::stream::iter(0..connections)
+    let results: Vec<Result<Socket, BenchError>> = futures_util::stream::iter(0..connections)
         .map(|_| open(&address, &key))
         .buffer_unordered(256)
         .collect()
@@ -176,11 +234,9 @@ async fn idle(address: String, connections: usize, server_pid: u32) -> Result<()
         .get(format!("http://{address}/metrics"))
         .bearer_auth(&key)
         .send()
-        .await
-        .map_err(|error| error.to_string())?
+        .await?
         .text()
-        .await
-        .map_err(|error| error.to_string())?;
+        .await?;
     let counted =
         metrics.lines().find_map(|line| line.strip_prefix("blaze_ws_connections ")).unwrap_or("?").to_owned();
     let sample = sockets.len().min(100);
@@ -207,7 +263,7 @@ async fn idle(address: String, connections: usize, server_pid: u32) -> Result<()
         println!("first error: {error}");
     }
     if !errors.is_empty() || sockets.len() != connections {
-        return Err(format!("{} errors", errors.len()));
+        return Err(BenchError::Errors { count: errors.len() });
     }
     Ok(())
 }
@@ -216,18 +272,18 @@ async fn idle(address: String, connections: usize, server_pid: u32) -> Result<()
 struct Tally {
     latencies: Histogram<u64>,
     errors: u64,
-    first_error: Option<String>,
+    first_error: Option<BenchError>,
 }
 
 impl Tally {
-    fn new() -> Result<Self, String> {
-        let latencies = Histogram::new_with_bounds(1, 600_000_000, 3).map_err(|error| error.to_string())?;
+    fn new() -> Result<Self, BenchError> {
+        let latencies = Histogram::new_with_bounds(1, 600_000_000, 3)?;
         Ok(Self { latencies, errors: 0, first_error: None })
     }
 
     /// Records one completion's outcome; false after an error (the
     /// connection stops there).
-    fn take(&mut self, outcome: Result<(), String>, started: Instant) -> bool {
+    fn take(&mut self, outcome: Result<(), BenchError>, started: Instant) -> bool {
         match outcome {
             Ok(()) => {
                 let _ = self.latencies.record(started.elapsed().as_micros() as u64);
@@ -240,13 +296,18 @@ impl Tally {
         }
     }
 
-    fn failed(&mut self, error: String) {
+    fn failed(&mut self, error: BenchError) {
         self.errors += 1;
         self.first_error.get_or_insert(error);
     }
 }
 
-async fn ws_connection(address: String, key: String, body: String, until: Instant) -> Result<Tally, String> {
+async fn ws_connection(
+    address: String,
+    key: String,
+    body: String,
+    until: Instant,
+) -> Result<Tally, BenchError> {
     let mut tally = Tally::new()?;
     let mut socket = match open(&address, &key).await {
         Ok(socket) => socket,
@@ -268,14 +329,16 @@ async fn ws_connection(address: String, key: String, body: String, until: Instan
     Ok(tally)
 }
 
-async fn sse_connection(address: String, key: String, body: String, until: Instant) -> Result<Tally, String> {
+async fn sse_connection(
+    address: String,
+    key: String,
+    body: String,
+    until: Instant,
+) -> Result<Tally, BenchError> {
     let mut tally = Tally::new()?;
     // One connection, kept alive: as a WebSocket client keeps its socket.
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|error| error.to_string())?;
+    let client =
+        reqwest::Client::builder().pool_max_idle_per_host(1).timeout(Duration::from_secs(60)).build()?;
     let url = format!("http://{address}/v1/chat/completions");
     while Instant::now() < until {
         let started = Instant::now();
@@ -299,17 +362,17 @@ async fn sse_connection(address: String, key: String, body: String, until: Insta
                                 tail.drain(..tail.len() - 64);
                             }
                         }
-                        Err(error) => failed = Some(error.to_string()),
+                        Err(error) => failed = Some(error),
                     }
                 }
                 match failed {
-                    Some(error) => Err(error),
+                    Some(error) => Err(error.into()),
                     None if tail.ends_with(b"data: [DONE]\n\n") => Ok(()),
-                    None => Err("the stream did not end with [DONE]".to_owned()),
+                    None => Err(BenchError::Unfinished),
                 }
             }
-            Ok(response) => Err(format!("status {}", response.status())),
-            Err(error) => Err(error.to_string()),
+            Ok(response) => Err(BenchError::Status { status: response.status() }),
+            Err(error) => Err(error.into()),
         };
         if !tally.take(outcome, started) {
             break;
@@ -323,11 +386,11 @@ async fn stream(
     surface: Surface,
     connections: usize,
     seconds: u64,
-    body: std::path::PathBuf,
-) -> Result<(), String> {
+    body: PathBuf,
+) -> Result<(), BenchError> {
     let key = key()?;
     raise_fd_limit();
-    let body = std::fs::read_to_string(&body).map_err(|error| format!("{}: {error}", body.display()))?;
+    let body = std::fs::read_to_string(&body).map_err(|source| BenchError::Read { path: body, source })?;
     let body = body.trim().to_owned();
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
@@ -345,8 +408,8 @@ async fn stream(
         .collect();
     let mut total = Tally::new()?;
     for task in tasks {
-        let tally = task.await.map_err(|error| error.to_string())??;
-        total.latencies.add(&tally.latencies).map_err(|error| error.to_string())?;
+        let tally = task.await??;
+        total.latencies.add(&tally.latencies)?;
         total.errors += tally.errors;
         if let Some(error) = tally.first_error {
             total.first_error.get_or_insert(error);
@@ -373,24 +436,32 @@ async fn stream(
     Ok(())
 }
 
-fn main() -> Result<(), String> {
-    let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| error.to_string())?;
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // The line `main -> Result` printed, without its Debug quotes.
+            eprintln!("Error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), BenchError> {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(BenchError::Runtime)?;
     match args.mode {
         Mode::Idle { address, connections, server_pid } => {
             loopback(&address)?;
             if !(1..=100_000).contains(&connections) {
-                return Err("--connections must be 1 to 100000".to_owned());
+                return Err(BenchError::IdleConnections);
             }
             runtime.block_on(idle(address, connections, server_pid))
         }
         Mode::Stream { address, surface, connections, seconds, body } => {
             loopback(&address)?;
             if !(1..=20_000).contains(&connections) || !(1..=300).contains(&seconds) {
-                return Err("--connections must be 1 to 20000 and --seconds 1 to 300".to_owned());
+                return Err(BenchError::StreamSettings);
             }
             runtime.block_on(stream(address, surface, connections, seconds, body))
         }

@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 use crate::scenario::{Arrival, Scenario};
 use crate::stats::{Collector, Summary, Tick};
 
+mod error;
 mod user;
 
+pub use self::error::{RunError, TargetError};
 use self::user::{prepare, User};
 
 /// Where the load goes.
@@ -41,20 +43,18 @@ impl Target {
     /// `http://host:port[/prefix]`. A target that is not this machine needs
     /// `allow_remote`: a load test must not hit someone else's server by a
     /// typo.
-    pub fn parse(url: &str, allow_remote: bool) -> Result<Self, String> {
+    pub fn parse(url: &str, allow_remote: bool) -> Result<Self, TargetError> {
         let rest = match url.split_once("://") {
             Some(("http", rest)) => rest,
-            Some(("https", _)) => {
-                return Err(format!("{url}: https is not supported by the drivers; measure the server over plain HTTP on its own port"))
-            }
-            _ => return Err(format!("{url}: give the target as http://host:port")),
+            Some(("https", _)) => return Err(TargetError::Https { url: url.to_owned() }),
+            _ => return Err(TargetError::NotHttp { url: url.to_owned() }),
         };
         let (authority, prefix) = match rest.find('/') {
             Some(slash) => (&rest[..slash], rest[slash..].trim_end_matches('/')),
             None => (rest, ""),
         };
         if authority.is_empty() || authority.contains('@') {
-            return Err(format!("{url}: no host (and no credentials in the URL: use --key)"));
+            return Err(TargetError::NoHost { url: url.to_owned() });
         }
         let with_port = if authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok())
             && !authority.ends_with(']')
@@ -65,7 +65,11 @@ impl Target {
         };
         let addresses: Vec<SocketAddr> = with_port
             .to_socket_addrs()
-            .map_err(|error| format!("{url}: cannot resolve {authority}: {error}"))?
+            .map_err(|source| TargetError::Resolve {
+                url: url.to_owned(),
+                authority: authority.to_owned(),
+                source,
+            })?
             .collect();
         let host = authority
             .rsplit_once(':')
@@ -73,11 +77,11 @@ impl Target {
             .trim_start_matches('[')
             .trim_end_matches(']');
         if !allow_remote && !is_loopback(host, &addresses) {
-            return Err(format!(
-                "{url} is not this machine (loopback); pass --allow-remote to load another machine, and only one you may load"
-            ));
+            return Err(TargetError::Remote { url: url.to_owned() });
         }
-        let address = *addresses.first().ok_or_else(|| format!("{url}: {authority} resolves to nothing"))?;
+        let address = *addresses
+            .first()
+            .ok_or_else(|| TargetError::NoAddress { url: url.to_owned(), authority: authority.to_owned() })?;
         Ok(Self {
             url: url.to_owned(),
             address,
@@ -251,16 +255,16 @@ fn progress_bar(scenario: &Scenario, progress: Progress) -> Option<indicatif::Pr
 }
 
 /// Runs a scenario on its own runtime; blocks until it ends.
-pub fn run(scenario: Arc<Scenario>, options: RunOptions) -> Result<Measured, String> {
+pub fn run(scenario: Arc<Scenario>, options: RunOptions) -> Result<Measured, RunError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(options.threads.max(1))
         .enable_all()
         .build()
-        .map_err(|error| format!("cannot start the runtime: {error}"))?;
+        .map_err(RunError::Runtime)?;
     runtime.block_on(drive(scenario, options))
 }
 
-async fn drive(scenario: Arc<Scenario>, options: RunOptions) -> Result<Measured, String> {
+async fn drive(scenario: Arc<Scenario>, options: RunOptions) -> Result<Measured, RunError> {
     crate::raise_fd_limit(scenario.arrival.connections() as u64 + 64)?;
     let prepared = prepare(&scenario, &options.target, options.key.as_deref());
     let mut cumulative = 0.0;
@@ -400,4 +404,23 @@ async fn drive(scenario: Arc<Scenario>, options: RunOptions) -> Result<Measured,
         unfinished,
         not_sent: shared.not_sent.load(Ordering::Relaxed),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_the_drivers_cannot_or_must_not_load_are_refused_with_a_reason() {
+        let refused = |url: &str| Target::parse(url, false).unwrap_err();
+        assert!(matches!(refused("https://127.0.0.1:8443"), TargetError::Https { .. }));
+        assert!(matches!(refused("127.0.0.1:8080"), TargetError::NotHttp { .. }));
+        assert!(matches!(refused("http://key@127.0.0.1"), TargetError::NoHost { .. }));
+        let remote = refused("http://192.0.2.1:8080").to_string();
+        assert_eq!(
+            remote,
+            "http://192.0.2.1:8080 is not this machine (loopback); pass --allow-remote to load another machine, and only one you may load"
+        );
+        assert!(Target::parse("http://127.0.0.1:8080/openai/", false).is_ok());
+    }
 }

@@ -9,8 +9,10 @@ use serde::Deserialize;
 
 use crate::template::{Template, Variable, VariableSpec};
 
+mod error;
 mod raw;
 
+pub use self::error::{Problem, RequestError, ScenarioError};
 use self::raw::{compile, yaml_to_json, RawScenario};
 
 /// The scenarios bundled into the binary (the same files as
@@ -175,31 +177,62 @@ pub struct Overrides {
 }
 
 /// Finds a scenario by bundled name or reads it from a path.
-pub fn source(name_or_path: &str) -> Result<String, String> {
+pub fn source(name_or_path: &str) -> Result<String, ScenarioError> {
     if let Some((_, text)) = BUNDLED.iter().find(|(name, _)| *name == name_or_path) {
         return Ok((*text).to_owned());
     }
-    std::fs::read_to_string(name_or_path).map_err(|error| {
-        let names: Vec<&str> = BUNDLED.iter().map(|(name, _)| *name).collect();
-        format!(
-            "{name_or_path}: not a bundled scenario ({}) and not a readable file: {error}",
-            names.join(", ")
-        )
-    })
+    std::fs::read_to_string(name_or_path)
+        .map_err(|source| ScenarioError::NotFound { name_or_path: name_or_path.to_owned(), source })
 }
 
 impl Scenario {
     /// Parses, applies the overrides, and checks every limit; all the
     /// problems found are reported at once.
-    pub fn parse(text: &str, overrides: &Overrides) -> Result<Self, String> {
-        let documents =
-            yaml_rust2::YamlLoader::load_from_str(text).map_err(|error| format!("YAML: {error}"))?;
-        let document = documents.first().ok_or("the scenario file is empty")?;
+    pub fn parse(text: &str, overrides: &Overrides) -> Result<Self, ScenarioError> {
+        let documents = yaml_rust2::YamlLoader::load_from_str(text)?;
+        let document = documents.first().ok_or(ScenarioError::Empty)?;
         let json = yaml_to_json(document)?;
         let raw: RawScenario = serde_path_to_error::deserialize(json).map_err(|error| {
             let path = error.path().to_string();
-            format!("{path}: {}", error.into_inner())
+            ScenarioError::Shape { path, source: error.into_inner() }
         })?;
         compile(raw, overrides)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_reported_at_once_one_a_line() {
+        let text = "name: x\nduration: 2h\narrival: { closed: { users: 0 } }\nsteps:\n  - name: s\n    weight: 0\n    request: { path: health }\n  - name: t\n    request: { path: '/{{nope}}' }\n";
+        let error = Scenario::parse(text, &Overrides::default()).unwrap_err();
+        assert!(matches!(&error, ScenarioError::Invalid(problems) if problems.len() == 5), "{error:?}");
+        assert_eq!(
+            error.to_string(),
+            "steps.s.weight: must be a positive number\n\
+             steps.s: s: path `health` must start with /\n\
+             steps.t: `{{nope}}` is not a variable of the scenario nor captured before it\n\
+             duration: 2h is over the limit of 1h\n\
+             arrival.closed.users: 0 is not within 1..=20000"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_where_it_is() {
+        let text = "name: x\nduration: 1s\narrival: { closed: { users: 1 } }\nsteps:\n  - name: x\n    request: { path: /health, colour: red }\n";
+        let error = Scenario::parse(text, &Overrides::default()).unwrap_err();
+        assert!(
+            matches!(&error, ScenarioError::Shape { path, .. } if path == "steps[0].request.colour"),
+            "{error:?}"
+        );
+        assert!(error.to_string().starts_with("steps[0].request.colour: unknown field `colour`"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_scenario_lists_the_bundled_ones() {
+        let error = source("no-such-scenario").unwrap_err().to_string();
+        assert!(error.starts_with("no-such-scenario: not a bundled scenario (baseline, health, "), "{error}");
     }
 }

@@ -123,17 +123,17 @@ struct RawRequest {
 }
 
 /// Parses YAML into JSON values: serde then checks the shape.
-pub(super) fn yaml_to_json(yaml: &yaml_rust2::Yaml) -> Result<Value, String> {
+pub(super) fn yaml_to_json(yaml: &yaml_rust2::Yaml) -> Result<Value, ScenarioError> {
     use yaml_rust2::Yaml;
     Ok(match yaml {
         Yaml::Null => Value::Null,
         Yaml::Boolean(value) => Value::Bool(*value),
         Yaml::Integer(value) => Value::from(*value),
         Yaml::Real(text) => {
-            let number: f64 = text.parse().map_err(|_| format!("{text} is not a number"))?;
+            let number: f64 = text.parse().map_err(|_| ScenarioError::NotANumber { text: text.clone() })?;
             serde_json::Number::from_f64(number)
                 .map(Value::Number)
-                .ok_or_else(|| format!("{text} is not finite"))?
+                .ok_or_else(|| ScenarioError::NotFinite { text: text.clone() })?
         }
         Yaml::String(text) => Value::String(text.clone()),
         Yaml::Array(items) => Value::Array(items.iter().map(yaml_to_json).collect::<Result<_, _>>()?),
@@ -143,48 +143,41 @@ pub(super) fn yaml_to_json(yaml: &yaml_rust2::Yaml) -> Result<Value, String> {
                 let key = match key {
                     Yaml::String(key) => key.clone(),
                     Yaml::Integer(key) => key.to_string(),
-                    other => return Err(format!("a mapping key must be a string, not {other:?}")),
+                    other => return Err(ScenarioError::MappingKey { key: other.clone() }),
                 };
                 object.insert(key, yaml_to_json(value)?);
             }
             Value::Object(object)
         }
-        Yaml::Alias(_) | Yaml::BadValue => {
-            return Err("unsupported YAML (an alias or a bad value)".to_owned())
-        }
+        Yaml::Alias(_) | Yaml::BadValue => return Err(ScenarioError::UnsupportedYaml),
     })
 }
 
-fn duration(key: &str, text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|error| format!("{key}: `{text}` is not a duration ({error}); say 10s, 500ms, 2m"))
+fn duration(key: &'static str, text: &str) -> Result<Duration, Problem> {
+    humantime::parse_duration(text).map_err(|source| Problem::NotADuration {
+        key,
+        text: text.to_owned(),
+        source,
+    })
 }
 
-fn at_most(key: &str, value: Duration, limit: Duration) -> Result<Duration, String> {
+fn at_most(key: &'static str, value: Duration, limit: Duration) -> Result<Duration, Problem> {
     if value > limit {
-        return Err(format!(
-            "{key}: {} is over the limit of {}",
-            humantime::format_duration(value),
-            humantime::format_duration(limit)
-        ));
+        return Err(Problem::OverLimit { key, value, limit });
     }
     Ok(value)
 }
 
-pub(super) fn compile(raw: RawScenario, overrides: &Overrides) -> Result<Scenario, String> {
+pub(super) fn compile(raw: RawScenario, overrides: &Overrides) -> Result<Scenario, ScenarioError> {
     let mut problems = Vec::new();
-    let mut check = |result: Result<(), String>| {
-        if let Err(problem) = result {
-            problems.push(problem);
-        }
-    };
     let warmup = overrides.warmup.map_or_else(|| duration("warmup", &raw.warmup), Ok);
     let warmup = warmup.and_then(|value| at_most("warmup", value, limits::MAX_WARMUP));
     let run_for = overrides.duration.map_or_else(|| duration("duration", &raw.duration), Ok);
     let run_for =
         run_for.and_then(|value| at_most("duration", value, limits::MAX_DURATION)).and_then(|value| {
-            if value < Duration::from_millis(100) {
-                Err("duration: at least 100ms".to_owned())
+            let minimum = Duration::from_millis(100);
+            if value < minimum {
+                Err(Problem::DurationTooShort { minimum })
             } else {
                 Ok(value)
             }
@@ -193,7 +186,7 @@ pub(super) fn compile(raw: RawScenario, overrides: &Overrides) -> Result<Scenari
         duration("timeout", &raw.timeout).and_then(|value| at_most("timeout", value, limits::MAX_TIMEOUT));
     let max_requests = overrides.max_requests.or(raw.max_requests).unwrap_or(limits::DEFAULT_MAX_REQUESTS);
     if max_requests == 0 || max_requests > limits::MAX_REQUESTS {
-        check(Err(format!("max_requests: {max_requests} is not within 1..={}", limits::MAX_REQUESTS)));
+        problems.push(Problem::MaxRequests { max_requests, limit: limits::MAX_REQUESTS });
     }
     let arrival = arrival(raw.arrival, overrides);
     let mut variables = Vec::new();
@@ -203,7 +196,7 @@ pub(super) fn compile(raw: RawScenario, overrides: &Overrides) -> Result<Scenari
         }
         match Variable::compile(&name, spec) {
             Ok(variable) => variables.push(variable),
-            Err(problem) => check(Err(problem)),
+            Err(problem) => problems.push(Problem::Variable(problem)),
         }
     }
     for (name, value) in &overrides.variables {
@@ -213,17 +206,17 @@ pub(super) fn compile(raw: RawScenario, overrides: &Overrides) -> Result<Scenari
     let mut requests = Vec::new();
     let mut steps = Vec::new();
     if raw.steps.is_empty() || raw.steps.len() > limits::MAX_STEPS {
-        check(Err(format!("steps: between 1 and {} steps", limits::MAX_STEPS)));
+        problems.push(Problem::StepCount { limit: limits::MAX_STEPS });
     }
     for step in raw.steps {
         if !(step.weight.is_finite() && step.weight > 0.0) {
-            check(Err(format!("steps.{}.weight: must be a positive number", step.name)));
+            problems.push(Problem::StepWeight { step: step.name.clone() });
         }
         let raw_requests = match (step.request, step.sequence.is_empty()) {
             (Some(request), true) => vec![request],
             (None, false) => step.sequence,
             _ => {
-                check(Err(format!("steps.{}: give either `request` or a non-empty `sequence`", step.name)));
+                problems.push(Problem::StepRequests { step: step.name });
                 continue;
             }
         };
@@ -236,7 +229,7 @@ pub(super) fn compile(raw: RawScenario, overrides: &Overrides) -> Result<Scenari
                 (None, false) => format!("{}.{position}", step.name),
             };
             if requests.iter().any(|request: &Request| request.name == name) {
-                check(Err(format!("steps.{}: the request name `{name}` is used twice", step.name)));
+                problems.push(Problem::DuplicateRequest { step: step.name.clone(), request: name });
                 continue;
             }
             let mut known = names.clone();
@@ -254,18 +247,18 @@ pub(super) fn compile(raw: RawScenario, overrides: &Overrides) -> Result<Scenari
                     indexes.push(requests.len());
                     requests.push(request);
                 }
-                Err(problem) => check(Err(format!("steps.{}: {problem}", step.name))),
+                Err(source) => problems.push(Problem::Request { step: step.name.clone(), source }),
             }
         }
         steps.push(Step { name: step.name, weight: step.weight, requests: indexes });
     }
     for threshold in &raw.thresholds {
         if threshold.min.is_none() == threshold.max.is_none() {
-            check(Err(format!("thresholds: {:?} needs exactly one of min and max", threshold.metric)));
+            problems.push(Problem::ThresholdBounds { metric: threshold.metric });
         }
         if let Some(name) = &threshold.request {
             if !requests.iter().any(|request| &request.name == name) {
-                check(Err(format!("thresholds: no request is named `{name}`")));
+                problems.push(Problem::ThresholdRequest { request: name.clone() });
             }
         }
     }
@@ -273,9 +266,7 @@ pub(super) fn compile(raw: RawScenario, overrides: &Overrides) -> Result<Scenari
         None => false,
         Some("reference") => true,
         Some(other) => {
-            check(Err(format!(
-                "target: `{other}` is not known (only `reference`; give other targets with --target)"
-            )));
+            problems.push(Problem::UnknownTarget { target: other.to_owned() });
             false
         }
     };
@@ -288,7 +279,7 @@ pub(super) fn compile(raw: RawScenario, overrides: &Overrides) -> Result<Scenari
             problems.extend(run_for.err());
             problems.extend(timeout.err());
             problems.extend(arrival.err());
-            return Err(problems.join("\n"));
+            return Err(ScenarioError::Invalid(problems));
         }
     };
     Ok(Scenario {
@@ -307,17 +298,17 @@ pub(super) fn compile(raw: RawScenario, overrides: &Overrides) -> Result<Scenari
     })
 }
 
-fn arrival(raw: RawArrival, overrides: &Overrides) -> Result<Arrival, String> {
-    let users_ok = |key: &str, users: usize| {
+fn arrival(raw: RawArrival, overrides: &Overrides) -> Result<Arrival, Problem> {
+    let users_ok = |key: &'static str, users: usize| {
         if users == 0 || users > limits::MAX_USERS {
-            Err(format!("{key}: {users} is not within 1..={}", limits::MAX_USERS))
+            Err(Problem::Users { key, users, limit: limits::MAX_USERS })
         } else {
             Ok(users)
         }
     };
-    let rate_ok = |key: &str, rate: f64| {
+    let rate_ok = |key: &'static str, rate: f64| {
         if !(rate.is_finite() && rate > 0.0 && rate <= limits::MAX_RATE) {
-            Err(format!("{key}: {rate} requests/s is not within (0, {}]", limits::MAX_RATE))
+            Err(Problem::Rate { key, rate, limit: limits::MAX_RATE })
         } else {
             Ok(rate)
         }
@@ -331,7 +322,7 @@ fn arrival(raw: RawArrival, overrides: &Overrides) -> Result<Arrival, String> {
             let ramp_up = at_most("arrival.closed.ramp_up", ramp_up, limits::MAX_WARMUP)?;
             let think_jitter = think_jitter.unwrap_or(0.0);
             if !(0.0..=1.0).contains(&think_jitter) {
-                return Err(format!("arrival.closed.think_jitter: {think_jitter} is not within 0..=1"));
+                return Err(Problem::ThinkJitter { think_jitter });
             }
             Ok(Arrival::Closed { users, think_time, think_jitter, ramp_up })
         }
@@ -347,7 +338,7 @@ fn arrival(raw: RawArrival, overrides: &Overrides) -> Result<Arrival, String> {
     }
 }
 
-fn compile_request(name: String, raw: RawRequest, known: &[String]) -> Result<Request, String> {
+fn compile_request(name: String, raw: RawRequest, known: &[String]) -> Result<Request, RequestError> {
     let template = |text: &str, json_strings: bool| Template::parse(text, known, json_strings);
     let body = match raw.body {
         None => None,
@@ -356,7 +347,7 @@ fn compile_request(name: String, raw: RawRequest, known: &[String]) -> Result<Re
     };
     if let Some(body) = &body {
         if body.literal_len() > limits::MAX_BODY_BYTES {
-            return Err(format!("{name}: the body is over {} bytes", limits::MAX_BODY_BYTES));
+            return Err(RequestError::BodyTooLarge { request: name, limit: limits::MAX_BODY_BYTES });
         }
     }
     let protocol = raw.protocol;
@@ -364,27 +355,27 @@ fn compile_request(name: String, raw: RawRequest, known: &[String]) -> Result<Re
         (Protocol::Websocket, Some(path)) => path,
         (Protocol::Websocket, None) => "/v1/ws".to_owned(),
         (_, Some(path)) if path.starts_with('/') => path,
-        (_, Some(path)) => return Err(format!("{name}: path `{path}` must start with /")),
-        (_, None) => return Err(format!("{name}: a path is needed")),
+        (_, Some(path)) => return Err(RequestError::RelativePath { request: name, path }),
+        (_, None) => return Err(RequestError::NoPath { request: name }),
     };
     let frame_type = match (protocol, raw.frame_type) {
         (Protocol::Websocket, Some(kind)) => kind,
-        (Protocol::Websocket, None) => return Err(format!("{name}: a websocket request needs `type`")),
-        (_, Some(_)) => return Err(format!("{name}: `type` is for websocket requests")),
+        (Protocol::Websocket, None) => return Err(RequestError::NoFrameType { request: name }),
+        (_, Some(_)) => return Err(RequestError::FrameTypeOutsideWebsocket { request: name }),
         (_, None) => String::new(),
     };
     let method = raw.method.unwrap_or_else(|| if body.is_some() { "POST" } else { "GET" }.to_owned());
     if !["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"].contains(&method.as_str()) {
-        return Err(format!("{name}: method `{method}` is not supported"));
+        return Err(RequestError::Method { request: name, method });
     }
     let mut headers = Vec::new();
     for (header, value) in raw.headers {
         if header.bytes().any(|byte| !(byte.is_ascii_alphanumeric() || byte == b'-')) {
-            return Err(format!("{name}: `{header}` is not a header name"));
+            return Err(RequestError::HeaderName { request: name, header });
         }
         let lower = header.to_ascii_lowercase();
         if ["content-length", "host", "connection", "transfer-encoding"].contains(&lower.as_str()) {
-            return Err(format!("{name}: the driver sets `{header}` itself"));
+            return Err(RequestError::DriverHeader { request: name, header });
         }
         headers.push((header, template(&value, false)?));
     }
@@ -395,9 +386,11 @@ fn compile_request(name: String, raw: RawRequest, known: &[String]) -> Result<Re
     };
     for (variable, pointer) in &raw.capture {
         if !pointer.starts_with('/') {
-            return Err(format!(
-                "{name}: capture `{variable}`: `{pointer}` is not a JSON pointer (like /access_token)"
-            ));
+            return Err(RequestError::CapturePointer {
+                request: name,
+                variable: variable.clone(),
+                pointer: pointer.clone(),
+            });
         }
     }
     Ok(Request {
