@@ -41,7 +41,7 @@ where
     type Future = LocalBoxFuture<'static, Result<Self::Transform, ()>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
-        let shared = Shared(Rc::new(service));
+        let shared = InnerService(Rc::new(service));
         let enabled = self.enabled;
         let compress = Compress::default().new_transform(shared.clone());
         Box::pin(async move {
@@ -52,15 +52,15 @@ where
 }
 
 /// The wrapped service, shared by the plain and the compressing paths.
-pub struct Shared<S>(Rc<S>);
+pub struct InnerService<S>(Rc<S>);
 
-impl<S> Clone for Shared<S> {
+impl<S> Clone for InnerService<S> {
     fn clone(&self) -> Self {
         Self(self.0.clone())
     }
 }
 
-impl<S, B> Service<ServiceRequest> for Shared<S>
+impl<S, B> Service<ServiceRequest> for InnerService<S>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
 {
@@ -78,7 +78,7 @@ where
 }
 
 pub struct CompressionService<S, B> {
-    plain: Shared<S>,
+    plain: InnerService<S>,
     compress: RcService<ServiceRequest, ServiceResponse<Encoded<B>>, Error>,
     enabled: bool,
 }

@@ -30,10 +30,10 @@ fn request_id_of(request: &ServiceRequest) -> RequestId {
 }
 
 pub struct Observe {
-    shared: Rc<Shared>,
+    shared: Rc<ObserveSettings>,
 }
 
-struct Shared {
+struct ObserveSettings {
     telemetry: Arc<Telemetry>,
     timeout: Duration,
     timeout_s: u64,
@@ -42,7 +42,8 @@ struct Shared {
 
 impl Observe {
     pub fn new(telemetry: Arc<Telemetry>, timeout_s: u64, max_body: usize) -> Self {
-        let shared = Shared { telemetry, timeout: Duration::from_secs(timeout_s), timeout_s, max_body };
+        let shared =
+            ObserveSettings { telemetry, timeout: Duration::from_secs(timeout_s), timeout_s, max_body };
         Self { shared: Rc::new(shared) }
     }
 }
@@ -66,7 +67,7 @@ where
 
 pub struct ObserveService<S> {
     service: Rc<S>,
-    shared: Rc<Shared>,
+    shared: Rc<ObserveSettings>,
     /// This worker's metric handles.
     recorder: Rc<RequestRecorder>,
 }
