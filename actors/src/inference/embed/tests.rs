@@ -19,7 +19,8 @@ const WORDS: [&str; 4] = ["unknown", "panic", "hello", "world"];
 const PANIC: u32 = 1;
 
 /// Embeds each input as its tokens, as floats; panics on an input that
-/// starts with "panic".
+/// starts with "panic". It takes up to 8 tokens, so the pool's warm-up
+/// sentence passes.
 struct FakeEngine;
 
 impl EmbeddingEngine for FakeEngine {
@@ -28,17 +29,17 @@ impl EmbeddingEngine for FakeEngine {
     }
 
     fn max_tokens(&self) -> usize {
-        4
+        8
     }
 
     fn tokenize(&self, text: &str) -> Result<Vec<u32>, EngineError> {
-        BertTokenizer::of_words(&WORDS, 4, 4).tokenize(text)
+        BertTokenizer::of_words(&WORDS, 4, 8).tokenize(text)
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<(), EngineError> {
         match tokens.len() {
             0 => Err(EngineError::Input("no tokens".to_owned())),
-            length if length > 4 => Err(EngineError::TooLong { tokens: length, limit: 4 }),
+            length if length > 8 => Err(EngineError::TooLong { tokens: length, limit: 8 }),
             _ => Ok(()),
         }
     }
@@ -60,7 +61,7 @@ impl EmbeddingEngine for FakeEngine {
 /// One input per batch, so a failing request fails alone.
 fn fake_pool() -> EmbeddingPool {
     let settings = BatchSettings { max_batch: 1, max_wait: Duration::ZERO, queue_capacity: 8 };
-    EmbeddingPool::new("fake", Arc::new(BertTokenizer::of_words(&WORDS, 4, 4)), settings)
+    EmbeddingPool::new("fake", Arc::new(BertTokenizer::of_words(&WORDS, 4, 8)), settings)
 }
 
 async fn answer(receiver: tokio::sync::oneshot::Receiver<EmbeddingResult>) -> EmbeddingResult {
@@ -87,7 +88,7 @@ async fn a_panic_in_the_engine_fails_only_its_batch_and_the_worker_restarts_with
     // Both queued before the worker starts: the panicking one is taken first.
     let panicking = pool.submit(vec![tokenize("panic now")]).unwrap();
     let waiting = pool.submit(vec![tokenize("hello world"), tokenize("world")]).unwrap();
-    let invalid = pool.submit(vec![tokenize("hello hello hello hello hello")]).unwrap();
+    let invalid = pool.submit(vec![tokenize(&["hello"; 9].join(" "))]).unwrap();
 
     let loads = Arc::new(AtomicUsize::new(0));
     let counted = loads.clone();
@@ -107,7 +108,7 @@ async fn a_panic_in_the_engine_fails_only_its_batch_and_the_worker_restarts_with
 
     assert_eq!(answer(panicking).await, Err(WorkError::WorkerFailed));
     assert_eq!(answer(waiting).await, Ok(vec![vec![2.0, 3.0], vec![3.0]]), "the queued request is served");
-    let too_long = EngineError::TooLong { tokens: 5, limit: 4 };
+    let too_long = EngineError::TooLong { tokens: 9, limit: 8 };
     assert_eq!(answer(invalid).await, Err(WorkError::Engine(too_long)), "an engine error is not a failure");
 
     let state = wait_for(&board, "worker:fake:0", |state| state.status == ActorStatus::Up).await;
