@@ -42,7 +42,8 @@ fuzz_target!(|data: &[u8]| {
                 assert!(text.is_char_boundary(finding.start) && text.is_char_boundary(finding.end));
             }
         }
-        Err(message) => {
+        Err(error) => {
+            let message = error.to_string();
             assert!(message.contains("fuzz.fuzzed"), "the refusal does not name the pattern: {message}")
         }
     }
