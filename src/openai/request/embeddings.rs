@@ -9,8 +9,8 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 /// `POST /v1/embeddings`.
+/// A field it does not name is refused by [`super::parse`].
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EmbeddingsRequest {
     pub input: EmbeddingInput,
     pub model: String,

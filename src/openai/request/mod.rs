@@ -264,9 +264,28 @@ impl<'de> Deserialize<'de> for CompletionRequest {
     }
 }
 
-/// `bytes` as a `T`, or the 400 that names the field at fault.
+/// `bytes` as a `T`, or the 400 that names the field at fault. A field of
+/// the body that `T` skips unread (serde_ignored reports each one) is
+/// unknown, and refused by name as OpenAI refuses it.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice::<T>(bytes).map_err(|error| describe::<T>(bytes, &error))
+    let mut unknown = None;
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed = serde_ignored::deserialize(&mut deserializer, |path| {
+        if let serde_ignored::Path::Map { parent: serde_ignored::Path::Root, key } = path {
+            unknown.get_or_insert_with(|| key.clone());
+        }
+    });
+    let value = parsed
+        .and_then(|value| deserializer.end().map(|()| value))
+        .map_err(|error| describe::<T>(bytes, &error))?;
+    match unknown {
+        Some(field) => Err(ApiError::bad_request(
+            ErrorCode::UnknownParameter,
+            format!("Unrecognized request argument supplied: {field}"),
+        )
+        .with_param(field)),
+        None => Ok(value),
+    }
 }
 
 /// The 400 for a body that did not parse: where, and what was wrong.
@@ -283,22 +302,6 @@ fn describe<T: DeserializeOwned>(bytes: &[u8], error: &serde_json::Error) -> Api
             Ok(_) => ".".to_owned(),
         };
     let message = error.to_string();
-    if let Some(field) = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) {
-        // The path names the unknown key itself (older serde_path_to_error
-        // stopped at the object holding it).
-        let param = if path == field || path.ends_with(&format!(".{field}")) {
-            path
-        } else if path == "." {
-            field.to_owned()
-        } else {
-            format!("{path}.{field}")
-        };
-        return ApiError::bad_request(
-            ErrorCode::UnknownParameter,
-            format!("Unrecognized request argument supplied: {field}"),
-        )
-        .with_param(param);
-    }
     // serde_json's message ends with where in the text; the path says it better.
     let problem = message.split(" at line ").next().unwrap_or(&message);
     if path == "." {
@@ -342,6 +345,30 @@ mod tests {
         let completion: CompletionRequest =
             serde_json::from_str(r#"{"prompt":"p","model":"m","max_tokens":3,"stream":null}"#).unwrap();
         assert_eq!((completion.prompt.as_str(), completion.sampling.max_tokens), ("p", Some(3)));
+    }
+
+    #[test]
+    fn a_field_the_body_skips_is_refused_by_name() {
+        let refused = format!(
+            "{:?}",
+            parse::<EmbeddingsRequest>(br#"{"input":"a","model":"m","extra":1}"#).unwrap_err()
+        );
+        assert!(
+            refused.contains("UnknownParameter") && refused.contains("param: Some(\"extra\")"),
+            "{refused}"
+        );
+        let refused = format!(
+            "{:?}",
+            parse::<ChatRequest>(br#"{"model":"m","messages":[],"padding":[1]}"#).unwrap_err()
+        );
+        assert!(refused.contains("UnknownParameter") && refused.contains("padding"), "{refused}");
+        // Inside a message, fields are OpenAI's to add (name, tool_call_id).
+        let named =
+            parse::<ChatRequest>(br#"{"model":"m","messages":[{"role":"user","content":"hi","name":"x"}]}"#);
+        assert!(named.is_ok());
+        let trailing =
+            format!("{:?}", parse::<EmbeddingsRequest>(br#"{"input":"a","model":"m"} x"#).unwrap_err());
+        assert!(trailing.contains("InvalidJson"), "{trailing}");
     }
 
     #[test]
