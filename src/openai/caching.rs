@@ -64,7 +64,7 @@ pub fn deterministic(sampling: &Sampling) -> bool {
 
 /// The cache key of a generation on the endpoint with `pattern`: the
 /// prompt's tokens (the messages through the template) and every parameter
-/// that changes the output.
+/// that changes the output, the grammar of a structured output included.
 pub fn generation_key(
     caching: &Caching,
     pattern: &str,
@@ -79,8 +79,11 @@ pub fn generation_key(
     for token in prompt {
         digest.update(token.to_le_bytes());
     }
+    let grammar =
+        params.grammar.as_ref().map(|grammar| format!("{:x}", sha2::Sha256::digest(grammar.gbnf())));
     let fields = serde_json::json!({
         "prompt_sha256": format!("{:x}", digest.finalize()),
+        "grammar_sha256": grammar,
         "max_tokens": params.max_tokens,
         "temperature": params.temperature,
         "top_p": params.top_p,

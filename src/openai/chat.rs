@@ -1,12 +1,13 @@
 //! `/v1/chat/completions` and `/v1/completions`, read top to bottom: the
-//! body validated, its texts screened, the prompt tokenized, the request
+//! body validated (with the grammar of a structured output), its texts
+//! screened, the prompt tokenized, the request
 //! admitted with its tokens reserved, the answer looked up in the cache or
 //! generated, the output screened, the reservation settled and the answer
 //! recorded. Whole JSON, or a stream of chunks with `stream: true`.
 
 use blaze_actors::cache::{CacheKey, Lookup};
 use blaze_actors::guard::OutputFilter;
-use blaze_actors::inference::ChatPool;
+use blaze_actors::inference::{ChatPool, Grammar};
 use blaze_actors::router::ModelHandle;
 use futures_util::StreamExt;
 
@@ -19,6 +20,7 @@ use super::reply::{Kind, Reply};
 use super::request::{parse, ChatRequest, CompletionRequest, Sampling};
 use super::screen::{screen_input, screen_output, CONTENT_FILTER};
 use super::stream::{chunks, StreamParts};
+use super::structured::{grammar_for, requested};
 use super::validate::{chat_turns, check_other_fields, check_sampling, check_text, check_text_fits, invalid};
 use super::{find_model, Endpoint, Pipeline};
 use crate::error::{ApiError, ErrorCode};
@@ -44,6 +46,7 @@ pub async fn chat(pipeline: &Pipeline, origin: &Origin, body: ChatRequest) -> Re
     // Validate: the fields, the model, the messages, their size.
     check_other_fields(&body.other, Endpoint::Chat)?;
     let pool = chat_pool(pipeline, &body.model)?;
+    let grammar = grammar_for(&pool, &body.other, Endpoint::Chat)?;
     let mut turns = chat_turns(body.messages, &pipeline.validation)?;
     check_text_fits(&pool, turns.iter().map(|(role, text)| role.len() + text.len()).sum(), "messages")?;
     // Screen what will reach the model (redacted in place).
@@ -53,7 +56,7 @@ pub async fn chat(pipeline: &Pipeline, origin: &Origin, body: ChatRequest) -> Re
     // The prompt: the turns through the model's template.
     let prompt = chat_prompt(&pool, &turns)?;
     let call = Call::new(pipeline, &pool, origin, &body.model, Kind::Chat);
-    generate(call, prompt, &body.sampling).await
+    generate(call, prompt, &body.sampling, grammar).await
 }
 
 /// `POST /v1/completions`.
@@ -65,11 +68,12 @@ pub async fn completion(
     check_other_fields(&body.other, Endpoint::Completions)?;
     check_text(&body.prompt, || "prompt".to_owned(), &pipeline.validation)?;
     let pool = chat_pool(pipeline, &body.model)?;
+    let grammar = grammar_for(&pool, &body.other, Endpoint::Completions)?;
     check_text_fits(&pool, body.prompt.len(), "prompt")?;
     screen_input(pipeline, origin, [&mut body.prompt], |_| "prompt".to_owned())?;
     let prompt = pool.model().tokenize(&body.prompt, true);
     let call = Call::new(pipeline, &pool, origin, &body.model, Kind::Text);
-    generate(call, prompt, &body.sampling).await
+    generate(call, prompt, &body.sampling, grammar).await
 }
 
 /// What a generation runs with, besides its prompt and sampling.
@@ -97,9 +101,14 @@ impl<'a> Call<'a> {
 
 /// The stages after the prompt is known: admit, cache lookup, infer,
 /// screen output, settle, record.
-async fn generate(call: Call<'_>, prompt: Vec<u32>, sampling: &Sampling) -> Result<Answer, ApiError> {
+async fn generate(
+    call: Call<'_>,
+    prompt: Vec<u32>,
+    sampling: &Sampling,
+    grammar: Option<Grammar>,
+) -> Result<Answer, ApiError> {
     let Call { pipeline, pool, origin, model, kind, caching } = call;
-    let params = sampling_params(sampling, prompt.len(), pool, &pipeline.validation)?;
+    let params = sampling_params(sampling, prompt.len(), pool, &pipeline.validation, grammar)?;
     // Admit: the prompt and the most the completion may take are reserved;
     // the settlement corrects that with the real count when it drops.
     let reservation = origin.gate.admit((prompt.len() + params.max_tokens) as u64).await?;
@@ -202,6 +211,7 @@ pub(super) fn chat_prompt(pool: &ChatPool, turns: &[(String, String)]) -> Result
 pub fn check_chat_body(bytes: &[u8], limits: &ValidationSettings) -> Result<(), ApiError> {
     let body: ChatRequest = parse(bytes)?;
     check_other_fields(&body.other, Endpoint::Chat)?;
+    requested(&body.other, Endpoint::Chat)?;
     chat_turns(body.messages, limits)?;
     check_sampling(&body.sampling, limits).map(drop)
 }
@@ -210,6 +220,7 @@ pub fn check_chat_body(bytes: &[u8], limits: &ValidationSettings) -> Result<(), 
 pub fn check_completion_body(bytes: &[u8], limits: &ValidationSettings) -> Result<(), ApiError> {
     let body: CompletionRequest = parse(bytes)?;
     check_other_fields(&body.other, Endpoint::Completions)?;
+    requested(&body.other, Endpoint::Completions)?;
     check_text(&body.prompt, || "prompt".to_owned(), limits)?;
     check_sampling(&body.sampling, limits).map(drop)
 }

@@ -4,7 +4,9 @@
 //! once for every identical request missing at the same time.
 
 use blaze_actors::cache::Lookup;
-use blaze_actors::inference::{ChatEvent, ChatEvents, ChatPool, EngineError, SamplingParams, WorkError};
+use blaze_actors::inference::{
+    ChatEvent, ChatEvents, ChatPool, EngineError, Grammar, SamplingParams, WorkError,
+};
 
 use super::caching::Record;
 use super::request::Sampling;
@@ -13,12 +15,14 @@ use crate::error::{ApiError, ErrorCode};
 use crate::settings::ValidationSettings;
 
 /// Checks the sampling fields and fixes the generation's parameters: the
-/// completion may take what the window leaves after the prompt.
+/// completion may take what the window leaves after the prompt, and must
+/// match `grammar` if there is one.
 pub fn sampling_params(
     sampling: &Sampling,
     prompt_tokens: usize,
     pool: &ChatPool,
     limits: &ValidationSettings,
+    grammar: Option<Grammar>,
 ) -> Result<SamplingParams, ApiError> {
     let CheckedSampling { temperature, top_p, stop, max_tokens } = check_sampling(sampling, limits)?;
     let window = pool.model().context_length();
@@ -41,6 +45,7 @@ pub fn sampling_params(
         presence_penalty: sampling.presence_penalty.unwrap_or(0.0),
         frequency_penalty: sampling.frequency_penalty.unwrap_or(0.0),
         stop,
+        grammar,
     })
 }
 

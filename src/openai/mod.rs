@@ -9,7 +9,8 @@
 //! 1. authorize: done before the pipeline, by the transport, on the route
 //!    the route table matched (`crate::routes`); the [`Origin`]
 //!    carries the authorized caller;
-//! 2. validate: the body against the model's limits (`validate.rs`);
+//! 2. validate: the body against the model's limits (`validate.rs`), and
+//!    what a structured output must match (`structured.rs`);
 //! 3. screen: the guard reads what will reach the model (`screen.rs`);
 //! 4. admit: the rate limiter reserves the request's tokens, counted once
 //!    the prompt is tokenized (`admit.rs`);
@@ -36,6 +37,7 @@ mod request;
 mod response;
 mod screen;
 mod stream;
+mod structured;
 mod validate;
 pub mod warm;
 

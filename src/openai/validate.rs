@@ -2,7 +2,8 @@
 //! guard: text sizes and characters, counts of messages and inputs, the
 //! sampling fields, the roles and contents of chat messages, and the
 //! OpenAI fields Blaze accepts without acting on them (others are refused
-//! by name, as OpenAI refuses arguments it does not know).
+//! by name, as OpenAI refuses arguments it does not know). What a
+//! structured output asks for is read in `structured.rs`.
 
 use std::collections::BTreeMap;
 
@@ -80,9 +81,8 @@ pub fn check_other_fields(other: &BTreeMap<String, Value>, endpoint: Endpoint) -
             "logprobs" if chat => value.is_null() || *value == Value::Bool(false),
             "logprobs" => value.is_null() || *value == 0,
             "top_logprobs" if chat => value.is_null() || *value == 0,
-            "response_format" if chat => {
-                value.is_null() || value.get("type").and_then(Value::as_str) == Some("text")
-            }
+            // Judged by `structured.rs`, which names the field at fault.
+            "response_format" | "structured_outputs" => true,
             "tools" | "functions" if chat => value.is_null() || empty_array(value),
             "tool_choice" | "function_call" if chat => {
                 value.is_null() || matches!(value.as_str(), Some("none" | "auto"))

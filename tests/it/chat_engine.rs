@@ -36,6 +36,7 @@ fn params(max_tokens: usize, temperature: f32, seed: u32, stop: &[&str]) -> Samp
         presence_penalty: 0.0,
         frequency_penalty: 0.0,
         stop: stop.iter().map(|stop| (*stop).to_owned()).collect(),
+        grammar: None,
     }
 }
 

@@ -25,5 +25,7 @@ mod lifecycle;
 mod load_suite;
 mod multi_replica;
 mod rate_limits;
+mod sdk;
 mod security;
+mod structured_outputs;
 mod websocket_api;

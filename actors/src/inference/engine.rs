@@ -1,7 +1,7 @@
 //! What an inference engine offers, one trait per model kind, so the
 //! workers and the API do not depend on how a model computes.
 
-use super::chat::{FinishReason, Progress, SamplingParams};
+use super::chat::{FinishReason, Grammar, Progress, SamplingParams};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EngineError {
@@ -51,6 +51,8 @@ pub trait ChatEngine: Send + Sync + 'static {
     fn tokenize(&self, text: &str, add_special: bool) -> Vec<u32>;
     /// Whether a prompt and a completion of these lengths fit the window.
     fn check_window(&self, prompt_tokens: usize, max_tokens: usize) -> Result<(), EngineError>;
+    /// Whether the engine can constrain a completion to `grammar`.
+    fn check_grammar(&self, grammar: &Grammar) -> Result<(), EngineError>;
     /// A decoder with `threads` compute threads, holding up to `slots`
     /// sequences at once (clamped to 1..=[`MAX_SLOTS`]).
     fn decoder(&self, threads: usize, slots: usize) -> Result<Self::Decoder<'_>, EngineError>;

@@ -21,8 +21,8 @@ mod pool;
 
 pub use self::actor::{EmbeddingLoader, InferenceWorker};
 pub use self::chat::{
-    llama_has_amx, ChatEvent, ChatEvents, ChatModel, ChatPool, Decoder, FinishReason, Progress,
-    SamplingParams, Sequence,
+    llama_has_amx, ChatEvent, ChatEvents, ChatModel, ChatPool, Decoder, FinishReason, Grammar, GrammarError,
+    Progress, SamplingParams, Sequence, MOST_CHOICES, MOST_NESTING, MOST_REPETITION,
 };
 pub use self::embed::{BatchSettings, Bert, BertTokenizer, EmbeddingPool, EmbeddingResult};
 pub use self::engine::{ChatDecoder, ChatEngine, ChatSequence, EmbeddingEngine, EngineError, MAX_SLOTS};

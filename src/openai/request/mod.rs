@@ -160,6 +160,7 @@ const OTHER_FIELDS: &[&str] = &[
     "logprobs",
     "top_logprobs",
     "response_format",
+    "structured_outputs",
     "tools",
     "functions",
     "tool_choice",

@@ -1,6 +1,8 @@
 //! What a chat completion asks for, and what each decoding step gives
 //! back: the vocabulary between the chat pool and any chat engine.
 
+use super::grammar::Grammar;
+
 /// How to sample one completion.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -12,6 +14,8 @@ pub struct SamplingParams {
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
     pub stop: Vec<String>,
+    /// What the text must match, if anything (structured outputs).
+    pub grammar: Option<Grammar>,
 }
 
 impl SamplingParams {
@@ -25,6 +29,7 @@ impl SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             stop: Vec::new(),
+            grammar: None,
         }
     }
 }

@@ -5,8 +5,10 @@
 //! `worker.rs`) are written against the engine traits
 //! ([`ChatEngine`](crate::inference::ChatEngine)), which the llama model
 //! implements (`llama/engine.rs`); `tests.rs` runs them on a fake engine.
+//! `grammar/` makes the grammars a constrained completion must match.
 
 mod completion;
+mod grammar;
 mod llama;
 mod pool;
 #[cfg(test)]
@@ -14,5 +16,6 @@ mod tests;
 mod worker;
 
 pub use self::completion::{FinishReason, Progress, SamplingParams};
+pub use self::grammar::{Grammar, GrammarError, MOST_CHOICES, MOST_NESTING, MOST_REPETITION};
 pub use self::llama::{llama_has_amx, ChatModel, Decoder, Sequence};
 pub use self::pool::{ChatEvent, ChatEvents, ChatPool};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use actix::Actor;
 
-use super::{ChatEvent, ChatEvents, ChatPool, FinishReason, Progress, SamplingParams};
+use super::{ChatEvent, ChatEvents, ChatPool, FinishReason, Grammar, Progress, SamplingParams};
 use crate::inference::engine::{ChatDecoder, ChatEngine, ChatSequence, EngineError, MAX_SLOTS};
 use crate::inference::pool::WorkError;
 use crate::inference::InferenceWorker;
@@ -37,6 +37,10 @@ impl ChatEngine for FakeEngine {
 
     fn tokenize(&self, text: &str, _add_special: bool) -> Vec<u32> {
         text.split_whitespace().map(|word| if word == "panic" { PANIC } else { word.len() as u32 }).collect()
+    }
+
+    fn check_grammar(&self, _grammar: &Grammar) -> Result<(), EngineError> {
+        Ok(())
     }
 
     fn check_window(&self, prompt_tokens: usize, max_tokens: usize) -> Result<(), EngineError> {

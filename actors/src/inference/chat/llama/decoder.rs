@@ -31,6 +31,9 @@ pub struct Sequence {
     prompt_tokens: usize,
     pub(super) max_tokens: usize,
     pub(super) sampler: LlamaSampler,
+    /// What the text must match: llama.cpp's grammar sampler, apart from
+    /// the chain so that the chain's choice can be checked first.
+    pub(super) grammar: Option<LlamaSampler>,
     /// Greedy without penalties: the token is the argmax of the logits,
     /// read in place instead of through the sampler's copy of them.
     pub(super) argmax: bool,
@@ -293,6 +296,7 @@ impl ChatModel {
             prompt_tokens: prompt.len(),
             max_tokens: params.max_tokens,
             sampler: self.sampler(params),
+            grammar: params.grammar.as_ref().map(|grammar| self.grammar_sampler(grammar)).transpose()?,
             argmax: params.temperature <= 0.0
                 && params.presence_penalty == 0.0
                 && params.frequency_penalty == 0.0,

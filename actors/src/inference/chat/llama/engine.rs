@@ -5,6 +5,7 @@
 use super::decoder::{Decoder, Sequence};
 use super::model::ChatModel;
 use crate::inference::chat::completion::{Progress, SamplingParams};
+use crate::inference::chat::grammar::Grammar;
 use crate::inference::engine::{ChatDecoder, ChatEngine, ChatSequence, EngineError};
 
 impl ChatEngine for ChatModel {
@@ -28,6 +29,10 @@ impl ChatEngine for ChatModel {
 
     fn check_window(&self, prompt_tokens: usize, max_tokens: usize) -> Result<(), EngineError> {
         ChatModel::check_window(self, prompt_tokens, max_tokens)
+    }
+
+    fn check_grammar(&self, grammar: &Grammar) -> Result<(), EngineError> {
+        ChatModel::check_grammar(self, grammar)
     }
 
     fn decoder(&self, threads: usize, slots: usize) -> Result<Decoder<'_>, EngineError> {

@@ -1,13 +1,18 @@
 //! Choosing a sequence's next token and the text it may send: the sampler
-//! chain, the greedy argmax read in place, whole UTF-8 characters only,
-//! and stop strings held back until they can no longer match.
+//! chain, the greedy argmax read in place, the grammar of a constrained
+//! completion, whole UTF-8 characters only, and stop strings held back
+//! until they can no longer match.
 
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
 
 use super::decoder::{Decoder, Sequence};
 use super::model::ChatModel;
 use crate::inference::chat::completion::{FinishReason, Progress, SamplingParams};
+use crate::inference::chat::grammar::Grammar;
+use crate::inference::engine::EngineError;
 
 impl ChatModel {
     /// The sampler chain of a completion's parameters.
@@ -32,25 +37,50 @@ impl ChatModel {
         }
         LlamaSampler::chain_simple(chain)
     }
+
+    /// Whether `grammar` parses as llama.cpp's GBNF.
+    pub fn check_grammar(&self, grammar: &Grammar) -> Result<(), EngineError> {
+        self.grammar_sampler(grammar).map(drop)
+    }
+
+    /// llama.cpp's grammar sampler for `grammar`: an error if the GBNF does
+    /// not parse (llama.cpp logs where).
+    pub(super) fn grammar_sampler(&self, grammar: &Grammar) -> Result<LlamaSampler, EngineError> {
+        LlamaSampler::grammar(&self.model, grammar.gbnf(), "root").map_err(|_| {
+            EngineError::Input(
+                "the grammar does not parse as llama.cpp's GBNF (each rule defined once as `name ::= ...`, every rule it names defined, no left recursion)".to_owned(),
+            )
+        })
+    }
 }
 
 impl Decoder<'_> {
     /// Samples a sequence's next token from its logits at `index`.
     pub(super) fn decide(&mut self, sequence: &mut Sequence, index: i32) -> Progress {
         let vocabulary = self.model.model.vocab();
-        let token = if sequence.argmax {
-            first_argmax(self.context.get_logits_ith(index))
-        } else {
+        let token = match sequence.grammar.as_mut() {
+            Some(grammar) => {
+                let logits = self.context.get_logits_ith(index);
+                match constrained(logits, sequence.argmax, &mut sequence.sampler, grammar) {
+                    Some(token) => token,
+                    // No token of the vocabulary continues the grammar
+                    // (a hand-written grammar can ask for that).
+                    None => return stopped(sequence),
+                }
+            }
+            None if sequence.argmax => first_argmax(self.context.get_logits_ith(index)),
             // Also records the token in the sampler (for the penalties).
-            sequence.sampler.sample(&self.context, index)
+            None => sequence.sampler.sample(&self.context, index),
         };
         if vocabulary.is_eog(token) {
-            let text = sequence.text.finish();
-            return Progress::Finished {
-                text,
-                reason: FinishReason::Stop,
-                completion_tokens: sequence.completion_tokens(),
-            };
+            return stopped(sequence);
+        }
+        if let Some(grammar) = sequence.grammar.as_mut() {
+            // It allowed the token a moment ago; a refusal now would be
+            // llama.cpp's failure, and ends the completion where it is.
+            if grammar.try_accept(token).is_err() {
+                return stopped(sequence);
+            }
         }
         sequence.tokens.push(token);
         sequence.utf8.extend(vocabulary.token_to_piece(token, false, None));
@@ -66,6 +96,72 @@ impl Decoder<'_> {
             Scan::Continue(text) => Progress::Text(text),
         }
     }
+}
+
+/// A sequence's end where it is, with the text it held back.
+fn stopped(sequence: &mut Sequence) -> Progress {
+    let text = sequence.text.finish();
+    Progress::Finished { text, reason: FinishReason::Stop, completion_tokens: sequence.completion_tokens() }
+}
+
+/// The next token among those `grammar` allows (recorded in the `chain`
+/// unless `argmax`; the caller records it in the grammar); `None` if it
+/// allows none. The unconstrained
+/// choice is tried first, as llama.cpp's own sampler does: checking one
+/// token against the grammar costs far less than masking the vocabulary,
+/// and the model mostly chooses an allowed token. An end-of-generation
+/// token is never recorded in the grammar (llama.cpp aborts on one it
+/// does not allow), and one is allowed only where the grammar is complete.
+fn constrained(
+    logits: &[f32],
+    argmax: bool,
+    chain: &mut LlamaSampler,
+    grammar: &mut LlamaSampler,
+) -> Option<LlamaToken> {
+    let candidates = || {
+        LlamaTokenDataArray::from_iter(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(id, &logit)| LlamaTokenData::new(LlamaToken(id as i32), logit, 0.0)),
+            false,
+        )
+    };
+    let chosen = if argmax {
+        first_argmax(logits)
+    } else {
+        let mut all = candidates();
+        chain.apply(&mut all);
+        all.selected_token()?
+    };
+    let logit = logits.get(chosen.0 as usize).copied().unwrap_or(f32::NEG_INFINITY);
+    let mut single = LlamaTokenDataArray::new(vec![LlamaTokenData::new(chosen, logit, 0.0)], false);
+    grammar.apply(&mut single);
+    let token = if single.data.first().is_some_and(|data| data.logit().is_finite()) {
+        chosen
+    } else {
+        let mut all = candidates();
+        grammar.apply(&mut all);
+        if !all.data.iter().any(|data| data.logit().is_finite()) {
+            return None;
+        }
+        if argmax {
+            let mut best = all.data.first()?;
+            for data in &all.data {
+                if data.logit() > best.logit() {
+                    best = data;
+                }
+            }
+            best.id()
+        } else {
+            chain.apply(&mut all);
+            all.selected_token()?
+        }
+    };
+    if !argmax {
+        chain.accept(token);
+    }
+    Some(token)
 }
 
 /// The token of the highest logit, the first one on a tie (as llama.cpp's
