@@ -74,6 +74,7 @@ error_codes! {
     InvalidStop = "invalid_stop", 400, "invalid_request_error";
     InvalidMaxTokens = "invalid_max_tokens", 400, "invalid_request_error";
     InvalidResponseFormat = "invalid_response_format", 400, "invalid_request_error";
+    InvalidLogprobs = "invalid_logprobs", 400, "invalid_request_error";
     UnsupportedSchema = "unsupported_schema", 400, "invalid_request_error";
     ContextLengthExceeded = "context_length_exceeded", 400, "invalid_request_error";
     NotCacheable = "not_cacheable", 400, "invalid_request_error";

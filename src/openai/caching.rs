@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use blaze_actors::auth::Principal;
 use blaze_actors::cache::{CacheKey, ResponseCache};
-use blaze_actors::inference::{ChatEvent, ChatEvents, FinishReason, SamplingParams};
+use blaze_actors::inference::{ChatEvent, ChatEvents, FinishReason, SamplingParams, TokenLogprob};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
@@ -84,6 +84,7 @@ pub fn generation_key(
     let fields = serde_json::json!({
         "prompt_sha256": format!("{:x}", digest.finalize()),
         "grammar_sha256": grammar,
+        "logprobs": params.logprobs,
         "max_tokens": params.max_tokens,
         "temperature": params.temperature,
         "top_p": params.top_p,
@@ -102,6 +103,9 @@ pub struct Record {
     pub pieces: Vec<String>,
     pub finish_reason: String,
     pub completion_tokens: usize,
+    /// When asked for: the log probabilities of each piece's tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<Vec<TokenLogprob>>>,
 }
 
 impl Record {
@@ -117,7 +121,11 @@ impl Record {
     pub fn replay(self) -> ChatEvents {
         let (sender, events) = tokio::sync::mpsc::unbounded_channel();
         let finish_reason = self.finish_reason();
+        let mut logprobs = self.logprobs.unwrap_or_default().into_iter();
         for piece in self.pieces {
+            if let Some(entries) = logprobs.next() {
+                let _ = sender.send(ChatEvent::Logprobs(entries));
+            }
             let _ = sender.send(ChatEvent::Text(piece));
         }
         let _ = sender.send(ChatEvent::Done { finish_reason, completion_tokens: self.completion_tokens });

@@ -7,14 +7,15 @@
 
 use blaze_actors::cache::{CacheKey, Lookup};
 use blaze_actors::guard::OutputFilter;
-use blaze_actors::inference::{ChatPool, Grammar};
+use blaze_actors::inference::ChatPool;
 use blaze_actors::router::ModelHandle;
 use futures_util::StreamExt;
 
 use super::admit::Settlement;
 use super::answer::{Answer, Body};
 use super::caching::{deterministic, generation_key, Caching, Record};
-use super::generation::{cached_or_generated, sampling_params, Job};
+use super::generation::{cached_or_generated, sampling_params, Job, OutputAsks};
+use super::logprobs;
 use super::origin::Origin;
 use super::reply::{Kind, Reply};
 use super::request::{parse, ChatRequest, CompletionRequest, Sampling};
@@ -46,7 +47,10 @@ pub async fn chat(pipeline: &Pipeline, origin: &Origin, body: ChatRequest) -> Re
     // Validate: the fields, the model, the messages, their size.
     check_other_fields(&body.other, Endpoint::Chat)?;
     let pool = chat_pool(pipeline, &body.model)?;
-    let grammar = grammar_for(&pool, &body.other, Endpoint::Chat)?;
+    let asks = OutputAsks {
+        grammar: grammar_for(&pool, &body.other, Endpoint::Chat)?,
+        logprobs: logprobs::requested(&body.other, Endpoint::Chat)?,
+    };
     let mut turns = chat_turns(body.messages, &pipeline.validation)?;
     check_text_fits(&pool, turns.iter().map(|(role, text)| role.len() + text.len()).sum(), "messages")?;
     // Screen what will reach the model (redacted in place).
@@ -56,7 +60,7 @@ pub async fn chat(pipeline: &Pipeline, origin: &Origin, body: ChatRequest) -> Re
     // The prompt: the turns through the model's template.
     let prompt = chat_prompt(&pool, &turns)?;
     let call = Call::new(pipeline, &pool, origin, &body.model, Kind::Chat);
-    generate(call, prompt, &body.sampling, grammar).await
+    generate(call, prompt, &body.sampling, asks).await
 }
 
 /// `POST /v1/completions`.
@@ -68,12 +72,15 @@ pub async fn completion(
     check_other_fields(&body.other, Endpoint::Completions)?;
     check_text(&body.prompt, || "prompt".to_owned(), &pipeline.validation)?;
     let pool = chat_pool(pipeline, &body.model)?;
-    let grammar = grammar_for(&pool, &body.other, Endpoint::Completions)?;
+    let asks = OutputAsks {
+        grammar: grammar_for(&pool, &body.other, Endpoint::Completions)?,
+        logprobs: logprobs::requested(&body.other, Endpoint::Completions)?,
+    };
     check_text_fits(&pool, body.prompt.len(), "prompt")?;
     screen_input(pipeline, origin, [&mut body.prompt], |_| "prompt".to_owned())?;
     let prompt = pool.model().tokenize(&body.prompt, true);
     let call = Call::new(pipeline, &pool, origin, &body.model, Kind::Text);
-    generate(call, prompt, &body.sampling, grammar).await
+    generate(call, prompt, &body.sampling, asks).await
 }
 
 /// What a generation runs with, besides its prompt and sampling.
@@ -105,10 +112,10 @@ async fn generate(
     call: Call<'_>,
     prompt: Vec<u32>,
     sampling: &Sampling,
-    grammar: Option<Grammar>,
+    asks: OutputAsks,
 ) -> Result<Answer, ApiError> {
     let Call { pipeline, pool, origin, model, kind, caching } = call;
-    let params = sampling_params(sampling, prompt.len(), pool, &pipeline.validation, grammar)?;
+    let params = sampling_params(sampling, prompt.len(), pool, &pipeline.validation, asks)?;
     // Admit: the prompt and the most the completion may take are reserved;
     // the settlement corrects that with the real count when it drops.
     let reservation = origin.gate.admit((prompt.len() + params.max_tokens) as u64).await?;
@@ -117,7 +124,7 @@ async fn generate(
         let key = generation_key(&caching, endpoint(kind), model, &prompt, &params, sampling);
         (caching, key)
     });
-    let reply = Reply::new(kind, model, prompt.len());
+    let reply = Reply::new(kind, model, prompt.len(), params.logprobs.is_some());
     let job = Job { pool, model, prompt, params };
     if sampling.stream {
         let include_usage = sampling.stream_options.as_ref().is_some_and(|options| options.include_usage);
@@ -177,13 +184,23 @@ async fn cached_record(caching: &Caching, key: &CacheKey) -> Option<(Record, bla
 
 /// The answer as the client may see it: screened by the guard when it
 /// screens output.
-fn screened(pipeline: &Pipeline, record: Record) -> Record {
+fn screened(pipeline: &Pipeline, mut record: Record) -> Record {
     if !pipeline.guard.screens_output() {
         return record;
     }
     match screen_output(&pipeline.guard, record.pieces.concat()) {
-        Some(text) => Record { pieces: vec![text], ..record },
-        None => Record { pieces: Vec::new(), finish_reason: CONTENT_FILTER.to_owned(), ..record },
+        // The screen may rewrite the text: its tokens' log probabilities
+        // go with it whole.
+        Some(text) => {
+            let logprobs = record.logprobs.take().map(|logprobs| vec![logprobs.concat()]);
+            Record { pieces: vec![text], logprobs, ..record }
+        }
+        None => Record {
+            pieces: Vec::new(),
+            finish_reason: CONTENT_FILTER.to_owned(),
+            logprobs: record.logprobs.as_ref().map(|_| Vec::new()),
+            ..record
+        },
     }
 }
 
@@ -212,6 +229,7 @@ pub fn check_chat_body(bytes: &[u8], limits: &ValidationSettings) -> Result<(), 
     let body: ChatRequest = parse(bytes)?;
     check_other_fields(&body.other, Endpoint::Chat)?;
     requested(&body.other, Endpoint::Chat)?;
+    logprobs::requested(&body.other, Endpoint::Chat)?;
     chat_turns(body.messages, limits)?;
     check_sampling(&body.sampling, limits).map(drop)
 }
@@ -221,6 +239,7 @@ pub fn check_completion_body(bytes: &[u8], limits: &ValidationSettings) -> Resul
     let body: CompletionRequest = parse(bytes)?;
     check_other_fields(&body.other, Endpoint::Completions)?;
     requested(&body.other, Endpoint::Completions)?;
+    logprobs::requested(&body.other, Endpoint::Completions)?;
     check_text(&body.prompt, || "prompt".to_owned(), limits)?;
     check_sampling(&body.sampling, limits).map(drop)
 }

@@ -9,20 +9,30 @@ use blaze_actors::inference::{
 };
 
 use super::caching::Record;
+use super::logprobs::Collected;
 use super::request::Sampling;
 use super::validate::{check_sampling, invalid, CheckedSampling};
 use crate::error::{ApiError, ErrorCode};
 use crate::settings::ValidationSettings;
 
+/// What a request asks of its output besides the sampling fields.
+#[derive(Debug, Clone, Default)]
+pub struct OutputAsks {
+    /// What the text must match (structured outputs).
+    pub grammar: Option<Grammar>,
+    /// Log probabilities, with this many alternatives per token.
+    pub logprobs: Option<usize>,
+}
+
 /// Checks the sampling fields and fixes the generation's parameters: the
-/// completion may take what the window leaves after the prompt, and must
-/// match `grammar` if there is one.
+/// completion may take what the window leaves after the prompt, and gives
+/// what `asks` asks.
 pub fn sampling_params(
     sampling: &Sampling,
     prompt_tokens: usize,
     pool: &ChatPool,
     limits: &ValidationSettings,
-    grammar: Option<Grammar>,
+    asks: OutputAsks,
 ) -> Result<SamplingParams, ApiError> {
     let CheckedSampling { temperature, top_p, stop, max_tokens } = check_sampling(sampling, limits)?;
     let window = pool.model().context_length();
@@ -45,7 +55,8 @@ pub fn sampling_params(
         presence_penalty: sampling.presence_penalty.unwrap_or(0.0),
         frequency_penalty: sampling.frequency_penalty.unwrap_or(0.0),
         stop,
-        grammar,
+        grammar: asks.grammar,
+        logprobs: asks.logprobs,
     })
 }
 
@@ -74,14 +85,16 @@ pub fn work_error(error: WorkError, model: &str) -> ApiError {
 }
 
 /// The whole completion, piece by piece.
-async fn collect(mut events: ChatEvents, model: &str) -> Result<Record, ApiError> {
-    let mut pieces = Vec::new();
+async fn collect(mut events: ChatEvents, model: &str, logprobs: bool) -> Result<Record, ApiError> {
+    let mut collected = Collected::new(logprobs);
     while let Some(event) = events.recv().await {
         match event {
-            ChatEvent::Text(piece) => pieces.push(piece),
+            ChatEvent::Logprobs(entries) => collected.on_logprobs(entries),
+            ChatEvent::Text(piece) => collected.on_text(piece),
             ChatEvent::Done { finish_reason, completion_tokens } => {
                 let finish_reason = finish_reason.as_str().to_owned();
-                return Ok(Record { pieces, finish_reason, completion_tokens });
+                let (pieces, logprobs) = collected.finish();
+                return Ok(Record { pieces, finish_reason, completion_tokens, logprobs });
             }
             ChatEvent::Failed(error) => return Err(work_error(error, model)),
         }
@@ -100,7 +113,8 @@ pub struct Job<'a> {
 impl Job<'_> {
     /// Generates the whole completion.
     pub async fn run(self) -> Result<Record, ApiError> {
-        collect(submit(self.pool, self.prompt, self.params)?, self.model).await
+        let logprobs = self.params.logprobs.is_some();
+        collect(submit(self.pool, self.prompt, self.params)?, self.model, logprobs).await
     }
 
     /// Generates the stream of the completion's events.

@@ -30,6 +30,7 @@ mod caching;
 mod chat;
 mod embeddings;
 mod generation;
+mod logprobs;
 mod models;
 mod origin;
 mod reply;

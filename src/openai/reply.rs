@@ -5,8 +5,11 @@
 use actix_web::web::Bytes;
 use serde::Serialize;
 
+use blaze_actors::inference::TokenLogprob;
+
 use super::answer::Piece;
 use super::caching::Record;
+use super::logprobs::{chat_logprobs, text_logprobs};
 use super::response::{AssistantMessage, ChatChoice, ChatChunkChoice, Completion, Delta, TextChoice, Usage};
 
 /// Chat (messages in, an assistant message out) or text completion.
@@ -23,10 +26,19 @@ pub struct Reply {
     pub model: String,
     pub kind: Kind,
     pub prompt_tokens: usize,
+    /// The client asked for log probabilities.
+    pub logprobs: bool,
+}
+
+/// The log probabilities a chunk carries: those of the tokens decided
+/// since the last chunk, the first `offset` characters into the text.
+pub struct ChunkLogprobs<'a> {
+    pub entries: &'a [TokenLogprob],
+    pub offset: usize,
 }
 
 impl Reply {
-    pub fn new(kind: Kind, model: &str, prompt_tokens: usize) -> Self {
+    pub fn new(kind: Kind, model: &str, prompt_tokens: usize, logprobs: bool) -> Self {
         let id = match kind {
             Kind::Chat => format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
             Kind::Text => format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
@@ -34,7 +46,7 @@ impl Reply {
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
-        Self { id, created, model: model.to_owned(), kind, prompt_tokens }
+        Self { id, created, model: model.to_owned(), kind, prompt_tokens, logprobs }
     }
 
     fn object(&self, streaming: bool) -> &'static str {
@@ -62,32 +74,44 @@ impl Reply {
         let text = record.pieces.concat();
         let usage = Some(Usage::new(self.prompt_tokens, record.completion_tokens));
         let finish_reason = record.finish_reason.as_str();
+        let entries = record.logprobs.as_ref().filter(|_| self.logprobs).map(|logprobs| logprobs.concat());
         match self.kind {
             Kind::Chat => {
                 let message = AssistantMessage { role: "assistant", content: &text, refusal: None };
-                let choice = ChatChoice { index: 0, message, logprobs: None, finish_reason };
+                let logprobs = entries.map(|entries| chat_logprobs(&entries));
+                let choice = ChatChoice { index: 0, message, logprobs, finish_reason };
                 serialized(&self.envelope(false, vec![choice], usage))
             }
             Kind::Text => {
+                let logprobs = entries.map(|entries| text_logprobs(&entries, 0));
                 let choice =
-                    TextChoice { index: 0, text: &text, logprobs: None, finish_reason: Some(finish_reason) };
+                    TextChoice { index: 0, text: &text, logprobs, finish_reason: Some(finish_reason) };
                 serialized(&self.envelope(false, vec![choice], usage))
             }
         }
     }
 
     /// A chunk of the stream: `text` (the role too on the `first` chunk of
-    /// a chat), or the `finish` reason.
-    pub fn chunk(&self, text: Option<&str>, first: bool, finish: Option<&str>) -> Piece {
+    /// a chat), or the `finish` reason; with log probabilities when the
+    /// client asked for them.
+    pub fn chunk(
+        &self,
+        text: Option<&str>,
+        first: bool,
+        finish: Option<&str>,
+        logprobs: ChunkLogprobs<'_>,
+    ) -> Piece {
         let json = match self.kind {
             Kind::Chat => {
                 let delta = Delta { role: first.then_some("assistant"), content: text };
-                let choice = ChatChunkChoice { index: 0, delta, logprobs: None, finish_reason: finish };
+                let logprobs = self.logprobs.then(|| chat_logprobs(logprobs.entries));
+                let choice = ChatChunkChoice { index: 0, delta, logprobs, finish_reason: finish };
                 serialized(&self.envelope(true, vec![choice], None))
             }
             Kind::Text => {
                 let text = text.unwrap_or("");
-                let choice = TextChoice { index: 0, text, logprobs: None, finish_reason: finish };
+                let logprobs = self.logprobs.then(|| text_logprobs(logprobs.entries, logprobs.offset));
+                let choice = TextChoice { index: 0, text, logprobs, finish_reason: finish };
                 serialized(&self.envelope(true, vec![choice], None))
             }
         };
@@ -112,6 +136,8 @@ mod tests {
 
     use super::*;
 
+    const NONE: ChunkLogprobs<'static> = ChunkLogprobs { entries: &[], offset: 0 };
+
     fn parsed(piece: Piece) -> Value {
         match piece {
             Piece::Chunk(bytes) => serde_json::from_slice(&bytes).unwrap(),
@@ -121,11 +147,12 @@ mod tests {
 
     #[test]
     fn a_chat_answer_has_openai_shape() {
-        let reply = Reply::new(Kind::Chat, "m", 5);
+        let reply = Reply::new(Kind::Chat, "m", 5, false);
         let record = Record {
             pieces: vec!["Hel".into(), "lo".into()],
             finish_reason: "stop".into(),
             completion_tokens: 2,
+            logprobs: None,
         };
         let body: Value = serde_json::from_slice(&reply.body(&record)).unwrap();
         assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
@@ -140,13 +167,13 @@ mod tests {
 
     #[test]
     fn chat_chunks_carry_the_role_first_and_usage_last() {
-        let reply = Reply::new(Kind::Chat, "m", 3);
-        let first = parsed(reply.chunk(Some("Hi"), true, None));
+        let reply = Reply::new(Kind::Chat, "m", 3, false);
+        let first = parsed(reply.chunk(Some("Hi"), true, None, NONE));
         assert_eq!(first["object"], "chat.completion.chunk");
         assert_eq!(first["choices"][0]["delta"], json!({"role": "assistant", "content": "Hi"}));
         assert_eq!(first["choices"][0]["finish_reason"], Value::Null);
         assert!(first.get("usage").is_none(), "usage only on the last chunk");
-        let last = parsed(reply.chunk(None, false, Some("length")));
+        let last = parsed(reply.chunk(None, false, Some("length"), NONE));
         assert_eq!(last["choices"][0]["delta"], json!({}));
         assert_eq!(last["choices"][0]["finish_reason"], "length");
         let usage = parsed(reply.usage_chunk(4));
@@ -156,9 +183,13 @@ mod tests {
 
     #[test]
     fn text_completions_have_text_choices() {
-        let reply = Reply::new(Kind::Text, "m", 1);
-        let record =
-            Record { pieces: vec!["x".into()], finish_reason: "length".into(), completion_tokens: 1 };
+        let reply = Reply::new(Kind::Text, "m", 1, false);
+        let record = Record {
+            pieces: vec!["x".into()],
+            finish_reason: "length".into(),
+            completion_tokens: 1,
+            logprobs: None,
+        };
         let body: Value = serde_json::from_slice(&reply.body(&record)).unwrap();
         assert!(body["id"].as_str().unwrap().starts_with("cmpl-"));
         assert_eq!(body["object"], "text_completion");
@@ -166,7 +197,7 @@ mod tests {
             body["choices"],
             json!([{"index": 0, "text": "x", "logprobs": null, "finish_reason": "length"}])
         );
-        let chunk = parsed(reply.chunk(None, true, Some("stop")));
+        let chunk = parsed(reply.chunk(None, true, Some("stop"), NONE));
         assert_eq!(chunk["object"], "text_completion");
         assert_eq!(chunk["choices"][0]["text"], "");
     }

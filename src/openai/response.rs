@@ -1,6 +1,8 @@
 //! The OpenAI response bodies Blaze sends, as typed structs: the same field
 //! names and shapes as OpenAI's, so the official SDKs read them unchanged.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -36,8 +38,8 @@ pub struct Completion<'a, C> {
 pub struct ChatChoice<'a> {
     pub index: usize,
     pub message: AssistantMessage<'a>,
-    /// Always null: log probabilities are not computed.
-    pub logprobs: Option<()>,
+    /// Null unless asked for.
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: &'a str,
 }
 
@@ -53,7 +55,7 @@ pub struct AssistantMessage<'a> {
 pub struct ChatChunkChoice<'a> {
     pub index: usize,
     pub delta: Delta<'a>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<&'a str>,
 }
 
@@ -71,8 +73,40 @@ pub struct Delta<'a> {
 pub struct TextChoice<'a> {
     pub index: usize,
     pub text: &'a str,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<TextLogprobs>,
     pub finish_reason: Option<&'a str>,
+}
+
+/// Chat's `logprobs` of a choice or a chunk.
+#[derive(Debug, Serialize)]
+pub struct ChatLogprobs {
+    pub content: Vec<ChatTokenLogprob>,
+    pub refusal: Option<()>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatTokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<ChatAlternative>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatAlternative {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+/// Completions' `logprobs`: parallel lists, and where each token starts
+/// in the completion's text (in characters).
+#[derive(Debug, Serialize)]
+pub struct TextLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    pub top_logprobs: Vec<BTreeMap<String, f32>>,
+    pub text_offset: Vec<usize>,
 }
 
 /// `POST /v1/embeddings`.

@@ -8,14 +8,15 @@
 
 use blaze_actors::cache::CacheKey;
 use blaze_actors::guard::OutputFilter;
-use blaze_actors::inference::{ChatEvent, ChatEvents, FinishReason};
+use blaze_actors::inference::{ChatEvent, ChatEvents, FinishReason, TokenLogprob};
 use futures_util::Stream;
 
 use super::admit::Settlement;
 use super::answer::Piece;
 use super::caching::{Caching, Record};
 use super::generation::work_error;
-use super::reply::Reply;
+use super::logprobs::Collected;
+use super::reply::{ChunkLogprobs, Reply};
 use super::screen::CONTENT_FILTER;
 use crate::error::ApiError;
 
@@ -37,14 +38,27 @@ struct Chunks {
     finished: bool,
     /// Chunks to send before anything else, last first.
     queued: Vec<Piece>,
-    /// The generated pieces, kept for the cache.
-    pieces: Vec<String>,
+    /// The generated pieces (and their tokens' log probabilities), kept
+    /// for the cache.
+    collected: Collected,
+    /// Log probabilities for the next chunk, and the characters sent so far.
+    unsent: Vec<TokenLogprob>,
+    sent_chars: usize,
 }
 
 /// The chunks of a streamed answer, until it ends or fails.
 pub fn chunks(parts: StreamParts, events: ChatEvents) -> impl Stream<Item = Piece> {
-    let chunks =
-        Chunks { parts, events, first: true, finished: false, queued: Vec::new(), pieces: Vec::new() };
+    let collected = Collected::new(parts.reply.logprobs);
+    let chunks = Chunks {
+        parts,
+        events,
+        first: true,
+        finished: false,
+        queued: Vec::new(),
+        collected,
+        unsent: Vec::new(),
+        sent_chars: 0,
+    };
     futures_util::stream::unfold(chunks, |mut chunks| async move {
         let piece = chunks.next().await?;
         Some((piece, chunks))
@@ -61,6 +75,10 @@ impl Chunks {
                 return None;
             }
             let released = match self.events.recv().await {
+                Some(ChatEvent::Logprobs(entries)) => {
+                    self.on_logprobs(entries);
+                    None
+                }
                 Some(ChatEvent::Text(piece)) => self.on_text(piece),
                 Some(ChatEvent::Done { finish_reason, completion_tokens }) => {
                     self.on_done(finish_reason, completion_tokens).await;
@@ -81,6 +99,25 @@ impl Chunks {
         }
     }
 
+    /// The log probabilities of the next piece's tokens: kept for the
+    /// cache, and sent with the next chunk.
+    fn on_logprobs(&mut self, entries: Vec<TokenLogprob>) {
+        if self.parts.store.is_some() {
+            self.collected.on_logprobs(entries.clone());
+        }
+        self.unsent.extend(entries);
+    }
+
+    /// A chunk, with the log probabilities not sent yet.
+    fn chunk(&mut self, text: Option<&str>, finish: Option<&str>) -> Piece {
+        let entries = std::mem::take(&mut self.unsent);
+        let logprobs = ChunkLogprobs { entries: &entries, offset: self.sent_chars };
+        let chunk = self.parts.reply.chunk(text, self.first, finish, logprobs);
+        self.sent_chars += text.map_or(0, |text| text.chars().count());
+        self.first = false;
+        chunk
+    }
+
     /// A generated piece: counted, kept for the cache, and sent as far as
     /// the output screen releases it.
     fn on_text(&mut self, piece: String) -> Option<Piece> {
@@ -90,15 +127,11 @@ impl Chunks {
             Some(filter) => filter.push(&piece),
         };
         if self.parts.store.is_some() {
-            self.pieces.push(piece);
+            self.collected.on_text(piece);
         }
         match released {
             Ok(text) if text.is_empty() => None,
-            Ok(text) => {
-                let chunk = self.parts.reply.chunk(Some(&text), self.first, None);
-                self.first = false;
-                Some(chunk)
-            }
+            Ok(text) => Some(self.chunk(Some(&text), None)),
             Err(_) => {
                 // Blocked: not cached, and the generation stops with the
                 // receiver.
@@ -118,9 +151,9 @@ impl Chunks {
     async fn on_done(&mut self, finish_reason: FinishReason, completion_tokens: usize) {
         self.parts.settlement.used = (self.parts.reply.prompt_tokens + completion_tokens) as u64;
         if let Some((caching, key)) = self.parts.store.take() {
-            let pieces = std::mem::take(&mut self.pieces);
-            let record =
-                Record { pieces, finish_reason: finish_reason.as_str().to_owned(), completion_tokens };
+            let (pieces, logprobs) = std::mem::take(&mut self.collected).finish();
+            let finish_reason = finish_reason.as_str().to_owned();
+            let record = Record { pieces, finish_reason, completion_tokens, logprobs };
             if let Ok(bytes) = serde_json::to_vec(&record) {
                 caching.cache().put(&key, bytes).await;
             }
@@ -136,15 +169,13 @@ impl Chunks {
 
     /// The chunks that end the stream, last first.
     fn ending(&mut self, finish_reason: &str, completion_tokens: usize, rest: Option<String>) -> Vec<Piece> {
-        let reply = &self.parts.reply;
         let mut out = Vec::new();
         if let Some(rest) = rest.filter(|rest| !rest.is_empty()) {
-            out.push(reply.chunk(Some(&rest), self.first, None));
-            self.first = false;
+            out.push(self.chunk(Some(&rest), None));
         }
-        out.push(reply.chunk(None, self.first, Some(finish_reason)));
+        out.push(self.chunk(None, Some(finish_reason)));
         if self.parts.include_usage {
-            out.push(reply.usage_chunk(completion_tokens));
+            out.push(self.parts.reply.usage_chunk(completion_tokens));
         }
         out.reverse();
         out
@@ -162,7 +193,7 @@ mod tests {
 
     fn parts() -> StreamParts {
         StreamParts {
-            reply: Reply::new(Kind::Chat, "m", 3),
+            reply: Reply::new(Kind::Chat, "m", 3, false),
             include_usage: true,
             settlement: Settlement::new(None, 3),
             store: None,

@@ -78,9 +78,9 @@ pub fn check_other_fields(other: &BTreeMap<String, Value>, endpoint: Endpoint) -
             }
             "store" | "parallel_tool_calls" => value.is_null() || value.is_boolean(),
             "logit_bias" => value.is_null() || empty_object(value),
-            "logprobs" if chat => value.is_null() || *value == Value::Bool(false),
-            "logprobs" => value.is_null() || *value == 0,
-            "top_logprobs" if chat => value.is_null() || *value == 0,
+            // Judged by `logprobs.rs`.
+            "logprobs" => true,
+            "top_logprobs" if chat => true,
             // Judged by `structured.rs`, which names the field at fault.
             "response_format" | "structured_outputs" => true,
             "tools" | "functions" if chat => value.is_null() || empty_array(value),

@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use super::caching::{deterministic, generation_key, Caching};
 use super::chat::{chat_pool, chat_prompt};
-use super::generation::{cached_or_generated, sampling_params, Job};
+use super::generation::{cached_or_generated, sampling_params, Job, OutputAsks};
+use super::logprobs;
 use super::request::{ChatRequest, CompletionRequest};
 use super::screen::screen_warm;
 use super::structured::grammar_for;
@@ -107,33 +108,39 @@ async fn warm_generation(
 ) -> Result<Lookup, ApiError> {
     let not_schema =
         |error: serde_json::Error| ApiError::bad_request(ErrorCode::InvalidRequestBody, error.to_string());
-    let (pool, prompt, sampling, grammar, pattern, model) = match endpoint {
+    let (pool, prompt, sampling, asks, pattern, model) = match endpoint {
         Endpoint::Chat => {
             let request: ChatRequest = serde_json::from_value(body).map_err(not_schema)?;
             check_other_fields(&request.other, Endpoint::Chat)?;
             let pool = chat_pool(pipeline, &request.model)?;
-            let grammar = grammar_for(&pool, &request.other, Endpoint::Chat)?;
+            let asks = OutputAsks {
+                grammar: grammar_for(&pool, &request.other, Endpoint::Chat)?,
+                logprobs: logprobs::requested(&request.other, Endpoint::Chat)?,
+            };
             let mut turns = chat_turns(request.messages, &pipeline.validation)?;
             screen_warm(&pipeline.guard, turns.iter_mut().map(|(_, text)| text), "body")?;
             let prompt = chat_prompt(&pool, &turns)?;
-            (pool, prompt, request.sampling, grammar, Route::ChatCompletions.pattern(), request.model)
+            (pool, prompt, request.sampling, asks, Route::ChatCompletions.pattern(), request.model)
         }
         _ => {
             let mut request: CompletionRequest = serde_json::from_value(body).map_err(not_schema)?;
             check_other_fields(&request.other, Endpoint::Completions)?;
             check_text(&request.prompt, || "prompt".to_owned(), &pipeline.validation)?;
             let pool = chat_pool(pipeline, &request.model)?;
-            let grammar = grammar_for(&pool, &request.other, Endpoint::Completions)?;
+            let asks = OutputAsks {
+                grammar: grammar_for(&pool, &request.other, Endpoint::Completions)?,
+                logprobs: logprobs::requested(&request.other, Endpoint::Completions)?,
+            };
             screen_warm(&pipeline.guard, [&mut request.prompt], "body")?;
             let prompt = pool.model().tokenize(&request.prompt, true);
-            (pool, prompt, request.sampling, grammar, Route::Completions.pattern(), request.model)
+            (pool, prompt, request.sampling, asks, Route::Completions.pattern(), request.model)
         }
     };
     if !deterministic(&sampling) {
         let message = "set temperature 0 or a seed: only those are cached";
         return Err(ApiError::bad_request(ErrorCode::NotCacheable, message));
     }
-    let params = sampling_params(&sampling, prompt.len(), &pool, &pipeline.validation, grammar)?;
+    let params = sampling_params(&sampling, prompt.len(), &pool, &pipeline.validation, asks)?;
     let key = generation_key(&caching, pattern, &model, &prompt, &params, &sampling);
     let job = Job { pool: &pool, model: &model, prompt, params };
     Ok(cached_or_generated(job, Some(&(caching, key))).await?.1)

@@ -37,6 +37,7 @@ fn params(max_tokens: usize, temperature: f32, seed: u32, stop: &[&str]) -> Samp
         frequency_penalty: 0.0,
         stop: stop.iter().map(|stop| (*stop).to_owned()).collect(),
         grammar: None,
+        logprobs: None,
     }
 }
 
@@ -229,4 +230,75 @@ fn prompts_tokens_and_greedy_ids_match_llama_cpp() {
     // Decoded together, the matrix products see several rows at once; the
     // greedy choices must not change.
     assert_eq!(greedy_ids(&model, &prompts, generated), expected, "greedy ids decoded together");
+}
+
+/// log softmax of `logits` at `id`, in f64: the test's own arithmetic.
+fn log_softmax(logits: &[f32], id: usize) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&logit| f64::from(logit - max).exp()).sum();
+    f64::from(logits[id]) - f64::from(max) - sum.ln()
+}
+
+#[test]
+fn logprobs_are_those_of_the_logits_llama_cpp_chose_from() {
+    let _turn = decoding_turn();
+    let model = model();
+    let prompt =
+        model.prompt_tokens(&[("user".to_owned(), "What is the capital of France?".to_owned())]).unwrap();
+    let mut reference = Vec::new();
+    let ids = model
+        .reference_greedy_logits(&prompt, 12, &mut |logits| {
+            let mut order: Vec<usize> = (0..logits.len()).collect();
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+            let top: Vec<(usize, f64)> = order[..5].iter().map(|&id| (id, log_softmax(logits, id))).collect();
+            reference.push(top);
+        })
+        .unwrap();
+    let mut decoder = model.decoder(2, 1).unwrap();
+    let params = SamplingParams { logprobs: Some(5), ..SamplingParams::greedy(12) };
+    let mut sequence = decoder.start(0, &prompt, &params).unwrap();
+    let mut logprobs = Vec::new();
+    for _ in 0..64 {
+        let progress = decoder.step(&mut [&mut sequence]).unwrap().remove(0);
+        logprobs.extend(sequence.take_logprobs());
+        if matches!(progress, Progress::Finished { .. }) {
+            break;
+        }
+    }
+    assert_eq!(sequence.generated_ids(), ids, "greedy, as llama.cpp's loop");
+    assert_eq!(logprobs.len(), ids.len(), "one entry per generated token");
+    for (step, (entry, expected)) in logprobs.iter().zip(&reference).enumerate() {
+        // Greedy: the chosen token is the best one.
+        assert!(
+            (f64::from(entry.logprob) - expected[0].1).abs() < 1e-4,
+            "step {step}: {entry:?} {expected:?}"
+        );
+        assert_eq!(entry.top.len(), 5);
+        for (alternative, &(id, logprob)) in entry.top.iter().zip(expected) {
+            assert_eq!(alternative.bytes, model.token_bytes(id as u32), "step {step}");
+            assert!((f64::from(alternative.logprob) - logprob).abs() < 1e-4, "step {step}");
+        }
+    }
+    decoder.release(&mut sequence);
+}
+
+#[test]
+fn a_grammar_holds_the_engine_to_it_greedy_and_sampled() {
+    let _turn = decoding_turn();
+    let model = model();
+    let prompt = model.prompt_tokens(&[("user".to_owned(), "Pick a number.".to_owned())]).unwrap();
+    let grammar = blaze_actors::inference::Grammar::from_regex(r"[0-9]{2}-(red|blue)").unwrap();
+    let pattern = regex::Regex::new(r"^[0-9]{2}-(red|blue)$").unwrap();
+    for temperature in [0.0, 1.0] {
+        for seed in 0..3 {
+            let params =
+                SamplingParams { grammar: Some(grammar.clone()), ..params(40, temperature, seed, &[]) };
+            let (text, reason, _) = complete(&model, &prompt, &params);
+            assert!(pattern.is_match(&text), "{temperature} {seed}: {text:?}");
+            assert_eq!(reason, FinishReason::Stop);
+        }
+    }
+    assert!(model
+        .check_grammar(&blaze_actors::inference::Grammar::from_gbnf("root ::= undefined").unwrap())
+        .is_err());
 }

@@ -23,6 +23,7 @@ mod guard_corpus;
 mod http_surface;
 mod lifecycle;
 mod load_suite;
+mod logprobs_api;
 mod multi_replica;
 mod rate_limits;
 mod sdk;

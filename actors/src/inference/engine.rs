@@ -1,7 +1,7 @@
 //! What an inference engine offers, one trait per model kind, so the
 //! workers and the API do not depend on how a model computes.
 
-use super::chat::{FinishReason, Grammar, Progress, SamplingParams};
+use super::chat::{FinishReason, Grammar, Progress, SamplingParams, TokenLogprob};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EngineError {
@@ -123,4 +123,9 @@ pub trait ChatSequence {
     /// Whether its prompt is still being read (a prefill step), as opposed
     /// to one token fed per step.
     fn is_reading(&self) -> bool;
+    /// The log probabilities of the tokens decided since the last call,
+    /// when its parameters asked for them.
+    fn take_logprobs(&mut self) -> Vec<TokenLogprob> {
+        Vec::new()
+    }
 }

@@ -1,6 +1,8 @@
 //! What a chat completion asks for, and what each decoding step gives
 //! back: the vocabulary between the chat pool and any chat engine.
 
+use serde::{Deserialize, Serialize};
+
 use super::grammar::Grammar;
 
 /// How to sample one completion.
@@ -16,6 +18,31 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// What the text must match, if anything (structured outputs).
     pub grammar: Option<Grammar>,
+    /// Each generated token's log probability, with this many of the most
+    /// likely alternatives (0 to [`MOST_TOP_LOGPROBS`]); `None`: none.
+    pub logprobs: Option<usize>,
+}
+
+/// The most alternatives a token's log probability comes with.
+pub const MOST_TOP_LOGPROBS: usize = 20;
+
+/// A generated token's log probability under the model's distribution at
+/// its step: the raw logits that sampled it, before temperature,
+/// penalties or a grammar shaped the choice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// The token's bytes (a token may hold part of a UTF-8 character).
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    /// The most likely tokens at that step, most likely first.
+    pub top: Vec<Alternative>,
+}
+
+/// One of the most likely tokens at a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alternative {
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
 }
 
 impl SamplingParams {
@@ -30,6 +57,7 @@ impl SamplingParams {
             frequency_penalty: 0.0,
             stop: Vec::new(),
             grammar: None,
+            logprobs: None,
         }
     }
 }

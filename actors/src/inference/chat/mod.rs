@@ -15,7 +15,9 @@ mod pool;
 mod tests;
 mod worker;
 
-pub use self::completion::{FinishReason, Progress, SamplingParams};
+pub use self::completion::{
+    Alternative, FinishReason, Progress, SamplingParams, TokenLogprob, MOST_TOP_LOGPROBS,
+};
 pub use self::grammar::{Grammar, GrammarError, MOST_CHOICES, MOST_NESTING, MOST_REPETITION};
 pub use self::llama::{llama_has_amx, ChatModel, Decoder, Sequence};
 pub use self::pool::{ChatEvent, ChatEvents, ChatPool};

@@ -19,15 +19,18 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use metrics::{counter, gauge};
 use tokio::sync::mpsc;
 
-use super::completion::{FinishReason, SamplingParams};
+use super::completion::{FinishReason, SamplingParams, TokenLogprob};
 use super::llama::ChatModel;
 use super::worker::Worker;
 use crate::inference::engine::{ChatDecoder, ChatEngine, EngineError, MAX_SLOTS};
 use crate::inference::pool::{Overloaded, WorkError, WorkerExit};
 
-/// What a completion sends back, in order: pieces of text, then one end.
+/// What a completion sends back, in order: pieces of text (each after the
+/// log probabilities of the tokens decided with it, when asked for), then
+/// one end.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChatEvent {
+    Logprobs(Vec<TokenLogprob>),
     Text(String),
     Done { finish_reason: FinishReason, completion_tokens: usize },
     Failed(WorkError),

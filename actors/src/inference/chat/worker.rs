@@ -146,6 +146,12 @@ impl<'a, D: ChatDecoder> Worker<'a, D> {
     fn deliver(&mut self, progress: Vec<Progress>) {
         let mut finished = Vec::new();
         for (index, (running, progress)) in self.running.iter_mut().zip(progress).enumerate() {
+            if progress != Progress::Reading {
+                let logprobs = running.sequence.take_logprobs();
+                if !logprobs.is_empty() {
+                    let _ = running.job.events.send(ChatEvent::Logprobs(logprobs));
+                }
+            }
             let text = match progress {
                 Progress::Reading => continue,
                 Progress::Text(text) => text,

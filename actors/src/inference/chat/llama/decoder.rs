@@ -12,7 +12,7 @@ use llama_cpp_2::token::LlamaToken;
 use super::backend;
 use super::model::ChatModel;
 use super::sampling::{first_argmax, StopScanner};
-use crate::inference::chat::completion::{FinishReason, Progress, SamplingParams};
+use crate::inference::chat::completion::{FinishReason, Progress, SamplingParams, TokenLogprob};
 use crate::inference::engine::{ChatDecoder, EngineError, MAX_SLOTS};
 
 /// Most tokens fed to the model in one step: a long prompt is read in
@@ -34,6 +34,10 @@ pub struct Sequence {
     /// What the text must match: llama.cpp's grammar sampler, apart from
     /// the chain so that the chain's choice can be checked first.
     pub(super) grammar: Option<LlamaSampler>,
+    /// How many alternatives each token's log probability comes with, if
+    /// they are asked for; and those of the tokens not yet delivered.
+    pub(super) top_logprobs: Option<usize>,
+    pub(super) logprobs: Vec<TokenLogprob>,
     /// Greedy without penalties: the token is the argmax of the logits,
     /// read in place instead of through the sampler's copy of them.
     pub(super) argmax: bool,
@@ -59,6 +63,11 @@ impl Sequence {
     /// The ids of the tokens generated so far.
     pub fn generated_ids(&self) -> Vec<u32> {
         self.tokens[self.prompt_tokens..].iter().map(|token| token.0 as u32).collect()
+    }
+
+    /// The log probabilities of the tokens decided since the last call.
+    pub fn take_logprobs(&mut self) -> Vec<TokenLogprob> {
+        std::mem::take(&mut self.logprobs)
     }
 
     /// Whether its prompt is still being read, as opposed to one token fed
@@ -206,6 +215,17 @@ impl ChatModel {
     /// fixture script runs llama.cpp). None of the decoder's slots, batch
     /// scheduling, sampling or stop handling takes part.
     pub fn reference_greedy(&self, prompt: &[u32], max_tokens: usize) -> Result<Vec<u32>, EngineError> {
+        self.reference_greedy_logits(prompt, max_tokens, &mut |_| {})
+    }
+
+    /// [`Self::reference_greedy`], handing `each` the logits every token
+    /// was chosen from (the oracle of the log probability tests).
+    pub fn reference_greedy_logits(
+        &self,
+        prompt: &[u32],
+        max_tokens: usize,
+        each: &mut dyn FnMut(&[f32]),
+    ) -> Result<Vec<u32>, EngineError> {
         let failed = |error: &dyn std::fmt::Display| EngineError::Input(error.to_string());
         let batch_tokens = self.context_length.min(STEP_TOKENS);
         let params = LlamaContextParams::default()
@@ -236,10 +256,12 @@ impl ChatModel {
             if read < tokens.len() {
                 continue;
             }
-            let token = first_argmax(context.get_logits_ith(batch.n_tokens() - 1));
+            let logits = context.get_logits_ith(batch.n_tokens() - 1);
+            let token = first_argmax(logits);
             if self.model.vocab().is_eog(token) {
                 break;
             }
+            each(logits);
             generated.push(token.0 as u32);
             tokens.push(token);
         }
@@ -297,6 +319,8 @@ impl ChatModel {
             max_tokens: params.max_tokens,
             sampler: self.sampler(params),
             grammar: params.grammar.as_ref().map(|grammar| self.grammar_sampler(grammar)).transpose()?,
+            top_logprobs: params.logprobs,
+            logprobs: Vec::new(),
             argmax: params.temperature <= 0.0
                 && params.presence_penalty == 0.0
                 && params.frequency_penalty == 0.0,

@@ -81,4 +81,8 @@ impl ChatSequence for Sequence {
     fn is_reading(&self) -> bool {
         Sequence::is_reading(self)
     }
+
+    fn take_logprobs(&mut self) -> Vec<crate::inference::chat::completion::TokenLogprob> {
+        Sequence::take_logprobs(self)
+    }
 }

@@ -142,6 +142,11 @@ impl ChatModel {
         tokens
     }
 
+    /// The bytes a token stands for in generated text.
+    pub fn token_bytes(&self, token: u32) -> Vec<u8> {
+        self.model.vocab().token_to_piece(llama_cpp_2::token::LlamaToken(token as i32), false, None)
+    }
+
     fn tokenize_afresh(&self, text: &str, add_special: bool) -> Vec<u32> {
         self.model
             .vocab()

@@ -10,7 +10,7 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::decoder::{Decoder, Sequence};
 use super::model::ChatModel;
-use crate::inference::chat::completion::{FinishReason, Progress, SamplingParams};
+use crate::inference::chat::completion::{Alternative, FinishReason, Progress, SamplingParams, TokenLogprob};
 use crate::inference::chat::grammar::Grammar;
 use crate::inference::engine::EngineError;
 
@@ -81,6 +81,11 @@ impl Decoder<'_> {
             if grammar.try_accept(token).is_err() {
                 return stopped(sequence);
             }
+        }
+        if let Some(top) = sequence.top_logprobs {
+            let logits = self.context.get_logits_ith(index);
+            let piece = |id: LlamaToken| vocabulary.token_to_piece(id, false, None);
+            sequence.logprobs.push(token_logprob(logits, token, top, piece));
         }
         sequence.tokens.push(token);
         sequence.utf8.extend(vocabulary.token_to_piece(token, false, None));
@@ -162,6 +167,42 @@ fn constrained(
         chain.accept(token);
     }
     Some(token)
+}
+
+/// `token`'s log probability under the softmax of `logits`, and the `top`
+/// most likely tokens' (on a tie, the lower id first). The sum runs in f64
+/// from the largest logit down, so a vocabulary of 50k terms loses nothing.
+pub(super) fn token_logprob(
+    logits: &[f32],
+    token: LlamaToken,
+    top: usize,
+    piece: impl Fn(LlamaToken) -> Vec<u8>,
+) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&logit| f64::from(logit - max).exp()).sum();
+    let log_total = f64::from(max) + sum.ln();
+    let logprob = |id: usize| {
+        let logit = logits.get(id).copied().unwrap_or(f32::NEG_INFINITY);
+        (f64::from(logit) - log_total) as f32
+    };
+    // The `top` best ids so far, best first.
+    let mut best: Vec<usize> = Vec::with_capacity(top + 1);
+    for (id, &logit) in logits.iter().enumerate().take(if top == 0 { 0 } else { logits.len() }) {
+        if best.len() == top && best.last().is_some_and(|&worst| logit <= logits[worst]) {
+            continue;
+        }
+        let at = best.partition_point(|&other| logits[other] >= logit);
+        best.insert(at, id);
+        best.truncate(top);
+    }
+    TokenLogprob {
+        bytes: piece(token),
+        logprob: logprob(token.0 as usize),
+        top: best
+            .into_iter()
+            .map(|id| Alternative { bytes: piece(LlamaToken(id as i32)), logprob: logprob(id) })
+            .collect(),
+    }
 }
 
 /// The token of the highest logit, the first one on a tie (as llama.cpp's
@@ -256,6 +297,20 @@ mod tests {
         assert!(matches!(scanner.push("E"), Scan::Continue(text) if text.is_empty()));
         assert!(matches!(scanner.push("x"), Scan::Continue(text) if text == "Ex"));
         assert_eq!(scanner.finish(), "");
+    }
+
+    #[test]
+    fn logprobs_are_the_log_softmax_of_the_logits_with_the_best_first() {
+        let logits = [1.0_f32, 3.0, 2.0, 3.0];
+        let piece = |id: LlamaToken| vec![b'a' + id.0 as u8];
+        let total = (1.0_f64.exp() + 2.0 * 3.0_f64.exp() + 2.0_f64.exp()).ln();
+        let chosen = token_logprob(&logits, LlamaToken(2), 3, piece);
+        assert!((f64::from(chosen.logprob) - (2.0 - total)).abs() < 1e-6, "{chosen:?}");
+        assert_eq!(chosen.bytes, b"c");
+        let order: Vec<&[u8]> = chosen.top.iter().map(|alternative| alternative.bytes.as_slice()).collect();
+        assert_eq!(order, [b"b", b"d", b"c"], "best first, the lower id first on a tie");
+        assert!((f64::from(chosen.top[0].logprob) - (3.0 - total)).abs() < 1e-6);
+        assert!(token_logprob(&logits, LlamaToken(0), 0, piece).top.is_empty());
     }
 
     #[test]
