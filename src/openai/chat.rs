@@ -15,13 +15,11 @@ use super::admit::Settlement;
 use super::answer::{Answer, Body};
 use super::caching::{deterministic, generation_key, Caching, Record};
 use super::generation::{cached_or_generated, sampling_params, Job, OutputAsks};
-use super::logprobs;
 use super::origin::Origin;
 use super::reply::{Kind, Reply};
 use super::request::{parse, ChatRequest, CompletionRequest, Sampling};
 use super::screen::{screen_input, screen_output, CONTENT_FILTER};
 use super::stream::{chunks, StreamParts};
-use super::structured::{grammar_for, requested};
 use super::validate::{chat_turns, check_other_fields, check_sampling, check_text, check_text_fits, invalid};
 use super::{find_model, Endpoint, Pipeline};
 use crate::error::{ApiError, ErrorCode};
@@ -47,10 +45,7 @@ pub async fn chat(pipeline: &Pipeline, origin: &Origin, body: ChatRequest) -> Re
     // Validate: the fields, the model, the messages, their size.
     check_other_fields(&body.other, Endpoint::Chat)?;
     let pool = chat_pool(pipeline, &body.model)?;
-    let asks = OutputAsks {
-        grammar: grammar_for(&pool, &body.other, Endpoint::Chat)?,
-        logprobs: logprobs::requested(&body.other, Endpoint::Chat)?,
-    };
+    let asks = OutputAsks::of(&pool, &body.other, Endpoint::Chat)?;
     let mut turns = chat_turns(body.messages, &pipeline.validation)?;
     check_text_fits(&pool, turns.iter().map(|(role, text)| role.len() + text.len()).sum(), "messages")?;
     // Screen what will reach the model (redacted in place).
@@ -72,10 +67,7 @@ pub async fn completion(
     check_other_fields(&body.other, Endpoint::Completions)?;
     check_text(&body.prompt, || "prompt".to_owned(), &pipeline.validation)?;
     let pool = chat_pool(pipeline, &body.model)?;
-    let asks = OutputAsks {
-        grammar: grammar_for(&pool, &body.other, Endpoint::Completions)?,
-        logprobs: logprobs::requested(&body.other, Endpoint::Completions)?,
-    };
+    let asks = OutputAsks::of(&pool, &body.other, Endpoint::Completions)?;
     check_text_fits(&pool, body.prompt.len(), "prompt")?;
     screen_input(pipeline, origin, [&mut body.prompt], |_| "prompt".to_owned())?;
     let prompt = pool.model().tokenize(&body.prompt, true);
@@ -228,8 +220,7 @@ pub(super) fn chat_prompt(pool: &ChatPool, turns: &[(String, String)]) -> Result
 pub fn check_chat_body(bytes: &[u8], limits: &ValidationSettings) -> Result<(), ApiError> {
     let body: ChatRequest = parse(bytes)?;
     check_other_fields(&body.other, Endpoint::Chat)?;
-    requested(&body.other, Endpoint::Chat)?;
-    logprobs::requested(&body.other, Endpoint::Chat)?;
+    OutputAsks::check(&body.other, Endpoint::Chat)?;
     chat_turns(body.messages, limits)?;
     check_sampling(&body.sampling, limits).map(drop)
 }
@@ -238,8 +229,7 @@ pub fn check_chat_body(bytes: &[u8], limits: &ValidationSettings) -> Result<(), 
 pub fn check_completion_body(bytes: &[u8], limits: &ValidationSettings) -> Result<(), ApiError> {
     let body: CompletionRequest = parse(bytes)?;
     check_other_fields(&body.other, Endpoint::Completions)?;
-    requested(&body.other, Endpoint::Completions)?;
-    logprobs::requested(&body.other, Endpoint::Completions)?;
+    OutputAsks::check(&body.other, Endpoint::Completions)?;
     check_text(&body.prompt, || "prompt".to_owned(), limits)?;
     check_sampling(&body.sampling, limits).map(drop)
 }

@@ -3,15 +3,21 @@
 //! pool, and the whole completion collected, from the cache or generated
 //! once for every identical request missing at the same time.
 
+use std::collections::BTreeMap;
+
 use blaze_actors::cache::Lookup;
 use blaze_actors::inference::{
     ChatEvent, ChatEvents, ChatPool, EngineError, Grammar, SamplingParams, WorkError,
 };
 
+use serde_json::Value;
+
 use super::caching::Record;
-use super::logprobs::Collected;
+use super::logprobs::{self, Collected};
 use super::request::Sampling;
+use super::structured::{self, grammar_for};
 use super::validate::{check_sampling, invalid, CheckedSampling};
+use super::Endpoint;
 use crate::error::{ApiError, ErrorCode};
 use crate::settings::ValidationSettings;
 
@@ -22,6 +28,27 @@ pub struct OutputAsks {
     pub grammar: Option<Grammar>,
     /// Log probabilities, with this many alternatives per token.
     pub logprobs: Option<usize>,
+}
+
+impl OutputAsks {
+    /// What the body's fields ask of the output, the grammar checked
+    /// against the model that will enforce it.
+    pub fn of(
+        pool: &ChatPool,
+        other: &BTreeMap<String, Value>,
+        endpoint: Endpoint,
+    ) -> Result<Self, ApiError> {
+        Ok(Self {
+            grammar: grammar_for(pool, other, endpoint)?,
+            logprobs: logprobs::requested(other, endpoint)?,
+        })
+    }
+
+    /// The same fields checked as far as no model is needed.
+    pub fn check(other: &BTreeMap<String, Value>, endpoint: Endpoint) -> Result<(), ApiError> {
+        structured::requested(other, endpoint)?;
+        logprobs::requested(other, endpoint).map(drop)
+    }
 }
 
 /// Checks the sampling fields and fixes the generation's parameters: the

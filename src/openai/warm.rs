@@ -11,10 +11,8 @@ use serde_json::Value;
 use super::caching::{deterministic, generation_key, Caching};
 use super::chat::{chat_pool, chat_prompt};
 use super::generation::{cached_or_generated, sampling_params, Job, OutputAsks};
-use super::logprobs;
 use super::request::{ChatRequest, CompletionRequest};
 use super::screen::screen_warm;
-use super::structured::grammar_for;
 use super::validate::{chat_turns, check_other_fields, check_text};
 use super::{Endpoint, Pipeline};
 use crate::error::{ApiError, ErrorCode};
@@ -113,10 +111,7 @@ async fn warm_generation(
             let request: ChatRequest = serde_json::from_value(body).map_err(not_schema)?;
             check_other_fields(&request.other, Endpoint::Chat)?;
             let pool = chat_pool(pipeline, &request.model)?;
-            let asks = OutputAsks {
-                grammar: grammar_for(&pool, &request.other, Endpoint::Chat)?,
-                logprobs: logprobs::requested(&request.other, Endpoint::Chat)?,
-            };
+            let asks = OutputAsks::of(&pool, &request.other, Endpoint::Chat)?;
             let mut turns = chat_turns(request.messages, &pipeline.validation)?;
             screen_warm(&pipeline.guard, turns.iter_mut().map(|(_, text)| text), "body")?;
             let prompt = chat_prompt(&pool, &turns)?;
@@ -127,10 +122,7 @@ async fn warm_generation(
             check_other_fields(&request.other, Endpoint::Completions)?;
             check_text(&request.prompt, || "prompt".to_owned(), &pipeline.validation)?;
             let pool = chat_pool(pipeline, &request.model)?;
-            let asks = OutputAsks {
-                grammar: grammar_for(&pool, &request.other, Endpoint::Completions)?,
-                logprobs: logprobs::requested(&request.other, Endpoint::Completions)?,
-            };
+            let asks = OutputAsks::of(&pool, &request.other, Endpoint::Completions)?;
             screen_warm(&pipeline.guard, [&mut request.prompt], "body")?;
             let prompt = pool.model().tokenize(&request.prompt, true);
             (pool, prompt, request.sampling, asks, Route::Completions.pattern(), request.model)

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::common::{client, expect_error, new_user_client, OwnRedis, Server};
+use crate::common::{chunks, client, expect_error, new_user_client, OwnRedis, Server};
 use serde_json::{json, Value};
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -140,16 +140,6 @@ async fn identical_concurrent_chats_run_inference_once_and_streams_replay() {
         let response = admin.post(server.url("/v1/chat/completions")).json(&seeded).send().await.unwrap();
         assert_eq!(cache_header(&response), expected);
     }
-}
-
-/// The JSON chunks of an SSE body, up to `[DONE]`.
-fn chunks(body: &str) -> Vec<Value> {
-    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
-    body.split("\n\n")
-        .filter_map(|event| event.strip_prefix("data: "))
-        .filter(|data| *data != "[DONE]")
-        .map(|data| serde_json::from_str(data).unwrap())
-        .collect()
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! through the cache, and bad values refused with the field at fault.
 //! (chat_engine.rs checks the values against llama.cpp's logits.)
 
-use crate::common::{client, decoding_turn, expect_error, Server};
+use crate::common::{chunks, client, decoding_turn, expect_error, Server};
 use serde_json::{json, Value};
 
 const MODEL: &str = "smollm2-135m-instruct";
@@ -22,15 +22,6 @@ async fn post(server: &Server, path: &str, body: &Value, cache: &str) -> reqwest
     let request = client().post(server.url(path)).json(body);
     let request = if cache.is_empty() { request } else { request.header("cache-control", cache) };
     request.send().await.unwrap()
-}
-
-/// The `data:` payloads of an SSE body, but `[DONE]`.
-fn chunks(body: &str) -> Vec<Value> {
-    body.split("\n\n")
-        .filter_map(|event| event.strip_prefix("data: "))
-        .filter(|data| *data != "[DONE]")
-        .map(|data| serde_json::from_str(data).unwrap())
-        .collect()
 }
 
 #[tokio::test]

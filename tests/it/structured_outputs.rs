@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::common::websocket::Socket;
-use crate::common::{decoding_turn, expect_error, Server, ADMIN_KEY};
+use crate::common::{chunks, decoding_turn, expect_error, Server, ADMIN_KEY};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
@@ -112,11 +112,8 @@ async fn json_schema_answers_parse_and_validate_whole_and_streamed() {
     let (whole, _) =
         answer(post(&server, "/v1/chat/completions", &body(prompt, schema_format(schema))).await).await;
     let events = post(&server, "/v1/chat/completions", &streamed).await.text().await.unwrap();
-    let text: String = events
-        .split("\n\n")
-        .filter_map(|event| event.strip_prefix("data: "))
-        .filter(|data| *data != "[DONE]")
-        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+    let text: String = chunks(&events)
+        .iter()
         .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(text, whole);

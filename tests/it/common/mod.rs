@@ -226,6 +226,16 @@ pub fn anonymous_client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client")
 }
 
+/// The JSON chunks of a Server-Sent Events body, up to `[DONE]`.
+pub fn chunks(body: &str) -> Vec<serde_json::Value> {
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    body.split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect()
+}
+
 /// Asserts the OpenAI error body and returns its `error` object.
 pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
     assert_eq!(response.status().as_u16(), status);

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 
-pub use self::gbnf::literal;
+use self::gbnf::literal;
 
 /// A grammar in llama.cpp's GBNF whose start rule is `root`.
 #[derive(Debug, Clone, PartialEq, Eq)]
