@@ -76,6 +76,8 @@ error_codes! {
     InvalidResponseFormat = "invalid_response_format", 400, "invalid_request_error";
     InvalidLogprobs = "invalid_logprobs", 400, "invalid_request_error";
     UnsupportedSchema = "unsupported_schema", 400, "invalid_request_error";
+    InvalidTools = "invalid_tools", 400, "invalid_request_error";
+    InvalidToolChoice = "invalid_tool_choice", 400, "invalid_request_error";
     ContextLengthExceeded = "context_length_exceeded", 400, "invalid_request_error";
     NotCacheable = "not_cacheable", 400, "invalid_request_error";
     ModelNotFound = "model_not_found", 404, "invalid_request_error";

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use blaze_actors::auth::Principal;
 use blaze_actors::cache::{CacheKey, ResponseCache};
-use blaze_actors::inference::{ChatEvent, ChatEvents, FinishReason, SamplingParams, TokenLogprob};
+use blaze_actors::inference::{ChatEvent, ChatEvents, FinishReason, Grammar, SamplingParams, TokenLogprob};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
@@ -84,6 +84,7 @@ pub fn generation_key(
     let fields = serde_json::json!({
         "prompt_sha256": format!("{:x}", digest.finalize()),
         "grammar_sha256": grammar,
+        "grammar_trigger": params.grammar.as_ref().and_then(Grammar::trigger),
         "logprobs": params.logprobs,
         "max_tokens": params.max_tokens,
         "temperature": params.temperature,

@@ -1,5 +1,6 @@
 //! `/v1/chat/completions` and `/v1/completions`, read top to bottom: the
-//! body validated (with the grammar of a structured output), its texts
+//! body validated (with the grammar of a structured output or of the
+//! calls of its tools), its texts
 //! screened, the prompt tokenized, the request
 //! admitted with its tokens reserved, the answer looked up in the cache or
 //! generated, the output screened, the reservation settled and the answer
@@ -20,6 +21,7 @@ use super::reply::{Kind, Reply};
 use super::request::{parse, ChatRequest, CompletionRequest, Sampling};
 use super::screen::{screen_input, screen_output, CONTENT_FILTER};
 use super::stream::{chunks, StreamParts};
+use super::tools::ToolAsk;
 use super::validate::{chat_turns, check_other_fields, check_sampling, check_text, check_text_fits, invalid};
 use super::{find_model, Endpoint, Pipeline};
 use crate::error::{ApiError, ErrorCode};
@@ -52,8 +54,9 @@ pub async fn chat(pipeline: &Pipeline, origin: &Origin, body: ChatRequest) -> Re
     screen_input(pipeline, origin, turns.iter_mut().map(|(_, text)| text), |index| {
         format!("messages[{index}].content")
     })?;
-    // The prompt: the turns through the model's template.
-    let prompt = chat_prompt(&pool, &turns)?;
+    // The prompt: the turns (and the tools) through the model's template.
+    let tools = asks.tools.as_ref().map_or(&[][..], |tools| tools.definitions.as_slice());
+    let prompt = chat_prompt(&pool, &turns, tools)?;
     let call = Call::new(pipeline, &pool, origin, &body.model, Kind::Chat);
     generate(call, prompt, &body.sampling, asks).await
 }
@@ -107,6 +110,7 @@ async fn generate(
     asks: OutputAsks,
 ) -> Result<Answer, ApiError> {
     let Call { pipeline, pool, origin, model, kind, caching } = call;
+    let reads_calls = asks.tools.as_ref().is_some_and(ToolAsk::reads_calls);
     let params = sampling_params(sampling, prompt.len(), pool, &pipeline.validation, asks)?;
     // Admit: the prompt and the most the completion may take are reserved;
     // the settlement corrects that with the real count when it drops.
@@ -116,7 +120,7 @@ async fn generate(
         let key = generation_key(&caching, endpoint(kind), model, &prompt, &params, sampling);
         (caching, key)
     });
-    let reply = Reply::new(kind, model, prompt.len(), params.logprobs.is_some());
+    let reply = Reply::new(kind, model, prompt.len(), params.logprobs.is_some()).reading_calls(reads_calls);
     let job = Job { pool, model, prompt, params };
     if sampling.stream {
         let include_usage = sampling.stream_options.as_ref().is_some_and(|options| options.include_usage);
@@ -208,10 +212,15 @@ pub(super) fn chat_pool(pipeline: &Pipeline, id: &str) -> Result<ChatPool, ApiEr
     }
 }
 
-/// The prompt's tokens: the turns through the model's template.
-pub(super) fn chat_prompt(pool: &ChatPool, turns: &[(String, String)]) -> Result<Vec<u32>, ApiError> {
+/// The prompt's tokens: the turns (and the tools the model may call)
+/// through the model's template.
+pub(super) fn chat_prompt(
+    pool: &ChatPool,
+    turns: &[(String, String)],
+    tools: &[serde_json::Value],
+) -> Result<Vec<u32>, ApiError> {
     pool.model()
-        .prompt_tokens(turns)
+        .prompt_tokens(turns, tools)
         .map_err(|error| invalid(ErrorCode::InvalidMessages, "messages", error.to_string()))
 }
 

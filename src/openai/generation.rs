@@ -16,6 +16,7 @@ use super::caching::Record;
 use super::logprobs::{self, Collected};
 use super::request::Sampling;
 use super::structured::{self, grammar_for};
+use super::tools::{self, ToolAsk};
 use super::validate::{check_sampling, invalid, CheckedSampling};
 use super::Endpoint;
 use crate::error::{ApiError, ErrorCode};
@@ -24,10 +25,12 @@ use crate::settings::ValidationSettings;
 /// What a request asks of its output besides the sampling fields.
 #[derive(Debug, Clone, Default)]
 pub struct OutputAsks {
-    /// What the text must match (structured outputs).
+    /// What the text must match (a structured output, or tool calls).
     pub grammar: Option<Grammar>,
     /// Log probabilities, with this many alternatives per token.
     pub logprobs: Option<usize>,
+    /// The tools the model may call (chat).
+    pub tools: Option<ToolAsk>,
 }
 
 impl OutputAsks {
@@ -38,15 +41,30 @@ impl OutputAsks {
         other: &BTreeMap<String, Value>,
         endpoint: Endpoint,
     ) -> Result<Self, ApiError> {
-        Ok(Self {
-            grammar: grammar_for(pool, other, endpoint)?,
-            logprobs: logprobs::requested(other, endpoint)?,
-        })
+        let tools = match endpoint {
+            Endpoint::Chat => tools::requested(other)?,
+            _ => None,
+        };
+        let grammar = match tools.as_ref().map(ToolAsk::grammar).transpose()?.flatten() {
+            Some(calls) => {
+                pool.model()
+                    .check_grammar(&calls)
+                    .map_err(|error| invalid(ErrorCode::InvalidTools, "tools", error.to_string()))?;
+                Some(calls)
+            }
+            None => grammar_for(pool, other, endpoint)?,
+        };
+        Ok(Self { grammar, logprobs: logprobs::requested(other, endpoint)?, tools })
     }
 
     /// The same fields checked as far as no model is needed.
     pub fn check(other: &BTreeMap<String, Value>, endpoint: Endpoint) -> Result<(), ApiError> {
         structured::requested(other, endpoint)?;
+        if endpoint == Endpoint::Chat {
+            if let Some(tools) = tools::requested(other)? {
+                tools.grammar()?;
+            }
+        }
         logprobs::requested(other, endpoint).map(drop)
     }
 }

@@ -9,15 +9,17 @@
 //! 1. authorize: done before the pipeline, by the transport, on the route
 //!    the route table matched (`crate::routes`); the [`Origin`]
 //!    carries the authorized caller;
-//! 2. validate: the body against the model's limits (`validate.rs`), and
-//!    what a structured output must match (`structured.rs`);
+//! 2. validate: the body against the model's limits (`validate.rs`),
+//!    what a structured output must match (`structured.rs`), and the
+//!    tools the model may call (`tools.rs`);
 //! 3. screen: the guard reads what will reach the model (`screen.rs`);
 //! 4. admit: the rate limiter reserves the request's tokens, counted once
 //!    the prompt is tokenized (`admit.rs`);
 //! 5. cache lookup (`caching.rs`), else infer on the model's pool
 //!    (`generation.rs`, `embeddings.rs`);
 //! 6. screen output, as a whole answer or as the stream releases it
-//!    (`stream.rs`);
+//!    (`stream.rs`), read for tool calls where the request has tools
+//!    (`tool_calls.rs`);
 //! 7. settle: the reservation is corrected with the tokens really used;
 //! 8. record: the answer goes to the cache; the transport records metrics
 //!    and the access log.
@@ -39,6 +41,8 @@ mod response;
 mod screen;
 mod stream;
 mod structured;
+mod tool_calls;
+mod tools;
 mod validate;
 pub mod warm;
 

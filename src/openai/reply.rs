@@ -10,7 +10,11 @@ use blaze_actors::inference::TokenLogprob;
 use super::answer::Piece;
 use super::caching::Record;
 use super::logprobs::{chat_logprobs, text_logprobs};
-use super::response::{AssistantMessage, ChatChoice, ChatChunkChoice, Completion, Delta, TextChoice, Usage};
+use super::response::{
+    AssistantMessage, ChatChoice, ChatChunkChoice, Completion, Delta, FunctionCall, FunctionDelta,
+    TextChoice, ToolCall, ToolCallDelta, Usage,
+};
+use super::tool_calls::{call_id, read_whole, ToolEvent};
 
 /// Chat (messages in, an assistant message out) or text completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +32,8 @@ pub struct Reply {
     pub prompt_tokens: usize,
     /// The client asked for log probabilities.
     pub logprobs: bool,
+    /// The text is read for tool calls (`tool_calls.rs`).
+    pub reads_calls: bool,
 }
 
 /// The log probabilities a chunk carries: those of the tokens decided
@@ -46,7 +52,12 @@ impl Reply {
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
-        Self { id, created, model: model.to_owned(), kind, prompt_tokens, logprobs }
+        Self { id, created, model: model.to_owned(), kind, prompt_tokens, logprobs, reads_calls: false }
+    }
+
+    /// The same, its text read for tool calls when `reads_calls`.
+    pub fn reading_calls(self, reads_calls: bool) -> Self {
+        Self { reads_calls, ..self }
     }
 
     fn object(&self, streaming: bool) -> &'static str {
@@ -76,8 +87,37 @@ impl Reply {
         let finish_reason = record.finish_reason.as_str();
         let entries = record.logprobs.as_ref().filter(|_| self.logprobs).map(|logprobs| logprobs.concat());
         match self.kind {
+            Kind::Chat if self.reads_calls => {
+                let read = read_whole(&text);
+                let ids: Vec<String> = read.calls.iter().map(|_| call_id()).collect();
+                let tool_calls: Vec<ToolCall> = read
+                    .calls
+                    .iter()
+                    .zip(&ids)
+                    .map(|((name, arguments), id)| ToolCall {
+                        id: id.clone(),
+                        kind: "function",
+                        function: FunctionCall { name, arguments },
+                    })
+                    .collect();
+                let finish_reason = calls_finish_reason(finish_reason, tool_calls.len());
+                let message = AssistantMessage {
+                    role: "assistant",
+                    content: read.content.as_deref(),
+                    refusal: None,
+                    tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
+                };
+                let logprobs = entries.map(|entries| chat_logprobs(&entries));
+                let choice = ChatChoice { index: 0, message, logprobs, finish_reason };
+                serialized(&self.envelope(false, vec![choice], usage))
+            }
             Kind::Chat => {
-                let message = AssistantMessage { role: "assistant", content: &text, refusal: None };
+                let message = AssistantMessage {
+                    role: "assistant",
+                    content: Some(&text),
+                    refusal: None,
+                    tool_calls: None,
+                };
                 let logprobs = entries.map(|entries| chat_logprobs(&entries));
                 let choice = ChatChoice { index: 0, message, logprobs, finish_reason };
                 serialized(&self.envelope(false, vec![choice], usage))
@@ -103,7 +143,7 @@ impl Reply {
     ) -> Piece {
         let json = match self.kind {
             Kind::Chat => {
-                let delta = Delta { role: first.then_some("assistant"), content: text };
+                let delta = Delta { role: first.then_some("assistant"), content: text, tool_calls: None };
                 let logprobs = self.logprobs.then(|| chat_logprobs(logprobs.entries));
                 let choice = ChatChunkChoice { index: 0, delta, logprobs, finish_reason: finish };
                 serialized(&self.envelope(true, vec![choice], None))
@@ -118,10 +158,50 @@ impl Reply {
         Piece::Chunk(json)
     }
 
+    /// A chunk of a tool call: its start (`id` and name), or a fragment
+    /// of its arguments.
+    pub fn call_chunk(
+        &self,
+        event: &ToolEvent,
+        id: Option<&str>,
+        first: bool,
+        logprobs: ChunkLogprobs<'_>,
+    ) -> Piece {
+        let call = match event {
+            ToolEvent::Call { index, name } => ToolCallDelta {
+                index: *index,
+                id,
+                kind: Some("function"),
+                function: FunctionDelta { name: Some(name.as_str()), arguments: "" },
+            },
+            ToolEvent::Arguments { index, fragment } => ToolCallDelta {
+                index: *index,
+                id: None,
+                kind: None,
+                function: FunctionDelta { name: None, arguments: fragment },
+            },
+            ToolEvent::Content(text) => return self.chunk(Some(text), first, None, logprobs),
+        };
+        let delta = Delta { role: first.then_some("assistant"), content: None, tool_calls: Some([call]) };
+        let logprobs = self.logprobs.then(|| chat_logprobs(logprobs.entries));
+        let choice = ChatChunkChoice { index: 0, delta, logprobs, finish_reason: None };
+        Piece::Chunk(serialized(&self.envelope(true, vec![choice], None)))
+    }
+
     /// The last chunk when the client asked for usage: no choices.
     pub fn usage_chunk(&self, completion_tokens: usize) -> Piece {
         let usage = Some(Usage::new(self.prompt_tokens, completion_tokens));
         Piece::Chunk(serialized(&self.envelope::<TextChoice>(true, Vec::new(), usage)))
+    }
+}
+
+/// A generation that stopped by itself after making calls finished to
+/// make them.
+pub fn calls_finish_reason(finish_reason: &str, calls: usize) -> &str {
+    if calls > 0 && finish_reason == "stop" {
+        "tool_calls"
+    } else {
+        finish_reason
     }
 }
 

@@ -46,8 +46,46 @@ pub struct ChatChoice<'a> {
 #[derive(Debug, Serialize)]
 pub struct AssistantMessage<'a> {
     pub role: &'static str,
-    pub content: &'a str,
+    /// Null when the message is only tool calls.
+    pub content: Option<&'a str>,
     pub refusal: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall<'a>>>,
+}
+
+/// A call of one of the request's tools.
+#[derive(Debug, Serialize)]
+pub struct ToolCall<'a> {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FunctionCall<'a> {
+    pub name: &'a str,
+    /// JSON text, as OpenAI gives it.
+    pub arguments: &'a str,
+}
+
+/// What a chunk adds to one call: its id, type and name first (with empty
+/// arguments), then fragments of its arguments.
+#[derive(Debug, Serialize)]
+pub struct ToolCallDelta<'a> {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionDelta<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FunctionDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    pub arguments: &'a str,
 }
 
 /// A choice of `chat.completion.chunk`.
@@ -59,13 +97,16 @@ pub struct ChatChunkChoice<'a> {
     pub finish_reason: Option<&'a str>,
 }
 
-/// What a chunk adds to the message: the role on the first, then text.
-#[derive(Debug, Serialize)]
+/// What a chunk adds to the message: the role on the first, then text or
+/// part of a tool call.
+#[derive(Debug, Default, Serialize)]
 pub struct Delta<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<[ToolCallDelta<'a>; 1]>,
 }
 
 /// A choice of `text_completion`, whole or streamed.

@@ -16,8 +16,9 @@ use super::answer::Piece;
 use super::caching::{Caching, Record};
 use super::generation::work_error;
 use super::logprobs::Collected;
-use super::reply::{ChunkLogprobs, Reply};
+use super::reply::{calls_finish_reason, ChunkLogprobs, Reply};
 use super::screen::CONTENT_FILTER;
+use super::tool_calls::{call_id, CallReader, ToolEvent};
 use crate::error::ApiError;
 
 /// What a stream is made with, besides its events.
@@ -44,11 +45,16 @@ struct Chunks {
     /// Log probabilities for the next chunk, and the characters sent so far.
     unsent: Vec<TokenLogprob>,
     sent_chars: usize,
+    /// Reads the text for tool calls, when the request has tools; the ids
+    /// given to the calls started.
+    calls: Option<CallReader>,
+    call_ids: Vec<String>,
 }
 
 /// The chunks of a streamed answer, until it ends or fails.
 pub fn chunks(parts: StreamParts, events: ChatEvents) -> impl Stream<Item = Piece> {
     let collected = Collected::new(parts.reply.logprobs);
+    let calls = parts.reply.reads_calls.then(CallReader::default);
     let chunks = Chunks {
         parts,
         events,
@@ -58,6 +64,8 @@ pub fn chunks(parts: StreamParts, events: ChatEvents) -> impl Stream<Item = Piec
         collected,
         unsent: Vec::new(),
         sent_chars: 0,
+        calls,
+        call_ids: Vec::new(),
     };
     futures_util::stream::unfold(chunks, |mut chunks| async move {
         let piece = chunks.next().await?;
@@ -77,25 +85,23 @@ impl Chunks {
             let released = match self.events.recv().await {
                 Some(ChatEvent::Logprobs(entries)) => {
                     self.on_logprobs(entries);
-                    None
+                    Vec::new()
                 }
                 Some(ChatEvent::Text(piece)) => self.on_text(piece),
                 Some(ChatEvent::Done { finish_reason, completion_tokens }) => {
                     self.on_done(finish_reason, completion_tokens).await;
-                    None
+                    Vec::new()
                 }
                 Some(ChatEvent::Failed(error)) => {
                     self.finished = true;
-                    Some(Piece::Failed(work_error(error, &self.parts.reply.model)))
+                    vec![Piece::Failed(work_error(error, &self.parts.reply.model))]
                 }
                 None => {
                     self.finished = true;
-                    Some(Piece::Failed(ApiError::worker_failed(&self.parts.reply.model)))
+                    vec![Piece::Failed(ApiError::worker_failed(&self.parts.reply.model))]
                 }
             };
-            if released.is_some() {
-                return released;
-            }
+            self.queued.extend(released.into_iter().rev());
         }
     }
 
@@ -118,9 +124,36 @@ impl Chunks {
         chunk
     }
 
+    /// The chunks of released text: as content, or read for tool calls.
+    fn released(&mut self, text: &str) -> Vec<Piece> {
+        let Some(reader) = self.calls.as_mut() else {
+            return vec![self.chunk(Some(text), None)];
+        };
+        let events = reader.push(text);
+        self.call_chunks(events)
+    }
+
+    fn call_chunks(&mut self, events: Vec<ToolEvent>) -> Vec<Piece> {
+        let mut pieces = Vec::with_capacity(events.len());
+        for event in events {
+            if let ToolEvent::Call { .. } = event {
+                self.call_ids.push(call_id());
+            }
+            let id = match event {
+                ToolEvent::Call { index, .. } => self.call_ids.get(index).map(String::as_str),
+                _ => None,
+            };
+            let entries = std::mem::take(&mut self.unsent);
+            let logprobs = ChunkLogprobs { entries: &entries, offset: self.sent_chars };
+            pieces.push(self.parts.reply.call_chunk(&event, id, self.first, logprobs));
+            self.first = false;
+        }
+        pieces
+    }
+
     /// A generated piece: counted, kept for the cache, and sent as far as
     /// the output screen releases it.
-    fn on_text(&mut self, piece: String) -> Option<Piece> {
+    fn on_text(&mut self, piece: String) -> Vec<Piece> {
         self.parts.settlement.used += 1;
         let released = match &mut self.parts.filter {
             None => Ok(piece.clone()),
@@ -130,8 +163,8 @@ impl Chunks {
             self.collected.on_text(piece);
         }
         match released {
-            Ok(text) if text.is_empty() => None,
-            Ok(text) => Some(self.chunk(Some(&text), None)),
+            Ok(text) if text.is_empty() => Vec::new(),
+            Ok(text) => self.released(&text),
             Err(_) => {
                 // Blocked: not cached, and the generation stops with the
                 // receiver.
@@ -141,7 +174,7 @@ impl Chunks {
                 self.queued = self.ending(CONTENT_FILTER, completion_tokens, None);
                 self.events.close();
                 self.finished = true;
-                None
+                Vec::new()
             }
         }
     }
@@ -171,7 +204,14 @@ impl Chunks {
     fn ending(&mut self, finish_reason: &str, completion_tokens: usize, rest: Option<String>) -> Vec<Piece> {
         let mut out = Vec::new();
         if let Some(rest) = rest.filter(|rest| !rest.is_empty()) {
-            out.push(self.chunk(Some(&rest), None));
+            out.extend(self.released(&rest));
+        }
+        let mut finish_reason = finish_reason;
+        if let Some(reader) = self.calls.as_mut() {
+            let events = reader.finish();
+            let calls = reader.calls();
+            out.extend(self.call_chunks(events));
+            finish_reason = calls_finish_reason(finish_reason, calls);
         }
         out.push(self.chunk(None, Some(finish_reason)));
         if self.parts.include_usage {

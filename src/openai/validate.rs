@@ -3,7 +3,8 @@
 //! sampling fields, the roles and contents of chat messages, and the
 //! OpenAI fields Blaze accepts without acting on them (others are refused
 //! by name, as OpenAI refuses arguments it does not know). What a
-//! structured output asks for is read in `structured.rs`.
+//! structured output asks for is read in `structured.rs`, tools in
+//! `tools.rs`.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +13,7 @@ use serde_json::Value;
 use blaze_actors::inference::ChatPool;
 
 use super::request::{Content, Message, Sampling, Stop};
+use super::tools::{assistant_text, result_text, MOST_TOOLS};
 use super::Endpoint;
 use crate::error::{ApiError, ErrorCode};
 use crate::settings::ValidationSettings;
@@ -72,6 +74,8 @@ pub fn check_other_fields(other: &BTreeMap<String, Value>, endpoint: Endpoint) -
     for (name, value) in other {
         let chat = endpoint == Endpoint::Chat;
         let accepted = match name.as_str() {
+            // Judged by `tools.rs`.
+            "tools" | "tool_choice" | "parallel_tool_calls" if chat => true,
             "user" | "service_tier" | "reasoning_effort" => value.is_null() || value.is_string(),
             "metadata" => {
                 value.is_null() || value.as_object().is_some_and(|map| map.values().all(Value::is_string))
@@ -83,10 +87,8 @@ pub fn check_other_fields(other: &BTreeMap<String, Value>, endpoint: Endpoint) -
             "top_logprobs" if chat => true,
             // Judged by `structured.rs`, which names the field at fault.
             "response_format" | "structured_outputs" => true,
-            "tools" | "functions" if chat => value.is_null() || empty_array(value),
-            "tool_choice" | "function_call" if chat => {
-                value.is_null() || matches!(value.as_str(), Some("none" | "auto"))
-            }
+            "functions" if chat => value.is_null() || empty_array(value),
+            "function_call" if chat => value.is_null() || matches!(value.as_str(), Some("none" | "auto")),
             "modalities" if chat => value.is_null() || *value == serde_json::json!(["text"]),
             "echo" if !chat => value.is_null() || *value == Value::Bool(false),
             "best_of" if !chat => value.is_null() || *value == 1,
@@ -204,7 +206,10 @@ fn check_max_tokens(asked: Option<usize>, limits: &ValidationSettings) -> Result
 }
 
 /// The messages as (role, text) turns, developer read as system; the
-/// texts are moved, not copied.
+/// texts are moved, not copied. An assistant's earlier tool calls are
+/// written after its text as the model writes them; a tool's result (it
+/// must answer a call of the assistant message before it) becomes a user
+/// turn, the results of one message's calls together.
 pub fn chat_turns(
     messages: Vec<Message>,
     limits: &ValidationSettings,
@@ -213,15 +218,53 @@ pub fn chat_turns(
         return Err(invalid(ErrorCode::InvalidMessages, "messages", "messages must not be empty".to_owned()));
     }
     check_count(messages.len(), limits.max_messages, "messages")?;
-    let mut turns = Vec::with_capacity(messages.len());
+    let mut turns: Vec<(String, String)> = Vec::with_capacity(messages.len());
+    // The ids of the calls the last assistant message made.
+    let mut calls: Vec<String> = Vec::new();
+    let mut after_result = false;
     for (index, message) in messages.into_iter().enumerate() {
-        if !matches!(message.role.as_str(), "system" | "developer" | "user" | "assistant") {
-            let message = format!("messages[{index}].role must be system, developer, user or assistant");
+        let Message { role, content, tool_calls, tool_call_id } = message;
+        if !matches!(role.as_str(), "system" | "developer" | "user" | "assistant" | "tool") {
+            let message =
+                format!("messages[{index}].role must be system, developer, user, assistant or tool");
             return Err(invalid(ErrorCode::InvalidRole, &format!("messages[{index}].role"), message));
         }
-        let role = if message.role == "developer" { "system".to_owned() } else { message.role };
-        let text = text_of(message.content, index)?;
+        let text = text_of(content, index)?;
         check_text(&text, || format!("messages[{index}].content"), limits)?;
+        let is_result = role == "tool";
+        let (role, text) = match role.as_str() {
+            "developer" => ("system".to_owned(), text),
+            "assistant" => {
+                let tool_calls = tool_calls.unwrap_or_default();
+                check_count(tool_calls.len(), MOST_TOOLS, &format!("messages[{index}].tool_calls"))?;
+                calls = tool_calls.iter().map(|call| call.id.clone()).collect();
+                let text = assistant_text(text, &tool_calls, index)?;
+                check_text(&text, || format!("messages[{index}].tool_calls"), limits)?;
+                (role, text)
+            }
+            "tool" => {
+                if !tool_call_id.as_ref().is_some_and(|id| calls.contains(id)) {
+                    let param = format!("messages[{index}].tool_call_id");
+                    let message =
+                        format!("{param} must be the id of a call the assistant message before it made");
+                    return Err(invalid(ErrorCode::InvalidMessages, &param, message));
+                }
+                let text = result_text(&text);
+                if after_result {
+                    if let Some((_, last)) = turns.last_mut() {
+                        last.push('\n');
+                        last.push_str(&text);
+                        continue;
+                    }
+                }
+                ("user".to_owned(), text)
+            }
+            _ => {
+                calls.clear();
+                (role, text)
+            }
+        };
+        after_result = is_result;
         turns.push((role, text));
     }
     Ok(turns)

@@ -114,7 +114,8 @@ async fn warm_generation(
             let asks = OutputAsks::of(&pool, &request.other, Endpoint::Chat)?;
             let mut turns = chat_turns(request.messages, &pipeline.validation)?;
             screen_warm(&pipeline.guard, turns.iter_mut().map(|(_, text)| text), "body")?;
-            let prompt = chat_prompt(&pool, &turns)?;
+            let tools = asks.tools.as_ref().map_or(&[][..], |tools| tools.definitions.as_slice());
+            let prompt = chat_prompt(&pool, &turns, tools)?;
             (pool, prompt, request.sampling, asks, Route::ChatCompletions.pattern(), request.model)
         }
         _ => {

@@ -58,7 +58,7 @@ fn generation_follows_the_template_and_the_sampling_parameters() {
     let _turn = decoding_turn();
     let model = model();
     let rendered = model
-        .render(&[("user".to_owned(), "What is the capital of France? Answer in one word.".to_owned())])
+        .render(&[("user".to_owned(), "What is the capital of France? Answer in one word.".to_owned())], &[])
         .unwrap();
     assert!(rendered.contains("<|im_start|>user"), "the GGUF's own ChatML template: {rendered}");
     assert!(rendered.ends_with("<|im_start|>assistant\n"));
@@ -132,7 +132,7 @@ fn sequences_decoded_together_match_each_decoded_alone() {
     let prompts: Vec<Vec<u32>> = questions
         .iter()
         .map(|question| {
-            model.tokenize(&model.render(&[("user".to_owned(), (*question).to_owned())]).unwrap(), true)
+            model.tokenize(&model.render(&[("user".to_owned(), (*question).to_owned())], &[]).unwrap(), true)
         })
         .collect();
     let greedy = params(24, 0.0, 0, &[]);
@@ -194,7 +194,16 @@ fn prompts_tokens_and_greedy_ids_match_llama_cpp() {
                 )
             })
             .collect();
-        let rendered = model.render(&messages).unwrap();
+        let rendered = model.render(&messages, &[]).unwrap();
+        // With tools, SmolLM2 (whose template has none) is told of them in
+        // the system message, after the conversation's own system text.
+        let tools = [serde_json::json!({"type": "function", "function": {"name": "get_weather"}})];
+        let with_tools = model.render(&messages, &tools).unwrap();
+        let listed = format!("<tools>\n{}\n</tools>", tools[0]);
+        assert!(with_tools.contains(&listed) && !rendered.contains("<tools>"), "{with_tools}");
+        if let Some((_, system)) = messages.iter().find(|(role, _)| role == "system") {
+            assert!(with_tools.find(system.as_str()) < with_tools.find(&listed), "{with_tools}");
+        }
         assert_eq!(
             rendered,
             case["prompt"].as_str().unwrap(),
@@ -243,8 +252,9 @@ fn log_softmax(logits: &[f32], id: usize) -> f64 {
 fn logprobs_are_those_of_the_logits_llama_cpp_chose_from() {
     let _turn = decoding_turn();
     let model = model();
-    let prompt =
-        model.prompt_tokens(&[("user".to_owned(), "What is the capital of France?".to_owned())]).unwrap();
+    let prompt = model
+        .prompt_tokens(&[("user".to_owned(), "What is the capital of France?".to_owned())], &[])
+        .unwrap();
     let mut reference = Vec::new();
     let ids = model
         .reference_greedy_logits(&prompt, 12, &mut |logits| {
@@ -286,7 +296,7 @@ fn logprobs_are_those_of_the_logits_llama_cpp_chose_from() {
 fn a_grammar_holds_the_engine_to_it_greedy_and_sampled() {
     let _turn = decoding_turn();
     let model = model();
-    let prompt = model.prompt_tokens(&[("user".to_owned(), "Pick a number.".to_owned())]).unwrap();
+    let prompt = model.prompt_tokens(&[("user".to_owned(), "Pick a number.".to_owned())], &[]).unwrap();
     let grammar = blaze_actors::inference::Grammar::from_regex(r"[0-9]{2}-(red|blue)").unwrap();
     let pattern = regex::Regex::new(r"^[0-9]{2}-(red|blue)$").unwrap();
     for temperature in [0.0, 1.0] {

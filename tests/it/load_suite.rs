@@ -14,8 +14,13 @@ use serde_json::Value;
 /// own (and some generate text), so together they would measure each other.
 static LOAD_TURN: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
-async fn load_turn() -> tokio::sync::SemaphorePermit<'static> {
-    LOAD_TURN.acquire().await.expect("the semaphore is never closed")
+/// The load turn, then the decoding turn: the scenarios generate text, and
+/// a test decoding beside them ran past its client's limit in CI (a
+/// logprobs stream of 12 tokens took over 30 s). Taken in this order only,
+/// so no two tests wait on each other.
+async fn load_turn() -> (tokio::sync::SemaphorePermit<'static>, tokio::sync::SemaphorePermit<'static>) {
+    let load = LOAD_TURN.acquire().await.expect("the semaphore is never closed");
+    (load, crate::common::decoding_turn().await)
 }
 
 /// A server whose rate limits no test run reaches (they stay on: their

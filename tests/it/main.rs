@@ -29,4 +29,5 @@ mod rate_limits;
 mod sdk;
 mod security;
 mod structured_outputs;
+mod tool_calls;
 mod websocket_api;

@@ -9,8 +9,12 @@ use std::process::Command;
 
 use crate::common::{decoding_turn, Server, ADMIN_KEY};
 
+/// Held while the venv is checked or made: the SDK tests run side by side.
+static VENV_MADE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The venv with the pinned SDK, made or remade as needed.
 fn sdk_venv() -> PathBuf {
+    let _made = VENV_MADE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let requirements = root.join("tests/sdk/requirements.txt");
     let pins = std::fs::read_to_string(&requirements).expect("tests/sdk/requirements.txt");
@@ -64,5 +68,15 @@ async fn the_openai_sdk_drives_structured_outputs() {
     let output = tokio::task::spawn_blocking(move || run_script(&venv, "structured_outputs.py", &base_url))
         .await
         .unwrap();
+    assert!(output.contains("errors: ok"), "{output}");
+}
+
+#[tokio::test]
+async fn the_openai_sdk_drives_tool_calls() {
+    let venv = tokio::task::spawn_blocking(sdk_venv).await.unwrap();
+    let _turn = decoding_turn().await;
+    let server = Server::start(&[], &[]).await;
+    let base_url = server.url("/v1");
+    let output = tokio::task::spawn_blocking(move || run_script(&venv, "tools.py", &base_url)).await.unwrap();
     assert!(output.contains("errors: ok"), "{output}");
 }

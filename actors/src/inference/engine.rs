@@ -44,8 +44,13 @@ pub trait ChatEngine: Send + Sync + 'static {
     /// a longer text is refused before it is rendered or tokenized.
     fn most_text_bytes(&self) -> usize;
     /// The prompt tokens of a conversation, `(role, text)` turns through
-    /// the model's chat template, with the assistant's turn opened.
-    fn prompt_tokens(&self, turns: &[(String, String)]) -> Result<Vec<u32>, EngineError>;
+    /// the model's chat template, with the assistant's turn opened, and
+    /// the `tools` it may call (OpenAI's definitions) rendered into it.
+    fn prompt_tokens(
+        &self,
+        turns: &[(String, String)],
+        tools: &[serde_json::Value],
+    ) -> Result<Vec<u32>, EngineError>;
     /// The model's tokens of `text`; `add_special` adds what the model
     /// wants at the start of a prompt (a BOS).
     fn tokenize(&self, text: &str, add_special: bool) -> Vec<u32>;

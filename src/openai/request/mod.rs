@@ -125,6 +125,28 @@ impl<'de> Deserialize<'de> for Content {
 pub struct Message {
     pub role: String,
     pub content: Option<Content>,
+    /// An assistant message's calls of the request's tools.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<MessageToolCall>>,
+    /// A tool message: the call it answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+/// A call an earlier assistant message made.
+#[derive(Debug, Deserialize)]
+pub struct MessageToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// JSON text, as OpenAI gives it.
+    pub arguments: String,
 }
 
 /// `POST /v1/chat/completions`.

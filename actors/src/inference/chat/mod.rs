@@ -5,7 +5,8 @@
 //! `worker.rs`) are written against the engine traits
 //! ([`ChatEngine`](crate::inference::ChatEngine)), which the llama model
 //! implements (`llama/engine.rs`); `tests.rs` runs them on a fake engine.
-//! `grammar/` makes the grammars a constrained completion must match.
+//! `grammar/` makes the grammars a constrained completion must match;
+//! `tools.rs` is the format tool calls take in the model's text.
 
 mod completion;
 mod grammar;
@@ -13,11 +14,12 @@ mod llama;
 mod pool;
 #[cfg(test)]
 mod tests;
+pub mod tools;
 mod worker;
 
 pub use self::completion::{
     Alternative, FinishReason, Progress, SamplingParams, TokenLogprob, MOST_TOP_LOGPROBS,
 };
-pub use self::grammar::{Grammar, GrammarError, MOST_CHOICES, MOST_NESTING, MOST_REPETITION};
+pub use self::grammar::{Grammar, GrammarError, ToolFunction, MOST_CHOICES, MOST_NESTING, MOST_REPETITION};
 pub use self::llama::{llama_has_amx, ChatModel, Decoder, Sequence};
 pub use self::pool::{ChatEvent, ChatEvents, ChatPool};

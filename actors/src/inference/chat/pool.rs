@@ -123,7 +123,7 @@ impl<E: ChatEngine> ChatPool<E> {
     pub fn warm_up(&self, threads: usize) -> Result<(), EngineError> {
         let model = &self.state.model;
         let mut decoder = model.decoder(threads, 1)?;
-        let prompt = model.prompt_tokens(&[("user".to_owned(), "Hi".to_owned())])?;
+        let prompt = model.prompt_tokens(&[("user".to_owned(), "Hi".to_owned())], &[])?;
         decoder.generate(&prompt, &SamplingParams::greedy(1), &mut |_| true)?;
         self.state.ready.store(true, Ordering::Relaxed);
         Ok(())

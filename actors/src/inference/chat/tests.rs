@@ -31,7 +31,11 @@ impl ChatEngine for FakeEngine {
         64 * 8
     }
 
-    fn prompt_tokens(&self, turns: &[(String, String)]) -> Result<Vec<u32>, EngineError> {
+    fn prompt_tokens(
+        &self,
+        turns: &[(String, String)],
+        _tools: &[serde_json::Value],
+    ) -> Result<Vec<u32>, EngineError> {
         Ok(turns.iter().flat_map(|(_, text)| self.tokenize(text, false)).collect())
     }
 
@@ -155,7 +159,7 @@ async fn wait_for(board: &ActorBoard, name: &str, accept: impl Fn(&ActorState) -
 fn the_request_path_reads_the_engine_through_the_pool() {
     let pool = ChatPool::new("fake", Arc::new(FakeEngine), 2, 4);
     let turns = [("user".to_owned(), "hello panic".to_owned())];
-    assert_eq!(pool.model().prompt_tokens(&turns).unwrap(), vec![5, PANIC]);
+    assert_eq!(pool.model().prompt_tokens(&turns, &[]).unwrap(), vec![5, PANIC]);
     assert_eq!(pool.model().context_length(), 64);
     assert!(pool.model().check_window(60, 5).is_err());
     assert!(!pool.is_ready(), "no worker has proven the model yet");

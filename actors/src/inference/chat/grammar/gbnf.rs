@@ -105,6 +105,49 @@ pub fn check_size(text: &str) -> Result<(), GrammarError> {
     Ok(())
 }
 
+/// `text` with every rule name (where defined and where used) prefixed
+/// by `prefix`, so grammars can be joined without their rules clashing.
+/// Literals, character classes, repetition counts and comments are kept.
+pub fn prefixed(text: &str, prefix: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut at = 0;
+    while at < bytes.len() {
+        let start = at;
+        let byte = bytes[at];
+        at += 1;
+        match byte {
+            b'#' => {
+                while at < bytes.len() && bytes[at] != b'\n' {
+                    at += 1;
+                }
+            }
+            b'"' => at = skip_quoted(bytes, at, b'"'),
+            b'[' => at = skip_quoted(bytes, at, b']'),
+            b'{' => {
+                at = bytes[at..].iter().position(|&byte| byte == b'}').map_or(bytes.len(), |end| at + end + 1)
+            }
+            byte if is_name_byte(byte) => {
+                while at < bytes.len() && is_name_byte(bytes[at]) {
+                    at += 1;
+                }
+                out.push_str(prefix);
+            }
+            _ => {
+                while !text.is_char_boundary(at) {
+                    at += 1;
+                }
+            }
+        }
+        out.push_str(text.get(start..at.min(bytes.len())).unwrap_or_default());
+    }
+    out
+}
+
+fn is_name_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_')
+}
+
 /// The position after a literal or class that started before `at`.
 fn skip_quoted(bytes: &[u8], mut at: usize, close: u8) -> usize {
     while at < bytes.len() {

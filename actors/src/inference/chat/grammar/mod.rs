@@ -13,11 +13,23 @@ use std::sync::{Arc, OnceLock};
 use serde_json::Value;
 
 use self::gbnf::literal;
+use super::tools::{CALL_CLOSE, CALL_OPEN};
 
-/// A grammar in llama.cpp's GBNF whose start rule is `root`.
+/// A grammar in llama.cpp's GBNF whose start rule is `root`; a lazy one
+/// leaves the text free until its trigger appears, and constrains it from
+/// the trigger on (tool calls among free text).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grammar {
     gbnf: Arc<str>,
+    trigger: Option<Arc<str>>,
+}
+
+/// A function a tool call may name, and the grammar of its arguments (a
+/// JSON object).
+#[derive(Debug, Clone)]
+pub struct ToolFunction {
+    pub name: String,
+    pub arguments: Grammar,
 }
 
 /// Why a grammar cannot be made or used; each names what to change.
@@ -75,13 +87,13 @@ impl Grammar {
         if !gbnf::defines_root(text) {
             return Err(GrammarError::InvalidGrammar("it does not define the rule `root`".to_owned()));
         }
-        Ok(Self { gbnf: Arc::from(text) })
+        Ok(Self { gbnf: Arc::from(text), trigger: None })
     }
 
     /// Any JSON object (OpenAI's `json_object` format).
     pub fn json_object() -> Self {
         static OBJECT: OnceLock<Grammar> = OnceLock::new();
-        OBJECT.get_or_init(|| Self { gbnf: Arc::from(JSON_OBJECT) }).clone()
+        OBJECT.get_or_init(|| Self { gbnf: Arc::from(JSON_OBJECT), trigger: None }).clone()
     }
 
     /// Text that is a JSON value matching `schema`. With `strict`, a
@@ -91,7 +103,7 @@ impl Grammar {
         schema::audit(schema, strict)?;
         let gbnf = schema::convert(schema)?;
         gbnf::check_size(&gbnf)?;
-        Ok(Self { gbnf: Arc::from(gbnf) })
+        Ok(Self { gbnf: Arc::from(gbnf), trigger: None })
     }
 
     /// Text the whole of which matches `pattern` (anchors at its ends are
@@ -99,7 +111,7 @@ impl Grammar {
     pub fn from_regex(pattern: &str) -> Result<Self, GrammarError> {
         let gbnf = format!("root ::= {}\n", regex::convert(pattern)?);
         gbnf::check_size(&gbnf)?;
-        Ok(Self { gbnf: Arc::from(gbnf) })
+        Ok(Self { gbnf: Arc::from(gbnf), trigger: None })
     }
 
     /// Exactly one of `choices`.
@@ -108,11 +120,48 @@ impl Grammar {
             return Err(GrammarError::InvalidChoices);
         }
         let alternatives: Vec<String> = choices.iter().map(|choice| literal(choice)).collect();
-        Ok(Self { gbnf: Arc::from(format!("root ::= {}\n", alternatives.join(" | "))) })
+        Ok(Self { gbnf: Arc::from(format!("root ::= {}\n", alternatives.join(" | "))), trigger: None })
+    }
+
+    /// Tool calls, as [`super::tools`] lays them out, to one of
+    /// `functions` with arguments of its grammar: one call, or with
+    /// `parallel` one or more, a line apart. A `lazy` grammar lets free
+    /// text come first and constrains the text from the first call on.
+    pub fn tool_calls(functions: &[ToolFunction], parallel: bool, lazy: bool) -> Result<Self, GrammarError> {
+        if functions.is_empty() {
+            return Err(GrammarError::InvalidGrammar("no function to call".to_owned()));
+        }
+        let mut gbnf =
+            String::from(if parallel { "root ::= call (\"\\n\" call)*\n" } else { "root ::= call\n" });
+        let alternatives: Vec<String> = functions
+            .iter()
+            .enumerate()
+            .map(|(index, function)| {
+                format!("{} f{index}-root", literal(&format!("{}\", \"arguments\": ", function.name)))
+            })
+            .collect();
+        gbnf.push_str(&format!(
+            "call ::= {} ({}) {}\n",
+            literal(&format!("{CALL_OPEN}\n{{\"name\": \"")),
+            alternatives.join(" | "),
+            literal(&format!("}}\n{CALL_CLOSE}")),
+        ));
+        for (index, function) in functions.iter().enumerate() {
+            gbnf.push_str(&gbnf::prefixed(function.arguments.gbnf(), &format!("f{index}-")));
+            gbnf.push('\n');
+        }
+        gbnf::check_size(&gbnf)?;
+        Ok(Self { gbnf: Arc::from(gbnf), trigger: lazy.then(|| Arc::from(CALL_OPEN)) })
     }
 
     pub fn gbnf(&self) -> &str {
         &self.gbnf
+    }
+
+    /// The text that starts the constrained part of a lazy grammar; `None`:
+    /// the whole text is constrained.
+    pub fn trigger(&self) -> Option<&str> {
+        self.trigger.as_deref()
     }
 }
 

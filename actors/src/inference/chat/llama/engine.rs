@@ -19,8 +19,12 @@ impl ChatEngine for ChatModel {
         ChatModel::most_text_bytes(self)
     }
 
-    fn prompt_tokens(&self, turns: &[(String, String)]) -> Result<Vec<u32>, EngineError> {
-        ChatModel::prompt_tokens(self, turns)
+    fn prompt_tokens(
+        &self,
+        turns: &[(String, String)],
+        tools: &[serde_json::Value],
+    ) -> Result<Vec<u32>, EngineError> {
+        ChatModel::prompt_tokens(self, turns, tools)
     }
 
     fn tokenize(&self, text: &str, add_special: bool) -> Vec<u32> {

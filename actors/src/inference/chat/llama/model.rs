@@ -8,8 +8,11 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
+use serde_json::Value;
+
 use super::backend;
 use super::template::ChatTemplate;
+use crate::inference::chat;
 use crate::inference::engine::EngineError;
 
 /// A loaded chat model.
@@ -104,28 +107,46 @@ impl ChatModel {
     }
 
     /// The prompt of a conversation, by the model's own chat template, with
-    /// the assistant's turn opened.
-    pub fn render(&self, messages: &[(String, String)]) -> Result<String, EngineError> {
-        self.template.render(messages)
+    /// the assistant's turn opened. The `tools` it may call (OpenAI's
+    /// definitions) are rendered by the template where it renders them,
+    /// else described in the system message (see `chat/tools.rs`).
+    pub fn render(&self, messages: &[(String, String)], tools: &[Value]) -> Result<String, EngineError> {
+        if tools.is_empty() || self.template.renders_tools() {
+            return self.template.render(messages, tools);
+        }
+        let described = chat::tools::system_text(tools);
+        let mut messages = messages.to_vec();
+        match messages.first_mut() {
+            Some((role, text)) if role == "system" => *text = format!("{text}\n\n{described}"),
+            _ => messages.insert(0, ("system".to_owned(), described)),
+        }
+        self.template.render(&messages, &[])
     }
 
-    /// The prompt tokens of a conversation: its turns through the template,
-    /// tokenized, with the assistant's turn opened.
-    pub fn prompt_tokens(&self, messages: &[(String, String)]) -> Result<Vec<u32>, EngineError> {
+    /// The prompt tokens of a conversation (and the tools it may call):
+    /// its turns through the template, tokenized, with the assistant's
+    /// turn opened.
+    pub fn prompt_tokens(
+        &self,
+        messages: &[(String, String)],
+        tools: &[Value],
+    ) -> Result<Vec<u32>, EngineError> {
         use sha2::Digest;
         let mut hash = sha2::Sha256::new();
-        for (role, text) in messages {
+        let tool_texts: Vec<String> = tools.iter().map(Value::to_string).collect();
+        let texts = messages.iter().flat_map(|(role, text)| [role, text]).chain(&tool_texts);
+        for text in texts {
             // Lengths first: no two conversations hash the same bytes.
-            hash.update((role.len() as u64).to_le_bytes());
-            hash.update(role.as_bytes());
             hash.update((text.len() as u64).to_le_bytes());
             hash.update(text.as_bytes());
         }
+        // A conversation with no tools and one with tools differ in count.
+        hash.update((tool_texts.len() as u64).to_le_bytes());
         let key: [u8; 32] = hash.finalize().into();
         if let Some(tokens) = self.prompts.get(&key) {
             return Ok(tokens.to_vec());
         }
-        let tokens = self.tokenize_afresh(&self.render(messages)?, true);
+        let tokens = self.tokenize_afresh(&self.render(messages, tools)?, true);
         self.prompts.insert(key, tokens.as_slice().into());
         Ok(tokens)
     }

@@ -43,10 +43,14 @@ impl ChatModel {
         self.grammar_sampler(grammar).map(drop)
     }
 
-    /// llama.cpp's grammar sampler for `grammar`: an error if the GBNF does
-    /// not parse (llama.cpp logs where).
+    /// llama.cpp's grammar sampler for `grammar` (a lazy one waits for its
+    /// trigger): an error if the GBNF does not parse (llama.cpp logs where).
     pub(super) fn grammar_sampler(&self, grammar: &Grammar) -> Result<LlamaSampler, EngineError> {
-        LlamaSampler::grammar(&self.model, grammar.gbnf(), "root").map_err(|_| {
+        let sampler = match grammar.trigger() {
+            None => LlamaSampler::grammar(&self.model, grammar.gbnf(), "root"),
+            Some(trigger) => LlamaSampler::grammar_lazy(&self.model, grammar.gbnf(), "root", [trigger], &[]),
+        };
+        sampler.map_err(|_| {
             EngineError::Input(
                 "the grammar does not parse as llama.cpp's GBNF (each rule defined once as `name ::= ...`, every rule it names defined, no left recursion)".to_owned(),
             )

@@ -1,5 +1,8 @@
 //! The GGUF's chat template, rendered as Hugging Face renders it.
 
+use serde_json::Value;
+
+use crate::inference::chat::tools;
 use crate::inference::engine::EngineError;
 
 /// The GGUF's chat template, a Jinja template run the way Hugging Face's
@@ -10,6 +13,9 @@ pub(super) struct ChatTemplate {
     environment: minijinja::Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// It renders a `tools` list itself, and in the format of
+    /// [`crate::inference::chat::tools`].
+    renders_tools: bool,
 }
 
 impl ChatTemplate {
@@ -25,13 +31,24 @@ impl ChatTemplate {
         environment.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
         });
+        let renders_tools = source.contains("tools") && source.contains(tools::CALL_OPEN);
         environment.add_template_owned("chat", source).map_err(|error| {
             EngineError::Load(format!("the GGUF's chat template does not parse: {error}"))
         })?;
-        Ok(Self { environment, bos_token, eos_token })
+        Ok(Self { environment, bos_token, eos_token, renders_tools })
     }
 
-    pub(super) fn render(&self, messages: &[(String, String)]) -> Result<String, EngineError> {
+    pub(super) fn renders_tools(&self) -> bool {
+        self.renders_tools
+    }
+
+    /// The prompt of `messages`, with the assistant's turn opened; `tools`
+    /// (OpenAI's definitions) are given to a template that renders them.
+    pub(super) fn render(
+        &self,
+        messages: &[(String, String)],
+        tools: &[Value],
+    ) -> Result<String, EngineError> {
         let messages: Vec<_> = messages
             .iter()
             .map(|(role, content)| minijinja::context! { role => role, content => content })
@@ -43,10 +60,43 @@ impl ChatTemplate {
         template
             .render(minijinja::context! {
                 messages => messages,
+                tools => (self.renders_tools && !tools.is_empty()).then(|| minijinja::Value::from(minijinja::value::Serde(tools))),
                 add_generation_prompt => true,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
             })
             .map_err(|error| EngineError::Input(format!("cannot apply the chat template: {error}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(source: &str) -> ChatTemplate {
+        ChatTemplate::new(source.to_owned(), "<s>".to_owned(), "</s>".to_owned()).unwrap()
+    }
+
+    #[test]
+    fn a_template_that_writes_calls_as_ours_is_given_the_tools() {
+        // As Qwen2.5's does it, cut down.
+        let native = template(
+            "{% if tools %}<|im_start|>system\n# Tools\n<tools>{% for tool in tools %}\n{{ tool.function.name }}{% endfor %}\n</tools>\nCall as <tool_call></tool_call><|im_end|>\n{% endif %}\
+             {% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n",
+        );
+        assert!(native.renders_tools());
+        let tools = [serde_json::json!({"type": "function", "function": {"name": "get_weather"}})];
+        let turns = [("user".to_owned(), "Hi".to_owned())];
+        let rendered = native.render(&turns, &tools).unwrap();
+        // (Blocks are trimmed, as Hugging Face renders them.)
+        assert!(
+            rendered.starts_with("<|im_start|>system\n# Tools\n<tools>get_weather</tools>"),
+            "{rendered}"
+        );
+        assert!(!native.render(&turns, &[]).unwrap().contains("<tools>"));
+        // A template that does not mention calls renders no tools itself.
+        let plain = template("{% for message in messages %}{{ message.content }}{% endfor %}");
+        assert!(!plain.renders_tools());
+        assert_eq!(plain.render(&turns, &tools).unwrap(), "Hi");
     }
 }
