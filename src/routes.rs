@@ -30,6 +30,7 @@ pub enum Route {
     Cache,
     ChatCompletions,
     Completions,
+    Responses,
     Embeddings,
     Models,
     Model,
@@ -165,6 +166,8 @@ pub const ROUTES: &[RouteRule] = &[
         "chat.completions",
     ),
     inference(Route::Completions, "/v1/completions", "completions", BodyKind::Completions, "completions"),
+    // A chat by another shape: the same scope and body limit as chat.
+    inference(Route::Responses, "/v1/responses", "chat", BodyKind::ChatCompletions, "responses"),
     inference(Route::Embeddings, "/v1/embeddings", "embeddings", BodyKind::Embeddings, "embeddings"),
     RouteRule {
         websocket: Some("models.list"),
@@ -230,6 +233,7 @@ mod tests {
             Cache,
             ChatCompletions,
             Completions,
+            Responses,
             Embeddings,
             Models,
             Model,
@@ -240,7 +244,7 @@ mod tests {
             match route {
                 Health | Livez | HealthReady | Readyz | HealthDetailed | Metrics | MetricsSummary
                 | AuthToken | AuthRefresh | AuthLogout | Users | User | Keys | Key | KeyRotate | Cache
-                | ChatCompletions | Completions | Embeddings | Models | Model | WebSocket => {}
+                | ChatCompletions | Completions | Responses | Embeddings | Models | Model | WebSocket => {}
             }
             assert_eq!(route.rule().route, route, "{route:?} has no row");
         }

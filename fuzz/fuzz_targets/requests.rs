@@ -24,7 +24,7 @@ static LIMITS: LazyLock<ValidationSettings> = LazyLock::new(|| {
     settings.validation
 });
 
-const ENDPOINTS: [Endpoint; 3] = [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings];
+const ENDPOINTS: [Endpoint; 4] = [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings, Endpoint::Responses];
 
 fuzz_target!(|data: &[u8]| {
     for endpoint in ENDPOINTS {

@@ -79,6 +79,7 @@ error_codes! {
     InvalidTools = "invalid_tools", 400, "invalid_request_error";
     InvalidToolChoice = "invalid_tool_choice", 400, "invalid_request_error";
     ContextLengthExceeded = "context_length_exceeded", 400, "invalid_request_error";
+    PreviousResponseNotFound = "previous_response_not_found", 400, "invalid_request_error";
     NotCacheable = "not_cacheable", 400, "invalid_request_error";
     ModelNotFound = "model_not_found", 404, "invalid_request_error";
     ModelNotReady = "model_not_ready", 503, "server_error";

@@ -53,6 +53,13 @@ impl ApiError {
         self
     }
 
+    /// The same error, its `param` renamed: an endpoint that runs
+    /// another's pipeline names its own fields.
+    pub fn rename_param(mut self, rename: impl FnOnce(&str) -> String) -> Self {
+        self.param = self.param.as_deref().map(rename);
+        self
+    }
+
     /// 400 (the codes of a bad request are all 400s).
     pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(code, message)

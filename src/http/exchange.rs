@@ -31,8 +31,9 @@ pub fn origin(request: &HttpRequest, principal: Principal, gate: Gate) -> Origin
 }
 
 /// The HTTP response of an answer: JSON, or an SSE stream (`data: {chunk}`
-/// events, `data: [DONE]` at the end; a failure is an error event, never
-/// followed by `[DONE]`).
+/// events, `data: [DONE]` at the end; named events `event: {name}` and
+/// `data: {event}`, with nothing at the end; a failure is an error event,
+/// never followed by `[DONE]`).
 pub fn respond(answer: Answer) -> HttpResponse {
     let mut response = HttpResponse::Ok();
     if let Some(lookup) = answer.lookup {
@@ -49,8 +50,13 @@ pub fn respond(answer: Answer) -> HttpResponse {
     }
 }
 
-fn event(json: &[u8]) -> Bytes {
-    let mut framed = Vec::with_capacity(json.len() + 8);
+fn event(name: Option<&str>, json: &[u8]) -> Bytes {
+    let mut framed = Vec::with_capacity(json.len() + 8 + name.map_or(0, |name| name.len() + 8));
+    if let Some(name) = name {
+        framed.extend_from_slice(b"event: ");
+        framed.extend_from_slice(name.as_bytes());
+        framed.push(b'\n');
+    }
     framed.extend_from_slice(b"data: ");
     framed.extend_from_slice(json);
     framed.extend_from_slice(b"\n\n");
@@ -60,14 +66,17 @@ fn event(json: &[u8]) -> Bytes {
 fn server_sent_events(
     pieces: LocalBoxStream<'static, Piece>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> {
-    futures_util::stream::unfold(Some(pieces), |pieces| async move {
-        let mut pieces = pieces?;
+    // The pieces, and whether they are named events (no `[DONE]` then).
+    futures_util::stream::unfold(Some((pieces, false)), |state| async move {
+        let (mut pieces, named) = state?;
         match pieces.next().await {
-            Some(Piece::Chunk(json)) => Some((Ok(event(&json)), Some(pieces))),
+            Some(Piece::Chunk(json)) => Some((Ok(event(None, &json)), Some((pieces, named)))),
+            Some(Piece::Event(name, json)) => Some((Ok(event(Some(name), &json)), Some((pieces, true)))),
             Some(Piece::Failed(error)) => {
                 let body = serde_json::to_vec(&error.body(None)).unwrap_or_default();
-                Some((Ok(event(&body)), None))
+                Some((Ok(event(named.then_some("error"), &body)), None))
             }
+            None if named => None,
             None => Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), None)),
         }
     })

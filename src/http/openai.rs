@@ -13,13 +13,14 @@ use super::json::StrictJson;
 use super::routing::{resource, Route};
 use super::AppState;
 use crate::error::ApiError;
-use crate::openai::{self, ChatRequest, CompletionRequest, EmbeddingsRequest, Gate};
+use crate::openai::{self, ChatRequest, CompletionRequest, EmbeddingsRequest, Gate, ResponsesRequest};
 use crate::settings::BodyLimitSettings;
 
 pub fn configure(config: &mut web::ServiceConfig, limits: &BodyLimitSettings) {
     config
         .service(resource(Route::ChatCompletions, limits).route(web::post().to(chat_completions)))
         .service(resource(Route::Completions, limits).route(web::post().to(completions)))
+        .service(resource(Route::Responses, limits).route(web::post().to(responses)))
         .service(resource(Route::Embeddings, limits).route(web::post().to(embeddings)))
         .service(super::get(Route::Models, limits, list_models))
         .service(super::get(Route::Model, limits, get_model));
@@ -45,6 +46,17 @@ async fn completions(
 ) -> Result<HttpResponse, ApiError> {
     let origin = origin(&request, caller.0, gate);
     openai::completion(&state.pipeline, &origin, body.into_inner()).await.map(respond)
+}
+
+async fn responses(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    caller: Caller,
+    gate: Gate,
+    body: StrictJson<ResponsesRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let origin = origin(&request, caller.0, gate);
+    openai::responses(&state.pipeline, &origin, body.into_inner()).await.map(respond)
 }
 
 async fn embeddings(

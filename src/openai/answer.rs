@@ -13,6 +13,10 @@ use crate::error::ApiError;
 pub enum Piece {
     /// A chunk, serialized (the same JSON on both surfaces).
     Chunk(Bytes),
+    /// A named event, serialized (the Responses API's): HTTP writes its
+    /// name on the event's `event:` line, and ends a stream of them
+    /// without `[DONE]`.
+    Event(&'static str, Bytes),
     /// The stream failed; nothing follows.
     Failed(ApiError),
 }

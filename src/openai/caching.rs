@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use super::request::Sampling;
+use super::validate::choices;
 use super::Pipeline;
 
 /// The cache as the pipeline sees it.
@@ -64,7 +65,9 @@ pub fn deterministic(sampling: &Sampling) -> bool {
 
 /// The cache key of a generation on the endpoint with `pattern`: the
 /// prompt's tokens (the messages through the template) and every parameter
-/// that changes the output, the grammar of a structured output included.
+/// that changes the output, the grammar of a structured output and the
+/// number of choices included. The entry is the list of the choices'
+/// [`Record`]s.
 pub fn generation_key(
     caching: &Caching,
     pattern: &str,
@@ -93,12 +96,13 @@ pub fn generation_key(
         "stop": params.stop,
         "presence_penalty": params.presence_penalty,
         "frequency_penalty": params.frequency_penalty,
+        "n": choices(sampling),
     });
     caching.key(pattern, model, &fields)
 }
 
-/// A finished completion as the cache keeps it: enough to answer again as
-/// JSON, or as a stream of the same chunks.
+/// A finished completion (one choice) as the cache keeps it: enough to
+/// answer again as JSON, or as a stream of the same chunks.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Record {
     pub pieces: Vec<String>,

@@ -7,7 +7,6 @@
 //! recorded. Whole JSON, or a stream of chunks with `stream: true`.
 
 use blaze_actors::cache::{CacheKey, Lookup};
-use blaze_actors::guard::OutputFilter;
 use blaze_actors::inference::ChatPool;
 use blaze_actors::router::ModelHandle;
 use futures_util::StreamExt;
@@ -22,7 +21,9 @@ use super::request::{parse, ChatRequest, CompletionRequest, Sampling};
 use super::screen::{screen_input, screen_output, CONTENT_FILTER};
 use super::stream::{chunks, StreamParts};
 use super::tools::ToolAsk;
-use super::validate::{chat_turns, check_other_fields, check_sampling, check_text, check_text_fits, invalid};
+use super::validate::{
+    chat_turns, check_other_fields, check_sampling, check_text, check_text_fits, choices, invalid,
+};
 use super::{find_model, Endpoint, Pipeline};
 use crate::error::{ApiError, ErrorCode};
 use crate::routes::Route;
@@ -112,28 +113,29 @@ async fn generate(
     let Call { pipeline, pool, origin, model, kind, caching } = call;
     let reads_calls = asks.tools.as_ref().is_some_and(ToolAsk::reads_calls);
     let params = sampling_params(sampling, prompt.len(), pool, &pipeline.validation, asks)?;
-    // Admit: the prompt and the most the completion may take are reserved;
+    let choices = choices(sampling);
+    // Admit: the prompt and the most the completions may take are reserved;
     // the settlement corrects that with the real count when it drops.
-    let reservation = origin.gate.admit((prompt.len() + params.max_tokens) as u64).await?;
+    let reservation = origin.gate.admit((prompt.len() + choices * params.max_tokens) as u64).await?;
     let mut settlement = Settlement::new(reservation, prompt.len());
     let cached = caching.filter(|_| deterministic(sampling)).map(|caching| {
         let key = generation_key(&caching, endpoint(kind), model, &prompt, &params, sampling);
         (caching, key)
     });
     let reply = Reply::new(kind, model, prompt.len(), params.logprobs.is_some()).reading_calls(reads_calls);
-    let job = Job { pool, model, prompt, params };
+    let job = Job { pool, model, prompt, params, choices };
     if sampling.stream {
         let include_usage = sampling.stream_options.as_ref().is_some_and(|options| options.include_usage);
         return stream(pipeline, job, cached, StreamStart { reply, include_usage, settlement }).await;
     }
     // Cache lookup, else infer; a client that hangs up gives its place up.
-    let (record, lookup) = tokio::select! {
+    let (records, lookup) = tokio::select! {
         answer = cached_or_generated(job, cached.as_ref()) => answer?,
         () = origin.hangup.wait() => return Err(ApiError::client_closed()),
     };
-    settlement.used += record.completion_tokens as u64;
-    let record = screened(pipeline, record);
-    Ok(Answer::cached(Body::Json(reply.body(&record)), lookup, cached.map(|(_, key)| key)))
+    settlement.used += records.iter().map(|record| record.completion_tokens as u64).sum::<u64>();
+    let records: Vec<Record> = records.into_iter().map(|record| screened(pipeline, record)).collect();
+    Ok(Answer::cached(Body::Json(reply.body(&records)), lookup, cached.map(|(_, key)| key)))
 }
 
 /// The route a generation's cache entries are filed under.
@@ -160,22 +162,28 @@ async fn stream(
     start: StreamStart,
 ) -> Result<Answer, ApiError> {
     let (events, lookup, key, store) = match cached {
-        Some((caching, key)) => match cached_record(&caching, &key).await {
-            Some((record, tier)) => (record.replay(), Lookup::Hit(tier), Some(key), None),
+        Some((caching, key)) => match cached_records(&caching, &key).await {
+            Some((records, tier)) => {
+                let replays = records.into_iter().map(Record::replay).collect();
+                (replays, Lookup::Hit(tier), Some(key), None)
+            }
             None => (job.stream()?, Lookup::Miss, Some(key.clone()), Some((caching, key))),
         },
         None => (job.stream()?, Lookup::Bypass, None, None),
     };
     let guard = &pipeline.guard;
-    let filter = guard.screens_output().then(|| OutputFilter::new(guard.rules()));
+    let screen = guard.screens_output().then(|| guard.rules());
     let StreamStart { reply, include_usage, settlement } = start;
-    let parts = StreamParts { reply, include_usage, settlement, store, filter };
+    let parts = StreamParts { reply, include_usage, settlement, store, screen };
     Ok(Answer::cached(Body::Stream(chunks(parts, events).boxed_local()), lookup, key))
 }
 
-async fn cached_record(caching: &Caching, key: &CacheKey) -> Option<(Record, blaze_actors::cache::Tier)> {
+async fn cached_records(
+    caching: &Caching,
+    key: &CacheKey,
+) -> Option<(Vec<Record>, blaze_actors::cache::Tier)> {
     let (bytes, tier) = caching.cache().get(key).await?;
-    serde_json::from_slice::<Record>(&bytes).ok().map(|record| (record, tier))
+    serde_json::from_slice::<Vec<Record>>(&bytes).ok().map(|records| (records, tier))
 }
 
 /// The answer as the client may see it: screened by the guard when it
@@ -227,7 +235,11 @@ pub(super) fn chat_prompt(
 /// A chat body parsed and checked as far as no model, client or guard is
 /// needed: the first steps of [`chat`], in their order.
 pub fn check_chat_body(bytes: &[u8], limits: &ValidationSettings) -> Result<(), ApiError> {
-    let body: ChatRequest = parse(bytes)?;
+    check_chat_request(parse(bytes)?, limits)
+}
+
+/// A chat request checked as [`check_chat_body`] checks one.
+pub fn check_chat_request(body: ChatRequest, limits: &ValidationSettings) -> Result<(), ApiError> {
     check_other_fields(&body.other, Endpoint::Chat)?;
     OutputAsks::check(&body.other, Endpoint::Chat)?;
     chat_turns(body.messages, limits)?;

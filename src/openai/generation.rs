@@ -109,10 +109,19 @@ fn random_seed() -> u32 {
     uuid::Uuid::new_v4().as_u128() as u32
 }
 
-/// Queues the prompt on the model's pool: its events, or 429 when the
-/// pool's queue is full.
-pub fn submit(pool: &ChatPool, prompt: Vec<u32>, params: SamplingParams) -> Result<ChatEvents, ApiError> {
-    pool.submit(prompt, params)
+/// Queues the prompt's `choices` completions on the model's pool, choice
+/// `index` seeded `seed + index`: their events, or 429 when the pool's
+/// queue is full.
+fn submit(
+    pool: &ChatPool,
+    prompt: Vec<u32>,
+    params: SamplingParams,
+    choices: usize,
+) -> Result<Vec<ChatEvents>, ApiError> {
+    let seeded = (0..choices)
+        .map(|index| SamplingParams { seed: params.seed.wrapping_add(index as u32), ..params.clone() })
+        .collect();
+    pool.submit_choices(prompt, seeded)
         .map_err(|overloaded| ApiError::overloaded(pool.model_id(), overloaded.retry_after_s))
 }
 
@@ -147,43 +156,50 @@ async fn collect(mut events: ChatEvents, model: &str, logprobs: bool) -> Result<
     Err(ApiError::worker_failed(model))
 }
 
-/// One generation to run: the pool, the prompt and its parameters.
+/// One generation to run: the pool, the prompt, its parameters and how
+/// many choices to make of it.
 pub struct Job<'a> {
     pub pool: &'a ChatPool,
     pub model: &'a str,
     pub prompt: Vec<u32>,
     pub params: SamplingParams,
+    pub choices: usize,
 }
 
 impl Job<'_> {
-    /// Generates the whole completion.
-    pub async fn run(self) -> Result<Record, ApiError> {
+    /// Generates every choice whole, in order.
+    pub async fn run(self) -> Result<Vec<Record>, ApiError> {
         let logprobs = self.params.logprobs.is_some();
-        collect(submit(self.pool, self.prompt, self.params)?, self.model, logprobs).await
+        let events = submit(self.pool, self.prompt, self.params, self.choices)?;
+        let model = self.model;
+        futures_util::future::join_all(events.into_iter().map(|events| collect(events, model, logprobs)))
+            .await
+            .into_iter()
+            .collect()
     }
 
-    /// Generates the stream of the completion's events.
-    pub fn stream(self) -> Result<ChatEvents, ApiError> {
-        submit(self.pool, self.prompt, self.params)
+    /// Generates the streams of each choice's events.
+    pub fn stream(self) -> Result<Vec<ChatEvents>, ApiError> {
+        submit(self.pool, self.prompt, self.params, self.choices)
     }
 }
 
-/// The whole completion: from the cache under `key`, or generated once for
-/// every identical request missing at the same time.
+/// The whole completion (every choice): from the cache under `key`, or
+/// generated once for every identical request missing at the same time.
 pub async fn cached_or_generated(
     job: Job<'_>,
     cached: Option<&(super::caching::Caching, blaze_actors::cache::CacheKey)>,
-) -> Result<(Record, Lookup), ApiError> {
+) -> Result<(Vec<Record>, Lookup), ApiError> {
     let Some((caching, key)) = cached else {
         return Ok((job.run().await?, Lookup::Bypass));
     };
     let compute = async {
-        let record = job.run().await?;
-        serde_json::to_vec(&record).map_err(|error| ApiError::internal_failure("cache record", &error))
+        let records = job.run().await?;
+        serde_json::to_vec(&records).map_err(|error| ApiError::internal_failure("cache record", &error))
     };
     let (bytes, lookup) =
         caching.cache().get_or_compute(key, compute).await.map_err(|error| (*error).clone())?;
-    let record =
+    let records =
         serde_json::from_slice(&bytes).map_err(|error| ApiError::internal_failure("cache record", &error))?;
-    Ok((record, lookup))
+    Ok((records, lookup))
 }

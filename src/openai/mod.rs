@@ -1,5 +1,6 @@
 //! The OpenAI pipeline, apart from any transport: what `/v1/chat/completions`,
-//! `/v1/completions`, `/v1/embeddings` and `/v1/models` do with a request
+//! `/v1/completions`, `/v1/responses` (a chat by another shape,
+//! `responses/`), `/v1/embeddings` and `/v1/models` do with a request
 //! once its caller is known. HTTP (`crate::http`) and the WebSocket
 //! (`crate::http::websocket`) only frame what it returns.
 //!
@@ -38,6 +39,7 @@ mod origin;
 mod reply;
 mod request;
 mod response;
+mod responses;
 mod screen;
 mod stream;
 mod structured;
@@ -59,6 +61,7 @@ pub use self::embeddings::{embeddings, embeddings_from_bytes};
 pub use self::models::{find_model, model_list, model_object};
 pub use self::origin::{Hangup, Origin, RequestId};
 pub use self::request::{parse, ChatRequest, CompletionRequest, EmbeddingsRequest};
+pub use self::responses::{responses, responses_from_bytes, ResponsesRequest};
 use crate::error::ApiError;
 use crate::settings::ValidationSettings;
 
@@ -80,6 +83,7 @@ pub enum Endpoint {
     Chat,
     Completions,
     Embeddings,
+    Responses,
 }
 
 /// A body of `endpoint` parsed and checked as far as no model, client or
@@ -90,5 +94,6 @@ pub fn check_body(endpoint: Endpoint, bytes: &[u8], limits: &ValidationSettings)
         Endpoint::Chat => chat::check_chat_body(bytes, limits),
         Endpoint::Completions => chat::check_completion_body(bytes, limits),
         Endpoint::Embeddings => embeddings::check_body(bytes, limits),
+        Endpoint::Responses => responses::check_responses_body(bytes, limits),
     }
 }

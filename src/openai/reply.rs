@@ -14,7 +14,7 @@ use super::response::{
     AssistantMessage, ChatChoice, ChatChunkChoice, Completion, Delta, FunctionCall, FunctionDelta,
     TextChoice, ToolCall, ToolCallDelta, Usage,
 };
-use super::tool_calls::{call_id, read_whole, ToolEvent};
+use super::tool_calls::{call_id, read_whole, ReadCalls, ToolEvent};
 
 /// Chat (messages in, an assistant message out) or text completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,62 +80,43 @@ impl Reply {
         }
     }
 
-    /// The whole answer, serialized.
-    pub fn body(&self, record: &Record) -> Bytes {
-        let text = record.pieces.concat();
-        let usage = Some(Usage::new(self.prompt_tokens, record.completion_tokens));
-        let finish_reason = record.finish_reason.as_str();
-        let entries = record.logprobs.as_ref().filter(|_| self.logprobs).map(|logprobs| logprobs.concat());
+    /// The whole answer, every choice in order, serialized.
+    pub fn body(&self, records: &[Record]) -> Bytes {
+        let completion_tokens = records.iter().map(|record| record.completion_tokens).sum();
+        let usage = Some(Usage::new(self.prompt_tokens, completion_tokens));
+        let whole: Vec<WholeChoice> = records.iter().map(|record| self.whole(record)).collect();
         match self.kind {
-            Kind::Chat if self.reads_calls => {
-                let read = read_whole(&text);
-                let ids: Vec<String> = read.calls.iter().map(|_| call_id()).collect();
-                let tool_calls: Vec<ToolCall> = read
-                    .calls
-                    .iter()
-                    .zip(&ids)
-                    .map(|((name, arguments), id)| ToolCall {
-                        id: id.clone(),
-                        kind: "function",
-                        function: FunctionCall { name, arguments },
-                    })
-                    .collect();
-                let finish_reason = calls_finish_reason(finish_reason, tool_calls.len());
-                let message = AssistantMessage {
-                    role: "assistant",
-                    content: read.content.as_deref(),
-                    refusal: None,
-                    tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
-                };
-                let logprobs = entries.map(|entries| chat_logprobs(&entries));
-                let choice = ChatChoice { index: 0, message, logprobs, finish_reason };
-                serialized(&self.envelope(false, vec![choice], usage))
-            }
             Kind::Chat => {
-                let message = AssistantMessage {
-                    role: "assistant",
-                    content: Some(&text),
-                    refusal: None,
-                    tool_calls: None,
-                };
-                let logprobs = entries.map(|entries| chat_logprobs(&entries));
-                let choice = ChatChoice { index: 0, message, logprobs, finish_reason };
-                serialized(&self.envelope(false, vec![choice], usage))
+                let choices =
+                    whole.iter().enumerate().map(|(index, whole)| whole.chat_choice(index)).collect();
+                serialized(&self.envelope(false, choices, usage))
             }
             Kind::Text => {
-                let logprobs = entries.map(|entries| text_logprobs(&entries, 0));
-                let choice =
-                    TextChoice { index: 0, text: &text, logprobs, finish_reason: Some(finish_reason) };
-                serialized(&self.envelope(false, vec![choice], usage))
+                let choices =
+                    whole.iter().enumerate().map(|(index, whole)| whole.text_choice(index)).collect();
+                serialized(&self.envelope(false, choices, usage))
             }
         }
     }
 
-    /// A chunk of the stream: `text` (the role too on the `first` chunk of
-    /// a chat), or the `finish` reason; with log probabilities when the
-    /// client asked for them.
+    /// One choice's text, read for calls when the request has tools.
+    fn whole<'r>(&self, record: &'r Record) -> WholeChoice<'r> {
+        let text = record.pieces.concat();
+        let entries = record.logprobs.as_ref().filter(|_| self.logprobs).map(|logprobs| logprobs.concat());
+        let calls = (self.kind == Kind::Chat && self.reads_calls).then(|| {
+            let read = read_whole(&text);
+            let ids = read.calls.iter().map(|_| call_id()).collect();
+            (read, ids)
+        });
+        WholeChoice { text, entries, calls, finish_reason: &record.finish_reason }
+    }
+
+    /// A chunk of choice `index`'s stream: `text` (the role too on the
+    /// choice's `first` chunk of a chat), or the `finish` reason; with log
+    /// probabilities when the client asked for them.
     pub fn chunk(
         &self,
+        index: usize,
         text: Option<&str>,
         first: bool,
         finish: Option<&str>,
@@ -145,23 +126,24 @@ impl Reply {
             Kind::Chat => {
                 let delta = Delta { role: first.then_some("assistant"), content: text, tool_calls: None };
                 let logprobs = self.logprobs.then(|| chat_logprobs(logprobs.entries));
-                let choice = ChatChunkChoice { index: 0, delta, logprobs, finish_reason: finish };
+                let choice = ChatChunkChoice { index, delta, logprobs, finish_reason: finish };
                 serialized(&self.envelope(true, vec![choice], None))
             }
             Kind::Text => {
                 let text = text.unwrap_or("");
                 let logprobs = self.logprobs.then(|| text_logprobs(logprobs.entries, logprobs.offset));
-                let choice = TextChoice { index: 0, text, logprobs, finish_reason: finish };
+                let choice = TextChoice { index, text, logprobs, finish_reason: finish };
                 serialized(&self.envelope(true, vec![choice], None))
             }
         };
         Piece::Chunk(json)
     }
 
-    /// A chunk of a tool call: its start (`id` and name), or a fragment
-    /// of its arguments.
+    /// A chunk of a tool call of choice `choice`: its start (`id` and
+    /// name), or a fragment of its arguments.
     pub fn call_chunk(
         &self,
+        choice: usize,
         event: &ToolEvent,
         id: Option<&str>,
         first: bool,
@@ -180,11 +162,11 @@ impl Reply {
                 kind: None,
                 function: FunctionDelta { name: None, arguments: fragment },
             },
-            ToolEvent::Content(text) => return self.chunk(Some(text), first, None, logprobs),
+            ToolEvent::Content(text) => return self.chunk(choice, Some(text), first, None, logprobs),
         };
         let delta = Delta { role: first.then_some("assistant"), content: None, tool_calls: Some([call]) };
         let logprobs = self.logprobs.then(|| chat_logprobs(logprobs.entries));
-        let choice = ChatChunkChoice { index: 0, delta, logprobs, finish_reason: None };
+        let choice = ChatChunkChoice { index: choice, delta, logprobs, finish_reason: None };
         Piece::Chunk(serialized(&self.envelope(true, vec![choice], None)))
     }
 
@@ -192,6 +174,53 @@ impl Reply {
     pub fn usage_chunk(&self, completion_tokens: usize) -> Piece {
         let usage = Some(Usage::new(self.prompt_tokens, completion_tokens));
         Piece::Chunk(serialized(&self.envelope::<TextChoice>(true, Vec::new(), usage)))
+    }
+}
+
+/// One choice of a whole answer, ready to be written.
+struct WholeChoice<'r> {
+    text: String,
+    entries: Option<Vec<TokenLogprob>>,
+    /// What the text read as, and the ids given to its calls.
+    calls: Option<(ReadCalls, Vec<String>)>,
+    finish_reason: &'r str,
+}
+
+impl WholeChoice<'_> {
+    fn chat_choice(&self, index: usize) -> ChatChoice<'_> {
+        let logprobs = self.entries.as_ref().map(|entries| chat_logprobs(entries));
+        let Some((read, ids)) = &self.calls else {
+            let message = AssistantMessage {
+                role: "assistant",
+                content: Some(&self.text),
+                refusal: None,
+                tool_calls: None,
+            };
+            return ChatChoice { index, message, logprobs, finish_reason: self.finish_reason };
+        };
+        let tool_calls: Vec<ToolCall> = read
+            .calls
+            .iter()
+            .zip(ids)
+            .map(|((name, arguments), id)| ToolCall {
+                id: id.clone(),
+                kind: "function",
+                function: FunctionCall { name, arguments },
+            })
+            .collect();
+        let finish_reason = calls_finish_reason(self.finish_reason, tool_calls.len());
+        let message = AssistantMessage {
+            role: "assistant",
+            content: read.content.as_deref(),
+            refusal: None,
+            tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
+        };
+        ChatChoice { index, message, logprobs, finish_reason }
+    }
+
+    fn text_choice(&self, index: usize) -> TextChoice<'_> {
+        let logprobs = self.entries.as_ref().map(|entries| text_logprobs(entries, 0));
+        TextChoice { index, text: &self.text, logprobs, finish_reason: Some(self.finish_reason) }
     }
 }
 
@@ -222,6 +251,7 @@ mod tests {
         match piece {
             Piece::Chunk(bytes) => serde_json::from_slice(&bytes).unwrap(),
             Piece::Failed(error) => panic!("a chunk, not {error}"),
+            Piece::Event(name, _) => panic!("a chunk, not the event {name}"),
         }
     }
 
@@ -234,7 +264,7 @@ mod tests {
             completion_tokens: 2,
             logprobs: None,
         };
-        let body: Value = serde_json::from_slice(&reply.body(&record)).unwrap();
+        let body: Value = serde_json::from_slice(&reply.body(&[record])).unwrap();
         assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
         assert_eq!(body["object"], "chat.completion");
         assert_eq!(body["system_fingerprint"], Value::Null);
@@ -246,14 +276,29 @@ mod tests {
     }
 
     #[test]
+    fn every_choice_has_its_index_and_the_usage_sums_them() {
+        let reply = Reply::new(Kind::Chat, "m", 5, false);
+        let record = |text: &str, completion_tokens| Record {
+            pieces: vec![text.into()],
+            finish_reason: "stop".into(),
+            completion_tokens,
+            logprobs: None,
+        };
+        let body: Value = serde_json::from_slice(&reply.body(&[record("a", 1), record("b", 2)])).unwrap();
+        assert_eq!(body["choices"][1]["index"], 1);
+        assert_eq!(body["choices"][1]["message"]["content"], "b");
+        assert_eq!(body["usage"], json!({"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}));
+    }
+
+    #[test]
     fn chat_chunks_carry_the_role_first_and_usage_last() {
         let reply = Reply::new(Kind::Chat, "m", 3, false);
-        let first = parsed(reply.chunk(Some("Hi"), true, None, NONE));
+        let first = parsed(reply.chunk(0, Some("Hi"), true, None, NONE));
         assert_eq!(first["object"], "chat.completion.chunk");
         assert_eq!(first["choices"][0]["delta"], json!({"role": "assistant", "content": "Hi"}));
         assert_eq!(first["choices"][0]["finish_reason"], Value::Null);
         assert!(first.get("usage").is_none(), "usage only on the last chunk");
-        let last = parsed(reply.chunk(None, false, Some("length"), NONE));
+        let last = parsed(reply.chunk(0, None, false, Some("length"), NONE));
         assert_eq!(last["choices"][0]["delta"], json!({}));
         assert_eq!(last["choices"][0]["finish_reason"], "length");
         let usage = parsed(reply.usage_chunk(4));
@@ -270,14 +315,14 @@ mod tests {
             completion_tokens: 1,
             logprobs: None,
         };
-        let body: Value = serde_json::from_slice(&reply.body(&record)).unwrap();
+        let body: Value = serde_json::from_slice(&reply.body(&[record])).unwrap();
         assert!(body["id"].as_str().unwrap().starts_with("cmpl-"));
         assert_eq!(body["object"], "text_completion");
         assert_eq!(
             body["choices"],
             json!([{"index": 0, "text": "x", "logprobs": null, "finish_reason": "length"}])
         );
-        let chunk = parsed(reply.chunk(None, true, Some("stop"), NONE));
+        let chunk = parsed(reply.chunk(0, None, true, Some("stop"), NONE));
         assert_eq!(chunk["object"], "text_completion");
         assert_eq!(chunk["choices"][0]["text"], "");
     }

@@ -1,13 +1,17 @@
-//! A streamed completion: the worker's events turned into chunks, with the
-//! output screen releasing text as it clears it, the tokens counted into
-//! the settlement as they come, and a complete stream recorded in the
-//! cache. Dropping the stream (the client went away, or cancelled) drops
-//! the events' receiver, which stops the generation at its next token; a
-//! block by the output screen ends the stream with finish_reason
-//! content_filter and stops the generation the same way.
+//! A streamed completion: the worker's events (one stream per choice)
+//! turned into chunks, each choice's text released as the output screen
+//! clears it, the tokens counted into the settlement as they come, and a
+//! complete stream recorded in the cache. Dropping the stream (the client
+//! went away, or cancelled) drops the events' receivers, which stops the
+//! generation at its next token; a block by the output screen ends that
+//! choice with finish_reason content_filter and stops its generation the
+//! same way.
+
+use std::sync::Arc;
+use std::task::Poll;
 
 use blaze_actors::cache::CacheKey;
-use blaze_actors::guard::OutputFilter;
+use blaze_actors::guard::{OutputFilter, Rules};
 use blaze_actors::inference::{ChatEvent, ChatEvents, FinishReason, TokenLogprob};
 use futures_util::Stream;
 
@@ -28,20 +32,32 @@ pub struct StreamParts {
     pub settlement: Settlement,
     /// Where a complete stream is cached (a miss that computed it).
     pub store: Option<(Caching, CacheKey)>,
-    pub filter: Option<OutputFilter>,
+    /// The output screen's rules when it screens output; each choice has a
+    /// filter of its own.
+    pub screen: Option<Arc<Rules>>,
 }
 
 struct Chunks {
     parts: StreamParts,
+    choices: Vec<ChoiceStream>,
+    ended: bool,
+    /// Chunks to send before anything else, last first.
+    queued: Vec<Piece>,
+}
+
+/// One choice's part of the stream.
+struct ChoiceStream {
+    index: usize,
     events: ChatEvents,
     /// No chunk sent yet: the next carries the role.
     first: bool,
     finished: bool,
-    /// Chunks to send before anything else, last first.
-    queued: Vec<Piece>,
+    /// Its tokens: one per piece as they come, the exact count at the end.
+    tokens: usize,
     /// The generated pieces (and their tokens' log probabilities), kept
-    /// for the cache.
+    /// for the cache; its record once it finished.
     collected: Collected,
+    record: Option<Record>,
     /// Log probabilities for the next chunk, and the characters sent so far.
     unsent: Vec<TokenLogprob>,
     sent_chars: usize,
@@ -49,24 +65,30 @@ struct Chunks {
     /// given to the calls started.
     calls: Option<CallReader>,
     call_ids: Vec<String>,
+    filter: Option<OutputFilter>,
 }
 
-/// The chunks of a streamed answer, until it ends or fails.
-pub fn chunks(parts: StreamParts, events: ChatEvents) -> impl Stream<Item = Piece> {
-    let collected = Collected::new(parts.reply.logprobs);
-    let calls = parts.reply.reads_calls.then(CallReader::default);
-    let chunks = Chunks {
-        parts,
-        events,
-        first: true,
-        finished: false,
-        queued: Vec::new(),
-        collected,
-        unsent: Vec::new(),
-        sent_chars: 0,
-        calls,
-        call_ids: Vec::new(),
-    };
+/// The chunks of a streamed answer, until every choice ends or one fails.
+pub fn chunks(parts: StreamParts, events: Vec<ChatEvents>) -> impl Stream<Item = Piece> {
+    let choices = events
+        .into_iter()
+        .enumerate()
+        .map(|(index, events)| ChoiceStream {
+            index,
+            events,
+            first: true,
+            finished: false,
+            tokens: 0,
+            collected: Collected::new(parts.reply.logprobs),
+            record: None,
+            unsent: Vec::new(),
+            sent_chars: 0,
+            calls: parts.reply.reads_calls.then(CallReader::default),
+            call_ids: Vec::new(),
+            filter: parts.screen.clone().map(OutputFilter::new),
+        })
+        .collect();
+    let chunks = Chunks { parts, choices, ended: false, queued: Vec::new() };
     futures_util::stream::unfold(chunks, |mut chunks| async move {
         let piece = chunks.next().await?;
         Some((piece, chunks))
@@ -79,61 +101,110 @@ impl Chunks {
             if let Some(piece) = self.queued.pop() {
                 return Some(piece);
             }
-            if self.finished {
+            if self.ended {
                 return None;
             }
-            let released = match self.events.recv().await {
+            if self.choices.iter().all(|choice| choice.finished) {
+                self.end().await;
+                continue;
+            }
+            let (index, event) = self.next_event().await;
+            let keep = self.parts.store.is_some();
+            let reply = &self.parts.reply;
+            let choice = &mut self.choices[index];
+            let released = match event {
                 Some(ChatEvent::Logprobs(entries)) => {
-                    self.on_logprobs(entries);
+                    choice.on_logprobs(keep, entries);
                     Vec::new()
                 }
-                Some(ChatEvent::Text(piece)) => self.on_text(piece),
+                Some(ChatEvent::Text(piece)) => {
+                    let (released, blocked) = choice.on_text(reply, keep, piece);
+                    if blocked {
+                        // A choice cut short is not cached.
+                        self.parts.store = None;
+                    }
+                    released
+                }
                 Some(ChatEvent::Done { finish_reason, completion_tokens }) => {
-                    self.on_done(finish_reason, completion_tokens).await;
-                    Vec::new()
+                    choice.on_done(reply, keep, finish_reason, completion_tokens)
                 }
                 Some(ChatEvent::Failed(error)) => {
-                    self.finished = true;
-                    vec![Piece::Failed(work_error(error, &self.parts.reply.model))]
+                    self.ended = true;
+                    vec![Piece::Failed(work_error(error, &reply.model))]
                 }
                 None => {
-                    self.finished = true;
-                    vec![Piece::Failed(ApiError::worker_failed(&self.parts.reply.model))]
+                    self.ended = true;
+                    vec![Piece::Failed(ApiError::worker_failed(&reply.model))]
                 }
             };
+            let completion_tokens: usize = self.choices.iter().map(|choice| choice.tokens).sum();
+            self.parts.settlement.used = (self.parts.reply.prompt_tokens + completion_tokens) as u64;
             self.queued.extend(released.into_iter().rev());
         }
     }
 
+    /// The next event of any choice still running, with its choice.
+    async fn next_event(&mut self) -> (usize, Option<ChatEvent>) {
+        let choices = &mut self.choices;
+        std::future::poll_fn(|context| {
+            for choice in choices.iter_mut().filter(|choice| !choice.finished) {
+                if let Poll::Ready(event) = choice.events.poll_recv(context) {
+                    return Poll::Ready((choice.index, event));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Every choice finished: the stream is recorded when all of it was
+    /// generated, and ends with the usage when asked for.
+    async fn end(&mut self) {
+        self.ended = true;
+        if let Some((caching, key)) = self.parts.store.take() {
+            let records: Option<Vec<Record>> =
+                self.choices.iter_mut().map(|choice| choice.record.take()).collect();
+            if let Some(bytes) = records.and_then(|records| serde_json::to_vec(&records).ok()) {
+                caching.cache().put(&key, bytes).await;
+            }
+        }
+        if self.parts.include_usage {
+            let completion_tokens = self.choices.iter().map(|choice| choice.tokens).sum();
+            self.queued.push(self.parts.reply.usage_chunk(completion_tokens));
+        }
+    }
+}
+
+impl ChoiceStream {
     /// The log probabilities of the next piece's tokens: kept for the
     /// cache, and sent with the next chunk.
-    fn on_logprobs(&mut self, entries: Vec<TokenLogprob>) {
-        if self.parts.store.is_some() {
+    fn on_logprobs(&mut self, keep: bool, entries: Vec<TokenLogprob>) {
+        if keep {
             self.collected.on_logprobs(entries.clone());
         }
         self.unsent.extend(entries);
     }
 
     /// A chunk, with the log probabilities not sent yet.
-    fn chunk(&mut self, text: Option<&str>, finish: Option<&str>) -> Piece {
+    fn chunk(&mut self, reply: &Reply, text: Option<&str>, finish: Option<&str>) -> Piece {
         let entries = std::mem::take(&mut self.unsent);
         let logprobs = ChunkLogprobs { entries: &entries, offset: self.sent_chars };
-        let chunk = self.parts.reply.chunk(text, self.first, finish, logprobs);
+        let chunk = reply.chunk(self.index, text, self.first, finish, logprobs);
         self.sent_chars += text.map_or(0, |text| text.chars().count());
         self.first = false;
         chunk
     }
 
     /// The chunks of released text: as content, or read for tool calls.
-    fn released(&mut self, text: &str) -> Vec<Piece> {
+    fn released(&mut self, reply: &Reply, text: &str) -> Vec<Piece> {
         let Some(reader) = self.calls.as_mut() else {
-            return vec![self.chunk(Some(text), None)];
+            return vec![self.chunk(reply, Some(text), None)];
         };
         let events = reader.push(text);
-        self.call_chunks(events)
+        self.call_chunks(reply, events)
     }
 
-    fn call_chunks(&mut self, events: Vec<ToolEvent>) -> Vec<Piece> {
+    fn call_chunks(&mut self, reply: &Reply, events: Vec<ToolEvent>) -> Vec<Piece> {
         let mut pieces = Vec::with_capacity(events.len());
         for event in events {
             if let ToolEvent::Call { .. } = event {
@@ -145,79 +216,73 @@ impl Chunks {
             };
             let entries = std::mem::take(&mut self.unsent);
             let logprobs = ChunkLogprobs { entries: &entries, offset: self.sent_chars };
-            pieces.push(self.parts.reply.call_chunk(&event, id, self.first, logprobs));
+            pieces.push(reply.call_chunk(self.index, &event, id, self.first, logprobs));
             self.first = false;
         }
         pieces
     }
 
     /// A generated piece: counted, kept for the cache, and sent as far as
-    /// the output screen releases it.
-    fn on_text(&mut self, piece: String) -> Vec<Piece> {
-        self.parts.settlement.used += 1;
-        let released = match &mut self.parts.filter {
+    /// the output screen releases it. Whether the screen blocked it.
+    fn on_text(&mut self, reply: &Reply, keep: bool, piece: String) -> (Vec<Piece>, bool) {
+        self.tokens += 1;
+        let released = match &mut self.filter {
             None => Ok(piece.clone()),
             Some(filter) => filter.push(&piece),
         };
-        if self.parts.store.is_some() {
+        if keep {
             self.collected.on_text(piece);
         }
         match released {
-            Ok(text) if text.is_empty() => Vec::new(),
-            Ok(text) => self.released(&text),
+            Ok(text) if text.is_empty() => (Vec::new(), false),
+            Ok(text) => (self.released(reply, &text), false),
             Err(_) => {
-                // Blocked: not cached, and the generation stops with the
-                // receiver.
-                self.parts.store = None;
-                let used = self.parts.settlement.used as usize;
-                let completion_tokens = used.saturating_sub(self.parts.reply.prompt_tokens);
-                self.queued = self.ending(CONTENT_FILTER, completion_tokens, None);
+                // Blocked: its generation stops with the receiver.
                 self.events.close();
                 self.finished = true;
-                Vec::new()
+                (self.ending(reply, CONTENT_FILTER, None), true)
             }
         }
     }
 
-    /// The generation finished: settle the exact usage, record the stream,
-    /// release what the screen held back.
-    async fn on_done(&mut self, finish_reason: FinishReason, completion_tokens: usize) {
-        self.parts.settlement.used = (self.parts.reply.prompt_tokens + completion_tokens) as u64;
-        if let Some((caching, key)) = self.parts.store.take() {
+    /// The choice finished: its exact usage and record, and what the
+    /// screen held back.
+    fn on_done(
+        &mut self,
+        reply: &Reply,
+        keep: bool,
+        finish_reason: FinishReason,
+        completion_tokens: usize,
+    ) -> Vec<Piece> {
+        self.tokens = completion_tokens;
+        self.finished = true;
+        if keep {
             let (pieces, logprobs) = std::mem::take(&mut self.collected).finish();
             let finish_reason = finish_reason.as_str().to_owned();
-            let record = Record { pieces, finish_reason, completion_tokens, logprobs };
-            if let Ok(bytes) = serde_json::to_vec(&record) {
-                caching.cache().put(&key, bytes).await;
-            }
+            self.record = Some(Record { pieces, finish_reason, completion_tokens, logprobs });
         }
-        let (reason, rest) = match self.parts.filter.as_mut().map(OutputFilter::finish) {
+        let (reason, rest) = match self.filter.as_mut().map(OutputFilter::finish) {
             None => (finish_reason.as_str(), None),
             Some(Ok(rest)) => (finish_reason.as_str(), Some(rest)),
             Some(Err(_)) => (CONTENT_FILTER, None),
         };
-        self.queued = self.ending(reason, completion_tokens, rest);
-        self.finished = true;
+        self.ending(reply, reason, rest)
     }
 
-    /// The chunks that end the stream, last first.
-    fn ending(&mut self, finish_reason: &str, completion_tokens: usize, rest: Option<String>) -> Vec<Piece> {
+    /// The chunks that end the choice, in order.
+    fn ending(&mut self, reply: &Reply, finish_reason: &str, rest: Option<String>) -> Vec<Piece> {
         let mut out = Vec::new();
         if let Some(rest) = rest.filter(|rest| !rest.is_empty()) {
-            out.extend(self.released(&rest));
+            out.extend(self.released(reply, &rest));
         }
         let mut finish_reason = finish_reason;
         if let Some(reader) = self.calls.as_mut() {
             let events = reader.finish();
             let calls = reader.calls();
-            out.extend(self.call_chunks(events));
+            out.extend(self.call_chunks(reply, events));
             finish_reason = calls_finish_reason(finish_reason, calls);
         }
-        out.push(self.chunk(None, Some(finish_reason)));
-        if self.parts.include_usage {
-            out.push(self.parts.reply.usage_chunk(completion_tokens));
-        }
-        out.reverse();
+        out.push(self.chunk(reply, None, Some(finish_reason)));
         out
     }
 }
@@ -237,7 +302,7 @@ mod tests {
             include_usage: true,
             settlement: Settlement::new(None, 3),
             store: None,
-            filter: None,
+            screen: None,
         }
     }
 
@@ -248,20 +313,21 @@ mod tests {
             sender.send(event).unwrap();
         }
         drop(sender);
-        chunks(parts(), events).collect().await
+        chunks(parts(), vec![events]).collect().await
     }
 
     fn chunk(piece: &Piece) -> Value {
         match piece {
             Piece::Chunk(bytes) => serde_json::from_slice(bytes).unwrap(),
             Piece::Failed(error) => panic!("a chunk, not {error}"),
+            Piece::Event(name, _) => panic!("a chunk, not the event {name}"),
         }
     }
 
     fn failure(piece: &Piece) -> Value {
         match piece {
             Piece::Failed(error) => error.body(None),
-            Piece::Chunk(bytes) => panic!("a failure, not {bytes:?}"),
+            Piece::Chunk(bytes) | Piece::Event(_, bytes) => panic!("a failure, not {bytes:?}"),
         }
     }
 
@@ -289,6 +355,29 @@ mod tests {
         let pieces = pieces(vec![ChatEvent::Text("Hel".to_owned())]).await;
         assert_eq!(pieces.len(), 2);
         assert_eq!(failure(&pieces[1])["error"]["code"], "worker_failed");
+    }
+
+    #[tokio::test]
+    async fn choices_stream_side_by_side_each_with_its_index_and_one_usage_at_the_end() {
+        let mut receivers = Vec::new();
+        for (text, tokens) in [("a", 1), ("bc", 2)] {
+            let (sender, events) = tokio::sync::mpsc::unbounded_channel();
+            sender.send(ChatEvent::Text(text.to_owned())).unwrap();
+            let done = ChatEvent::Done { finish_reason: FinishReason::Stop, completion_tokens: tokens };
+            sender.send(done).unwrap();
+            receivers.push(events);
+        }
+        let chunks: Vec<Value> =
+            chunks(parts(), receivers).collect::<Vec<_>>().await.iter().map(chunk).collect();
+        assert_eq!(chunks.len(), 5, "two chunks per choice, then usage: {chunks:?}");
+        for index in 0..2 {
+            let own: Vec<&Value> =
+                chunks.iter().filter(|chunk| chunk["choices"][0]["index"] == index).collect();
+            assert_eq!(own.len(), 2, "{chunks:?}");
+            assert_eq!(own[0]["choices"][0]["delta"]["role"], "assistant");
+            assert_eq!(own[1]["choices"][0]["finish_reason"], "stop");
+        }
+        assert_eq!(chunks[4]["usage"]["completion_tokens"], 3);
     }
 
     #[tokio::test]

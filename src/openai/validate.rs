@@ -133,6 +133,15 @@ pub fn check_text_fits(pool: &ChatPool, bytes: usize, param: &str) -> Result<(),
     ))
 }
 
+/// The most choices one request may ask for (`n`): each takes a decoder
+/// slot and its own completion tokens.
+pub const MOST_CHOICES: usize = 8;
+
+/// The choices a checked request asks for.
+pub fn choices(sampling: &Sampling) -> usize {
+    sampling.n.unwrap_or(1)
+}
+
 /// The sampling fields as far as no model decides them.
 pub struct CheckedSampling {
     pub temperature: f32,
@@ -144,8 +153,9 @@ pub struct CheckedSampling {
 
 /// Checks the ranges, `n`, the stop sequences and the `max_tokens` limit.
 pub fn check_sampling(sampling: &Sampling, limits: &ValidationSettings) -> Result<CheckedSampling, ApiError> {
-    if sampling.n.is_some_and(|n| n != 1) {
-        return Err(invalid(ErrorCode::InvalidN, "n", "only n = 1 is supported".to_owned()));
+    if sampling.n.is_some_and(|n| !(1..=MOST_CHOICES).contains(&n)) {
+        let message = format!("n must be between 1 and {MOST_CHOICES}");
+        return Err(invalid(ErrorCode::InvalidN, "n", message));
     }
     let temperature = sampling.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {

@@ -13,7 +13,7 @@ use super::chat::{chat_pool, chat_prompt};
 use super::generation::{cached_or_generated, sampling_params, Job, OutputAsks};
 use super::request::{ChatRequest, CompletionRequest};
 use super::screen::screen_warm;
-use super::validate::{chat_turns, check_other_fields, check_text};
+use super::validate::{chat_turns, check_other_fields, check_text, choices};
 use super::{Endpoint, Pipeline};
 use crate::error::{ApiError, ErrorCode};
 use crate::routes::Route;
@@ -135,6 +135,6 @@ async fn warm_generation(
     }
     let params = sampling_params(&sampling, prompt.len(), &pool, &pipeline.validation, asks)?;
     let key = generation_key(&caching, pattern, &model, &prompt, &params, &sampling);
-    let job = Job { pool: &pool, model: &model, prompt, params };
+    let job = Job { pool: &pool, model: &model, prompt, params, choices: choices(&sampling) };
     Ok(cached_or_generated(job, Some(&(caching, key))).await?.1)
 }

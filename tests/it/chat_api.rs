@@ -140,7 +140,8 @@ async fn bad_chat_requests_get_400s_that_name_the_field() {
     let long = "word ".repeat(9000);
     let cases = [
         (question(json!({ "messages": [] })), "invalid_messages", "messages"),
-        (question(json!({ "n": 2 })), "invalid_n", "n"),
+        (question(json!({ "n": 9 })), "invalid_n", "n"),
+        (question(json!({ "n": 0 })), "invalid_n", "n"),
         (question(json!({ "temperature": 3 })), "invalid_temperature", "temperature"),
         (question(json!({ "top_p": 0 })), "invalid_top_p", "top_p"),
         (question(json!({ "stop": ["a", "b", "c", "d", "e"] })), "invalid_stop", "stop"),
@@ -169,9 +170,9 @@ async fn bad_chat_requests_get_400s_that_name_the_field() {
         ),
         (question(json!({ "logit_bias": { "50256": -100 } })), "unsupported_parameter", "logit_bias"),
         (
-            question(json!({ "tools": [{ "type": "function", "function": { "name": "f" } }] })),
-            "unsupported_parameter",
-            "tools",
+            question(json!({ "tools": [{ "type": "function", "function": { "name": "a b" } }] })),
+            "invalid_tools",
+            "tools[0].function.name",
         ),
         (question(json!({ "frobnicate": true })), "unknown_parameter", "frobnicate"),
         (question(json!({ "model": "all-minilm-l6-v2" })), "invalid_model", "model"),

@@ -312,3 +312,73 @@ fn a_grammar_holds_the_engine_to_it_greedy_and_sampled() {
         .check_grammar(&blaze_actors::inference::Grammar::from_gbnf("root ::= undefined").unwrap())
         .is_err());
 }
+
+/// Runs the choices of `prompt` (one per `params`) started together in one
+/// decoder, beside a sequence of `other` started alone; with
+/// `cancel_reader`, the choice that reads the prompt is released before
+/// the first step. Each choice's text (`None` for the cancelled), then
+/// the other sequence's.
+fn complete_choices(
+    model: &ChatModel,
+    prompt: &[u32],
+    params: &[SamplingParams],
+    other: &[u32],
+    cancel_reader: bool,
+) -> (Vec<Option<String>>, String) {
+    let count = params.len();
+    let mut decoder = model.decoder(2, count + 1).unwrap();
+    let slots: Vec<usize> = (0..count).collect();
+    let mut sequences = decoder.start_choices(&slots, prompt, params).unwrap();
+    sequences.push(decoder.start(count, other, &params[0]).unwrap());
+    let mut texts = vec![Some(String::new()); count + 1];
+    let mut done = vec![false; count + 1];
+    if cancel_reader {
+        decoder.release(&mut sequences[0]);
+        (texts[0], done[0]) = (None, true);
+    }
+    for _ in 0..400 {
+        let mut running: Vec<_> = sequences.iter_mut().filter(|sequence| !done[sequence.slot()]).collect();
+        if running.is_empty() {
+            let other = texts.pop().flatten().unwrap();
+            return (texts, other);
+        }
+        let slots: Vec<usize> = running.iter().map(|sequence| sequence.slot()).collect();
+        let progress = decoder.step(&mut running).unwrap();
+        for (slot, progress) in slots.into_iter().zip(progress) {
+            let text = texts[slot].as_mut().unwrap();
+            match progress {
+                Progress::Reading => {}
+                Progress::Text(piece) => text.push_str(&piece),
+                Progress::Finished { text: piece, .. } => {
+                    text.push_str(&piece);
+                    done[slot] = true;
+                }
+            }
+        }
+    }
+    panic!("the choices did not finish in 400 steps: {texts:?}");
+}
+
+#[test]
+fn choices_sharing_one_prompt_match_each_decoded_alone() {
+    let _turn = decoding_turn();
+    let model = model();
+    let render = |question: &str| {
+        model.tokenize(&model.render(&[("user".to_owned(), question.to_owned())], &[]).unwrap(), true)
+    };
+    let prompt = render("Write a short poem about the sea.");
+    let other = render("Name a color.");
+    let seeded: Vec<SamplingParams> = (7..10).map(|seed| params(20, 1.0, seed, &[])).collect();
+    let alone: Vec<String> = seeded.iter().map(|params| complete(&model, &prompt, params).0).collect();
+    let other_alone = complete(&model, &other, &seeded[0]).0;
+    assert!(alone[0] != alone[1] || alone[1] != alone[2], "the seeds make different texts: {alone:?}");
+
+    let (shared, other_beside) = complete_choices(&model, &prompt, &seeded, &other, false);
+    let expected: Vec<Option<String>> = alone.iter().cloned().map(Some).collect();
+    assert_eq!(shared, expected, "each choice as if it had read the prompt itself");
+    assert_eq!(other_beside, other_alone, "a sequence of another prompt shares nothing");
+
+    // The reader goes away before reading: another choice reads instead.
+    let (orphans, _) = complete_choices(&model, &prompt, &seeded, &other, true);
+    assert_eq!(orphans[1..], expected[1..], "the remaining choices are unchanged");
+}

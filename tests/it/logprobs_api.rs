@@ -3,25 +3,17 @@
 //! through the cache, and bad values refused with the field at fault.
 //! (chat_engine.rs checks the values against llama.cpp's logits.)
 
-use crate::common::{chunks, client, decoding_turn, expect_error, Server};
+use crate::common::{chunks, decoding_turn, expect_error, extend, post_cached, Server};
 use serde_json::{json, Value};
 
 const MODEL: &str = "smollm2-135m-instruct";
 
 fn chat(extra: Value) -> Value {
-    let mut body = json!({
+    let body = json!({
         "model": MODEL, "temperature": 0, "max_tokens": 12,
         "messages": [{"role": "user", "content": "What is the capital of France?"}],
     });
-    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-    body
-}
-
-/// `cache` is the request's cache-control, if any (none: the cache may answer).
-async fn post(server: &Server, path: &str, body: &Value, cache: &str) -> reqwest::Response {
-    let request = client().post(server.url(path)).json(body);
-    let request = if cache.is_empty() { request } else { request.header("cache-control", cache) };
-    request.send().await.unwrap()
+    extend(body, extra)
 }
 
 #[tokio::test]
@@ -29,7 +21,7 @@ async fn chat_logprobs_come_whole_and_streamed_and_from_the_cache() {
     let _turn = decoding_turn().await;
     let server = Server::start(&[], &[]).await;
     let asked = chat(json!({"logprobs": true, "top_logprobs": 3}));
-    let response = post(&server, "/v1/chat/completions", &asked, "no-cache").await;
+    let response = post_cached(&server, "/v1/chat/completions", &asked, "no-cache").await;
     let body: Value = response.json().await.unwrap();
     let choice = &body["choices"][0];
     let content = choice["logprobs"]["content"].as_array().unwrap();
@@ -51,7 +43,8 @@ async fn chat_logprobs_come_whole_and_streamed_and_from_the_cache() {
     // Streamed: the chunks' entries add up to the same list.
     let mut streamed = asked.clone();
     streamed["stream"] = json!(true);
-    let text = post(&server, "/v1/chat/completions", &streamed, "no-cache").await.text().await.unwrap();
+    let text =
+        post_cached(&server, "/v1/chat/completions", &streamed, "no-cache").await.text().await.unwrap();
     let entries: Vec<Value> = chunks(&text)
         .iter()
         .filter_map(|chunk| chunk["choices"][0]["logprobs"]["content"].as_array().cloned())
@@ -61,14 +54,14 @@ async fn chat_logprobs_come_whole_and_streamed_and_from_the_cache() {
 
     // Cached: the same request is a hit with the same values; without
     // logprobs it is another entry, and answers without them.
-    assert_eq!(post(&server, "/v1/chat/completions", &asked, "no-store").await.status(), 200);
-    let first = post(&server, "/v1/chat/completions", &asked, "").await;
+    assert_eq!(post_cached(&server, "/v1/chat/completions", &asked, "no-store").await.status(), 200);
+    let first = post_cached(&server, "/v1/chat/completions", &asked, "").await;
     assert_eq!(first.headers()["x-blaze-cache"], "miss");
-    let again = post(&server, "/v1/chat/completions", &asked, "").await;
+    let again = post_cached(&server, "/v1/chat/completions", &asked, "").await;
     assert_eq!(again.headers()["x-blaze-cache"], "hit-memory");
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["choices"][0]["logprobs"], choice["logprobs"]);
-    let plain = post(&server, "/v1/chat/completions", &chat(json!({})), "").await;
+    let plain = post_cached(&server, "/v1/chat/completions", &chat(json!({})), "").await;
     assert_eq!(plain.headers()["x-blaze-cache"], "miss");
     let plain: Value = plain.json().await.unwrap();
     assert_eq!(plain["choices"][0]["logprobs"], Value::Null);
@@ -80,7 +73,8 @@ async fn completions_logprobs_are_parallel_lists_with_offsets() {
     let _turn = decoding_turn().await;
     let server = Server::start(&[], &[]).await;
     let body = json!({"model": MODEL, "prompt": "The capital of France is", "temperature": 0, "max_tokens": 6, "logprobs": 2});
-    let answer: Value = post(&server, "/v1/completions", &body, "no-store").await.json().await.unwrap();
+    let answer: Value =
+        post_cached(&server, "/v1/completions", &body, "no-store").await.json().await.unwrap();
     let choice = &answer["choices"][0];
     let logprobs = &choice["logprobs"];
     let tokens: Vec<&str> =
@@ -108,7 +102,7 @@ async fn completions_logprobs_are_parallel_lists_with_offsets() {
     // Streamed, each chunk's offsets continue from the text sent before it.
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);
-    let text = post(&server, "/v1/completions", &streamed, "no-store").await.text().await.unwrap();
+    let text = post_cached(&server, "/v1/completions", &streamed, "no-store").await.text().await.unwrap();
     let streamed_offsets: Vec<Value> = chunks(&text)
         .iter()
         .filter_map(|chunk| chunk["choices"][0]["logprobs"]["text_offset"].as_array().cloned())
@@ -119,7 +113,7 @@ async fn completions_logprobs_are_parallel_lists_with_offsets() {
     let constrained = json!({"model": MODEL, "prompt": "The capital of France is", "temperature": 0, "logprobs": 0,
         "structured_outputs": {"choice": [" Paris", " Rome"]}});
     let answer: Value =
-        post(&server, "/v1/completions", &constrained, "no-store").await.json().await.unwrap();
+        post_cached(&server, "/v1/completions", &constrained, "no-store").await.json().await.unwrap();
     assert!(!answer["choices"][0]["logprobs"]["tokens"].as_array().unwrap().is_empty(), "{answer}");
 }
 
@@ -133,7 +127,7 @@ async fn bad_logprobs_are_refused_with_the_field_at_fault() {
         (chat(json!({"top_logprobs": 2})), "top_logprobs"),
     ] {
         let error = expect_error(
-            post(&server, "/v1/chat/completions", &body, "no-store").await,
+            post_cached(&server, "/v1/chat/completions", &body, "no-store").await,
             400,
             "invalid_logprobs",
         )
@@ -142,9 +136,12 @@ async fn bad_logprobs_are_refused_with_the_field_at_fault() {
     }
     for logprobs in [json!(6), json!(true), json!(-1)] {
         let body = json!({"model": MODEL, "prompt": "hi", "logprobs": logprobs});
-        let error =
-            expect_error(post(&server, "/v1/completions", &body, "no-store").await, 400, "invalid_logprobs")
-                .await;
+        let error = expect_error(
+            post_cached(&server, "/v1/completions", &body, "no-store").await,
+            400,
+            "invalid_logprobs",
+        )
+        .await;
         assert_eq!(error["param"], "logprobs");
     }
 }

@@ -80,3 +80,14 @@ async fn the_openai_sdk_drives_tool_calls() {
     let output = tokio::task::spawn_blocking(move || run_script(&venv, "tools.py", &base_url)).await.unwrap();
     assert!(output.contains("errors: ok"), "{output}");
 }
+
+#[tokio::test]
+async fn the_openai_sdk_drives_the_responses_api() {
+    let venv = tokio::task::spawn_blocking(sdk_venv).await.unwrap();
+    let _turn = decoding_turn().await;
+    let server = Server::start(&[], &[]).await;
+    let base_url = server.url("/v1");
+    let output =
+        tokio::task::spawn_blocking(move || run_script(&venv, "responses.py", &base_url)).await.unwrap();
+    assert!(output.contains("errors: ok"), "{output}");
+}

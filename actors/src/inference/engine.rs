@@ -78,6 +78,31 @@ pub trait ChatDecoder {
         prompt: &[u32],
         params: &SamplingParams,
     ) -> Result<Self::Sequence, EngineError>;
+    /// Starts one completion of `prompt` per entry of `params`, the first in
+    /// `slots[0]` and so on (as many slots as params): the choices of one
+    /// request. An engine that can share the prompt reads it once for all
+    /// of them; this one starts each alone. On an error none is started.
+    fn start_choices(
+        &mut self,
+        slots: &[usize],
+        prompt: &[u32],
+        params: &[SamplingParams],
+    ) -> Result<Vec<Self::Sequence>, EngineError> {
+        let mut started = Vec::with_capacity(params.len());
+        for (&slot, params) in slots.iter().zip(params) {
+            match self.start(slot, prompt, params) {
+                Ok(sequence) => started.push(sequence),
+                Err(error) => {
+                    for sequence in &mut started {
+                        self.release(sequence);
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        Ok(started)
+    }
+
     /// Frees a sequence's slot (it finished or was cancelled).
     fn release(&mut self, sequence: &mut Self::Sequence);
     /// Feeds each sequence its next input; what each one did, in order. On

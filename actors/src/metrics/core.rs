@@ -30,13 +30,18 @@ pub enum MetricsError {
 /// process, so every [`Telemetry`] in the process shares it.
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Held while the recorder is installed: a second thread would otherwise
+/// find the global recorder set but its handle not yet kept.
+static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn install_recorder() -> Result<PrometheusHandle, MetricsError> {
+    let _installing = INSTALLING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(handle) = PROMETHEUS.get() {
         return Ok(handle.clone());
     }
     let recorder = inference_buckets(PrometheusBuilder::new())?.build_recorder();
     let handle = recorder.handle();
-    // Losing the race to another thread leaves its recorder installed; use its handle.
+    // Another recorder than ours (not Blaze's) may be installed.
     if metrics::set_global_recorder(recorder).is_err() {
         return PROMETHEUS
             .get()

@@ -131,7 +131,9 @@ pub(super) async fn deliver(outbound: &Outbound, id: &str, answer: Result<Answer
         Body::Stream(mut pieces) => {
             while let Some(piece) = pieces.next().await {
                 let sent = match piece {
-                    Piece::Chunk(json) => outbound.send(frame(id, "chunk", "data", &json)).await,
+                    Piece::Chunk(json) | Piece::Event(_, json) => {
+                        outbound.send(frame(id, "chunk", "data", &json)).await
+                    }
                     Piece::Failed(error) => {
                         let _ = outbound.send(error_frame(id, &error)).await;
                         return error.status().as_u16();

@@ -45,6 +45,7 @@ pub(super) async fn answer(
     match endpoint.route {
         Route::ChatCompletions => openai::chat_from_bytes(pipeline, origin, body).await,
         Route::Completions => openai::completion_from_bytes(pipeline, origin, body).await,
+        Route::Responses => openai::responses_from_bytes(pipeline, origin, body).await,
         Route::Embeddings => openai::embeddings_from_bytes(pipeline, origin, body).await,
         // Every other route the table gives a frame type (models.list).
         _ => {

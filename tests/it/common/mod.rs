@@ -261,6 +261,27 @@ pub fn config_file(text: &str) -> tempfile::NamedTempFile {
 #[allow(unused_imports)]
 pub use blaze_actors::test_redis::OwnRedis;
 
+/// `body` with the fields of `extra` added (or replaced).
+pub fn extend(mut body: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+    if let (Some(body), serde_json::Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
+    body
+}
+
+/// A POST of `body` by the first admin, with `Cache-Control: {cache}` if
+/// `cache` is not empty.
+pub async fn post_cached(
+    server: &Server,
+    path: &str,
+    body: &serde_json::Value,
+    cache: &str,
+) -> reqwest::Response {
+    let request = client().post(server.url(path)).json(body);
+    let request = if cache.is_empty() { request } else { request.header("cache-control", cache) };
+    request.send().await.expect("a response")
+}
+
 /// A client holding a new key of a new user (role user) of `server`.
 pub async fn new_user_client(server: &Server, email: &str) -> reqwest::Client {
     client_with_key(&new_user_key(server, email).await)
@@ -268,6 +289,11 @@ pub async fn new_user_client(server: &Server, email: &str) -> reqwest::Client {
 
 /// A new key of a new user (role user) of `server`.
 pub async fn new_user_key(server: &Server, email: &str) -> String {
+    new_user_key_with(server, email, serde_json::json!({})).await
+}
+
+/// The same, the key made with `fields` (its scopes, say).
+pub async fn new_user_key_with(server: &Server, email: &str, fields: serde_json::Value) -> String {
     let admin = client();
     let user: serde_json::Value = admin
         .post(server.url("/admin/users"))
@@ -280,7 +306,7 @@ pub async fn new_user_key(server: &Server, email: &str) -> String {
         .expect("user JSON");
     let key: serde_json::Value = admin
         .post(server.url("/admin/keys"))
-        .json(&serde_json::json!({"user_id": user["id"]}))
+        .json(&extend(serde_json::json!({"user_id": user["id"]}), fields))
         .send()
         .await
         .expect("key created")

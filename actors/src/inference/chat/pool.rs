@@ -41,12 +41,18 @@ pub enum ChatEvent {
 /// pieces.
 pub type ChatEvents = mpsc::UnboundedReceiver<ChatEvent>;
 
-/// A queued completion.
+/// A queued request: one prompt, and the completions (choices) to make
+/// of it.
 pub(super) struct ChatJob {
     pub(super) prompt: Vec<u32>,
+    pub(super) choices: Vec<Choice>,
+    pub(super) queued_at: Instant,
+}
+
+/// One completion of a job's prompt, and where its events go.
+pub(super) struct Choice {
     pub(super) params: SamplingParams,
     pub(super) events: mpsc::UnboundedSender<ChatEvent>,
-    pub(super) queued_at: Instant,
 }
 
 /// The state of one pool that its handles and its worker threads share:
@@ -102,13 +108,31 @@ impl<E: ChatEngine> ChatPool<E> {
 
     /// Queues a completion, or refuses it at once when the queue is full.
     pub fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<ChatEvents, Overloaded> {
-        let (events, receiver) = mpsc::unbounded_channel();
-        let job = ChatJob { prompt, params, events, queued_at: Instant::now() };
+        let mut events = self.submit_choices(prompt, vec![params])?;
+        events.pop().ok_or(Overloaded { queued: 0, retry_after_s: 1 })
+    }
+
+    /// Queues one completion of `prompt` per entry of `params` (the choices
+    /// of one request, whose prompt the engine reads once); their events in
+    /// the same order. Refused at once when the queue is full.
+    pub fn submit_choices(
+        &self,
+        prompt: Vec<u32>,
+        params: Vec<SamplingParams>,
+    ) -> Result<Vec<ChatEvents>, Overloaded> {
+        let (choices, receivers): (Vec<Choice>, Vec<ChatEvents>) = params
+            .into_iter()
+            .map(|params| {
+                let (events, receiver) = mpsc::unbounded_channel();
+                (Choice { params, events }, receiver)
+            })
+            .unzip();
+        let job = ChatJob { prompt, choices, queued_at: Instant::now() };
         match self.state.sender.try_send(job) {
             Ok(()) => {
                 gauge!("blaze_inference_queue_depth", "model" => self.state.model_id.clone())
                     .set(self.state.receiver.len() as f64);
-                Ok(receiver)
+                Ok(receivers)
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 counter!("blaze_inference_rejected_total", "model" => self.state.model_id.clone())

@@ -198,3 +198,26 @@ async fn a_panic_in_the_engine_fails_only_the_completion_it_ran_and_the_worker_r
     assert!(pool.is_ready());
     supervisor.send(StopAll).await.unwrap();
 }
+
+/// The choices of one request each get their own events, and all are
+/// served though they outnumber the worker's slots.
+#[actix_rt::test]
+async fn every_choice_of_a_request_is_served_even_beyond_the_slots() {
+    let pool = ChatPool::new("fake", Arc::new(FakeEngine), 2, 4);
+    let lengths = [2, 3, 4];
+    let params = lengths.iter().map(|&max_tokens| SamplingParams::greedy(max_tokens)).collect();
+    let choices = pool.submit_choices(pool.model().tokenize("a question", true), params).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        std::thread::spawn(move || pool.run_worker(1, &stop))
+    };
+    for (choice, max_tokens) in choices.into_iter().zip(lengths) {
+        let events = all_events(choice).await;
+        let done = ChatEvent::Done { finish_reason: FinishReason::Length, completion_tokens: max_tokens };
+        assert_eq!(events.last(), Some(&done), "{events:?}");
+        assert_eq!(events.len(), max_tokens + 1, "its own pieces only: {events:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(worker.join().is_ok());
+}

@@ -8,13 +8,14 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
 use super::completion::{FinishReason, Progress};
-use super::pool::{ChatEvent, ChatJob};
+use super::pool::{ChatEvent, ChatJob, Choice};
 use crate::inference::engine::{ChatDecoder, ChatSequence};
 use crate::inference::pool::WorkError;
 
 /// A completion in the decoder.
 struct Running<S> {
-    job: ChatJob,
+    events: tokio::sync::mpsc::UnboundedSender<ChatEvent>,
+    queued_at: Instant,
     sequence: S,
     first_token: Option<Instant>,
 }
@@ -25,6 +26,9 @@ pub(super) struct Worker<'a, D: ChatDecoder> {
     queue: &'a Receiver<ChatJob>,
     decoder: D,
     running: Vec<Running<D::Sequence>>,
+    /// A request whose choices did not all fit the free slots: the rest
+    /// start as slots free up, before any other request.
+    pending: Option<ChatJob>,
     free_slots: Vec<usize>,
     metrics: WorkerMetrics,
 }
@@ -62,19 +66,23 @@ impl<'a, D: ChatDecoder> Worker<'a, D> {
     /// A worker of model `model_id` taking completions from `queue`.
     pub(super) fn new(queue: &'a Receiver<ChatJob>, model_id: &str, decoder: D) -> Self {
         let free_slots = (0..decoder.slots()).rev().collect();
-        Self { queue, decoder, running: Vec::new(), free_slots, metrics: WorkerMetrics::new(model_id) }
+        let metrics = WorkerMetrics::new(model_id);
+        Self { queue, decoder, running: Vec::new(), pending: None, free_slots, metrics }
     }
 
     /// Whether it runs no completion (then it waits on the queue).
     pub(super) fn is_idle(&self) -> bool {
-        self.running.is_empty()
+        self.running.is_empty() && self.pending.is_none()
     }
 
     /// One step: drop cancelled completions, let queued ones join while
     /// slots are free, then feed every running sequence once.
     pub(super) fn step(&mut self) {
         self.drop_cancelled();
-        while !self.free_slots.is_empty() {
+        if let Some(job) = self.pending.take() {
+            self.start(job);
+        }
+        while !self.free_slots.is_empty() && self.pending.is_none() {
             match self.queue.try_recv() {
                 Ok(job) => self.start(job),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
@@ -106,32 +114,41 @@ impl<'a, D: ChatDecoder> Worker<'a, D> {
         self.metrics.running.set(self.running.len() as f64);
     }
 
-    /// Starts a queued completion in a free slot.
-    pub(super) fn start(&mut self, job: ChatJob) {
-        if job.events.is_closed() {
+    /// Starts a queued request's choices in free slots, together so that
+    /// they share the prompt; those that do not fit wait as `pending`.
+    pub(super) fn start(&mut self, mut job: ChatJob) {
+        job.choices.retain(|choice| !choice.events.is_closed());
+        let count = job.choices.len().min(self.free_slots.len());
+        if count == 0 {
+            self.pending = (!job.choices.is_empty()).then_some(job);
             return;
         }
-        let Some(slot) = self.free_slots.pop() else {
-            let _ = job.events.send(ChatEvent::Failed(WorkError::WorkerFailed));
-            return;
-        };
-        match self.decoder.start(slot, &job.prompt, &job.params) {
-            Ok(sequence) => {
-                self.metrics.prompt_tokens.increment(sequence.prompt_tokens() as u64);
-                self.running.push(Running { job, sequence, first_token: None });
+        let slots: Vec<usize> = self.free_slots.split_off(self.free_slots.len() - count);
+        let (params, events): (Vec<_>, Vec<_>) =
+            job.choices.drain(..count).map(|Choice { params, events }| (params, events)).unzip();
+        match self.decoder.start_choices(&slots, &job.prompt, &params) {
+            Ok(sequences) => {
+                self.metrics.prompt_tokens.increment(job.prompt.len() as u64);
+                for (events, sequence) in events.into_iter().zip(sequences) {
+                    let queued_at = job.queued_at;
+                    self.running.push(Running { events, queued_at, sequence, first_token: None });
+                }
             }
             Err(error) => {
-                self.free_slots.push(slot);
-                let _ = job.events.send(ChatEvent::Failed(WorkError::Engine(error)));
+                self.free_slots.extend(slots);
+                for events in events.into_iter().chain(job.choices.drain(..).map(|choice| choice.events)) {
+                    let _ = events.send(ChatEvent::Failed(WorkError::Engine(error.clone())));
+                }
             }
         }
+        self.pending = (!job.choices.is_empty()).then_some(job);
     }
 
     /// Completions whose client went away leave the decoder.
     fn drop_cancelled(&mut self) {
         let mut index = 0;
         while index < self.running.len() {
-            if self.running[index].job.events.is_closed() {
+            if self.running[index].events.is_closed() {
                 let mut running = self.running.remove(index);
                 self.metrics.completion_tokens.increment(running.sequence.completion_tokens() as u64);
                 self.decoder.release(&mut running.sequence);
@@ -149,7 +166,7 @@ impl<'a, D: ChatDecoder> Worker<'a, D> {
             if progress != Progress::Reading {
                 let logprobs = running.sequence.take_logprobs();
                 if !logprobs.is_empty() {
-                    let _ = running.job.events.send(ChatEvent::Logprobs(logprobs));
+                    let _ = running.events.send(ChatEvent::Logprobs(logprobs));
                 }
             }
             let text = match progress {
@@ -162,20 +179,20 @@ impl<'a, D: ChatDecoder> Worker<'a, D> {
             };
             if running.first_token.is_none() {
                 running.first_token = Some(Instant::now());
-                self.metrics.time_to_first_token.record(running.job.queued_at.elapsed().as_secs_f64());
+                self.metrics.time_to_first_token.record(running.queued_at.elapsed().as_secs_f64());
             }
             if !text.is_empty() {
                 // A client that went away is dropped before the next step.
-                let _ = running.job.events.send(ChatEvent::Text(text));
+                let _ = running.events.send(ChatEvent::Text(text));
             }
         }
         for (index, text, finish_reason, completion_tokens) in finished.into_iter().rev() {
             let running = self.running.remove(index);
             if !text.is_empty() {
-                let _ = running.job.events.send(ChatEvent::Text(text));
+                let _ = running.events.send(ChatEvent::Text(text));
             }
             if running.first_token.is_none() {
-                self.metrics.time_to_first_token.record(running.job.queued_at.elapsed().as_secs_f64());
+                self.metrics.time_to_first_token.record(running.queued_at.elapsed().as_secs_f64());
             }
             if let (Some(first), true) = (running.first_token, completion_tokens > 1) {
                 self.metrics
@@ -191,13 +208,16 @@ impl<'a, D: ChatDecoder> Worker<'a, D> {
     fn release(&mut self, mut running: Running<D::Sequence>, last: ChatEvent) {
         self.decoder.release(&mut running.sequence);
         self.free_slots.push(running.sequence.slot());
-        let _ = running.job.events.send(last);
+        let _ = running.events.send(last);
     }
 
     /// After a panic: every completion this worker ran fails.
     pub(super) fn fail_all(&mut self, error: &WorkError) {
         for running in std::mem::take(&mut self.running) {
-            let _ = running.job.events.send(ChatEvent::Failed(error.clone()));
+            let _ = running.events.send(ChatEvent::Failed(error.clone()));
+        }
+        for choice in self.pending.take().map(|job| job.choices).unwrap_or_default() {
+            let _ = choice.events.send(ChatEvent::Failed(error.clone()));
         }
     }
 

@@ -1,5 +1,7 @@
 //! The batching decoder: one llama.cpp context running several sequences
-//! together, each in its own part of the KV cache.
+//! together, each in its own part of the KV cache. The choices of one
+//! request share their prompt: one of them reads it, and its part of the
+//! cache is copied to the others' when it is read.
 
 use std::num::NonZeroU32;
 
@@ -45,6 +47,10 @@ pub struct Sequence {
     pub(super) utf8: Vec<u8>,
     /// Where this sequence's logits are in the last batch, if it has some.
     logits: Option<i32>,
+    /// The sequences started together as choices of one prompt share a
+    /// group; one of them reads the prompt, the others await it.
+    group: u64,
+    awaits_prompt: bool,
 }
 
 impl Sequence {
@@ -86,6 +92,8 @@ pub struct Decoder<'m> {
     batch: LlamaBatch<'m>,
     batch_tokens: usize,
     slots: usize,
+    /// The group the next sequence started alone gets.
+    next_group: u64,
 }
 
 impl<'m> Decoder<'m> {
@@ -107,7 +115,32 @@ impl<'m> Decoder<'m> {
         }
         let mut sequence = self.model.sequence(slot, prompt, params)?;
         self.release(&mut sequence);
+        sequence.group = self.next_group;
+        self.next_group += 1;
         Ok(sequence)
+    }
+
+    /// Starts one completion of `prompt` per entry of `params`, in `slots`
+    /// in order: the first reads the prompt, and when it has, its cache is
+    /// copied to the others, which decide their first token from the same
+    /// logits. Each then goes on alone, the same as if it had read the
+    /// prompt itself (the same cells, the same logits).
+    pub fn start_choices(
+        &mut self,
+        slots: &[usize],
+        prompt: &[u32],
+        params: &[SamplingParams],
+    ) -> Result<Vec<Sequence>, EngineError> {
+        let mut sequences: Vec<Sequence> = Vec::with_capacity(params.len());
+        for (&slot, params) in slots.iter().zip(params) {
+            let mut sequence = self.start(slot, prompt, params)?;
+            if let Some(reader) = sequences.first() {
+                sequence.group = reader.group;
+                sequence.awaits_prompt = true;
+            }
+            sequences.push(sequence);
+        }
+        Ok(sequences)
     }
 
     /// Drops a sequence's cells from the KV cache (it finished or was
@@ -128,9 +161,11 @@ impl<'m> Decoder<'m> {
     /// all. On an error, the cache holds none of this step's tokens of the
     /// sequences it fed.
     pub fn step(&mut self, sequences: &mut [&mut Sequence]) -> Result<Vec<Progress>, EngineError> {
+        adopt_orphans(sequences);
         let mut progress = vec![Progress::Reading; sequences.len()];
-        let (reading, generating): (Vec<usize>, Vec<usize>) =
-            (0..sequences.len()).partition(|&index| sequences[index].is_reading());
+        let (reading, generating): (Vec<usize>, Vec<usize>) = (0..sequences.len())
+            .filter(|&index| !sequences[index].awaits_prompt)
+            .partition(|&index| sequences[index].is_reading());
         let mut budget = self.batch_tokens;
         if !generating.is_empty() {
             budget = budget.saturating_sub(generating.len());
@@ -186,11 +221,42 @@ impl<'m> Decoder<'m> {
         for (&index, count) in indices.iter().zip(&fed) {
             let sequence = &mut *sequences[index];
             sequence.cached += count;
+            let prompt_read = sequence.completion_tokens() == 0;
             if let Some(logits) = sequence.logits.take() {
                 progress[index] = self.decide(sequence, logits);
+                if prompt_read {
+                    self.share_prompt(sequences, index, logits, progress)?;
+                }
             }
         }
         Ok(fed.iter().sum())
+    }
+
+    /// The prompt `sequences[reader]` has just read, given to the choices
+    /// awaiting it: its cells copied to theirs (llama.cpp copies the part
+    /// of the cache before the next decode), and each one's first token
+    /// decided from the reader's logits.
+    fn share_prompt(
+        &mut self,
+        sequences: &mut [&mut Sequence],
+        reader: usize,
+        logits: i32,
+        progress: &mut [Progress],
+    ) -> Result<(), EngineError> {
+        let (group, source) = (sequences[reader].group, sequences[reader].slot);
+        for index in 0..sequences.len() {
+            let choice = &mut *sequences[index];
+            if !choice.awaits_prompt || choice.group != group {
+                continue;
+            }
+            self.context
+                .copy_kv_cache_seq(source, choice.slot, None, None)
+                .map_err(|error| EngineError::Input(format!("cannot share the prompt: {error}")))?;
+            choice.cached = choice.tokens.len();
+            choice.awaits_prompt = false;
+            progress[index] = self.decide(choice, logits);
+        }
+        Ok(())
     }
 
     /// Generates one completion alone, calling `emit` with each piece of
@@ -204,6 +270,24 @@ impl<'m> Decoder<'m> {
         emit: &mut dyn FnMut(&str) -> bool,
     ) -> Result<(FinishReason, usize), EngineError> {
         ChatDecoder::generate(self, prompt, params, emit)
+    }
+}
+
+/// A choice awaiting a prompt that no sequence of its group reads any more
+/// (the reader was cancelled) reads it itself, and the others of its group
+/// await it.
+fn adopt_orphans(sequences: &mut [&mut Sequence]) {
+    for index in 0..sequences.len() {
+        if !sequences[index].awaits_prompt {
+            continue;
+        }
+        let group = sequences[index].group;
+        let read = sequences
+            .iter()
+            .any(|other| other.group == group && !other.awaits_prompt && other.completion_tokens() == 0);
+        if !read {
+            sequences[index].awaits_prompt = false;
+        }
     }
 }
 
@@ -297,7 +381,8 @@ impl ChatModel {
             .model
             .new_context(backend()?, params)
             .map_err(|error| EngineError::Load(error.to_string()))?;
-        Ok(Decoder { model: self, context, batch: LlamaBatch::new(batch_tokens, 1), batch_tokens, slots })
+        let batch = LlamaBatch::new(batch_tokens, 1);
+        Ok(Decoder { model: self, context, batch, batch_tokens, slots, next_group: 0 })
     }
 
     /// A completion of `prompt` to run in slot `slot` of a decoder.
@@ -327,6 +412,8 @@ impl ChatModel {
             text: StopScanner::new(params.stop.clone()),
             utf8: Vec::new(),
             logits: None,
+            group: 0,
+            awaits_prompt: false,
         })
     }
 }

@@ -60,6 +60,15 @@ impl ChatDecoder for Decoder<'_> {
         Decoder::start(self, slot, prompt, params)
     }
 
+    fn start_choices(
+        &mut self,
+        slots: &[usize],
+        prompt: &[u32],
+        params: &[SamplingParams],
+    ) -> Result<Vec<Sequence>, EngineError> {
+        Decoder::start_choices(self, slots, prompt, params)
+    }
+
     fn release(&mut self, sequence: &mut Sequence) {
         Decoder::release(self, sequence)
     }
