@@ -91,3 +91,15 @@ async fn the_openai_sdk_drives_the_responses_api() {
         tokio::task::spawn_blocking(move || run_script(&venv, "responses.py", &base_url)).await.unwrap();
     assert!(output.contains("errors: ok"), "{output}");
 }
+
+#[tokio::test]
+async fn the_openai_sdk_drives_choices_and_logprobs() {
+    let venv = tokio::task::spawn_blocking(sdk_venv).await.unwrap();
+    let _turn = decoding_turn().await;
+    let server = Server::start(&[], &[]).await;
+    let base_url = server.url("/v1");
+    let output = tokio::task::spawn_blocking(move || run_script(&venv, "choices_logprobs.py", &base_url))
+        .await
+        .unwrap();
+    assert!(output.contains("errors: ok"), "{output}");
+}
