@@ -34,6 +34,8 @@ pub enum Route {
     Embeddings,
     Models,
     Model,
+    Tokenize,
+    Detokenize,
     WebSocket,
 }
 
@@ -174,6 +176,18 @@ pub const ROUTES: &[RouteRule] = &[
         ..rule(Route::Models, "/v1/models", Access::Authenticated, Some("models"))
     },
     rule(Route::Model, "/v1/models/{id}", Access::Authenticated, Some("models")),
+    // A model's tokenizer, as vLLM's server has it (no /v1): a long text
+    // to count takes chat's body limit.
+    RouteRule {
+        body: BodyKind::ChatCompletions,
+        websocket: Some("tokenize"),
+        ..rule(Route::Tokenize, "/tokenize", Access::Authenticated, Some("models"))
+    },
+    RouteRule {
+        body: BodyKind::ChatCompletions,
+        websocket: Some("detokenize"),
+        ..rule(Route::Detokenize, "/detokenize", Access::Authenticated, Some("models"))
+    },
     RouteRule {
         budget: Budget::PerFrame,
         ..rule(Route::WebSocket, "/v1/ws", Access::SelfAuthenticated, None)
@@ -237,6 +251,8 @@ mod tests {
             Embeddings,
             Models,
             Model,
+            Tokenize,
+            Detokenize,
             WebSocket,
         ];
         // Adding a variant breaks this match until it is listed above.
@@ -244,7 +260,8 @@ mod tests {
             match route {
                 Health | Livez | HealthReady | Readyz | HealthDetailed | Metrics | MetricsSummary
                 | AuthToken | AuthRefresh | AuthLogout | Users | User | Keys | Key | KeyRotate | Cache
-                | ChatCompletions | Completions | Responses | Embeddings | Models | Model | WebSocket => {}
+                | ChatCompletions | Completions | Responses | Embeddings | Models | Model | Tokenize
+                | Detokenize | WebSocket => {}
             }
             assert_eq!(route.rule().route, route, "{route:?} has no row");
         }

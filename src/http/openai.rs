@@ -13,7 +13,10 @@ use super::json::StrictJson;
 use super::routing::{resource, Route};
 use super::AppState;
 use crate::error::ApiError;
-use crate::openai::{self, ChatRequest, CompletionRequest, EmbeddingsRequest, Gate, ResponsesRequest};
+use crate::openai::{
+    self, ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingsRequest, Gate, ResponsesRequest,
+    TokenizeRequest,
+};
 use crate::settings::BodyLimitSettings;
 
 pub fn configure(config: &mut web::ServiceConfig, limits: &BodyLimitSettings) {
@@ -22,6 +25,8 @@ pub fn configure(config: &mut web::ServiceConfig, limits: &BodyLimitSettings) {
         .service(resource(Route::Completions, limits).route(web::post().to(completions)))
         .service(resource(Route::Responses, limits).route(web::post().to(responses)))
         .service(resource(Route::Embeddings, limits).route(web::post().to(embeddings)))
+        .service(resource(Route::Tokenize, limits).route(web::post().to(tokenize)))
+        .service(resource(Route::Detokenize, limits).route(web::post().to(detokenize)))
         .service(super::get(Route::Models, limits, list_models))
         .service(super::get(Route::Model, limits, get_model));
 }
@@ -68,6 +73,20 @@ async fn embeddings(
 ) -> Result<HttpResponse, ApiError> {
     let origin = origin(&request, caller.0, gate);
     openai::embeddings(&state.pipeline, &origin, body.into_inner()).await.map(respond)
+}
+
+async fn tokenize(
+    state: web::Data<AppState>,
+    body: StrictJson<TokenizeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    openai::tokenize(&state.pipeline, body.into_inner()).map(respond)
+}
+
+async fn detokenize(
+    state: web::Data<AppState>,
+    body: StrictJson<DetokenizeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    openai::detokenize(&state.pipeline, body.into_inner()).map(respond)
 }
 
 async fn list_models(state: web::Data<AppState>) -> HttpResponse {

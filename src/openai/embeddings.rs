@@ -5,13 +5,13 @@
 
 use base64::Engine as _;
 use blaze_actors::cache::{CacheKey, Lookup, Tier};
-use blaze_actors::inference::{EmbeddingPool, EngineError, WorkError};
+use blaze_actors::inference::{EmbeddingPool, EngineError, Truncation, WorkError};
 use blaze_actors::router::ModelHandle;
 
 use super::answer::{Answer, Body};
 use super::caching::Caching;
 use super::origin::Origin;
-use super::request::{parse, EmbeddingInput, EmbeddingsRequest, EncodingFormat};
+use super::request::{parse, EmbeddingInput, EmbeddingsRequest, EncodingFormat, TruncationDirection};
 use super::response::{Embedding, EmbeddingList, EmbeddingUsage, EmbeddingVector};
 use super::screen::{screen_input, screen_warm};
 use super::validate::{check_count, check_text};
@@ -63,7 +63,8 @@ pub async fn embeddings(
         );
         return Err(ApiError::bad_request(ErrorCode::InvalidDimensions, message).with_param("dimensions"));
     }
-    let tokens = tokenize(pool, request.input).await?;
+    let truncation = truncation(&request, pool);
+    let tokens = tokenize(pool, request.input, truncation).await?;
     let prompt_tokens = tokens.iter().map(Vec::len).sum();
     // The exact count is known: nothing to settle later.
     origin.gate.admit(prompt_tokens as u64).await?;
@@ -89,6 +90,16 @@ pub async fn embeddings(
     };
     let body = serde_json::to_vec(&response).map_err(|error| ApiError::internal_failure("answer", &error))?;
     Ok(Answer::cached(Body::Json(body.into()), lookup, key))
+}
+
+/// How inputs too long are cut, if they are: as the request says, else as
+/// the model's `auto_truncate` says.
+fn truncation(request: &EmbeddingsRequest, pool: &EmbeddingPool) -> Option<Truncation> {
+    let truncate = request.truncate.unwrap_or_else(|| pool.tokenizer().auto_truncate());
+    truncate.then_some(match request.truncation_direction {
+        Some(TruncationDirection::Left) => Truncation::KeepEnd,
+        Some(TruncationDirection::Right) | None => Truncation::KeepStart,
+    })
 }
 
 fn input_shape_error() -> ApiError {
@@ -147,7 +158,8 @@ pub async fn warm(
             format!("{} is not an embedding model", request.model),
         ));
     };
-    let tokens = tokenize(pool, request.input).await?;
+    let truncation = truncation(&request, pool);
+    let tokens = tokenize(pool, request.input, truncation).await?;
     Ok(answer(pool, &request.model, Some(&caching), tokens).await?.1)
 }
 
@@ -206,9 +218,14 @@ async fn answer(
     Ok((vectors, Lookup::Miss, None))
 }
 
-/// The model's tokens of every input, checked; on the blocking pool when
-/// there are many, so the HTTP worker stays free.
-async fn tokenize(pool: &EmbeddingPool, input: EmbeddingInput) -> Result<Vec<Vec<u32>>, ApiError> {
+/// The model's tokens of every input, cut to fit with `truncation`,
+/// checked; on the blocking pool when there are many, so the HTTP worker
+/// stays free.
+async fn tokenize(
+    pool: &EmbeddingPool,
+    input: EmbeddingInput,
+    truncation: Option<Truncation>,
+) -> Result<Vec<Vec<u32>>, ApiError> {
     let input_error =
         |message: String| ApiError::bad_request(ErrorCode::InvalidInput, message).with_param("input");
     let count = match &input {
@@ -231,15 +248,25 @@ async fn tokenize(pool: &EmbeddingPool, input: EmbeddingInput) -> Result<Vec<Vec
                     if text.is_empty() {
                         return Err(input_error(format!("input[{index}] is an empty string")));
                     }
-                    tokenizer.tokenize(&text).map_err(|error| engine_error(error, index))
+                    match truncation {
+                        None => tokenizer.tokenize(&text),
+                        Some(truncation) => tokenizer.tokenize_truncated(&text, truncation),
+                    }
+                    .map_err(|error| engine_error(error, index))
                 })
                 .collect::<Result<Vec<_>, _>>()
+        };
+        let from_ids = |lists: Vec<Vec<u32>>| match truncation {
+            None => lists,
+            Some(truncation) => {
+                lists.into_iter().map(|ids| tokenizer.truncate_ids(ids, truncation)).collect()
+            }
         };
         let tokens = match input {
             EmbeddingInput::Text(text) => from_texts(vec![text])?,
             EmbeddingInput::Texts(texts) => from_texts(texts)?,
-            EmbeddingInput::Tokens(tokens) => vec![tokens],
-            EmbeddingInput::TokenLists(lists) => lists,
+            EmbeddingInput::Tokens(tokens) => from_ids(vec![tokens]),
+            EmbeddingInput::TokenLists(lists) => from_ids(lists),
             EmbeddingInput::Invalid => return Err(input_shape_error()),
         };
         for (index, tokens) in tokens.iter().enumerate() {
@@ -260,7 +287,10 @@ fn engine_error(error: EngineError, index: usize) -> ApiError {
     match error {
         EngineError::TooLong { tokens, limit } => ApiError::bad_request(
             ErrorCode::ContextLengthExceeded,
-            format!("input[{index}] has {tokens} tokens; this model takes at most {limit} per input"),
+            format!(
+                "input[{index}] has {tokens} tokens; this model takes at most {limit} per input \
+                 (send \"truncate\": true to embed the first {limit})"
+            ),
         )
         .with_param("input"),
         EngineError::Input(message) => {

@@ -1,6 +1,7 @@
 //! The OpenAI pipeline, apart from any transport: what `/v1/chat/completions`,
 //! `/v1/completions`, `/v1/responses` (a chat by another shape,
-//! `responses/`), `/v1/embeddings` and `/v1/models` do with a request
+//! `responses/`), `/v1/embeddings`, `/v1/models` and `/tokenize` and
+//! `/detokenize` (`tokenize.rs`) do with a request
 //! once its caller is known. HTTP (`crate::http`) and the WebSocket
 //! (`crate::http::websocket`) only frame what it returns.
 //!
@@ -43,6 +44,7 @@ mod responses;
 mod screen;
 mod stream;
 mod structured;
+mod tokenize;
 mod tool_calls;
 mod tools;
 mod validate;
@@ -62,6 +64,9 @@ pub use self::models::{find_model, model_list, model_object};
 pub use self::origin::{Hangup, Origin, RequestId};
 pub use self::request::{parse, ChatRequest, CompletionRequest, EmbeddingsRequest};
 pub use self::responses::{responses, responses_from_bytes, ResponsesRequest};
+pub use self::tokenize::{
+    detokenize, detokenize_from_bytes, tokenize, tokenize_from_bytes, DetokenizeRequest, TokenizeRequest,
+};
 use crate::error::ApiError;
 use crate::settings::ValidationSettings;
 

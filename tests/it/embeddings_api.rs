@@ -299,3 +299,71 @@ async fn a_model_that_cannot_load_is_named_by_readiness_and_the_others_serve() {
     assert!(ids.contains(&MODEL) && !ids.contains(&"broken-chat"), "{ids:?}");
     server.wait_event("actor stopped unexpectedly; restarting", |event| event["actor"] == "router").await;
 }
+
+/// The vector and the usage of one embeddings request.
+async fn vector_and_usage(server: &Server, body: Value) -> (Vec<f64>, u64) {
+    let response = embed(server, body.clone()).await;
+    assert_eq!(response.status(), 200, "{body}");
+    let answer: Value = response.json().await.unwrap();
+    (floats(&answer["data"][0]["embedding"]), answer["usage"]["prompt_tokens"].as_u64().unwrap())
+}
+
+#[tokio::test]
+async fn inputs_too_long_are_cut_to_fit_from_either_end_when_asked() {
+    let server = Server::start(&[], &[]).await;
+    // 300 words, 256 tokens at most: [CLS], 254 words, [SEP] when cut.
+    let long = format!("alpha {}omega", "word ".repeat(300));
+    let kept = "word ".repeat(254);
+    let refused = expect_error(
+        embed(&server, json!({"model": MODEL, "input": long})).await,
+        400,
+        "context_length_exceeded",
+    )
+    .await;
+    let message = refused["message"].as_str().unwrap();
+    assert!(message.contains("at most 256") && message.contains("\"truncate\": true"), "{message}");
+
+    let (reference, reference_tokens) =
+        vector_and_usage(&server, json!({"model": MODEL, "input": kept})).await;
+    assert_eq!(reference_tokens, 256);
+    for (direction, text) in
+        [("right", format!("{kept}omega and more")), ("left", format!("alpha and more {kept}"))]
+    {
+        let body =
+            json!({"model": MODEL, "input": text, "truncate": true, "truncation_direction": direction});
+        let (vector, tokens) = vector_and_usage(&server, body).await;
+        assert_eq!(tokens, 256, "usage counts the tokens embedded ({direction})");
+        assert!(cosine(&vector, &reference) > 0.999_999, "{direction}: the kept end only");
+    }
+    // The whole long text, cut from the right: its start.
+    let (_, tokens) =
+        vector_and_usage(&server, json!({"model": MODEL, "input": long, "truncate": true})).await;
+    assert_eq!(tokens, 256);
+
+    // Token ids are cut as given, from either end.
+    let ids: Vec<u32> = (1000..1400).collect();
+    for (direction, kept_ids) in [("Right", &ids[..256]), ("Left", &ids[ids.len() - 256..])] {
+        let cut = json!({"model": MODEL, "input": ids, "truncate": true, "truncation_direction": direction});
+        let (vector, tokens) = vector_and_usage(&server, cut).await;
+        let (expected, _) = vector_and_usage(&server, json!({"model": MODEL, "input": kept_ids})).await;
+        assert_eq!((tokens, cosine(&vector, &expected) > 0.999_999), (256, true), "{direction}");
+    }
+
+    // Bad values name the field.
+    for (field, value) in [("truncation_direction", json!("up")), ("truncate", json!("yes"))] {
+        let body = json!({"model": MODEL, "input": "hi", field: value});
+        let error = expect_error(embed(&server, body).await, 400, "invalid_request_body").await;
+        assert_eq!(error["param"], field, "{error}");
+    }
+}
+
+#[tokio::test]
+async fn a_model_set_to_auto_truncate_cuts_unless_the_request_says_not_to() {
+    let file = config_file(&format!("models:\n  catalog:\n    {MODEL}:\n      auto_truncate: true\n"));
+    let server = Server::start(&[], &["--config", file.path().to_str().unwrap()]).await;
+    let long = "word ".repeat(300);
+    let (_, tokens) = vector_and_usage(&server, json!({"model": MODEL, "input": long})).await;
+    assert_eq!(tokens, 256);
+    let refused = embed(&server, json!({"model": MODEL, "input": long, "truncate": false})).await;
+    expect_error(refused, 400, "context_length_exceeded").await;
+}

@@ -31,5 +31,6 @@ mod responses_api;
 mod sdk;
 mod security;
 mod structured_outputs;
+mod tokenize_api;
 mod tool_calls;
 mod websocket_api;

@@ -108,7 +108,7 @@ fn load(
             let Some(ModelFiles::Directory(directory)) = cache.locate(id, spec) else {
                 return Err(not_cached());
             };
-            let tokenizer = BertTokenizer::load(&directory)?;
+            let tokenizer = BertTokenizer::load(&directory)?.with_auto_truncate(spec.auto_truncate);
             let batching = BatchSettings {
                 max_batch: spec.max_batch,
                 max_wait: Duration::from_millis(spec.max_wait_ms),

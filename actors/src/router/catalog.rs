@@ -48,6 +48,11 @@ pub struct ModelSpec {
     /// feature; other builds run on the CPU and log a warning.
     #[serde(default)]
     pub gpu_layers: u32,
+    /// Embeddings: an input longer than the model takes is cut to fit
+    /// (from the right unless the request says otherwise) rather than
+    /// refused; a request's own `truncate` overrides it.
+    #[serde(default)]
+    pub auto_truncate: bool,
 }
 
 fn default_context_length() -> usize {

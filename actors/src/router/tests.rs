@@ -18,6 +18,7 @@ fn spec(source: &str, sha256: &str, files: &[(&str, &str)]) -> ModelSpec {
         max_wait_ms: 1,
         context_length: 2048,
         gpu_layers: 0,
+        auto_truncate: false,
         queue_capacity: 8,
     }
 }

@@ -46,6 +46,14 @@ pub(super) async fn answer(
         Route::ChatCompletions => openai::chat_from_bytes(pipeline, origin, body).await,
         Route::Completions => openai::completion_from_bytes(pipeline, origin, body).await,
         Route::Responses => openai::responses_from_bytes(pipeline, origin, body).await,
+        Route::Tokenize | Route::Detokenize => {
+            // As the checkpoint admits routes that count no tokens.
+            origin.gate.admit(0).await?;
+            match endpoint.route {
+                Route::Tokenize => openai::tokenize_from_bytes(pipeline, body),
+                _ => openai::detokenize_from_bytes(pipeline, body),
+            }
+        }
         Route::Embeddings => openai::embeddings_from_bytes(pipeline, origin, body).await,
         // Every other route the table gives a frame type (models.list).
         _ => {

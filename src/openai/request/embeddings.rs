@@ -19,6 +19,23 @@ pub struct EmbeddingsRequest {
     pub dimensions: Option<usize>,
     #[allow(dead_code)]
     user: Option<String>,
+    /// Blaze's extension, as TEI's: an input longer than the model takes
+    /// is cut to fit rather than refused. Unset: the model's
+    /// `auto_truncate`.
+    #[serde(default)]
+    pub truncate: Option<bool>,
+    /// Which end is cut (TEI's): `right` (the default) keeps the start.
+    #[serde(default)]
+    pub truncation_direction: Option<TruncationDirection>,
+}
+
+/// TEI's `truncation_direction`, in either case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum TruncationDirection {
+    #[serde(rename = "right", alias = "Right")]
+    Right,
+    #[serde(rename = "left", alias = "Left")]
+    Left,
 }
 
 /// What `/v1/embeddings` embeds. Any other shape is read as `Invalid`

@@ -22,7 +22,7 @@ use crate::error::{ApiError, ErrorCode};
 
 mod embeddings;
 
-pub use self::embeddings::{EmbeddingInput, EmbeddingsRequest, EncodingFormat};
+pub use self::embeddings::{EmbeddingInput, EmbeddingsRequest, EncodingFormat, TruncationDirection};
 
 /// How OpenAI's `stop` is given.
 #[derive(Debug, Deserialize)]

@@ -14,7 +14,7 @@ mod bert;
 mod kernels;
 mod pool;
 
-pub use self::bert::{Bert, BertTokenizer};
+pub use self::bert::{Bert, BertTokenizer, Truncation};
 pub use self::pool::{BatchSettings, EmbeddingPool, EmbeddingResult};
 
 /// Whether the dense products run on AMX tiles in this process.

@@ -163,6 +163,29 @@ impl ChatModel {
         tokens
     }
 
+    /// The text of `tokens`, special tokens written out (`<|im_start|>`);
+    /// an id outside the vocabulary is an error naming it.
+    pub fn detokenize(&self, tokens: &[u32]) -> Result<String, EngineError> {
+        let bytes: Vec<u8> = self.token_texts(tokens)?.into_iter().flatten().collect();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Each token's bytes, special tokens written out (a token may hold
+    /// part of a UTF-8 character).
+    pub fn token_texts(&self, tokens: &[u32]) -> Result<Vec<Vec<u8>>, EngineError> {
+        let vocabulary = self.model.vocab();
+        let size = vocabulary.n_tokens().max(0) as u32;
+        if let Some(token) = tokens.iter().find(|&&token| token >= size) {
+            let message =
+                format!("token id {token} is outside the vocabulary (0 to {})", size.saturating_sub(1));
+            return Err(EngineError::Input(message));
+        }
+        Ok(tokens
+            .iter()
+            .map(|&token| vocabulary.token_to_piece(LlamaToken(token as i32), true, None))
+            .collect())
+    }
+
     /// The bytes a token stands for in generated text.
     pub fn token_bytes(&self, token: u32) -> Vec<u8> {
         self.model.vocab().token_to_piece(llama_cpp_2::token::LlamaToken(token as i32), false, None)

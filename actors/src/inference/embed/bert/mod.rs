@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use self::forward::split_by_tokens;
-pub use self::tokenizer::BertTokenizer;
+pub use self::tokenizer::{BertTokenizer, Truncation};
 use self::weights::Layer;
 use crate::inference::engine::{EmbeddingEngine, EngineError};
 
