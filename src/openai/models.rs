@@ -5,9 +5,9 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use actix_web::web::Bytes;
-use blaze_actors::router::{ModelState, ServedModel};
+use blaze_actors::router::{ModelHandle, ModelState, ServedModel};
 
-use super::response::{Model, ModelList};
+use super::response::{Model, ModelDetails, ModelList};
 use super::Pipeline;
 use crate::error::ApiError;
 
@@ -24,7 +24,32 @@ pub fn find_model(pipeline: &Pipeline, id: &str) -> Result<Arc<ServedModel>, Api
 }
 
 pub fn model_object(model: &ServedModel) -> Model<'_> {
-    Model { id: &model.id, object: "model", created: model.created, owned_by: "blaze" }
+    let blaze = match &model.handle {
+        ModelHandle::Chat(pool) => {
+            let engine = pool.model();
+            ModelDetails {
+                kind: "chat",
+                state: "ready",
+                context_length: Some(engine.context_length()),
+                dimensions: None,
+                max_input_tokens: None,
+                quantization: engine.quantization(),
+                parameters: Some(engine.parameters()),
+                weights_bytes: Some(engine.weights_bytes()),
+            }
+        }
+        ModelHandle::Embedding(pool) => ModelDetails {
+            kind: "embedding",
+            state: "ready",
+            context_length: None,
+            dimensions: Some(pool.tokenizer().dimensions()),
+            max_input_tokens: Some(pool.tokenizer().max_tokens()),
+            quantization: None,
+            parameters: None,
+            weights_bytes: None,
+        },
+    };
+    Model { id: &model.id, object: "model", created: model.created, owned_by: "blaze", blaze }
 }
 
 thread_local! {

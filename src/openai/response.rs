@@ -186,6 +186,31 @@ pub struct Model<'a> {
     pub object: &'static str,
     pub created: u64,
     pub owned_by: &'static str,
+    /// What Blaze tells beyond OpenAI's fields.
+    pub blaze: ModelDetails,
+}
+
+/// A served model's kind, state and shape.
+#[derive(Debug, Serialize)]
+pub struct ModelDetails {
+    pub kind: &'static str,
+    pub state: &'static str,
+    /// Chat: tokens of one sequence's window (prompt and completion).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<usize>,
+    /// Embeddings: the vector's size, and the most tokens of one input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_input_tokens: Option<usize>,
+    /// Chat: the GGUF's weight type, its parameters and the bytes its
+    /// weights hold (once, shared by the workers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights_bytes: Option<u64>,
 }
 
 /// `GET /v1/models`.

@@ -37,6 +37,19 @@ async fn models_are_listed_and_looked_up() {
     assert_eq!(model["object"], "model");
     assert_eq!(model["owned_by"], "blaze");
     assert!(model["created"].as_u64().unwrap() > 1_700_000_000);
+    assert_eq!(
+        model["blaze"],
+        json!({"kind": "embedding", "state": "ready", "dimensions": 384, "max_input_tokens": 256})
+    );
+    let chat = list["data"].as_array().unwrap().iter().find(|model| model["id"] == "smollm2-135m-instruct");
+    let chat = &chat.expect("the chat model listed")["blaze"];
+    assert_eq!((chat["kind"].as_str(), chat["state"].as_str()), (Some("chat"), Some("ready")), "{chat}");
+    assert_eq!((chat["context_length"].as_u64(), chat["quantization"].as_str()), (Some(2048), Some("Q4_1")));
+    assert!(
+        chat["parameters"].as_u64().is_some_and(|count| (100_000_000..200_000_000).contains(&count)),
+        "{chat}"
+    );
+    assert!(chat["weights_bytes"].as_u64().is_some_and(|bytes| bytes > 50_000_000), "{chat}");
     let one: Value =
         client().get(server.url(&format!("/v1/models/{MODEL}"))).send().await.unwrap().json().await.unwrap();
     assert_eq!(one, model);

@@ -186,6 +186,42 @@ impl ChatModel {
             .collect())
     }
 
+    /// Bytes of weights the model holds in memory.
+    pub fn weights_bytes(&self) -> u64 {
+        self.model.size()
+    }
+
+    pub fn parameters(&self) -> u64 {
+        self.model.n_params()
+    }
+
+    /// How the GGUF's weights are stored (its `general.file_type`), as
+    /// llama.cpp names the types.
+    pub fn quantization(&self) -> Option<&'static str> {
+        let file_type = self.model.meta_val_str("general.file_type").ok()?.parse::<u32>().ok()?;
+        let name = match file_type {
+            0 => "F32",
+            1 => "F16",
+            2 => "Q4_0",
+            3 => "Q4_1",
+            7 => "Q8_0",
+            8 => "Q5_0",
+            9 => "Q5_1",
+            10 => "Q2_K",
+            11 => "Q3_K_S",
+            12 => "Q3_K_M",
+            13 => "Q3_K_L",
+            14 => "Q4_K_S",
+            15 => "Q4_K_M",
+            16 => "Q5_K_S",
+            17 => "Q5_K_M",
+            18 => "Q6_K",
+            32 => "BF16",
+            _ => return None,
+        };
+        Some(name)
+    }
+
     /// The bytes a token stands for in generated text.
     pub fn token_bytes(&self, token: u32) -> Vec<u8> {
         self.model.vocab().token_to_piece(llama_cpp_2::token::LlamaToken(token as i32), false, None)
