@@ -83,6 +83,18 @@ enum ModelsCommand {
     },
     /// Show the configured models and where their files are.
     List,
+    /// Check a model's files on disk and add it to the catalog of the
+    /// --config file (created if missing; rewritten, so its comments are
+    /// not kept).
+    Add {
+        /// The id requests will name it by.
+        id: String,
+        /// A .gguf file (chat) or a Hugging Face-layout directory
+        /// (embedding).
+        path: PathBuf,
+        #[arg(long, value_enum)]
+        kind: crate::models_add::AddKind,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,6 +111,18 @@ pub fn run() -> ExitCode {
         file: cli.config.clone(),
         environment: std::env::vars().collect(),
     };
+    if let Command::Models { command: ModelsCommand::Add { id, path, kind } } = &cli.command {
+        return match crate::models_add::add(&sources, id, path, *kind) {
+            Ok(entry) => {
+                println!("added to the catalog:\n{entry}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("cannot add {id}: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let settings = match Settings::load(&sources) {
         Ok(settings) => settings,
         Err(errors) => {
@@ -129,6 +153,8 @@ pub fn run() -> ExitCode {
             }
         }
         Command::Serve { offline } => crate::app::serve_blocking(settings, sources, offline),
+        // Answered before the configuration is loaded, above.
+        Command::Models { command: ModelsCommand::Add { .. } } => ExitCode::FAILURE,
         Command::Models { command: ModelsCommand::List } => {
             print!("{}", crate::models::list(&settings.models));
             ExitCode::SUCCESS

@@ -9,6 +9,7 @@ pub mod http;
 pub mod identity;
 pub mod logging;
 pub mod models;
+pub mod models_add;
 pub mod openai;
 pub mod probe;
 pub mod routes;

@@ -186,6 +186,11 @@ impl ChatModel {
             .collect())
     }
 
+    /// The GGUF's `general.architecture` (llama, bert, ...).
+    pub fn architecture(&self) -> Option<String> {
+        self.model.meta_val_str("general.architecture").ok()
+    }
+
     /// Bytes of weights the model holds in memory.
     pub fn weights_bytes(&self) -> u64 {
         self.model.size()

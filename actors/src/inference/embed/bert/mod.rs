@@ -26,6 +26,9 @@ use crate::inference::engine::{EmbeddingEngine, EngineError};
 
 #[derive(Debug, Clone, Deserialize)]
 struct BertConfig {
+    /// Hugging Face's name of the architecture, when the file gives it.
+    #[serde(default)]
+    model_type: Option<String>,
     hidden_size: usize,
     num_attention_heads: usize,
     num_hidden_layers: usize,

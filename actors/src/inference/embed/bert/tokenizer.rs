@@ -38,6 +38,11 @@ impl BertTokenizer {
             std::fs::read(directory.join(name)).map_err(|error| load_error(format!("{name}: {error}")))
         };
         let config: BertConfig = serde_json::from_slice(&read("config.json")?).map_err(load_error)?;
+        if let Some(model_type) = config.model_type.as_deref().filter(|model_type| *model_type != "bert") {
+            return Err(load_error(format!(
+                "config.json names the architecture `{model_type}`; the embedding engine runs BERT encoders (model_type bert)"
+            )));
+        }
         let max_tokens = read("sentence_bert_config.json")
             .ok()
             .and_then(|bytes| serde_json::from_slice::<SentenceBertConfig>(&bytes).ok())
