@@ -125,3 +125,80 @@ async fn an_added_model_serves_under_its_new_id() {
     assert!(added.is_array(), "{added}");
     assert_eq!(added, embed("all-minilm-l6-v2").await, "the same files, the same vectors");
 }
+
+/// A directory of all-MiniLM-L6-v2's files with sentence-transformers
+/// modules: a Pooling of `pooling` (its config), a Normalize if `normalize`.
+fn with_modules(embedding: &Path, root: &Path, name: &str, pooling: Value, normalize: bool) -> PathBuf {
+    let directory = root.join(name);
+    std::fs::create_dir_all(directory.join("1_Pooling")).unwrap();
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::os::unix::fs::symlink(embedding.join(file), directory.join(file)).unwrap();
+    }
+    let mut modules = vec![
+        json!({"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}),
+        json!({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}),
+    ];
+    if normalize {
+        modules.push(json!({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}));
+    }
+    std::fs::write(directory.join("modules.json"), Value::Array(modules).to_string()).unwrap();
+    std::fs::write(directory.join("1_Pooling/config.json"), pooling.to_string()).unwrap();
+    directory
+}
+
+#[tokio::test]
+async fn the_pooling_and_normalization_come_from_the_model_files() {
+    let embedding = tokio::task::spawn_blocking(|| cached("all-minilm-l6-v2")).await.unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("pooling.yaml");
+    let variants = [
+        ("mean-normalized", json!({"pooling_mode_mean_tokens": true}), true),
+        ("cls-normalized", json!({"pooling_mode_cls_token": true}), true),
+        ("last-raw", json!({"pooling_mode_lasttoken": true}), false),
+    ];
+    for (name, pooling, normalize) in &variants {
+        let directory = with_modules(&embedding, root.path(), name, pooling.clone(), *normalize);
+        let output = add(&config, name, &directory, "embedding");
+        assert!(output.status.success(), "{name}: {}", text(&output.stderr));
+    }
+    let dense =
+        with_modules(&embedding, root.path(), "dense", json!({"pooling_mode_mean_tokens": true}), true);
+    let mut modules: Value =
+        serde_json::from_slice(&std::fs::read(dense.join("modules.json")).unwrap()).unwrap();
+    modules
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"idx": 3, "path": "3_Dense", "type": "sentence_transformers.models.Dense"}));
+    std::fs::write(dense.join("modules.json"), modules.to_string()).unwrap();
+    let refused = add(&config, "dense", &dense, "embedding");
+    assert!(
+        text(&refused.stderr).contains("sentence_transformers.models.Dense"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    let server = Server::start(&[], &["--config", config.to_str().unwrap()]).await;
+    let embed = |model: &str| {
+        let request = client()
+            .post(server.url("/v1/embeddings"))
+            .json(&json!({"model": model, "input": "The cat sat on the mat."}));
+        async move {
+            let answer = request.send().await.unwrap().json::<Value>().await.unwrap();
+            let vector: Vec<f64> = answer["data"][0]["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|value| value.as_f64().unwrap())
+                .collect();
+            vector
+        }
+    };
+    let norm = |vector: &[f64]| vector.iter().map(|value| value * value).sum::<f64>().sqrt();
+    let bare = embed("all-minilm-l6-v2").await;
+    assert_eq!(embed("mean-normalized").await, bare, "mean and Normalize is the bare encoder's default");
+    let cls = embed("cls-normalized").await;
+    assert!((norm(&cls) - 1.0).abs() < 1e-5 && cls != bare, "the [CLS] state, normalized");
+    let last = embed("last-raw").await;
+    assert!((norm(&last) - 1.0).abs() > 1e-3, "not normalized: {}", norm(&last));
+    assert!(last != cls, "the [SEP] state is not the [CLS] state");
+}

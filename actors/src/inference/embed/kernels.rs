@@ -156,25 +156,3 @@ pub fn attend(
         }
     }
 }
-
-/// Mean of `rows` (each `width` wide), L2-normalized, into `out`.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+fma", "x86_64+avx2+fma"))]
-pub fn mean_pool_normalize(rows: &[f32], width: usize, out: &mut [f32]) {
-    out.fill(0.0);
-    let count = rows.len() / width;
-    for row in rows.chunks_exact(width) {
-        for (out, value) in out.iter_mut().zip(row) {
-            *out += value;
-        }
-    }
-    let inverse_count = 1.0 / count.max(1) as f32;
-    let mut norm = 0.0;
-    for value in out.iter_mut() {
-        *value *= inverse_count;
-        norm += *value * *value;
-    }
-    let inverse_norm = 1.0 / norm.sqrt().max(1e-12);
-    for value in out.iter_mut() {
-        *value *= inverse_norm;
-    }
-}

@@ -1,5 +1,5 @@
 //! The forward pass over a packed batch: embeddings, the encoder layers,
-//! mean pooling; attention per sequence on its own rows.
+//! the model's pooling; attention per sequence on its own rows.
 
 use rayon::prelude::*;
 
@@ -8,7 +8,8 @@ use super::Bert;
 use crate::inference::embed::kernels;
 
 impl Bert {
-    /// One normalized vector per sequence, in order.
+    /// One vector per sequence, in order, pooled (and normalized) as the
+    /// model's files say.
     pub(super) fn forward(&self, sequences: &[&[u32]], parallelism: gemm::Parallelism) -> Vec<Vec<f32>> {
         let hidden = self.config.hidden_size;
         let total: usize = sequences.iter().map(|sequence| sequence.len()).sum();
@@ -21,11 +22,7 @@ impl Bert {
         let mut start = 0;
         for length in lengths {
             let mut pooled = vec![0.0; hidden];
-            kernels::mean_pool_normalize(
-                &states[start * hidden..(start + length) * hidden],
-                hidden,
-                &mut pooled,
-            );
+            self.pooling.pool(&states[start * hidden..(start + length) * hidden], hidden, &mut pooled);
             outputs.push(pooled);
             start += length;
         }

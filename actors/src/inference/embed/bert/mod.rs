@@ -13,6 +13,7 @@
 
 mod dense;
 mod forward;
+mod pooling;
 mod tokenizer;
 mod weights;
 
@@ -20,6 +21,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use self::forward::split_by_tokens;
+pub use self::pooling::Pooling;
 pub use self::tokenizer::{BertTokenizer, Truncation};
 use self::weights::Layer;
 use crate::inference::engine::{EmbeddingEngine, EngineError};
@@ -47,6 +49,8 @@ pub struct Bert {
     layers: Vec<Layer>,
     tokenizer: std::sync::Arc<BertTokenizer>,
     pool: rayon::ThreadPool,
+    /// How the token states become the vector (the model's own files say).
+    pooling: Pooling,
 }
 
 fn load_error(what: impl std::fmt::Display) -> EngineError {

@@ -123,6 +123,7 @@ impl Bert {
         };
         let config: BertConfig = serde_json::from_slice(&read("config.json")?).map_err(load_error)?;
         let tokenizer = std::sync::Arc::new(BertTokenizer::load(directory)?);
+        let pooling = super::Pooling::read(directory)?;
         let bytes = read("model.safetensors")?;
         let tensors = SafeTensors::deserialize(&bytes).map_err(load_error)?;
         let hidden = config.hidden_size;
@@ -151,6 +152,7 @@ impl Bert {
             layers,
             tokenizer,
             pool,
+            pooling,
             config,
         })
     }
