@@ -161,6 +161,13 @@ async fn the_pooling_and_normalization_come_from_the_model_files() {
         let output = add(&config, name, &directory, "embedding");
         assert!(output.status.success(), "{name}: {}", text(&output.stderr));
     }
+    // Without modules.json: pooled as a bare encoder, by mean, normalized.
+    let bare = root.path().join("bare");
+    std::fs::create_dir(&bare).unwrap();
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::os::unix::fs::symlink(embedding.join(file), bare.join(file)).unwrap();
+    }
+    assert!(add(&config, "bare", &bare, "embedding").status.success());
     let dense =
         with_modules(&embedding, root.path(), "dense", json!({"pooling_mode_mean_tokens": true}), true);
     let mut modules: Value =
@@ -194,8 +201,10 @@ async fn the_pooling_and_normalization_come_from_the_model_files() {
         }
     };
     let norm = |vector: &[f64]| vector.iter().map(|value| value * value).sum::<f64>().sqrt();
-    let bare = embed("all-minilm-l6-v2").await;
-    assert_eq!(embed("mean-normalized").await, bare, "mean and Normalize is the bare encoder's default");
+    let catalog = embed("all-minilm-l6-v2").await;
+    let bare = embed("bare").await;
+    assert_eq!(bare, catalog, "the catalog's modules (mean, Normalize) are the bare encoder's default");
+    assert_eq!(embed("mean-normalized").await, bare);
     let cls = embed("cls-normalized").await;
     assert!((norm(&cls) - 1.0).abs() < 1e-5 && cls != bare, "the [CLS] state, normalized");
     let last = embed("last-raw").await;
