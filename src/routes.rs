@@ -32,6 +32,8 @@ pub enum Route {
     Completions,
     Responses,
     Embeddings,
+    Rerank,
+    Score,
     Models,
     Model,
     Tokenize,
@@ -171,6 +173,9 @@ pub const ROUTES: &[RouteRule] = &[
     // A chat by another shape: the same scope and body limit as chat.
     inference(Route::Responses, "/v1/responses", "chat", BodyKind::ChatCompletions, "responses"),
     inference(Route::Embeddings, "/v1/embeddings", "embeddings", BodyKind::Embeddings, "embeddings"),
+    // Computed on an embedding model: its scope and body limit.
+    inference(Route::Rerank, "/v1/rerank", "embeddings", BodyKind::Embeddings, "rerank"),
+    inference(Route::Score, "/v1/score", "embeddings", BodyKind::Embeddings, "score"),
     RouteRule {
         websocket: Some("models.list"),
         ..rule(Route::Models, "/v1/models", Access::Authenticated, Some("models"))
@@ -249,6 +254,8 @@ mod tests {
             Completions,
             Responses,
             Embeddings,
+            Rerank,
+            Score,
             Models,
             Model,
             Tokenize,
@@ -260,8 +267,8 @@ mod tests {
             match route {
                 Health | Livez | HealthReady | Readyz | HealthDetailed | Metrics | MetricsSummary
                 | AuthToken | AuthRefresh | AuthLogout | Users | User | Keys | Key | KeyRotate | Cache
-                | ChatCompletions | Completions | Responses | Embeddings | Models | Model | Tokenize
-                | Detokenize | WebSocket => {}
+                | ChatCompletions | Completions | Responses | Embeddings | Rerank | Score | Models
+                | Model | Tokenize | Detokenize | WebSocket => {}
             }
             assert_eq!(route.rule().route, route, "{route:?} has no row");
         }

@@ -14,8 +14,8 @@ use super::routing::{resource, Route};
 use super::AppState;
 use crate::error::ApiError;
 use crate::openai::{
-    self, ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingsRequest, Gate, ResponsesRequest,
-    TokenizeRequest,
+    self, ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingsRequest, Gate, RerankRequest,
+    ResponsesRequest, ScoreRequest, TokenizeRequest,
 };
 use crate::settings::BodyLimitSettings;
 
@@ -25,6 +25,8 @@ pub fn configure(config: &mut web::ServiceConfig, limits: &BodyLimitSettings) {
         .service(resource(Route::Completions, limits).route(web::post().to(completions)))
         .service(resource(Route::Responses, limits).route(web::post().to(responses)))
         .service(resource(Route::Embeddings, limits).route(web::post().to(embeddings)))
+        .service(resource(Route::Rerank, limits).route(web::post().to(rerank)))
+        .service(resource(Route::Score, limits).route(web::post().to(score)))
         .service(resource(Route::Tokenize, limits).route(web::post().to(tokenize)))
         .service(resource(Route::Detokenize, limits).route(web::post().to(detokenize)))
         .service(super::get(Route::Models, limits, list_models))
@@ -73,6 +75,28 @@ async fn embeddings(
 ) -> Result<HttpResponse, ApiError> {
     let origin = origin(&request, caller.0, gate);
     openai::embeddings(&state.pipeline, &origin, body.into_inner()).await.map(respond)
+}
+
+async fn rerank(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    caller: Caller,
+    gate: Gate,
+    body: StrictJson<RerankRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let origin = origin(&request, caller.0, gate);
+    openai::rerank(&state.pipeline, &origin, body.into_inner()).await.map(respond)
+}
+
+async fn score(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    caller: Caller,
+    gate: Gate,
+    body: StrictJson<ScoreRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let origin = origin(&request, caller.0, gate);
+    openai::score(&state.pipeline, &origin, body.into_inner()).await.map(respond)
 }
 
 async fn tokenize(

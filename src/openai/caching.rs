@@ -108,6 +108,9 @@ pub struct Record {
     pub pieces: Vec<String>,
     pub finish_reason: String,
     pub completion_tokens: usize,
+    /// Prompt tokens its worker's cache held (prefix reuse).
+    #[serde(default)]
+    pub cached_tokens: usize,
     /// When asked for: the log probabilities of each piece's tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<Vec<Vec<TokenLogprob>>>,
@@ -133,7 +136,11 @@ impl Record {
             }
             let _ = sender.send(ChatEvent::Text(piece));
         }
-        let _ = sender.send(ChatEvent::Done { finish_reason, completion_tokens: self.completion_tokens });
+        let _ = sender.send(ChatEvent::Done {
+            finish_reason,
+            completion_tokens: self.completion_tokens,
+            cached_tokens: self.cached_tokens,
+        });
         events
     }
 }

@@ -63,8 +63,8 @@ pub async fn embeddings(
         );
         return Err(ApiError::bad_request(ErrorCode::InvalidDimensions, message).with_param("dimensions"));
     }
-    let truncation = truncation(&request, pool);
-    let tokens = tokenize(pool, request.input, truncation).await?;
+    let truncation = truncation(request.truncate, request.truncation_direction, pool);
+    let tokens = tokenize(pool, request.input, truncation, std::sync::Arc::new(input_name)).await?;
     let prompt_tokens = tokens.iter().map(Vec::len).sum();
     // The exact count is known: nothing to settle later.
     origin.gate.admit(prompt_tokens as u64).await?;
@@ -92,14 +92,27 @@ pub async fn embeddings(
     Ok(Answer::cached(Body::Json(body.into()), lookup, key))
 }
 
-/// How inputs too long are cut, if they are: as the request says, else as
-/// the model's `auto_truncate` says.
-fn truncation(request: &EmbeddingsRequest, pool: &EmbeddingPool) -> Option<Truncation> {
-    let truncate = request.truncate.unwrap_or_else(|| pool.tokenizer().auto_truncate());
-    truncate.then_some(match request.truncation_direction {
+/// How inputs too long are cut, if they are: as the request says
+/// (`truncate`, `truncation_direction`), else as the model's
+/// `auto_truncate` says.
+pub(super) fn truncation(
+    truncate: Option<bool>,
+    direction: Option<TruncationDirection>,
+    pool: &EmbeddingPool,
+) -> Option<Truncation> {
+    let truncate = truncate.unwrap_or_else(|| pool.tokenizer().auto_truncate());
+    truncate.then_some(match direction {
         Some(TruncationDirection::Left) => Truncation::KeepEnd,
         Some(TruncationDirection::Right) | None => Truncation::KeepStart,
     })
+}
+
+/// How an error names the text at an index of what is embedded, as
+/// `field[index]` or `field`; the part before `[` is the error's `param`.
+pub(super) type TextNames = std::sync::Arc<dyn Fn(usize) -> String + Send + Sync>;
+
+fn input_name(index: usize) -> String {
+    format!("input[{index}]")
 }
 
 fn input_shape_error() -> ApiError {
@@ -158,8 +171,8 @@ pub async fn warm(
             format!("{} is not an embedding model", request.model),
         ));
     };
-    let truncation = truncation(&request, pool);
-    let tokens = tokenize(pool, request.input, truncation).await?;
+    let truncation = truncation(request.truncate, request.truncation_direction, pool);
+    let tokens = tokenize(pool, request.input, truncation, std::sync::Arc::new(input_name)).await?;
     Ok(answer(pool, &request.model, Some(&caching), tokens).await?.1)
 }
 
@@ -176,7 +189,7 @@ fn vector_of(bytes: &[u8]) -> Vec<f32> {
 /// larger batch; one input alone computes once however many ask at once.
 /// Returns what the lookup found (the slowest tier when every input was
 /// cached; a miss when any was computed) and, for one input, its key.
-async fn answer(
+pub(super) async fn answer(
     pool: &EmbeddingPool,
     model: &str,
     caching: Option<&Caching>,
@@ -220,14 +233,13 @@ async fn answer(
 
 /// The model's tokens of every input, cut to fit with `truncation`,
 /// checked; on the blocking pool when there are many, so the HTTP worker
-/// stays free.
-async fn tokenize(
+/// stays free. `names` names a text in errors.
+pub(super) async fn tokenize(
     pool: &EmbeddingPool,
     input: EmbeddingInput,
     truncation: Option<Truncation>,
+    names: TextNames,
 ) -> Result<Vec<Vec<u32>>, ApiError> {
-    let input_error =
-        |message: String| ApiError::bad_request(ErrorCode::InvalidInput, message).with_param("input");
     let count = match &input {
         EmbeddingInput::Invalid => return Err(input_shape_error()),
         EmbeddingInput::Text(_) | EmbeddingInput::Tokens(_) => 1,
@@ -235,7 +247,10 @@ async fn tokenize(
         EmbeddingInput::TokenLists(lists) => lists.len(),
     };
     if count == 0 {
-        return Err(input_error("`input` must not be empty".to_owned()));
+        let name = names(0);
+        let param = param_of(&name);
+        return Err(ApiError::bad_request(ErrorCode::InvalidInput, format!("`{param}` must not be empty"))
+            .with_param(param));
     }
     let pool = pool.clone();
     let work = move || -> Result<Vec<Vec<u32>>, ApiError> {
@@ -246,13 +261,18 @@ async fn tokenize(
                 .enumerate()
                 .map(|(index, text)| {
                     if text.is_empty() {
-                        return Err(input_error(format!("input[{index}] is an empty string")));
+                        let name = names(index);
+                        return Err(ApiError::bad_request(
+                            ErrorCode::InvalidInput,
+                            format!("{name} is an empty string"),
+                        )
+                        .with_param(param_of(&name)));
                     }
                     match truncation {
                         None => tokenizer.tokenize(&text),
                         Some(truncation) => tokenizer.tokenize_truncated(&text, truncation),
                     }
-                    .map_err(|error| engine_error(error, index))
+                    .map_err(|error| engine_error(error, &names(index)))
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
@@ -270,7 +290,7 @@ async fn tokenize(
             EmbeddingInput::Invalid => return Err(input_shape_error()),
         };
         for (index, tokens) in tokens.iter().enumerate() {
-            tokenizer.check_tokens(tokens).map_err(|error| engine_error(error, index))?;
+            tokenizer.check_tokens(tokens).map_err(|error| engine_error(error, &names(index)))?;
         }
         Ok(tokens)
     };
@@ -283,19 +303,24 @@ async fn tokenize(
     }
 }
 
-fn engine_error(error: EngineError, index: usize) -> ApiError {
+/// The part of a text's name before its index: the error's `param`.
+fn param_of(name: &str) -> String {
+    name.split('[').next().unwrap_or(name).to_owned()
+}
+
+fn engine_error(error: EngineError, name: &str) -> ApiError {
     match error {
         EngineError::TooLong { tokens, limit } => ApiError::bad_request(
             ErrorCode::ContextLengthExceeded,
             format!(
-                "input[{index}] has {tokens} tokens; this model takes at most {limit} per input \
+                "{name} has {tokens} tokens; this model takes at most {limit} per input \
                  (send \"truncate\": true to embed the first {limit})"
             ),
         )
-        .with_param("input"),
+        .with_param(param_of(name)),
         EngineError::Input(message) => {
-            ApiError::bad_request(ErrorCode::InvalidInput, format!("input[{index}]: {message}"))
-                .with_param("input")
+            ApiError::bad_request(ErrorCode::InvalidInput, format!("{name}: {message}"))
+                .with_param(param_of(name))
         }
         EngineError::Load(_) => ApiError::unavailable("the model is not loaded"),
     }
@@ -307,7 +332,7 @@ async fn compute(pool: &EmbeddingPool, tokens: Vec<Vec<u32>>) -> Result<Vec<Vec<
         .map_err(|overloaded| ApiError::overloaded(pool.model(), overloaded.retry_after_s))?;
     match receiver.await {
         Ok(Ok(vectors)) => Ok(vectors),
-        Ok(Err(WorkError::Engine(error))) => Err(engine_error(error, 0)),
+        Ok(Err(WorkError::Engine(error))) => Err(engine_error(error, "input[0]")),
         Ok(Err(WorkError::WorkerFailed)) | Err(_) => Err(ApiError::worker_failed(pool.model())),
     }
 }

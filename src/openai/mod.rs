@@ -1,6 +1,7 @@
 //! The OpenAI pipeline, apart from any transport: what `/v1/chat/completions`,
 //! `/v1/completions`, `/v1/responses` (a chat by another shape,
-//! `responses/`), `/v1/embeddings`, `/v1/models` and `/tokenize` and
+//! `responses/`), `/v1/embeddings`, `/v1/rerank` and `/v1/score` (on an
+//! embedding model, `rerank.rs`), `/v1/models` and `/tokenize` and
 //! `/detokenize` (`tokenize.rs`) do with a request
 //! once its caller is known. HTTP (`crate::http`) and the WebSocket
 //! (`crate::http::websocket`) only frame what it returns.
@@ -39,6 +40,7 @@ mod models;
 mod origin;
 mod reply;
 mod request;
+mod rerank;
 mod response;
 mod responses;
 mod screen;
@@ -63,6 +65,7 @@ pub use self::embeddings::{embeddings, embeddings_from_bytes};
 pub use self::models::{find_model, model_list, model_object};
 pub use self::origin::{Hangup, Origin, RequestId};
 pub use self::request::{parse, ChatRequest, CompletionRequest, EmbeddingsRequest};
+pub use self::rerank::{rerank, rerank_from_bytes, score, score_from_bytes, RerankRequest, ScoreRequest};
 pub use self::responses::{responses, responses_from_bytes, ResponsesRequest};
 pub use self::tokenize::{
     detokenize, detokenize_from_bytes, tokenize, tokenize_from_bytes, DetokenizeRequest, TokenizeRequest,

@@ -83,7 +83,9 @@ impl Reply {
     /// The whole answer, every choice in order, serialized.
     pub fn body(&self, records: &[Record]) -> Bytes {
         let completion_tokens = records.iter().map(|record| record.completion_tokens).sum();
-        let usage = Some(Usage::new(self.prompt_tokens, completion_tokens));
+        // The choices share one reading of the prompt.
+        let cached_tokens = records.iter().map(|record| record.cached_tokens).max().unwrap_or(0);
+        let usage = Some(Usage::new(self.prompt_tokens, completion_tokens).with_cached(cached_tokens));
         let whole: Vec<WholeChoice> = records.iter().map(|record| self.whole(record)).collect();
         match self.kind {
             Kind::Chat => {
@@ -171,8 +173,8 @@ impl Reply {
     }
 
     /// The last chunk when the client asked for usage: no choices.
-    pub fn usage_chunk(&self, completion_tokens: usize) -> Piece {
-        let usage = Some(Usage::new(self.prompt_tokens, completion_tokens));
+    pub fn usage_chunk(&self, completion_tokens: usize, cached_tokens: usize) -> Piece {
+        let usage = Some(Usage::new(self.prompt_tokens, completion_tokens).with_cached(cached_tokens));
         Piece::Chunk(serialized(&self.envelope::<TextChoice>(true, Vec::new(), usage)))
     }
 }
@@ -262,6 +264,7 @@ mod tests {
             pieces: vec!["Hel".into(), "lo".into()],
             finish_reason: "stop".into(),
             completion_tokens: 2,
+            cached_tokens: 4,
             logprobs: None,
         };
         let body: Value = serde_json::from_slice(&reply.body(&[record])).unwrap();
@@ -272,7 +275,11 @@ mod tests {
             body["choices"],
             json!([{"index": 0, "message": {"role": "assistant", "content": "Hello", "refusal": null}, "logprobs": null, "finish_reason": "stop"}])
         );
-        assert_eq!(body["usage"], json!({"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}));
+        assert_eq!(
+            body["usage"],
+            json!({"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7,
+                "prompt_tokens_details": {"cached_tokens": 4}})
+        );
     }
 
     #[test]
@@ -282,12 +289,17 @@ mod tests {
             pieces: vec![text.into()],
             finish_reason: "stop".into(),
             completion_tokens,
+            cached_tokens: 0,
             logprobs: None,
         };
         let body: Value = serde_json::from_slice(&reply.body(&[record("a", 1), record("b", 2)])).unwrap();
         assert_eq!(body["choices"][1]["index"], 1);
         assert_eq!(body["choices"][1]["message"]["content"], "b");
-        assert_eq!(body["usage"], json!({"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}));
+        assert_eq!(
+            body["usage"],
+            json!({"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8,
+                "prompt_tokens_details": {"cached_tokens": 0}})
+        );
     }
 
     #[test]
@@ -301,9 +313,10 @@ mod tests {
         let last = parsed(reply.chunk(0, None, false, Some("length"), NONE));
         assert_eq!(last["choices"][0]["delta"], json!({}));
         assert_eq!(last["choices"][0]["finish_reason"], "length");
-        let usage = parsed(reply.usage_chunk(4));
+        let usage = parsed(reply.usage_chunk(4, 2));
         assert_eq!(usage["choices"], json!([]));
         assert_eq!(usage["usage"]["total_tokens"], 7);
+        assert_eq!(usage["usage"]["prompt_tokens_details"]["cached_tokens"], 2);
     }
 
     #[test]
@@ -313,6 +326,7 @@ mod tests {
             pieces: vec!["x".into()],
             finish_reason: "length".into(),
             completion_tokens: 1,
+            cached_tokens: 0,
             logprobs: None,
         };
         let body: Value = serde_json::from_slice(&reply.body(&[record])).unwrap();

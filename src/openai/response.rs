@@ -10,11 +10,30 @@ pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// Of the prompt's tokens, those the model did not read again because
+/// its worker's cache held them (prefix reuse).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: usize,
 }
 
 impl Usage {
     pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
-        Self { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: None,
+        }
+    }
+
+    /// A generation's usage: how many of the prompt's tokens were cached.
+    pub fn with_cached(self, cached_tokens: usize) -> Self {
+        Self { prompt_tokens_details: Some(PromptTokensDetails { cached_tokens }), ..self }
     }
 }
 

@@ -54,6 +54,8 @@ struct ChoiceStream {
     finished: bool,
     /// Its tokens: one per piece as they come, the exact count at the end.
     tokens: usize,
+    /// Prompt tokens its worker's cache held, told at the end.
+    cached_tokens: usize,
     /// The generated pieces (and their tokens' log probabilities), kept
     /// for the cache; its record once it finished.
     collected: Collected,
@@ -77,6 +79,7 @@ pub fn chunks(parts: StreamParts, events: Vec<ChatEvents>) -> impl Stream<Item =
             index,
             events,
             first: true,
+            cached_tokens: 0,
             finished: false,
             tokens: 0,
             collected: Collected::new(parts.reply.logprobs),
@@ -125,7 +128,8 @@ impl Chunks {
                     }
                     released
                 }
-                Some(ChatEvent::Done { finish_reason, completion_tokens }) => {
+                Some(ChatEvent::Done { finish_reason, completion_tokens, cached_tokens }) => {
+                    choice.cached_tokens = cached_tokens;
                     choice.on_done(reply, keep, finish_reason, completion_tokens)
                 }
                 Some(ChatEvent::Failed(error)) => {
@@ -170,7 +174,8 @@ impl Chunks {
         }
         if self.parts.include_usage {
             let completion_tokens = self.choices.iter().map(|choice| choice.tokens).sum();
-            self.queued.push(self.parts.reply.usage_chunk(completion_tokens));
+            let cached_tokens = self.choices.iter().map(|choice| choice.cached_tokens).max().unwrap_or(0);
+            self.queued.push(self.parts.reply.usage_chunk(completion_tokens, cached_tokens));
         }
     }
 }
@@ -259,7 +264,8 @@ impl ChoiceStream {
         if keep {
             let (pieces, logprobs) = std::mem::take(&mut self.collected).finish();
             let finish_reason = finish_reason.as_str().to_owned();
-            self.record = Some(Record { pieces, finish_reason, completion_tokens, logprobs });
+            let cached_tokens = self.cached_tokens;
+            self.record = Some(Record { pieces, finish_reason, completion_tokens, cached_tokens, logprobs });
         }
         let (reason, rest) = match self.filter.as_mut().map(OutputFilter::finish) {
             None => (finish_reason.as_str(), None),
@@ -363,7 +369,11 @@ mod tests {
         for (text, tokens) in [("a", 1), ("bc", 2)] {
             let (sender, events) = tokio::sync::mpsc::unbounded_channel();
             sender.send(ChatEvent::Text(text.to_owned())).unwrap();
-            let done = ChatEvent::Done { finish_reason: FinishReason::Stop, completion_tokens: tokens };
+            let done = ChatEvent::Done {
+                finish_reason: FinishReason::Stop,
+                completion_tokens: tokens,
+                cached_tokens: 0,
+            };
             sender.send(done).unwrap();
             receivers.push(events);
         }
@@ -382,7 +392,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_finished_stream_ends_with_its_reason_then_usage() {
-        let done = ChatEvent::Done { finish_reason: FinishReason::Length, completion_tokens: 2 };
+        let done =
+            ChatEvent::Done { finish_reason: FinishReason::Length, completion_tokens: 2, cached_tokens: 0 };
         let pieces =
             pieces(vec![ChatEvent::Text("a".to_owned()), ChatEvent::Text("b".to_owned()), done]).await;
         let chunks: Vec<Value> = pieces.iter().map(chunk).collect();

@@ -10,11 +10,11 @@ const MODEL: &str = "smollm2-135m-instruct";
 /// decoders running at once on two cores starve each other.
 /// The turn every decoding test of the suite shares (these run the
 /// engine in this process, the others in a server).
-fn decoding_turn() -> tokio::sync::SemaphorePermit<'static> {
+pub(crate) fn decoding_turn() -> tokio::sync::SemaphorePermit<'static> {
     crate::common::decoding_turn_blocking()
 }
 
-fn model() -> std::sync::Arc<ChatModel> {
+pub(crate) fn model() -> std::sync::Arc<ChatModel> {
     let settings = Settings::load(&ConfigSources::default()).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime
@@ -27,7 +27,7 @@ fn model() -> std::sync::Arc<ChatModel> {
     ChatModel::load(&directory.join("model.gguf"), 2048).unwrap()
 }
 
-fn params(max_tokens: usize, temperature: f32, seed: u32, stop: &[&str]) -> SamplingParams {
+pub(crate) fn params(max_tokens: usize, temperature: f32, seed: u32, stop: &[&str]) -> SamplingParams {
     SamplingParams {
         max_tokens,
         temperature,

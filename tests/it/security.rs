@@ -216,11 +216,34 @@ const EVERY_ROUTE: &[(&str, &str, &str)] = &[
     ("DELETE", "/admin/cache", "/admin/%63ache"),
     ("POST", "/v1/chat/completions", "/v1/%63hat/completions"),
     ("POST", "/v1/completions", "/v1/%63ompletions"),
+    ("POST", "/v1/responses", "/v1/%72esponses"),
     ("POST", "/v1/embeddings", "/v1/%65mbeddings"),
+    ("POST", "/v1/rerank", "/v1/%72erank"),
+    ("POST", "/v1/score", "/v1/%73core"),
     ("GET", "/v1/models", "/v1/%6dodels"),
     ("GET", "/v1/models/x", "/v1/%6dodels/x"),
+    ("POST", "/tokenize", "/%74okenize"),
+    ("POST", "/detokenize", "/%64etokenize"),
     ("GET", "/v1/ws", "/v1/%77s"),
 ];
+
+#[test]
+fn the_list_holds_every_route_of_the_table_that_needs_a_credential() {
+    use blaze::routes::{Access, ROUTES};
+    for rule in ROUTES.iter().filter(|rule| rule.access != Access::Public) {
+        let listed = EVERY_ROUTE.iter().any(|(_, path, _)| {
+            let pattern = rule.pattern.replace("{id}", "");
+            match pattern.split_once("//") {
+                Some((start, end)) => path.starts_with(start) && path.ends_with(end),
+                None => match rule.pattern.strip_suffix("{id}") {
+                    Some(prefix) => path.starts_with(prefix) && !path[prefix.len()..].contains('/'),
+                    None => *path == rule.pattern,
+                },
+            }
+        });
+        assert!(listed, "{} is not in EVERY_ROUTE", rule.pattern);
+    }
+}
 
 #[tokio::test]
 async fn every_route_refuses_the_same_way_however_it_is_spelled() {
@@ -247,7 +270,7 @@ async fn every_route_refuses_the_same_way_however_it_is_spelled() {
         // The plain user's key holds only `embeddings`: every other
         // authenticated route refuses it (403), whatever the spelling.
         let (status, answer) = raw(&server, method, encoded, Some(&plain), body).await;
-        if !matches!(*path, "/v1/embeddings" | "/auth/logout" | "/v1/ws") {
+        if !matches!(*path, "/v1/embeddings" | "/v1/rerank" | "/v1/score" | "/auth/logout" | "/v1/ws") {
             assert_eq!(status, 403, "{method} {encoded}: {answer}");
         }
     }
@@ -272,7 +295,11 @@ async fn every_route_refuses_the_same_way_however_it_is_spelled() {
         ("POST", "/admin/keys"),
         ("POST", "/v1/chat/completions"),
         ("POST", "/v1/completions"),
+        ("POST", "/v1/responses"),
         ("POST", "/v1/embeddings"),
+        ("POST", "/v1/rerank"),
+        ("POST", "/v1/score"),
+        ("POST", "/tokenize"),
     ] {
         let (status, answer) = raw(&server, method, path, Some(ADMIN_KEY), Some(&huge)).await;
         assert_eq!(status, 413, "{method} {path}: {answer}");

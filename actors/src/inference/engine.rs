@@ -105,6 +105,15 @@ pub trait ChatDecoder {
 
     /// Frees a sequence's slot (it finished or was cancelled).
     fn release(&mut self, sequence: &mut Self::Sequence);
+    /// Whether a released sequence's slot keeps what its cache holds, so
+    /// a prompt that starts the same way reads only the rest (prefix
+    /// reuse). An engine without it ignores this.
+    fn keep_prompts(&mut self, _keep: bool) {}
+    /// How many tokens from the start of `prompt` the free slot `slot`
+    /// holds already and [`ChatDecoder::start`] would not read again.
+    fn reusable(&self, _slot: usize, _prompt: &[u32]) -> usize {
+        0
+    }
     /// Feeds each sequence its next input; what each one did, in order. On
     /// an error, the sequences it fed hold none of this step's tokens.
     fn step(&mut self, sequences: &mut [&mut Self::Sequence]) -> Result<Vec<Progress>, EngineError>;
@@ -153,6 +162,10 @@ pub trait ChatSequence {
     /// Whether its prompt is still being read (a prefill step), as opposed
     /// to one token fed per step.
     fn is_reading(&self) -> bool;
+    /// Prompt tokens it did not read because its slot's cache held them.
+    fn cached_tokens(&self) -> usize {
+        0
+    }
     /// The log probabilities of the tokens decided since the last call,
     /// when its parameters asked for them.
     fn take_logprobs(&mut self) -> Vec<TokenLogprob> {

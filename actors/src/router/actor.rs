@@ -98,7 +98,8 @@ fn load(
                 None => return Err(not_cached()),
             };
             let model = ChatModel::load_offloaded(&path, spec.context_length, spec.gpu_layers)?;
-            let pool = ChatPool::new(id, model, spec.max_batch, spec.queue_capacity);
+            let pool = ChatPool::new(id, model, spec.max_batch, spec.queue_capacity)
+                .with_prefix_reuse(spec.prefix_reuse);
             let (worker_pool, threads) = (pool.clone(), spec.threads);
             let workers =
                 worker_specs(id, spec.workers, move || InferenceWorker::chat(worker_pool.clone(), threads));

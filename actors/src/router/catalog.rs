@@ -53,6 +53,15 @@ pub struct ModelSpec {
     /// refused; a request's own `truncate` overrides it.
     #[serde(default)]
     pub auto_truncate: bool,
+    /// Chat: a finished sequence's KV stays in its slot, and a later prompt
+    /// that starts with the same tokens (the next turn of a conversation)
+    /// reads only the rest. Within the KV cache above: nothing is added.
+    #[serde(default = "default_prefix_reuse")]
+    pub prefix_reuse: bool,
+}
+
+fn default_prefix_reuse() -> bool {
+    true
 }
 
 fn default_context_length() -> usize {

@@ -19,6 +19,7 @@ fn spec(source: &str, sha256: &str, files: &[(&str, &str)]) -> ModelSpec {
         context_length: 2048,
         gpu_layers: 0,
         auto_truncate: false,
+        prefix_reuse: true,
         queue_capacity: 8,
     }
 }

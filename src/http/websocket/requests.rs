@@ -55,6 +55,8 @@ pub(super) async fn answer(
             }
         }
         Route::Embeddings => openai::embeddings_from_bytes(pipeline, origin, body).await,
+        Route::Rerank => openai::rerank_from_bytes(pipeline, origin, body).await,
+        Route::Score => openai::score_from_bytes(pipeline, origin, body).await,
         // Every other route the table gives a frame type (models.list).
         _ => {
             // As the checkpoint admits routes that count no tokens.

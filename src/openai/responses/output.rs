@@ -157,7 +157,7 @@ pub fn usage(chat: &Value) -> Value {
     let count = |field: &str| chat[field].as_u64().unwrap_or(0);
     json!({
         "input_tokens": count("prompt_tokens"),
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": chat["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0)},
         "output_tokens": count("completion_tokens"),
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": count("total_tokens"),

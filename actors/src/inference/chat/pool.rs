@@ -32,7 +32,13 @@ use crate::inference::pool::{Overloaded, WorkError, WorkerExit};
 pub enum ChatEvent {
     Logprobs(Vec<TokenLogprob>),
     Text(String),
-    Done { finish_reason: FinishReason, completion_tokens: usize },
+    /// `cached_tokens`: prompt tokens not read because the worker's cache
+    /// held them (prefix reuse).
+    Done {
+        finish_reason: FinishReason,
+        completion_tokens: usize,
+        cached_tokens: usize,
+    },
     Failed(WorkError),
 }
 
@@ -64,6 +70,9 @@ struct ChatPoolState<E> {
     receiver: Receiver<ChatJob>,
     /// Sequences each worker runs together.
     max_batch: usize,
+    /// Whether workers keep finished prompts' cache for later prompts
+    /// that start the same way.
+    prefix_reuse: bool,
     ready: AtomicBool,
 }
 
@@ -89,9 +98,19 @@ impl<E: ChatEngine> ChatPool<E> {
             sender,
             receiver,
             max_batch: max_batch.clamp(1, MAX_SLOTS),
+            prefix_reuse: true,
             ready: AtomicBool::new(false),
         };
         Self { state: Arc::new(state) }
+    }
+
+    /// Whether its workers reuse cached prompt prefixes (on unless said);
+    /// set before any worker runs.
+    pub fn with_prefix_reuse(mut self, reuse: bool) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.prefix_reuse = reuse;
+        }
+        self
     }
 
     pub fn model_id(&self) -> &str {
@@ -157,9 +176,10 @@ impl<E: ChatEngine> ChatPool<E> {
     /// fails only the completions this worker held).
     pub fn run_worker(&self, threads: usize, stop: &AtomicBool) -> WorkerExit {
         let state = &self.state;
-        let Ok(decoder) = state.model.decoder(threads, state.max_batch) else {
+        let Ok(mut decoder) = state.model.decoder(threads, state.max_batch) else {
             return WorkerExit::Panicked;
         };
+        decoder.keep_prompts(state.prefix_reuse);
         let mut worker = Worker::new(&state.receiver, &state.model_id, decoder);
         while !stop.load(Ordering::Relaxed) {
             if worker.is_idle() {

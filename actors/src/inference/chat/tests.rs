@@ -56,12 +56,17 @@ impl ChatEngine for FakeEngine {
     }
 
     fn decoder(&self, _threads: usize, slots: usize) -> Result<FakeDecoder, EngineError> {
-        Ok(FakeDecoder { slots: slots.clamp(1, MAX_SLOTS) })
+        let slots = slots.clamp(1, MAX_SLOTS);
+        Ok(FakeDecoder { slots, kept: vec![Vec::new(); slots], keep: false })
     }
 }
 
+/// Keeps each released prompt in its slot when asked to, as the real
+/// decoder keeps its cache.
 struct FakeDecoder {
     slots: usize,
+    kept: Vec<Vec<u32>>,
+    keep: bool,
 }
 
 /// Generates "x" each step until `max_tokens`.
@@ -70,6 +75,7 @@ struct FakeSequence {
     prompt: Vec<u32>,
     generated: usize,
     max_tokens: usize,
+    reused: usize,
 }
 
 impl ChatDecoder for FakeDecoder {
@@ -88,10 +94,31 @@ impl ChatDecoder for FakeDecoder {
         if prompt.is_empty() {
             return Err(EngineError::Input("the prompt has no tokens".to_owned()));
         }
-        Ok(FakeSequence { slot, prompt: prompt.to_vec(), generated: 0, max_tokens: params.max_tokens })
+        let reused = self.reusable(slot, prompt);
+        self.kept[slot].clear();
+        Ok(FakeSequence {
+            slot,
+            prompt: prompt.to_vec(),
+            generated: 0,
+            max_tokens: params.max_tokens,
+            reused,
+        })
     }
 
-    fn release(&mut self, _: &mut FakeSequence) {}
+    fn release(&mut self, sequence: &mut FakeSequence) {
+        if self.keep {
+            self.kept[sequence.slot] = sequence.prompt.clone();
+        }
+    }
+
+    fn keep_prompts(&mut self, keep: bool) {
+        self.keep = keep;
+    }
+
+    fn reusable(&self, slot: usize, prompt: &[u32]) -> usize {
+        let common = self.kept[slot].iter().zip(prompt).take_while(|(kept, token)| kept == token).count();
+        common.min(prompt.len().saturating_sub(1))
+    }
 
     fn step(&mut self, sequences: &mut [&mut FakeSequence]) -> Result<Vec<Progress>, EngineError> {
         Ok(sequences.iter_mut().map(|sequence| sequence.next()).collect())
@@ -127,6 +154,10 @@ impl ChatSequence for FakeSequence {
 
     fn is_reading(&self) -> bool {
         self.generated == 0
+    }
+
+    fn cached_tokens(&self) -> usize {
+        self.reused
     }
 }
 
@@ -189,7 +220,8 @@ async fn a_panic_in_the_engine_fails_only_the_completion_it_ran_and_the_worker_r
     let failed = all_events(panicking).await;
     assert_eq!(failed, vec![ChatEvent::Text("x".to_owned()), ChatEvent::Failed(WorkError::WorkerFailed)]);
     let served = all_events(waiting).await;
-    let done = ChatEvent::Done { finish_reason: FinishReason::Length, completion_tokens: 3 };
+    let done =
+        ChatEvent::Done { finish_reason: FinishReason::Length, completion_tokens: 3, cached_tokens: 0 };
     assert_eq!(served.last(), Some(&done), "the queued completion is served: {served:?}");
     assert_eq!(served.len(), 4, "three pieces of text, then the end: {served:?}");
 
@@ -212,12 +244,64 @@ async fn every_choice_of_a_request_is_served_even_beyond_the_slots() {
         let (pool, stop) = (pool.clone(), stop.clone());
         std::thread::spawn(move || pool.run_worker(1, &stop))
     };
-    for (choice, max_tokens) in choices.into_iter().zip(lengths) {
+    for (index, (choice, max_tokens)) in choices.into_iter().zip(lengths).enumerate() {
         let events = all_events(choice).await;
-        let done = ChatEvent::Done { finish_reason: FinishReason::Length, completion_tokens: max_tokens };
+        // The third starts in the slot the first left, which still holds
+        // the prompt: all of it but its last token is reused.
+        let done = ChatEvent::Done {
+            finish_reason: FinishReason::Length,
+            completion_tokens: max_tokens,
+            cached_tokens: if index == 2 { 1 } else { 0 },
+        };
         assert_eq!(events.last(), Some(&done), "{events:?}");
         assert_eq!(events.len(), max_tokens + 1, "its own pieces only: {events:?}");
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(worker.join().is_ok());
+}
+
+/// The cached tokens a completion of `prompt` reports at its end.
+async fn cached_tokens(pool: &ChatPool<FakeEngine>, prompt: &str) -> usize {
+    let tokens = pool.model().tokenize(prompt, false);
+    let events = all_events(pool.submit(tokens, SamplingParams::greedy(2)).unwrap()).await;
+    match events.last() {
+        Some(ChatEvent::Done { cached_tokens, .. }) => *cached_tokens,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A pool of `slots` slots with one worker thread; stopped by `stop`.
+fn running_pool(
+    pool: &ChatPool<FakeEngine>,
+) -> (Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<crate::inference::WorkerExit>) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (pool, flag) = (pool.clone(), stop.clone());
+    (stop, std::thread::spawn(move || pool.run_worker(1, &flag)))
+}
+
+#[actix_rt::test]
+async fn a_prompt_goes_to_the_slot_holding_its_start_and_new_ones_to_the_oldest() {
+    let pool = ChatPool::new("fake", Arc::new(FakeEngine), 3, 4);
+    let (stop, worker) = running_pool(&pool);
+    let (first, second, third) = ("a bb ccc dddd", "eeeee f gg", "hhh iiii j");
+    for prompt in [first, second, third] {
+        assert_eq!(cached_tokens(&pool, prompt).await, 0, "{prompt}");
+    }
+    // Three slots, three conversations: each next turn finds its own
+    // history, as a new prompt took the slot freed longest ago.
+    assert_eq!(cached_tokens(&pool, &format!("{first} kk")).await, 4);
+    assert_eq!(cached_tokens(&pool, &format!("{second} lll")).await, 3);
+    assert_eq!(cached_tokens(&pool, &format!("{third} m")).await, 3);
+    // The same prompt again: all of it but the token that gives logits.
+    assert_eq!(cached_tokens(&pool, &format!("{third} m")).await, 3);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    worker.join().unwrap();
+
+    // Turned off, nothing is kept.
+    let pool = ChatPool::new("fake", Arc::new(FakeEngine), 3, 4).with_prefix_reuse(false);
+    let (stop, worker) = running_pool(&pool);
+    assert_eq!(cached_tokens(&pool, first).await, 0);
+    assert_eq!(cached_tokens(&pool, &format!("{first} kk")).await, 0);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    worker.join().unwrap();
 }

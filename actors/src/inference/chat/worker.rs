@@ -123,7 +123,16 @@ impl<'a, D: ChatDecoder> Worker<'a, D> {
             self.pending = (!job.choices.is_empty()).then_some(job);
             return;
         }
-        let slots: Vec<usize> = self.free_slots.split_off(self.free_slots.len() - count);
+        // The prompt is read in the free slot that holds most of it; the
+        // other choices, and a prompt no slot holds, take the slots freed
+        // longest ago (the front), so recent conversations stay cached.
+        let reader = (0..self.free_slots.len())
+            .map(|index| (self.decoder.reusable(self.free_slots[index], &job.prompt), index))
+            .filter(|&(reused, _)| reused > 0)
+            .max_by_key(|&(reused, index)| (reused, std::cmp::Reverse(index)))
+            .map_or(0, |(_, index)| index);
+        let mut slots = vec![self.free_slots.remove(reader)];
+        slots.extend(self.free_slots.drain(..count - 1));
         let (params, events): (Vec<_>, Vec<_>) =
             job.choices.drain(..count).map(|Choice { params, events }| (params, events)).unzip();
         match self.decoder.start_choices(&slots, &job.prompt, &params) {
@@ -200,7 +209,8 @@ impl<'a, D: ChatDecoder> Worker<'a, D> {
                     .record(first.elapsed().as_secs_f64() / (completion_tokens - 1) as f64);
             }
             self.metrics.completion_tokens.increment(completion_tokens as u64);
-            self.release(running, ChatEvent::Done { finish_reason, completion_tokens });
+            let cached_tokens = running.sequence.cached_tokens();
+            self.release(running, ChatEvent::Done { finish_reason, completion_tokens, cached_tokens });
         }
     }
 
@@ -225,7 +235,10 @@ impl<'a, D: ChatDecoder> Worker<'a, D> {
     pub(super) fn stop_all(&mut self) {
         for running in std::mem::take(&mut self.running) {
             let completion_tokens = running.sequence.completion_tokens();
-            self.release(running, ChatEvent::Done { finish_reason: FinishReason::Stop, completion_tokens });
+            let cached_tokens = running.sequence.cached_tokens();
+            let done =
+                ChatEvent::Done { finish_reason: FinishReason::Stop, completion_tokens, cached_tokens };
+            self.release(running, done);
         }
     }
 }

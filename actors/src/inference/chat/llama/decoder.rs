@@ -2,6 +2,13 @@
 //! together, each in its own part of the KV cache. The choices of one
 //! request share their prompt: one of them reads it, and its part of the
 //! cache is copied to the others' when it is read.
+//!
+//! Prefix reuse: a finished sequence's cells stay in its slot's part of
+//! the cache, with the tokens they hold, until the slot is used again. A
+//! prompt started in that slot skips the tokens it shares with them from
+//! the start (the next turn of a conversation shares all of its history),
+//! and reads only the rest. No memory is added: each slot's part of the
+//! cache is allocated once, kept or not.
 
 use std::num::NonZeroU32;
 
@@ -51,6 +58,8 @@ pub struct Sequence {
     /// group; one of them reads the prompt, the others await it.
     group: u64,
     awaits_prompt: bool,
+    /// Prompt tokens found in the slot's cache when it started.
+    reused: usize,
 }
 
 impl Sequence {
@@ -60,6 +69,12 @@ impl Sequence {
 
     pub fn prompt_tokens(&self) -> usize {
         self.prompt_tokens
+    }
+
+    /// Prompt tokens it did not read: its slot's cache held them already,
+    /// or (a choice) the sequence that read the prompt gave them.
+    pub fn cached_tokens(&self) -> usize {
+        self.reused
     }
 
     pub fn completion_tokens(&self) -> usize {
@@ -94,6 +109,18 @@ pub struct Decoder<'m> {
     slots: usize,
     /// The group the next sequence started alone gets.
     next_group: u64,
+    /// What each slot's part of the cache holds while no sequence runs in
+    /// it (empty when nothing, or when prompts are not kept).
+    kept: Vec<Kept>,
+    keep_prompts: bool,
+}
+
+/// The tokens a free slot's cells hold, and how many of them were read
+/// as a prompt (the rest were generated one at a time).
+#[derive(Default)]
+struct Kept {
+    tokens: Vec<LlamaToken>,
+    prompt: usize,
 }
 
 impl<'m> Decoder<'m> {
@@ -102,8 +129,51 @@ impl<'m> Decoder<'m> {
         self.slots
     }
 
+    /// Whether a finished sequence's cells stay in its slot for a later
+    /// prompt that starts the same way (prefix reuse).
+    pub fn keep_prompts(&mut self, keep: bool) {
+        self.keep_prompts = keep;
+        if !keep {
+            for slot in 0..self.slots {
+                self.forget_slot(slot);
+            }
+        }
+    }
+
+    /// How many tokens from the start of `prompt` the free slot `slot`
+    /// holds already, such that reading only the rest gives the very
+    /// logits reading all of it gives:
+    /// - only cells its last prompt read count, not those of tokens it
+    ///   generated: llama.cpp computes a batch of one token by other
+    ///   kernels than a batch of several, which round differently;
+    /// - never the prompt's last token (reading it gives the logits), and
+    ///   never so many that the first chunk read alone holds one token
+    ///   where reading from the start would read it among others;
+    /// - where llama.cpp runs AMX kernels, whose rounding depends on a
+    ///   batch's size, only whole chunks, so that the rest is read in the
+    ///   very chunks reading from the start reads.
+    pub fn reusable(&self, slot: usize, prompt: &[u32]) -> usize {
+        let Some(kept) = self.kept.get(slot) else {
+            return 0;
+        };
+        let common =
+            kept.tokens.iter().zip(prompt).take_while(|(kept, &token)| kept.0 as u32 == token).count();
+        let reused = common.min(kept.prompt).min(prompt.len().saturating_sub(1));
+        let chunk = self.batch_tokens;
+        if super::llama_has_amx() {
+            return reused / chunk * chunk;
+        }
+        let chunk_end = ((reused / chunk + 1) * chunk).min(prompt.len());
+        if reused % chunk != 0 && chunk_end - reused == 1 {
+            reused - 1
+        } else {
+            reused
+        }
+    }
+
     /// Starts a completion of `prompt` in `slot` (one no other live
-    /// sequence uses); it is read in the next steps.
+    /// sequence uses); it is read in the next steps, but for what the
+    /// slot's cache holds of it already.
     pub fn start(
         &mut self,
         slot: usize,
@@ -114,10 +184,30 @@ impl<'m> Decoder<'m> {
             return Err(EngineError::Input(format!("slot {slot} of a decoder with {} slots", self.slots)));
         }
         let mut sequence = self.model.sequence(slot, prompt, params)?;
-        self.release(&mut sequence);
+        let reused = self.reusable(slot, prompt);
+        // Drops the cells past the shared prefix, so positions from there
+        // on are free for the rest of this prompt.
+        if !self.context.clear_kv_cache_seq(Some(slot as u32), Some(reused as u32), None).unwrap_or(false) {
+            self.forget_slot(slot);
+            sequence.cached = 0;
+        } else {
+            sequence.cached = reused;
+            sequence.reused = reused;
+        }
+        if let Some(kept) = self.kept.get_mut(slot) {
+            *kept = Kept::default();
+        }
         sequence.group = self.next_group;
         self.next_group += 1;
         Ok(sequence)
+    }
+
+    /// Empties a slot's part of the cache.
+    fn forget_slot(&mut self, slot: usize) {
+        let _ = self.context.clear_kv_cache_seq(Some(slot as u32), None, None);
+        if let Some(kept) = self.kept.get_mut(slot) {
+            *kept = Kept::default();
+        }
     }
 
     /// Starts one completion of `prompt` per entry of `params`, in `slots`
@@ -135,6 +225,10 @@ impl<'m> Decoder<'m> {
         for (&slot, params) in slots.iter().zip(params) {
             let mut sequence = self.start(slot, prompt, params)?;
             if let Some(reader) = sequences.first() {
+                // The reader's cells are copied whole into this slot.
+                self.forget_slot(slot);
+                sequence.cached = 0;
+                sequence.reused = 0;
                 sequence.group = reader.group;
                 sequence.awaits_prompt = true;
             }
@@ -143,10 +237,26 @@ impl<'m> Decoder<'m> {
         Ok(sequences)
     }
 
-    /// Drops a sequence's cells from the KV cache (it finished or was
-    /// cancelled); its slot is free again.
+    /// A sequence finished or was cancelled; its slot is free again. Its
+    /// cells stay there for a later prompt, when prompts are kept.
     pub fn release(&mut self, sequence: &mut Sequence) {
-        let _ = self.context.clear_kv_cache_seq(Some(sequence.slot as u32), None, None);
+        let slot = sequence.slot();
+        if self.keep_prompts && sequence.cached > 0 && slot < self.kept.len() {
+            self.kept[slot] = Kept {
+                tokens: sequence.tokens[..sequence.cached].to_vec(),
+                prompt: sequence.prompt_tokens.min(sequence.cached),
+            };
+        } else {
+            self.forget_slot(slot);
+        }
+        sequence.cached = 0;
+        sequence.logits = None;
+    }
+
+    /// A sequence whose cells cannot be trusted (its decode failed): its
+    /// slot's cache is emptied.
+    fn discard(&mut self, sequence: &mut Sequence) {
+        self.forget_slot(sequence.slot());
         sequence.cached = 0;
         sequence.logits = None;
     }
@@ -196,7 +306,7 @@ impl<'m> Decoder<'m> {
         for &index in indices {
             let sequence = &mut *sequences[index];
             sequence.logits = None;
-            let count = (sequence.tokens.len() - sequence.cached).min(limit).min(self.batch_tokens);
+            let count = self.chunk(sequence.tokens.len(), sequence.cached, limit);
             for offset in 0..count {
                 let position = sequence.cached + offset;
                 let last = position + 1 == sequence.tokens.len();
@@ -214,7 +324,7 @@ impl<'m> Decoder<'m> {
         }
         if let Err(error) = self.context.decode(&mut self.batch) {
             for &index in indices {
-                self.release(sequences[index]);
+                self.discard(sequences[index]);
             }
             return Err(EngineError::Input(format!("decode failed: {error}")));
         }
@@ -232,6 +342,23 @@ impl<'m> Decoder<'m> {
         Ok(fed.iter().sum())
     }
 
+    /// How many of a sequence's `unread` tokens (from `cached` to `len`)
+    /// the next batch feeds, at most `limit`: up to the next multiple of
+    /// the chunk size, so that a prompt is read in the same chunks
+    /// whether it is read from its start or from a reused prefix; and
+    /// never leaving one token alone before that boundary (a batch of one
+    /// token rounds differently).
+    fn chunk(&self, len: usize, cached: usize, limit: usize) -> usize {
+        let chunk = self.batch_tokens;
+        let boundary = ((cached / chunk + 1) * chunk).min(len);
+        let count = (boundary - cached).min(limit);
+        if count > 2 && boundary - (cached + count) == 1 {
+            count - 1
+        } else {
+            count
+        }
+    }
+
     /// The prompt `sequences[reader]` has just read, given to the choices
     /// awaiting it: its cells copied to theirs (llama.cpp copies the part
     /// of the cache before the next decode), and each one's first token
@@ -243,7 +370,8 @@ impl<'m> Decoder<'m> {
         logits: i32,
         progress: &mut [Progress],
     ) -> Result<(), EngineError> {
-        let (group, source) = (sequences[reader].group, sequences[reader].slot);
+        let (group, source, reused) =
+            (sequences[reader].group, sequences[reader].slot, sequences[reader].reused);
         for index in 0..sequences.len() {
             let choice = &mut *sequences[index];
             if !choice.awaits_prompt || choice.group != group {
@@ -253,6 +381,7 @@ impl<'m> Decoder<'m> {
                 .copy_kv_cache_seq(source, choice.slot, None, None)
                 .map_err(|error| EngineError::Input(format!("cannot share the prompt: {error}")))?;
             choice.cached = choice.tokens.len();
+            choice.reused = reused;
             choice.awaits_prompt = false;
             progress[index] = self.decide(choice, logits);
         }
@@ -382,7 +511,17 @@ impl ChatModel {
             .new_context(backend()?, params)
             .map_err(|error| EngineError::Load(error.to_string()))?;
         let batch = LlamaBatch::new(batch_tokens, 1);
-        Ok(Decoder { model: self, context, batch, batch_tokens, slots, next_group: 0 })
+        let kept = (0..slots).map(|_| Kept::default()).collect();
+        Ok(Decoder {
+            model: self,
+            context,
+            batch,
+            batch_tokens,
+            slots,
+            next_group: 0,
+            kept,
+            keep_prompts: false,
+        })
     }
 
     /// A completion of `prompt` to run in slot `slot` of a decoder.
@@ -414,6 +553,7 @@ impl ChatModel {
             logits: None,
             group: 0,
             awaits_prompt: false,
+            reused: 0,
         })
     }
 }

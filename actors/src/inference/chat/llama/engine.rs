@@ -73,6 +73,14 @@ impl ChatDecoder for Decoder<'_> {
         Decoder::release(self, sequence)
     }
 
+    fn keep_prompts(&mut self, keep: bool) {
+        Decoder::keep_prompts(self, keep)
+    }
+
+    fn reusable(&self, slot: usize, prompt: &[u32]) -> usize {
+        Decoder::reusable(self, slot, prompt)
+    }
+
     fn step(&mut self, sequences: &mut [&mut Sequence]) -> Result<Vec<Progress>, EngineError> {
         Decoder::step(self, sequences)
     }
@@ -93,6 +101,10 @@ impl ChatSequence for Sequence {
 
     fn is_reading(&self) -> bool {
         Sequence::is_reading(self)
+    }
+
+    fn cached_tokens(&self) -> usize {
+        Sequence::cached_tokens(self)
     }
 
     fn take_logprobs(&mut self) -> Vec<crate::inference::chat::completion::TokenLogprob> {

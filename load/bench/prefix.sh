@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Prefix reuse: time to first token of the last turn of a 10-turn
+# conversation (about 60 tokens a turn onto a history of about 1,500
+# tokens at the last turn), on a release server with prefix reuse against
+# one without it (models.catalog.<id>.prefix_reuse: false), alternating
+# in one run; then the same for 8 conversations at once.
+#
+#   load/bench/prefix.sh [ROUNDS]
+set -euo pipefail
+rounds=${1:-3}
+[ "$rounds" -ge 1 ] && [ "$rounds" -le 10 ] || { echo "ROUNDS must be 1..10" >&2; exit 2; }
+. "$(dirname "$0")/common.sh"
+
+model=smollm2-135m-instruct
+"$bin/blaze" models pull "$model" >/dev/null
+printf 'models:\n  catalog:\n    %s:\n      prefix_reuse: false\n' "$model" > "$work/off.yaml"
+run() {
+  local label=$1 config=$2 streams=$3 round=$4 port=18483
+  if [ -n "$config" ]; then
+    start_server "$label" $port /health/ready env BLAZE__SERVER__PORT=$port "$bin/blaze" serve --offline --config "$config"
+  else
+    start_server "$label" $port /health/ready env BLAZE__SERVER__PORT=$port "$bin/blaze" serve --offline
+  fi
+  echo "$label $(python3 "$root/load/bench/conversation.py" "http://127.0.0.1:$port" "$model" 10 "$streams" 600 "$round" | grep '^RESULT')"
+  kill "$started"
+  wait "$started" 2>/dev/null || true
+}
+for streams in 1 8; do
+  for round in $(seq "$rounds"); do
+    run reuse "" "$streams" "$round"
+    run no_reuse "$work/off.yaml" "$streams" "$round"
+  done
+done
