@@ -49,9 +49,7 @@ impl Reply {
             Kind::Chat => format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
             Kind::Text => format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
         };
-        let created = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs());
+        let created = super::response::unix_seconds();
         Self { id, created, model: model.to_owned(), kind, prompt_tokens, logprobs, reads_calls: false }
     }
 

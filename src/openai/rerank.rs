@@ -24,6 +24,7 @@ use super::caching::Caching;
 use super::embeddings::{answer, tokenize, truncation, TextNames};
 use super::origin::Origin;
 use super::request::{parse, EmbeddingInput, TruncationDirection};
+use super::response::unix_seconds;
 use super::screen::screen_input;
 use super::validate::{check_count, check_text, invalid};
 use super::{find_model, Pipeline};
@@ -231,7 +232,7 @@ pub async fn score(pipeline: &Pipeline, origin: &Origin, request: ScoreRequest) 
     let body = Scores {
         id: format!("score-{}", origin.request_id.as_str()),
         object: "list",
-        created: unix_now(),
+        created: unix_seconds(),
         model: &request.model,
         data,
         usage: RankUsage { prompt_tokens, total_tokens: prompt_tokens },
@@ -333,10 +334,6 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 fn json_answer(body: &impl Serialize, lookup: blaze_actors::cache::Lookup) -> Result<Answer, ApiError> {
     let body = serde_json::to_vec(body).map_err(|error| ApiError::internal_failure("answer", &error))?;
     Ok(Answer::cached(Body::Json(body.into()), lookup, None))
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
 }
 
 struct DocumentVisitor;

@@ -28,9 +28,7 @@ pub struct Echo {
 
 impl Echo {
     pub fn of(body: &ResponsesRequest) -> Self {
-        let created_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs());
+        let created_at = crate::openai::response::unix_seconds();
         let format = body.text.as_ref().and_then(|text| text.format.clone());
         Self {
             id: item_id("resp"),
