@@ -1,10 +1,10 @@
 //! Wiring: the actor tree, the HTTP server, and the shutdown sequence.
 
 use std::process::ExitCode;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr, Recipient};
+use actix::{Actor, Addr};
 use actix_web::{App, HttpServer};
 use blaze_actors::auth::{
     AdminError, AuthActor, AuthActorConfig, Authenticator, EventSource, IdentityError, StoreProbe,
@@ -14,8 +14,8 @@ use blaze_actors::guard::{Guard, GuardActor, PatternError, Reload};
 use blaze_actors::health::{HealthMonitor, HealthMonitorConfig, HealthState};
 use blaze_actors::metrics::{MetricsAggregator, MetricsError, Telemetry};
 use blaze_actors::ratelimit::{RateLimiter, RateLimiterActor, RateLimiterOptions};
-use blaze_actors::router::{ModelCache, ModelRegistry, Router};
-use blaze_actors::supervisor::{ActorBoard, Adopt, Backoff, ChildSpec, StartAll, StopAll, Supervisor};
+use blaze_actors::router::{ModelCache, ModelManager, Router};
+use blaze_actors::supervisor::{ActorBoard, Backoff, ChildSpec, StartAll, StopAll, Supervisor};
 use blaze_actors::RedisError;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
@@ -78,7 +78,7 @@ struct Services {
     health: Arc<HealthState>,
     telemetry: Arc<Telemetry>,
     board: ActorBoard,
-    models: ModelRegistry,
+    models: ModelManager,
     identity: Arc<Authenticator>,
     identity_events: EventSource,
     limiting: Arc<Limiting>,
@@ -98,24 +98,13 @@ fn guard_reload(sources: ConfigSources) -> Option<Reload> {
     Some(Reload { files: vec![file], load: Arc::new(load) })
 }
 
-/// The Router, which loads the models and hands their workers to the
-/// supervisor (known once it runs, hence the cell).
-fn router_spec(
-    settings: &Settings,
-    services: &Services,
-    supervisor: Arc<OnceLock<Recipient<Adopt>>>,
-) -> ChildSpec {
-    let catalog = Arc::new(settings.models.catalog.clone());
-    let registry = services.models.clone();
+/// The Router, which drives the model manager: loads, idle unloads and
+/// retries of failed loads.
+fn router_spec(services: &Services) -> ChildSpec {
+    let models = services.models.clone();
     ChildSpec::new("router", true, move || {
-        let started = match supervisor.get() {
-            Some(supervisor) => {
-                Router::start(&catalog, &ModelCache::from_environment(), &registry, supervisor)
-                    .map_err(Into::into)
-            }
-            None => Err("the supervisor is not running yet".into()),
-        };
-        async move { started }
+        let router = Router::start(models.clone());
+        async move { Ok(router) }
     })
 }
 
@@ -126,7 +115,7 @@ fn child_specs(settings: &Settings, services: &Services) -> Vec<ChildSpec> {
         HealthMonitorConfig { probe_interval, probe_timeout: probe_interval.min(Duration::from_secs(2)) };
     let (health, board) = (services.health.clone(), services.board.clone());
     let telemetry = services.telemetry.clone();
-    let mut probes = services.models.probes();
+    let mut probes = services.models.registry().probes();
     probes.push(Arc::new(StoreProbe(services.identity.clone())));
     let (authenticator, events) = (services.identity.clone(), services.identity_events.clone());
     let auth_config = AuthActorConfig {
@@ -209,7 +198,11 @@ async fn serve(settings: Settings, guard_reload: Option<Reload>, offline: bool) 
         Duration::from_secs(monitoring.collection_interval_s),
         Duration::from_secs(monitoring.retention_s),
     )?;
-    let models = ModelRegistry::expecting(settings.models.catalog.keys().cloned());
+    let models = ModelManager::new(
+        settings.models.catalog.clone(),
+        ModelCache::from_environment(),
+        Duration::from_secs(settings.models.load_wait_s),
+    );
     let identity = open_identity(&settings).await?;
     let services = Services {
         health: HealthState::new(build),
@@ -223,11 +216,10 @@ async fn serve(settings: Settings, guard_reload: Option<Reload>, offline: bool) 
         guard: Guard::new(settings.guard.clone())?,
         guard_reload,
     };
-    let adopt = Arc::new(OnceLock::new());
     let mut specs = child_specs(&settings, &services);
-    specs.push(router_spec(&settings, &services, adopt.clone()));
+    specs.push(router_spec(&services));
     let supervisor = Supervisor::new(specs, services.board.clone(), Backoff::default()).start();
-    let _ = adopt.set(supervisor.clone().recipient());
+    services.models.attach(supervisor.clone().recipient(), supervisor.clone().recipient());
     supervisor.send(StartAll).await?;
 
     let result = run_http(&settings, &services, supervisor.clone()).await;

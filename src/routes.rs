@@ -28,6 +28,8 @@ pub enum Route {
     Key,
     KeyRotate,
     Cache,
+    ModelLoad,
+    ModelUnload,
     ChatCompletions,
     Completions,
     Responses,
@@ -162,6 +164,8 @@ pub const ROUTES: &[RouteRule] = &[
     rule(Route::Key, "/admin/keys/{id}", Access::Authenticated, Some("keys")),
     rule(Route::KeyRotate, "/admin/keys/{id}/rotate", Access::Authenticated, Some("keys")),
     rule(Route::Cache, "/admin/cache", Access::Admin, Some("admin")),
+    rule(Route::ModelLoad, "/admin/models/{id}/load", Access::Admin, Some("admin")),
+    rule(Route::ModelUnload, "/admin/models/{id}/unload", Access::Admin, Some("admin")),
     inference(
         Route::ChatCompletions,
         "/v1/chat/completions",
@@ -250,6 +254,8 @@ mod tests {
             Key,
             KeyRotate,
             Cache,
+            ModelLoad,
+            ModelUnload,
             ChatCompletions,
             Completions,
             Responses,
@@ -267,8 +273,8 @@ mod tests {
             match route {
                 Health | Livez | HealthReady | Readyz | HealthDetailed | Metrics | MetricsSummary
                 | AuthToken | AuthRefresh | AuthLogout | Users | User | Keys | Key | KeyRotate | Cache
-                | ChatCompletions | Completions | Responses | Embeddings | Rerank | Score | Models
-                | Model | Tokenize | Detokenize | WebSocket => {}
+                | ModelLoad | ModelUnload | ChatCompletions | Completions | Responses | Embeddings
+                | Rerank | Score | Models | Model | Tokenize | Detokenize | WebSocket => {}
             }
             assert_eq!(route.rule().route, route, "{route:?} has no row");
         }

@@ -82,7 +82,8 @@ error_codes! {
     PreviousResponseNotFound = "previous_response_not_found", 400, "invalid_request_error";
     NotCacheable = "not_cacheable", 400, "invalid_request_error";
     ModelNotFound = "model_not_found", 404, "invalid_request_error";
-    ModelNotReady = "model_not_ready", 503, "server_error";
+    ModelLoading = "model_loading", 503, "server_error";
+    ModelUnloaded = "model_unloaded", 503, "server_error";
     ModelOverloaded = "model_overloaded", 429, "rate_limit_exceeded";
     WorkerFailed = "worker_failed", 500, "server_error";
     // Authentication and access.

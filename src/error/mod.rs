@@ -10,6 +10,7 @@ mod codes;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use blaze_actors::auth::Failure;
+use blaze_actors::inference::Refused;
 use serde::Serialize;
 
 pub use self::codes::ErrorCode;
@@ -118,13 +119,44 @@ impl ApiError {
         Self::new(ErrorCode::ModelNotFound, message).with_param("model")
     }
 
-    /// A catalog model that is not served yet (loading, or its load failed
-    /// and the Router tries again).
-    pub fn model_not_ready(id: &str) -> Self {
+    /// A catalog model being loaded (at start, by an admin, or again after
+    /// an idle unload that outlasted `models.load_wait_s`).
+    pub fn model_loading(id: &str) -> Self {
         let message = format!("The model `{id}` is loading and not served yet; retry in 1 s");
-        let mut error = Self::new(ErrorCode::ModelNotReady, message);
+        let mut error = Self::new(ErrorCode::ModelLoading, message);
         error.retry_after_s = Some(1);
         error
+    }
+
+    /// A catalog model whose last load failed; the Router tries again.
+    pub fn model_load_failed(id: &str) -> Self {
+        let message = format!(
+            "The model `{id}` could not be loaded; Blaze tries again (GET /health/detailed says why)"
+        );
+        let mut error = Self::new(ErrorCode::ModelLoading, message);
+        error.retry_after_s = Some(1);
+        error
+    }
+
+    /// A catalog model an admin unloaded: served again once loaded again.
+    pub fn model_unloaded(id: &str) -> Self {
+        let message =
+            format!("The model `{id}` is unloaded; an admin loads it with POST /admin/models/{id}/load");
+        Self::new(ErrorCode::ModelUnloaded, message)
+    }
+
+    /// Why a model's pool refused a request: its queue is full (429), or
+    /// it was unloaded in the meantime (503).
+    pub fn refused(model: &str, refused: Refused) -> Self {
+        match refused {
+            Refused::Full { retry_after_s, .. } => Self::overloaded(model, retry_after_s),
+            Refused::Closed => {
+                let message = format!("The model `{model}` was unloaded while this request came; retry it");
+                let mut error = Self::new(ErrorCode::ModelUnloaded, message);
+                error.retry_after_s = Some(1);
+                error
+            }
+        }
     }
 
     /// The model's queue is full; `retry_after_s` goes in `Retry-After`.

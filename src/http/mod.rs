@@ -12,6 +12,7 @@ pub mod disconnect;
 mod exchange;
 mod health;
 mod json;
+mod models_admin;
 mod observe;
 mod openai;
 pub mod ratelimit;
@@ -68,6 +69,7 @@ pub fn configure(config: &mut web::ServiceConfig, state: AppState, max_body: usi
     openai::configure(config, &limits);
     admin::configure(config, &limits);
     cache::configure(config, &limits);
+    models_admin::configure(config, &limits);
     websocket::configure(config, &limits);
     #[cfg(feature = "test-hooks")]
     test_hooks::configure(config);

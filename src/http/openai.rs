@@ -103,14 +103,14 @@ async fn tokenize(
     state: web::Data<AppState>,
     body: StrictJson<TokenizeRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    openai::tokenize(&state.pipeline, body.into_inner()).map(respond)
+    openai::tokenize(&state.pipeline, body.into_inner()).await.map(respond)
 }
 
 async fn detokenize(
     state: web::Data<AppState>,
     body: StrictJson<DetokenizeRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    openai::detokenize(&state.pipeline, body.into_inner()).map(respond)
+    openai::detokenize(&state.pipeline, body.into_inner()).await.map(respond)
 }
 
 async fn list_models(state: web::Data<AppState>) -> HttpResponse {
@@ -118,6 +118,6 @@ async fn list_models(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn get_model(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let model = openai::find_model(&state.pipeline, &id)?;
-    Ok(HttpResponse::Ok().json(openai::model_object(&model)))
+    let body = openai::describe_model(&state.pipeline, &id)?;
+    Ok(HttpResponse::Ok().content_type(ContentType::json()).body(body))
 }

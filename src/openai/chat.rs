@@ -6,6 +6,8 @@
 //! generated, the output screened, the reservation settled and the answer
 //! recorded. Whole JSON, or a stream of chunks with `stream: true`.
 
+use std::time::Duration;
+
 use blaze_actors::cache::{CacheKey, Lookup};
 use blaze_actors::inference::ChatPool;
 use blaze_actors::router::ModelHandle;
@@ -24,7 +26,7 @@ use super::tools::ToolAsk;
 use super::validate::{
     chat_turns, check_other_fields, check_sampling, check_text, check_text_fits, choices, invalid,
 };
-use super::{find_model, Endpoint, Pipeline};
+use super::{find_model_waited, Endpoint, Pipeline};
 use crate::error::{ApiError, ErrorCode};
 use crate::routes::Route;
 use crate::settings::ValidationSettings;
@@ -47,7 +49,7 @@ pub async fn completion_from_bytes(
 pub async fn chat(pipeline: &Pipeline, origin: &Origin, body: ChatRequest) -> Result<Answer, ApiError> {
     // Validate: the fields, the model, the messages, their size.
     check_other_fields(&body.other, Endpoint::Chat)?;
-    let pool = chat_pool(pipeline, &body.model)?;
+    let (pool, waited) = chat_pool(pipeline, &body.model).await?;
     let asks = OutputAsks::of(&pool, &body.other, Endpoint::Chat)?;
     let mut turns = chat_turns(body.messages, &pipeline.validation)?;
     check_text_fits(&pool, turns.iter().map(|(role, text)| role.len() + text.len()).sum(), "messages")?;
@@ -58,7 +60,7 @@ pub async fn chat(pipeline: &Pipeline, origin: &Origin, body: ChatRequest) -> Re
     // The prompt: the turns (and the tools) through the model's template.
     let tools = asks.tools.as_ref().map_or(&[][..], |tools| tools.definitions.as_slice());
     let prompt = chat_prompt(&pool, &turns, tools)?;
-    let call = Call::new(pipeline, &pool, origin, &body.model, Kind::Chat);
+    let call = Call::new(pipeline, &pool, origin, &body.model, Kind::Chat).after(waited);
     generate(call, prompt, &body.sampling, asks).await
 }
 
@@ -70,12 +72,12 @@ pub async fn completion(
 ) -> Result<Answer, ApiError> {
     check_other_fields(&body.other, Endpoint::Completions)?;
     check_text(&body.prompt, || "prompt".to_owned(), &pipeline.validation)?;
-    let pool = chat_pool(pipeline, &body.model)?;
+    let (pool, waited) = chat_pool(pipeline, &body.model).await?;
     let asks = OutputAsks::of(&pool, &body.other, Endpoint::Completions)?;
     check_text_fits(&pool, body.prompt.len(), "prompt")?;
     screen_input(pipeline, origin, [&mut body.prompt], |_| "prompt".to_owned())?;
     let prompt = pool.model().tokenize(&body.prompt, true);
-    let call = Call::new(pipeline, &pool, origin, &body.model, Kind::Text);
+    let call = Call::new(pipeline, &pool, origin, &body.model, Kind::Text).after(waited);
     generate(call, prompt, &body.sampling, asks).await
 }
 
@@ -87,6 +89,8 @@ struct Call<'a> {
     model: &'a str,
     kind: Kind,
     caching: Option<Caching>,
+    /// How long the request waited for the model to load again.
+    waited: Duration,
 }
 
 impl<'a> Call<'a> {
@@ -98,7 +102,13 @@ impl<'a> Call<'a> {
         kind: Kind,
     ) -> Self {
         let caching = Caching::of(pipeline, origin.cache_allowed, &origin.principal);
-        Self { pipeline, pool, origin, model, kind, caching }
+        Self { pipeline, pool, origin, model, kind, caching, waited: Duration::ZERO }
+    }
+
+    /// The request waited `waited` for the model to load again: its time
+    /// to first token counts it.
+    fn after(self, waited: Duration) -> Self {
+        Self { waited, ..self }
     }
 }
 
@@ -110,7 +120,7 @@ async fn generate(
     sampling: &Sampling,
     asks: OutputAsks,
 ) -> Result<Answer, ApiError> {
-    let Call { pipeline, pool, origin, model, kind, caching } = call;
+    let Call { pipeline, pool, origin, model, kind, caching, waited } = call;
     let reads_calls = asks.tools.as_ref().is_some_and(ToolAsk::reads_calls);
     let params = sampling_params(sampling, prompt.len(), pool, &pipeline.validation, asks)?;
     let choices = choices(sampling);
@@ -123,7 +133,7 @@ async fn generate(
         (caching, key)
     });
     let reply = Reply::new(kind, model, prompt.len(), params.logprobs.is_some()).reading_calls(reads_calls);
-    let job = Job { pool, model, prompt, params, choices };
+    let job = Job { pool, model, prompt, params, choices, waited };
     if sampling.stream {
         let include_usage = sampling.stream_options.as_ref().is_some_and(|options| options.include_usage);
         return stream(pipeline, job, cached, StreamStart { reply, include_usage, settlement }).await;
@@ -208,10 +218,12 @@ fn screened(pipeline: &Pipeline, mut record: Record) -> Record {
     }
 }
 
-pub(super) fn chat_pool(pipeline: &Pipeline, id: &str) -> Result<ChatPool, ApiError> {
-    let model = find_model(pipeline, id)?;
+/// The chat model `id`'s pool, and how long the request waited for the
+/// model to load again.
+pub(super) async fn chat_pool(pipeline: &Pipeline, id: &str) -> Result<(ChatPool, Duration), ApiError> {
+    let (model, waited) = find_model_waited(pipeline, id).await?;
     match &model.handle {
-        ModelHandle::Chat(pool) => Ok(pool.clone()),
+        ModelHandle::Chat(pool) => Ok((pool.clone(), waited.unwrap_or_default())),
         ModelHandle::Embedding(_) => Err(invalid(
             ErrorCode::InvalidModel,
             "model",

@@ -42,7 +42,7 @@ pub async fn embeddings(
     mut request: EmbeddingsRequest,
 ) -> Result<Answer, ApiError> {
     request.input.check(&pipeline.validation)?;
-    let model = find_model(pipeline, &request.model)?;
+    let model = find_model(pipeline, &request.model).await?;
     let ModelHandle::Embedding(pool) = &model.handle else {
         let message = format!("{} is a chat model; use /v1/chat/completions", request.model);
         return Err(ApiError::bad_request(ErrorCode::InvalidModel, message).with_param("model"));
@@ -164,7 +164,7 @@ pub async fn warm(
         .map_err(|error| ApiError::bad_request(ErrorCode::InvalidRequestBody, error.to_string()))?;
     request.input.check(&pipeline.validation)?;
     screen_warm(&pipeline.guard, request.input.texts_mut(), "input")?;
-    let model = find_model(pipeline, &request.model)?;
+    let model = find_model(pipeline, &request.model).await?;
     let ModelHandle::Embedding(pool) = &model.handle else {
         return Err(ApiError::bad_request(
             ErrorCode::InvalidModel,
@@ -327,9 +327,7 @@ fn engine_error(error: EngineError, name: &str) -> ApiError {
 }
 
 async fn compute(pool: &EmbeddingPool, tokens: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, ApiError> {
-    let receiver = pool
-        .submit(tokens)
-        .map_err(|overloaded| ApiError::overloaded(pool.model(), overloaded.retry_after_s))?;
+    let receiver = pool.submit(tokens).map_err(|refused| ApiError::refused(pool.model(), refused))?;
     match receiver.await {
         Ok(Ok(vectors)) => Ok(vectors),
         Ok(Err(WorkError::Engine(error))) => Err(engine_error(error, "input[0]")),

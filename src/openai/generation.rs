@@ -4,6 +4,7 @@
 //! once for every identical request missing at the same time.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use blaze_actors::cache::Lookup;
 use blaze_actors::inference::{
@@ -112,17 +113,13 @@ fn random_seed() -> u32 {
 /// Queues the prompt's `choices` completions on the model's pool, choice
 /// `index` seeded `seed + index`: their events, or 429 when the pool's
 /// queue is full.
-fn submit(
-    pool: &ChatPool,
-    prompt: Vec<u32>,
-    params: SamplingParams,
-    choices: usize,
-) -> Result<Vec<ChatEvents>, ApiError> {
+fn submit(job: Job<'_>) -> Result<Vec<ChatEvents>, ApiError> {
+    let Job { pool, prompt, params, choices, waited, .. } = job;
     let seeded = (0..choices)
         .map(|index| SamplingParams { seed: params.seed.wrapping_add(index as u32), ..params.clone() })
         .collect();
-    pool.submit_choices(prompt, seeded)
-        .map_err(|overloaded| ApiError::overloaded(pool.model_id(), overloaded.retry_after_s))
+    pool.submit_choices_after(prompt, seeded, waited)
+        .map_err(|refused| ApiError::refused(pool.model_id(), refused))
 }
 
 /// What the client may take from a worker's failure.
@@ -164,14 +161,16 @@ pub struct Job<'a> {
     pub prompt: Vec<u32>,
     pub params: SamplingParams,
     pub choices: usize,
+    /// How long the request waited for the model to load again.
+    pub waited: Duration,
 }
 
 impl Job<'_> {
     /// Generates every choice whole, in order.
     pub async fn run(self) -> Result<Vec<Record>, ApiError> {
         let logprobs = self.params.logprobs.is_some();
-        let events = submit(self.pool, self.prompt, self.params, self.choices)?;
         let model = self.model;
+        let events = submit(self)?;
         futures_util::future::join_all(events.into_iter().map(|events| collect(events, model, logprobs)))
             .await
             .into_iter()
@@ -180,7 +179,7 @@ impl Job<'_> {
 
     /// Generates the streams of each choice's events.
     pub fn stream(self) -> Result<Vec<ChatEvents>, ApiError> {
-        submit(self.pool, self.prompt, self.params, self.choices)
+        submit(self)
     }
 }
 

@@ -55,14 +55,14 @@ pub mod warm;
 use std::sync::Arc;
 
 use blaze_actors::guard::Guard;
-use blaze_actors::router::ModelRegistry;
+use blaze_actors::router::ModelManager;
 
 pub use self::admit::{go_duration, refusal, Gate, Limiting, Pending, Reservation, Settlement};
 pub use self::answer::{Answer, Body, Piece};
 pub use self::caching::CacheAccess;
 pub use self::chat::{chat, chat_from_bytes, completion, completion_from_bytes};
 pub use self::embeddings::{embeddings, embeddings_from_bytes};
-pub use self::models::{find_model, model_list, model_object};
+pub use self::models::{describe_model, find_model, find_model_waited, model_list};
 pub use self::origin::{Hangup, Origin, RequestId};
 pub use self::request::{parse, ChatRequest, CompletionRequest, EmbeddingsRequest};
 pub use self::rerank::{rerank, rerank_from_bytes, score, score_from_bytes, RerankRequest, ScoreRequest};
@@ -77,7 +77,7 @@ use crate::settings::ValidationSettings;
 /// a request and the rate limiter. Cheap to clone.
 #[derive(Clone)]
 pub struct Pipeline {
-    pub models: ModelRegistry,
+    pub models: ModelManager,
     pub guard: Arc<Guard>,
     /// `None` when `cache.enabled` is false.
     pub cache: Option<CacheAccess>,

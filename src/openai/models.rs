@@ -1,75 +1,142 @@
-//! The served models as the OpenAI endpoints name them: finding the model
-//! a request asks for, and the `/v1/models` list.
+//! The catalog's models as the OpenAI endpoints name them: finding the
+//! model a request asks for (loading it again when it was unloaded for
+//! being idle), and the `/v1/models` list with each model's state.
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::web::Bytes;
-use blaze_actors::router::{ModelHandle, ModelState, ServedModel};
+use blaze_actors::router::{ModelHandle, ModelKind, ModelState, ServedModel, Unavailable, Unloader};
 
 use super::response::{Model, ModelDetails, ModelList};
 use super::Pipeline;
 use crate::error::ApiError;
 
-/// The served model `id`: 404 when the catalog has no such model, 503 while
-/// it is still loading or its load failed.
-pub fn find_model(pipeline: &Pipeline, id: &str) -> Result<Arc<ServedModel>, ApiError> {
-    match pipeline.models.get(id) {
-        Some(model) => Ok(model),
-        None => match pipeline.models.state(id) {
-            ModelState::Unknown => Err(ApiError::model_not_found(id)),
-            _ => Err(ApiError::model_not_ready(id)),
-        },
+/// The served model `id`: 404 when the catalog has no such model, 503
+/// while it loads, after its load failed, or after an admin unloaded it.
+pub async fn find_model(pipeline: &Pipeline, id: &str) -> Result<Arc<ServedModel>, ApiError> {
+    find_model_waited(pipeline, id).await.map(|(model, _)| model)
+}
+
+/// As [`find_model`], with how long the request waited for the model to
+/// load again (its time to first token counts it).
+pub async fn find_model_waited(
+    pipeline: &Pipeline,
+    id: &str,
+) -> Result<(Arc<ServedModel>, Option<Duration>), ApiError> {
+    match pipeline.models.serving(id).await {
+        Ok(serving) => {
+            if let Some(waited) = serving.waited {
+                metrics::histogram!("blaze_model_load_wait_seconds", "model" => id.to_owned())
+                    .record(waited.as_secs_f64());
+            }
+            Ok((serving.model, serving.waited))
+        }
+        Err(Unavailable::Unknown) => Err(ApiError::model_not_found(id)),
+        Err(Unavailable::Loading) => Err(ApiError::model_loading(id)),
+        Err(Unavailable::Failed(_)) => Err(ApiError::model_load_failed(id)),
+        Err(Unavailable::Unloaded) => Err(ApiError::model_unloaded(id)),
     }
 }
 
-pub fn model_object(model: &ServedModel) -> Model<'_> {
-    let blaze = match &model.handle {
+fn kind_name(kind: ModelKind) -> &'static str {
+    match kind {
+        ModelKind::Chat => "chat",
+        ModelKind::Embedding => "embedding",
+    }
+}
+
+/// The details of a served model: its shape and the memory it holds.
+fn served_details(model: &ServedModel) -> ModelDetails {
+    let mut details = ModelDetails::new(kind_name(model.kind), "ready");
+    details.memory_bytes = model.handle.memory_bytes();
+    match &model.handle {
         ModelHandle::Chat(pool) => {
             let engine = pool.model();
-            ModelDetails {
-                kind: "chat",
-                state: "ready",
-                context_length: Some(engine.context_length()),
-                dimensions: None,
-                max_input_tokens: None,
-                quantization: engine.quantization(),
-                parameters: Some(engine.parameters()),
-                weights_bytes: Some(engine.weights_bytes()),
-            }
+            details.context_length = Some(engine.context_length());
+            details.quantization = engine.quantization();
+            details.parameters = Some(engine.parameters());
+            details.weights_bytes = Some(engine.weights_bytes());
         }
-        ModelHandle::Embedding(pool) => ModelDetails {
-            kind: "embedding",
-            state: "ready",
-            context_length: None,
-            dimensions: Some(pool.tokenizer().dimensions()),
-            max_input_tokens: Some(pool.tokenizer().max_tokens()),
-            quantization: None,
-            parameters: None,
-            weights_bytes: None,
-        },
+        ModelHandle::Embedding(pool) => {
+            details.dimensions = Some(pool.tokenizer().dimensions());
+            details.max_input_tokens = Some(pool.tokenizer().max_tokens());
+        }
+    }
+    details
+}
+
+/// Unix seconds when this process started: the `created` of the models
+/// it does not serve now.
+fn process_started() -> u64 {
+    static STARTED: OnceLock<u64> = OnceLock::new();
+    *STARTED.get_or_init(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs()))
+}
+
+/// A catalog model as `/v1/models` shows it.
+fn model_object<'a>(
+    pipeline: &Pipeline,
+    id: &'a str,
+    state: &ModelState,
+    served: Option<&ServedModel>,
+) -> Model<'a> {
+    let kind = pipeline.models.spec(id).map_or("unknown", |spec| kind_name(spec.kind));
+    let (created, blaze) = match (served, state) {
+        (Some(model), _) => (model.created, served_details(model)),
+        (None, ModelState::Unloaded(by)) => {
+            let mut details = ModelDetails::new(kind, "unloaded");
+            details.unloaded_by = Some(match by {
+                Unloader::Admin => "admin",
+                Unloader::Idle => "idle",
+            });
+            (process_started(), details)
+        }
+        (None, ModelState::Failed(_)) => (process_started(), ModelDetails::new(kind, "failed")),
+        (None, _) => (process_started(), ModelDetails::new(kind, "loading")),
     };
-    Model { id: &model.id, object: "model", created: model.created, owned_by: "blaze", blaze }
+    Model { id, object: "model", created, owned_by: "blaze", blaze }
+}
+
+/// `GET /v1/models/{id}`: any catalog model, in whatever state (serialized).
+pub fn describe_model(pipeline: &Pipeline, id: &str) -> Result<Bytes, ApiError> {
+    let registry = pipeline.models.registry();
+    let state = registry.state(id);
+    if state == ModelState::Unknown {
+        return Err(ApiError::model_not_found(id));
+    }
+    let served = registry.get(id);
+    let object = model_object(pipeline, id, &state, served.as_deref());
+    Ok(Bytes::from(serde_json::to_vec(&object).unwrap_or_default()))
 }
 
 thread_local! {
-    /// This worker's serialized model list and the registry generation it
-    /// shows: SDKs ask for the list often, and it changes only when a
-    /// model is published.
-    static MODEL_LIST: RefCell<Option<(u64, Bytes)>> = const { RefCell::new(None) };
+    /// This worker's serialized model list, with the registry generation
+    /// and the memory it shows: SDKs ask for the list often, and it
+    /// changes only when a model's state or memory does.
+    static MODEL_LIST: RefCell<Option<((u64, u64), Bytes)>> = const { RefCell::new(None) };
 }
 
-/// The served models, as `GET /v1/models` lists them (serialized).
+/// The catalog's models and their states, as `GET /v1/models` lists them
+/// (serialized).
 pub fn model_list(pipeline: &Pipeline) -> Bytes {
-    let generation = pipeline.models.generation();
+    let (generation, models) = pipeline.models.registry().catalog_with_generation();
+    let memory: u64 = models
+        .iter()
+        .filter_map(|model| model.served.as_ref())
+        .map(|model| model.handle.memory_bytes())
+        .sum();
+    let shows = (generation, memory);
     MODEL_LIST.with_borrow_mut(|cached| match cached {
-        Some((shown, body)) if *shown == generation => body.clone(),
+        Some((shown, body)) if *shown == shows => body.clone(),
         _ => {
-            let (generation, models) = pipeline.models.all_with_generation();
-            let list =
-                ModelList { object: "list", data: models.iter().map(|model| model_object(model)).collect() };
-            let body = Bytes::from(serde_json::to_vec(&list).unwrap_or_default());
-            *cached = Some((generation, body.clone()));
+            let data = models
+                .iter()
+                .map(|model| model_object(pipeline, &model.id, &model.state, model.served.as_deref()))
+                .collect();
+            let body =
+                Bytes::from(serde_json::to_vec(&ModelList { object: "list", data }).unwrap_or_default());
+            *cached = Some((shows, body.clone()));
             body
         }
     })

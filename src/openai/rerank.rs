@@ -164,7 +164,7 @@ pub async fn rerank(
         check_text(&text, || format!("documents[{index}]"), limits)?;
         texts.push(text);
     }
-    let pool = embedding_pool(pipeline, &request.model)?;
+    let pool = embedding_pool(pipeline, &request.model).await?;
     screen_input(pipeline, origin, texts.iter_mut(), rerank_name)?;
     let truncation = truncation(request.truncate, request.truncation_direction, &pool);
     let return_documents = request.return_documents.unwrap_or(true);
@@ -212,7 +212,7 @@ pub async fn score(pipeline: &Pipeline, origin: &Origin, request: ScoreRequest) 
             return Err(invalid(ErrorCode::InvalidInput, "text_2", message));
         }
     };
-    let pool = embedding_pool(pipeline, &request.model)?;
+    let pool = embedding_pool(pipeline, &request.model).await?;
     let split = first.len();
     let mut texts = first;
     texts.extend(second);
@@ -280,8 +280,8 @@ fn score_name(split: usize, index: usize) -> String {
 }
 
 /// The embedding model `id`'s pool, or the 400 that says why not.
-fn embedding_pool(pipeline: &Pipeline, id: &str) -> Result<EmbeddingPool, ApiError> {
-    let model = find_model(pipeline, id)?;
+async fn embedding_pool(pipeline: &Pipeline, id: &str) -> Result<EmbeddingPool, ApiError> {
+    let model = find_model(pipeline, id).await?;
     match &model.handle {
         ModelHandle::Embedding(pool) => Ok(pool.clone()),
         ModelHandle::Chat(_) => {

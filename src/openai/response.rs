@@ -214,11 +214,18 @@ pub struct Model<'a> {
     pub blaze: ModelDetails,
 }
 
-/// A served model's kind, state and shape.
+/// A catalog model's kind, state and shape (the shape while it is loaded).
 #[derive(Debug, Serialize)]
 pub struct ModelDetails {
     pub kind: &'static str,
+    /// `ready`, `loading`, `failed` or `unloaded`.
     pub state: &'static str,
+    /// Unloaded: by whom, `admin` or `idle` (the next request loads it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unloaded_by: Option<&'static str>,
+    /// Bytes the model holds in memory now: weights, and each worker's
+    /// cache (chat) or copy of the weights (embeddings); 0 unless loaded.
+    pub memory_bytes: u64,
     /// Chat: tokens of one sequence's window (prompt and completion).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context_length: Option<usize>,
@@ -235,6 +242,24 @@ pub struct ModelDetails {
     pub parameters: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weights_bytes: Option<u64>,
+}
+
+impl ModelDetails {
+    /// A model of this kind in this state, its shape unknown.
+    pub fn new(kind: &'static str, state: &'static str) -> Self {
+        Self {
+            kind,
+            state,
+            unloaded_by: None,
+            memory_bytes: 0,
+            context_length: None,
+            dimensions: None,
+            max_input_tokens: None,
+            quantization: None,
+            parameters: None,
+            weights_bytes: None,
+        }
+    }
 }
 
 /// `GET /v1/models`.

@@ -69,18 +69,18 @@ struct Detokenized {
 }
 
 /// A tokenize body, from either transport.
-pub fn tokenize_from_bytes(pipeline: &Pipeline, bytes: &[u8]) -> Result<Answer, ApiError> {
-    tokenize(pipeline, parse(bytes)?)
+pub async fn tokenize_from_bytes(pipeline: &Pipeline, bytes: &[u8]) -> Result<Answer, ApiError> {
+    tokenize(pipeline, parse(bytes)?).await
 }
 
 /// A detokenize body, from either transport.
-pub fn detokenize_from_bytes(pipeline: &Pipeline, bytes: &[u8]) -> Result<Answer, ApiError> {
-    detokenize(pipeline, parse(bytes)?)
+pub async fn detokenize_from_bytes(pipeline: &Pipeline, bytes: &[u8]) -> Result<Answer, ApiError> {
+    detokenize(pipeline, parse(bytes)?).await
 }
 
 /// `POST /tokenize`.
-pub fn tokenize(pipeline: &Pipeline, body: TokenizeRequest) -> Result<Answer, ApiError> {
-    let model = find_model(pipeline, &body.model)?;
+pub async fn tokenize(pipeline: &Pipeline, body: TokenizeRequest) -> Result<Answer, ApiError> {
+    let model = find_model(pipeline, &body.model).await?;
     let strings = body.return_token_strs.unwrap_or(false);
     let (tokens, max_model_len, token_strs) = match (body.prompt, body.messages) {
         (Some(prompt), None) => {
@@ -142,12 +142,12 @@ pub fn tokenize(pipeline: &Pipeline, body: TokenizeRequest) -> Result<Answer, Ap
 }
 
 /// `POST /detokenize`.
-pub fn detokenize(pipeline: &Pipeline, body: DetokenizeRequest) -> Result<Answer, ApiError> {
+pub async fn detokenize(pipeline: &Pipeline, body: DetokenizeRequest) -> Result<Answer, ApiError> {
     if body.tokens.len() > MOST_DETOKENIZE_TOKENS {
         let message = format!("tokens has {} ids; at most {MOST_DETOKENIZE_TOKENS}", body.tokens.len());
         return Err(invalid(ErrorCode::TooManyItems, "tokens", message));
     }
-    let model = find_model(pipeline, &body.model)?;
+    let model = find_model(pipeline, &body.model).await?;
     let prompt = match &model.handle {
         ModelHandle::Chat(pool) => pool.model().detokenize(&body.tokens),
         ModelHandle::Embedding(pool) => pool.tokenizer().detokenize(&body.tokens),

@@ -3,6 +3,7 @@
 //! client, no rate limit), so that their keys are the ones clients compute.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use blaze_actors::cache::Lookup;
 use serde::Deserialize;
@@ -40,7 +41,7 @@ pub async fn warm(pipeline: Pipeline, path: PathBuf) {
     };
     let lines: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
     for _ in 0..1500 {
-        if pipeline.models.pending().is_empty() {
+        if pipeline.models.registry().settled() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -110,7 +111,7 @@ async fn warm_generation(
         Endpoint::Chat => {
             let request: ChatRequest = serde_json::from_value(body).map_err(not_schema)?;
             check_other_fields(&request.other, Endpoint::Chat)?;
-            let pool = chat_pool(pipeline, &request.model)?;
+            let (pool, _) = chat_pool(pipeline, &request.model).await?;
             let asks = OutputAsks::of(&pool, &request.other, Endpoint::Chat)?;
             let mut turns = chat_turns(request.messages, &pipeline.validation)?;
             screen_warm(&pipeline.guard, turns.iter_mut().map(|(_, text)| text), "body")?;
@@ -122,7 +123,7 @@ async fn warm_generation(
             let mut request: CompletionRequest = serde_json::from_value(body).map_err(not_schema)?;
             check_other_fields(&request.other, Endpoint::Completions)?;
             check_text(&request.prompt, || "prompt".to_owned(), &pipeline.validation)?;
-            let pool = chat_pool(pipeline, &request.model)?;
+            let (pool, _) = chat_pool(pipeline, &request.model).await?;
             let asks = OutputAsks::of(&pool, &request.other, Endpoint::Completions)?;
             screen_warm(&pipeline.guard, [&mut request.prompt], "body")?;
             let prompt = pool.model().tokenize(&request.prompt, true);
@@ -135,6 +136,13 @@ async fn warm_generation(
     }
     let params = sampling_params(&sampling, prompt.len(), &pool, &pipeline.validation, asks)?;
     let key = generation_key(&caching, pattern, &model, &prompt, &params, &sampling);
-    let job = Job { pool: &pool, model: &model, prompt, params, choices: choices(&sampling) };
+    let job = Job {
+        pool: &pool,
+        model: &model,
+        prompt,
+        params,
+        choices: choices(&sampling),
+        waited: Duration::ZERO,
+    };
     Ok(cached_or_generated(job, Some(&(caching, key))).await?.1)
 }

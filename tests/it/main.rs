@@ -25,6 +25,7 @@ mod http_surface;
 mod lifecycle;
 mod load_suite;
 mod logprobs_api;
+mod model_loading;
 mod models_add;
 mod multi_replica;
 mod prefix_reuse;

@@ -214,6 +214,8 @@ const EVERY_ROUTE: &[(&str, &str, &str)] = &[
     ("GET", "/admin/keys/0123456789abcdef", "/admin/%6beys/0123456789abcdef"),
     ("POST", "/admin/keys/0123456789abcdef/rotate", "/admin/keys/0123456789abcdef/%72otate"),
     ("DELETE", "/admin/cache", "/admin/%63ache"),
+    ("POST", "/admin/models/smollm2-135m-instruct/load", "/admin/models/smollm2-135m-instruct/%6coad"),
+    ("POST", "/admin/models/smollm2-135m-instruct/unload", "/admin/%6dodels/smollm2-135m-instruct/unload"),
     ("POST", "/v1/chat/completions", "/v1/%63hat/completions"),
     ("POST", "/v1/completions", "/v1/%63ompletions"),
     ("POST", "/v1/responses", "/v1/%72esponses"),

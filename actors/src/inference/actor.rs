@@ -1,7 +1,9 @@
 //! The InferenceWorker actor: owns one worker thread of a model's pool. The
 //! thread loads the engine, proves it with a forward pass, and runs the
 //! batching loop; when it ends (a panic in the engine), the actor stops and
-//! the supervisor starts a fresh one, which loads the model again.
+//! the supervisor starts a fresh one, which loads the model again. When the
+//! model is unloaded (its pool closed), the thread drains the queue and
+//! ends, and the supervisor, told beforehand, lets the worker go.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,9 +90,9 @@ fn embedding_thread(
 ) -> String {
     match load(threads) {
         Err(problem) => format!("cannot load: {problem}"),
-        Ok(engine) => match pool.warm_up(engine.as_ref()) {
-            Err(problem) => format!("warm-up failed: {problem}"),
-            Ok(()) => {
+        Ok(engine) => match (pool.hold(engine.as_ref()), pool.warm_up(engine.as_ref())) {
+            (_, Err(problem)) => format!("warm-up failed: {problem}"),
+            (_held, Ok(())) => {
                 info!(model = pool.model(), amx = amx_in_use(), "model loaded and proven by a forward pass");
                 ended(pool.run_worker(engine.as_ref(), stop))
             }
@@ -108,10 +110,14 @@ fn chat_thread<E: ChatEngine>(pool: &ChatPool<E>, threads: usize, stop: &AtomicB
     }
 }
 
+/// Why a thread ended when its model was unloaded: not a failure.
+const UNLOADED: &str = "the model was unloaded";
+
 fn ended(exit: WorkerExit) -> String {
     match exit {
         WorkerExit::Stopped => "stopped".to_owned(),
         WorkerExit::Panicked => "the engine panicked".to_owned(),
+        WorkerExit::Drained => UNLOADED.to_owned(),
     }
 }
 
@@ -158,7 +164,9 @@ impl Handler<ThreadEnded> for InferenceWorker {
     type Result = ();
 
     fn handle(&mut self, message: ThreadEnded, ctx: &mut Self::Context) {
-        if !self.stop.load(Ordering::Relaxed) {
+        if message.0 == UNLOADED {
+            info!(model = self.model_id(), "worker drained after the model was unloaded");
+        } else if !self.stop.load(Ordering::Relaxed) {
             error!(model = self.model_id(), reason = message.0, "worker thread ended; restarting the worker");
         }
         ctx.stop();

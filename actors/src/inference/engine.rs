@@ -24,6 +24,10 @@ pub trait EmbeddingEngine: Send {
     fn check_tokens(&self, tokens: &[u32]) -> Result<(), EngineError>;
     /// One normalized vector per input, in order.
     fn embed(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, EngineError>;
+    /// Bytes of memory the loaded engine holds (its weights).
+    fn memory_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// Most sequences one chat decoder holds at once.
@@ -61,6 +65,10 @@ pub trait ChatEngine: Send + Sync + 'static {
     /// A decoder with `threads` compute threads, holding up to `slots`
     /// sequences at once (clamped to 1..=[`MAX_SLOTS`]).
     fn decoder(&self, threads: usize, slots: usize) -> Result<Self::Decoder<'_>, EngineError>;
+    /// Bytes of weights the model holds, shared by its decoders.
+    fn weights_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// Several completions generated together, one step at a time: a new one
@@ -109,6 +117,10 @@ pub trait ChatDecoder {
     /// a prompt that starts the same way reads only the rest (prefix
     /// reuse). An engine without it ignores this.
     fn keep_prompts(&mut self, _keep: bool) {}
+    /// Bytes its cache holds, allocated whole when it was made.
+    fn cache_bytes(&self) -> u64 {
+        0
+    }
     /// How many tokens from the start of `prompt` the free slot `slot`
     /// holds already and [`ChatDecoder::start`] would not read again.
     fn reusable(&self, _slot: usize, _prompt: &[u32]) -> usize {

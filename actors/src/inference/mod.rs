@@ -27,4 +27,4 @@ pub use self::chat::{
 };
 pub use self::embed::{BatchSettings, Bert, BertTokenizer, EmbeddingPool, EmbeddingResult, Truncation};
 pub use self::engine::{ChatDecoder, ChatEngine, ChatSequence, EmbeddingEngine, EngineError, MAX_SLOTS};
-pub use self::pool::{Overloaded, WorkError, WorkerExit};
+pub use self::pool::{Lifecycle, Refused, WorkError, WorkerExit};

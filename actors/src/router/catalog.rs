@@ -58,6 +58,11 @@ pub struct ModelSpec {
     /// reads only the rest. Within the KV cache above: nothing is added.
     #[serde(default = "default_prefix_reuse")]
     pub prefix_reuse: bool,
+    /// Seconds without a request after which the model is unloaded (its
+    /// memory freed); the next request loads it again and waits for it.
+    /// 0 keeps it loaded.
+    #[serde(default)]
+    pub idle_unload_s: u64,
 }
 
 fn default_prefix_reuse() -> bool {

@@ -21,6 +21,7 @@ fn spec(source: &str, sha256: &str, files: &[(&str, &str)]) -> ModelSpec {
         auto_truncate: false,
         prefix_reuse: true,
         queue_capacity: 8,
+        idle_unload_s: 0,
     }
 }
 
@@ -299,4 +300,35 @@ fn concurrent_pulls_of_one_model_download_it_once_and_both_succeed() {
     assert_eq!(outcomes.iter().filter(|outcome| **outcome == PullOutcome::AlreadyCached).count(), 2);
     assert_eq!(index.downloads.load(std::sync::atomic::Ordering::SeqCst), 1, "one download");
     assert!(matches!(cache.locate("m", &model), Some(ModelFiles::Directory(_))));
+}
+
+#[test]
+fn the_registry_moves_a_model_through_its_states_by_ticket() {
+    let registry = ModelRegistry::expecting(["a".to_owned(), "b".to_owned()]);
+    assert_eq!(registry.state("a"), ModelState::Loading { on_demand: false });
+    assert_eq!(registry.state("zz"), ModelState::Unknown);
+    assert_eq!(registry.for_the_router(), ["a", "b"]);
+    assert!(!registry.settled());
+
+    let ticket = registry.begin_load("a", false).expect("no load had begun");
+    assert_eq!(registry.begin_load("a", false), None, "one load at a time");
+    assert_eq!(registry.for_the_router(), ["b"]);
+    registry.record_failure("a", ticket + 100, "a stale load says nothing");
+    assert_eq!(registry.state("a"), ModelState::Loading { on_demand: false });
+    registry.record_failure("a", ticket, "broken file");
+    assert_eq!(registry.state("a"), ModelState::Failed("broken file".to_owned()));
+    assert!(registry.has_failures());
+    assert_eq!(registry.for_the_router(), ["a", "b"], "the router tries a failed load again");
+
+    // An unload during a load makes the load's later steps no-ops.
+    let generation = registry.generation();
+    let ticket = registry.begin_load("a", true).unwrap();
+    assert_eq!(registry.state("a"), ModelState::Loading { on_demand: true });
+    assert_eq!(registry.withdraw("a", Unloader::Admin).map(|pool| pool.is_none()), Some(true));
+    assert!(!registry.is_current("a", ticket));
+    assert_eq!(registry.state("a"), ModelState::Unloaded(Unloader::Admin));
+    assert!(registry.generation() > generation, "every change shows in the generation");
+    assert_eq!(registry.withdraw("zz", Unloader::Admin).map(|_| ()), None, "not in the catalog");
+    assert!(registry.get("a").is_none());
+    assert!(registry.all().is_empty());
 }

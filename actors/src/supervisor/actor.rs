@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::core::{ActorBoard, ActorStatus, Backoff, ChildSpec, Reporter};
-use super::messages::{Adopt, ChildDown, ChildHandle, ChildUp, StartAll, Stop, StopAll};
+use super::messages::{Adopt, ChildDown, ChildHandle, ChildUp, Release, StartAll, Stop, StopAll};
 
 /// How long shutdown waits for the children to stop before it stops their
 /// arbiters anyway.
@@ -22,6 +22,12 @@ struct Child {
     failures_in_a_row: u32,
     up_since: Option<Instant>,
     reported_once: bool,
+    /// An instance was launched and has not ended yet.
+    live: bool,
+    /// Let go when its instance ends ([`Release`]) rather than restarted;
+    /// `Some(spec)` when a new child of the same name was adopted
+    /// meanwhile, launched then in its place.
+    released: Option<Option<ChildSpec>>,
 }
 
 impl Child {
@@ -35,6 +41,8 @@ impl Child {
             failures_in_a_row: 0,
             up_since: None,
             reported_once: false,
+            live: false,
+            released: None,
         }
     }
 }
@@ -70,6 +78,7 @@ impl Supervisor {
         let address = ctx.address();
         let Some(child) = self.child_mut(name) else { return };
         child.generation += 1;
+        child.live = true;
         let generation = child.generation;
         let spawn_on = |arbiter: &Arbiter| {
             let launch = child.spec.launch.clone();
@@ -87,6 +96,30 @@ impl Supervisor {
             let arbiter = Arbiter::new();
             spawn_on(&arbiter);
             child.arbiter = arbiter;
+        }
+    }
+
+    /// A released child whose instance ended: gone for good, or replaced
+    /// by the child adopted under its name meanwhile.
+    fn retire(&mut self, name: &'static str, ctx: &mut Context<Self>) {
+        let Some(index) = self.children.iter().position(|child| child.spec.name == name) else { return };
+        match self.children[index].released.take() {
+            Some(Some(replacement)) => {
+                let child = &mut self.children[index];
+                child.spec = replacement;
+                child.failures_in_a_row = 0;
+                info!(actor = name, "released actor replaced");
+                self.launch(name, ctx);
+            }
+            Some(None) => {
+                let child = self.children.remove(index);
+                child.arbiter.stop();
+                self.board.remove(name);
+                metrics::gauge!("blaze_actor_up", "actor" => name).set(0.0);
+                info!(actor = name, "actor released");
+                self.notify_when_all_reported();
+            }
+            None => {}
         }
     }
 
@@ -143,7 +176,14 @@ impl Handler<Adopt> for Supervisor {
         }
         for spec in message.0 {
             let name = spec.name;
-            if self.child_mut(name).is_some() {
+            if let Some(child) = self.child_mut(name) {
+                if child.released.is_some() {
+                    let live = child.live;
+                    child.released = Some(Some(spec));
+                    if !live {
+                        self.retire(name, ctx);
+                    }
+                }
                 continue;
             }
             self.children.push(Child::new(spec, &self.board));
@@ -198,7 +238,12 @@ impl Handler<ChildDown> for Supervisor {
         }
         child.reported_once = true;
         child.handle = None;
+        child.live = false;
         let ran_for = child.up_since.take().map(|since| since.elapsed());
+        if child.released.is_some() && !stopping {
+            metrics::gauge!("blaze_actor_up", "actor" => message.name).set(0.0);
+            return self.retire(message.name, ctx);
+        }
         let now = SystemTime::now();
         let stopped_at = humantime::format_rfc3339_millis(now);
         let ran_ms = ran_for.map(|ran| ran.as_secs_f64() * 1000.0);
@@ -242,6 +287,21 @@ impl Handler<ChildDown> for Supervisor {
                 supervisor.launch(name, ctx);
             }
         });
+    }
+}
+
+impl Handler<Release> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, message: Release, ctx: &mut Self::Context) {
+        for name in message.0 {
+            let Some(child) = self.child_mut(&name) else { continue };
+            child.released = Some(None);
+            let (name, live) = (child.spec.name, child.live);
+            if !live {
+                self.retire(name, ctx);
+            }
+        }
     }
 }
 

@@ -205,6 +205,12 @@ impl ActorBoard {
         self.changes.subscribe()
     }
 
+    /// Forgets a child that left the tree.
+    pub(crate) fn remove(&self, name: &str) {
+        self.states.write().remove(name);
+        self.changes.send_modify(|version| *version += 1);
+    }
+
     pub(crate) fn update(&self, name: &'static str, change: impl FnOnce(&mut ActorState)) {
         {
             let mut states = self.states.write();

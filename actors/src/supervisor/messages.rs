@@ -27,6 +27,14 @@ pub struct StopAll;
 #[rtype(result = "()")]
 pub struct Adopt(pub Vec<super::ChildSpec>);
 
+/// Lets the named children go: each one's instance ends on its own (a
+/// model's worker drains its closed pool) and is then removed from the
+/// tree, not restarted. A child adopted under the same name before that
+/// starts once the old instance has ended.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Release(pub Vec<String>);
+
 /// Asks a supervised actor to stop cleanly (at shutdown).
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]

@@ -7,6 +7,9 @@
 //! panic in a handler would end the actor for good. Here each child's context
 //! runs inside `catch_unwind`, so a panic is seen, counted and recovered.
 //!
+//! A child can be released ([`Release`]): when its instance ends, it
+//! leaves the tree instead of restarting (an unloaded model's workers).
+//!
 //! Restarts are counted in `blaze_actor_restarts_total{actor}` and published
 //! on the [`ActorBoard`], which the health monitor reads.
 
@@ -20,7 +23,9 @@ pub use self::actor::Supervisor;
 pub use self::core::{
     ActorBoard, ActorState, ActorStatus, Backoff, ChildSpec, ChildStartError, SupervisedActor,
 };
-pub use self::messages::{Adopt, ChildHandle, Fail, FailChild, FailMode, Ping, StartAll, Stop, StopAll};
+pub use self::messages::{
+    Adopt, ChildHandle, Fail, FailChild, FailMode, Ping, Release, StartAll, Stop, StopAll,
+};
 
 /// Implements the messages every supervised actor answers: `Ping` for the
 /// health probes, `Stop` at shutdown, and `Fail` for the fault tests.

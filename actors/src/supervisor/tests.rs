@@ -108,3 +108,82 @@ async fn a_child_that_fails_to_start_is_retried() {
     assert!(state.last_exit.as_deref().unwrap_or_default().contains("first start fails"));
     supervisor.send(StopAll).await.expect("stop all");
 }
+
+/// Runs until told to stop, then stops itself (as a drained worker does).
+struct StopsWhenTold(Arc<AtomicBool>);
+
+impl Actor for StopsWhenTold {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(Duration::from_millis(5), |actor, ctx| {
+            if actor.0.load(Ordering::SeqCst) {
+                ctx.stop();
+            }
+        });
+    }
+}
+
+crate::supervised_actor!(StopsWhenTold);
+
+fn stops_when_told(name: &'static str, told: Arc<AtomicBool>, starts: Arc<AtomicU32>) -> ChildSpec {
+    ChildSpec::new(name, true, move || {
+        starts.fetch_add(1, Ordering::SeqCst);
+        let actor = StopsWhenTold(told.clone());
+        async move { Ok(actor) }
+    })
+}
+
+#[actix_rt::test]
+async fn a_released_child_leaves_the_tree_when_it_ends_instead_of_restarting() {
+    let board = ActorBoard::default();
+    let (told, starts) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
+    let spec = stops_when_told("drains", told.clone(), starts.clone());
+    let supervisor = Supervisor::new(vec![spec], board.clone(), quick_backoff()).start();
+    supervisor.send(StartAll).await.unwrap();
+    wait_for(&board, "drains", |state| state.status == ActorStatus::Up).await;
+
+    supervisor.send(Release(vec!["drains".to_owned(), "no-such-child".to_owned()])).await.unwrap();
+    // Released, it runs on until its instance ends by itself.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(board.get("drains").map(|state| state.status), Some(ActorStatus::Up));
+    told.store(true, Ordering::SeqCst);
+    for _ in 0..300 {
+        if board.get("drains").is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(board.get("drains").is_none(), "a released child leaves the board");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(starts.load(Ordering::SeqCst), 1, "and is not restarted");
+    supervisor.send(StopAll).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_child_adopted_under_a_released_name_starts_once_the_old_one_ended() {
+    let board = ActorBoard::default();
+    let (old_told, old_starts) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
+    let old = stops_when_told("worker", old_told.clone(), old_starts.clone());
+    let supervisor = Supervisor::new(vec![old], board.clone(), quick_backoff()).start();
+    supervisor.send(StartAll).await.unwrap();
+    wait_for(&board, "worker", |state| state.status == ActorStatus::Up).await;
+
+    supervisor.send(Release(vec!["worker".to_owned()])).await.unwrap();
+    let (new_told, new_starts) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
+    supervisor.send(Adopt(vec![stops_when_told("worker", new_told, new_starts.clone())])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(new_starts.load(Ordering::SeqCst), 0, "the old instance still runs");
+    old_told.store(true, Ordering::SeqCst);
+    for _ in 0..300 {
+        if new_starts.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(new_starts.load(Ordering::SeqCst), 1, "the new child took the name");
+    let state = wait_for(&board, "worker", |state| state.status == ActorStatus::Up).await;
+    assert_eq!(state.restarts, 0, "a replacement is no restart");
+    assert_eq!(old_starts.load(Ordering::SeqCst), 1);
+    supervisor.send(StopAll).await.unwrap();
+}

@@ -50,8 +50,8 @@ pub(super) async fn answer(
             // As the checkpoint admits routes that count no tokens.
             origin.gate.admit(0).await?;
             match endpoint.route {
-                Route::Tokenize => openai::tokenize_from_bytes(pipeline, body),
-                _ => openai::detokenize_from_bytes(pipeline, body),
+                Route::Tokenize => openai::tokenize_from_bytes(pipeline, body).await,
+                _ => openai::detokenize_from_bytes(pipeline, body).await,
             }
         }
         Route::Embeddings => openai::embeddings_from_bytes(pipeline, origin, body).await,

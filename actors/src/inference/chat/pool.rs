@@ -23,7 +23,7 @@ use super::completion::{FinishReason, SamplingParams, TokenLogprob};
 use super::llama::ChatModel;
 use super::worker::Worker;
 use crate::inference::engine::{ChatDecoder, ChatEngine, EngineError, MAX_SLOTS};
-use crate::inference::pool::{Overloaded, WorkError, WorkerExit};
+use crate::inference::pool::{Lifecycle, Refused, WorkError, WorkerExit};
 
 /// What a completion sends back, in order: pieces of text (each after the
 /// log probabilities of the tokens decided with it, when asked for), then
@@ -62,7 +62,7 @@ pub(super) struct Choice {
 }
 
 /// The state of one pool that its handles and its worker threads share:
-/// the model, the queue, and whether a worker has proven the model.
+/// the model, the queue, and its lifecycle.
 struct ChatPoolState<E> {
     model_id: String,
     model: Arc<E>,
@@ -73,7 +73,7 @@ struct ChatPoolState<E> {
     /// Whether workers keep finished prompts' cache for later prompts
     /// that start the same way.
     prefix_reuse: bool,
-    ready: AtomicBool,
+    lifecycle: Lifecycle,
 }
 
 /// The handle the request path holds; cheap to clone. Generic over the
@@ -99,7 +99,7 @@ impl<E: ChatEngine> ChatPool<E> {
             receiver,
             max_batch: max_batch.clamp(1, MAX_SLOTS),
             prefix_reuse: true,
-            ready: AtomicBool::new(false),
+            lifecycle: Lifecycle::default(),
         };
         Self { state: Arc::new(state) }
     }
@@ -121,14 +121,25 @@ impl<E: ChatEngine> ChatPool<E> {
         &self.state.model
     }
 
+    /// Whether a worker has proven the model with a generation.
     pub fn is_ready(&self) -> bool {
-        self.state.ready.load(Ordering::Relaxed)
+        self.state.lifecycle.is_ready()
+    }
+
+    /// Its lifecycle: closing it for an unload, how long it has been idle.
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.state.lifecycle
+    }
+
+    /// Bytes held: the weights, and the KV cache of each running worker.
+    pub fn memory_bytes(&self) -> u64 {
+        self.state.model.weights_bytes() + self.state.lifecycle.held_bytes()
     }
 
     /// Queues a completion, or refuses it at once when the queue is full.
-    pub fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<ChatEvents, Overloaded> {
+    pub fn submit(&self, prompt: Vec<u32>, params: SamplingParams) -> Result<ChatEvents, Refused> {
         let mut events = self.submit_choices(prompt, vec![params])?;
-        events.pop().ok_or(Overloaded { queued: 0, retry_after_s: 1 })
+        events.pop().ok_or(Refused::Full { queued: 0, retry_after_s: 1 })
     }
 
     /// Queues one completion of `prompt` per entry of `params` (the choices
@@ -138,7 +149,18 @@ impl<E: ChatEngine> ChatPool<E> {
         &self,
         prompt: Vec<u32>,
         params: Vec<SamplingParams>,
-    ) -> Result<Vec<ChatEvents>, Overloaded> {
+    ) -> Result<Vec<ChatEvents>, Refused> {
+        self.submit_choices_after(prompt, params, Duration::ZERO)
+    }
+
+    /// As [`ChatPool::submit_choices`], for a request that already waited
+    /// `waited` (for the model to load): its time to first token counts it.
+    pub fn submit_choices_after(
+        &self,
+        prompt: Vec<u32>,
+        params: Vec<SamplingParams>,
+        waited: Duration,
+    ) -> Result<Vec<ChatEvents>, Refused> {
         let (choices, receivers): (Vec<Choice>, Vec<ChatEvents>) = params
             .into_iter()
             .map(|params| {
@@ -146,48 +168,63 @@ impl<E: ChatEngine> ChatPool<E> {
                 (Choice { params, events }, receiver)
             })
             .unzip();
-        let job = ChatJob { prompt, choices, queued_at: Instant::now() };
+        let now = Instant::now();
+        let job = ChatJob { prompt, choices, queued_at: now.checked_sub(waited).unwrap_or(now) };
+        self.state.lifecycle.admit(|| self.queue(job))?;
+        Ok(receivers)
+    }
+
+    fn queue(&self, job: ChatJob) -> Result<(), Refused> {
         match self.state.sender.try_send(job) {
             Ok(()) => {
                 gauge!("blaze_inference_queue_depth", "model" => self.state.model_id.clone())
                     .set(self.state.receiver.len() as f64);
-                Ok(receivers)
+                Ok(())
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 counter!("blaze_inference_rejected_total", "model" => self.state.model_id.clone())
                     .increment(1);
                 let queued = self.state.receiver.len();
-                Err(Overloaded { queued, retry_after_s: (queued as u64).clamp(1, 60) })
+                Err(Refused::Full { queued, retry_after_s: (queued as u64).clamp(1, 60) })
             }
         }
     }
 
-    /// Proves the model with a short generation before taking requests.
+    /// Proves the model with a short generation before taking requests;
+    /// the worker loop that follows marks the pool ready.
     pub fn warm_up(&self, threads: usize) -> Result<(), EngineError> {
         let model = &self.state.model;
         let mut decoder = model.decoder(threads, 1)?;
         let prompt = model.prompt_tokens(&[("user".to_owned(), "Hi".to_owned())], &[])?;
         decoder.generate(&prompt, &SamplingParams::greedy(1), &mut |_| true)?;
-        self.state.ready.store(true, Ordering::Relaxed);
         Ok(())
     }
 
-    /// The worker loop, until `stop` is set or the engine panics (which
-    /// fails only the completions this worker held).
+    /// The worker loop, until `stop` is set, the engine panics (which
+    /// fails only the completions this worker held), or the pool is closed
+    /// and nothing is left to compute.
     pub fn run_worker(&self, threads: usize, stop: &AtomicBool) -> WorkerExit {
         let state = &self.state;
         let Ok(mut decoder) = state.model.decoder(threads, state.max_batch) else {
             return WorkerExit::Panicked;
         };
         decoder.keep_prompts(state.prefix_reuse);
+        let _held = state.lifecycle.hold(decoder.cache_bytes());
+        // Ready once a worker has proven the model and holds its cache, so
+        // that the memory a published model shows is what it holds.
+        state.lifecycle.set_ready();
         let mut worker = Worker::new(&state.receiver, &state.model_id, decoder);
         while !stop.load(Ordering::Relaxed) {
             if worker.is_idle() {
+                if state.lifecycle.is_closed() && state.receiver.is_empty() {
+                    return WorkerExit::Drained;
+                }
                 match state.receiver.recv_timeout(Duration::from_millis(100)) {
                     Ok(job) => worker.start(job),
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => continue,
                 }
             }
+            state.lifecycle.touch();
             if std::panic::catch_unwind(AssertUnwindSafe(|| worker.step())).is_err() {
                 worker.fail_all(&WorkError::WorkerFailed);
                 return WorkerExit::Panicked;

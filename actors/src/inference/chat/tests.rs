@@ -85,6 +85,10 @@ impl ChatDecoder for FakeDecoder {
         self.slots
     }
 
+    fn cache_bytes(&self) -> u64 {
+        1000 * self.slots as u64
+    }
+
     fn start(
         &mut self,
         slot: usize,
@@ -304,4 +308,30 @@ async fn a_prompt_goes_to_the_slot_holding_its_start_and_new_ones_to_the_oldest(
     assert_eq!(cached_tokens(&pool, &format!("{first} kk")).await, 0);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     worker.join().unwrap();
+}
+
+/// An unload closes the pool: new requests are refused at once, the ones
+/// queued before are all served, and then the worker loop ends drained.
+#[actix_rt::test]
+async fn a_closed_pool_refuses_new_completions_and_serves_the_queued_ones_before_draining() {
+    let pool = ChatPool::new("fake", Arc::new(FakeEngine), 1, 4);
+    let first = pool.submit(pool.model().tokenize("one", true), SamplingParams::greedy(2)).unwrap();
+    let second = pool.submit(pool.model().tokenize("two", true), SamplingParams::greedy(3)).unwrap();
+    pool.lifecycle().close();
+    let refused = pool.submit(pool.model().tokenize("three", true), SamplingParams::greedy(1)).unwrap_err();
+    assert_eq!(refused, crate::inference::Refused::Closed);
+
+    let worker_pool = pool.clone();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let worker = std::thread::spawn(move || worker_pool.run_worker(1, &stop));
+    for (events, tokens) in [(first, 2), (second, 3)] {
+        let done = ChatEvent::Done {
+            finish_reason: FinishReason::Length,
+            completion_tokens: tokens,
+            cached_tokens: 0,
+        };
+        assert_eq!(all_events(events).await.last(), Some(&done));
+    }
+    assert_eq!(worker.join().unwrap(), crate::inference::WorkerExit::Drained);
+    assert_eq!(pool.memory_bytes(), 0, "the worker's cache is counted only while it runs");
 }

@@ -91,6 +91,11 @@ pub struct PackedWeight {
 }
 
 impl PackedWeight {
+    /// Bytes of its packed tiles.
+    pub fn bytes(&self) -> u64 {
+        std::mem::size_of_val(self.lines.as_slice()) as u64
+    }
+
     /// Packs a row-major `[k, n]` f32 matrix, rounding to bf16; depth and
     /// columns are padded with zeros to whole tiles.
     pub fn pack(weight: &[f32], depth: usize, columns: usize) -> Self {

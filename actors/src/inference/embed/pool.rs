@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::bert::BertTokenizer;
 use crate::inference::engine::{EmbeddingEngine, EngineError};
-use crate::inference::pool::{Overloaded, WorkError, WorkerExit};
+use crate::inference::pool::{Held, Lifecycle, Refused, WorkError, WorkerExit};
 
 /// How a model's workers batch.
 #[derive(Debug, Clone, Copy)]
@@ -39,8 +39,7 @@ struct EmbeddingPoolState {
     receiver: Receiver<EmbeddingJob>,
     settings: BatchSettings,
     tokenizer: Arc<BertTokenizer>,
-    /// A forward pass has succeeded on a worker of this pool.
-    ready: AtomicBool,
+    lifecycle: Lifecycle,
     /// Mean seconds per input lately, as f64 bits, for Retry-After.
     seconds_per_input: AtomicU64,
 }
@@ -60,7 +59,7 @@ impl EmbeddingPool {
             receiver,
             settings,
             tokenizer,
-            ready: AtomicBool::new(false),
+            lifecycle: Lifecycle::default(),
             seconds_per_input: AtomicU64::new(0.002f64.to_bits()),
         };
         Self { state: Arc::new(state) }
@@ -74,8 +73,25 @@ impl EmbeddingPool {
         &self.state.tokenizer
     }
 
+    /// Whether a forward pass has succeeded on a worker of this pool.
     pub fn is_ready(&self) -> bool {
-        self.state.ready.load(Ordering::Relaxed)
+        self.state.lifecycle.is_ready()
+    }
+
+    /// Its lifecycle: closing it for an unload, how long it has been idle.
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.state.lifecycle
+    }
+
+    /// Bytes its workers' engines hold (each worker its own copy).
+    pub fn memory_bytes(&self) -> u64 {
+        self.state.lifecycle.held_bytes()
+    }
+
+    /// Counts a worker's engine in [`EmbeddingPool::memory_bytes`] while
+    /// the guard lives.
+    pub(crate) fn hold(&self, engine: &dyn EmbeddingEngine) -> Held<'_> {
+        self.state.lifecycle.hold(engine.memory_bytes())
     }
 
     pub fn queued(&self) -> usize {
@@ -83,38 +99,51 @@ impl EmbeddingPool {
     }
 
     /// Queues a request, or refuses it at once when the queue is full.
-    pub fn submit(&self, tokens: Vec<Vec<u32>>) -> Result<oneshot::Receiver<EmbeddingResult>, Overloaded> {
+    pub fn submit(&self, tokens: Vec<Vec<u32>>) -> Result<oneshot::Receiver<EmbeddingResult>, Refused> {
         let (reply, receiver) = oneshot::channel();
         let job = EmbeddingJob { tokens, reply };
+        self.state.lifecycle.admit(|| self.queue(job))?;
+        Ok(receiver)
+    }
+
+    fn queue(&self, job: EmbeddingJob) -> Result<(), Refused> {
         match self.state.sender.try_send(job) {
             Ok(()) => {
                 gauge!("blaze_inference_queue_depth", "model" => self.state.model.clone())
                     .set(self.queued() as f64);
-                Ok(receiver)
+                Ok(())
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 let queued = self.queued();
                 let per_input = f64::from_bits(self.state.seconds_per_input.load(Ordering::Relaxed));
                 let wait = (queued.max(1) as f64 * per_input * 4.0).ceil() as u64;
                 counter!("blaze_inference_rejected_total", "model" => self.state.model.clone()).increment(1);
-                Err(Overloaded { queued, retry_after_s: wait.clamp(1, 60) })
+                Err(Refused::Full { queued, retry_after_s: wait.clamp(1, 60) })
             }
         }
     }
 
     /// The worker loop: batches queued requests and computes them until
-    /// `stop` is set. Returns early after a panic in the engine, having
-    /// failed only the requests of that batch.
+    /// `stop` is set, or the pool is closed and its queue empty. Returns
+    /// early after a panic in the engine, having failed only the requests
+    /// of that batch.
     pub fn run_worker(&self, engine: &dyn EmbeddingEngine, stop: &AtomicBool) -> WorkerExit {
         let metrics = BatchMetrics::new(&self.state.model);
+        let lifecycle = &self.state.lifecycle;
         while !stop.load(Ordering::Relaxed) {
+            if lifecycle.is_closed() && self.state.receiver.is_empty() {
+                return WorkerExit::Drained;
+            }
             let Some(jobs) = self.next_batch(stop) else { continue };
             metrics.depth.set(self.queued() as f64);
             let jobs: Vec<EmbeddingJob> = jobs.into_iter().filter(|job| !job.reply.is_closed()).collect();
             if jobs.is_empty() {
                 continue;
             }
-            if !self.compute(engine, jobs, &metrics) {
+            lifecycle.touch();
+            let computed = self.compute(engine, jobs, &metrics);
+            lifecycle.touch();
+            if !computed {
                 return WorkerExit::Panicked;
             }
         }
@@ -159,7 +188,7 @@ impl EmbeddingPool {
     fn answer(&self, jobs: Vec<EmbeddingJob>, result: Result<Vec<Vec<f32>>, EngineError>) {
         match result {
             Ok(vectors) => {
-                self.state.ready.store(true, Ordering::Relaxed);
+                self.state.lifecycle.set_ready();
                 let mut vectors = vectors.into_iter();
                 for job in jobs {
                     let mine: Vec<Vec<f32>> = vectors.by_ref().take(job.tokens.len()).collect();
@@ -203,7 +232,7 @@ impl EmbeddingPool {
     pub fn warm_up(&self, engine: &dyn EmbeddingEngine) -> Result<(), EngineError> {
         let tokens = engine.tokenize("Blaze warms up this model.")?;
         engine.embed(&[&tokens])?;
-        self.state.ready.store(true, Ordering::Relaxed);
+        self.state.lifecycle.set_ready();
         Ok(())
     }
 }

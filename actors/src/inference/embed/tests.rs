@@ -56,6 +56,10 @@ impl EmbeddingEngine for FakeEngine {
             })
             .collect()
     }
+
+    fn memory_bytes(&self) -> u64 {
+        4096
+    }
 }
 
 /// One input per batch, so a failing request fails alone.
@@ -123,4 +127,26 @@ fn the_test_tokenizer_reads_words_and_unknown_words_alike() {
     let tokenizer = BertTokenizer::of_words(&WORDS, 4, 4);
     assert_eq!(tokenizer.tokenize("hello there world").unwrap(), vec![2, 0, 3]);
     assert_eq!((tokenizer.dimensions(), tokenizer.max_tokens()), (4, 4));
+}
+
+/// An unload closes the pool: new requests are refused at once, the queued
+/// ones answered, then the worker ends drained and its memory is released.
+#[actix_rt::test]
+async fn a_closed_pool_refuses_new_requests_and_answers_the_queued_ones_before_draining() {
+    let pool = fake_pool();
+    let queued = pool.submit(vec![vec![7, 8]]).unwrap();
+    pool.lifecycle().close();
+    assert_eq!(pool.submit(vec![vec![1]]).unwrap_err(), crate::inference::Refused::Closed);
+
+    let held = pool.hold(&FakeEngine);
+    assert_eq!(pool.memory_bytes(), 4096, "a worker's engine counts while it lives");
+    drop(held);
+    assert_eq!(pool.memory_bytes(), 0);
+
+    let worker_pool = pool.clone();
+    let worker = std::thread::spawn(move || {
+        worker_pool.run_worker(&FakeEngine, &std::sync::atomic::AtomicBool::new(false))
+    });
+    assert_eq!(answer(queued).await.unwrap(), vec![vec![7.0, 8.0]]);
+    assert_eq!(worker.join().unwrap(), crate::inference::WorkerExit::Drained);
 }

@@ -129,6 +129,11 @@ impl<'m> Decoder<'m> {
         self.slots
     }
 
+    /// Bytes of its KV cache: `context_length` tokens for each slot.
+    pub fn cache_bytes(&self) -> u64 {
+        (self.slots * self.model.context_length()) as u64 * self.model.kv_bytes_per_token()
+    }
+
     /// Whether a finished sequence's cells stay in its slot for a later
     /// prompt that starts the same way (prefix reuse).
     pub fn keep_prompts(&mut self, keep: bool) {

@@ -42,6 +42,10 @@ impl ChatEngine for ChatModel {
     fn decoder(&self, threads: usize, slots: usize) -> Result<Decoder<'_>, EngineError> {
         ChatModel::decoder(self, threads, slots)
     }
+
+    fn weights_bytes(&self) -> u64 {
+        ChatModel::weights_bytes(self)
+    }
 }
 
 impl ChatDecoder for Decoder<'_> {
@@ -75,6 +79,10 @@ impl ChatDecoder for Decoder<'_> {
 
     fn keep_prompts(&mut self, keep: bool) {
         Decoder::keep_prompts(self, keep)
+    }
+
+    fn cache_bytes(&self) -> u64 {
+        Decoder::cache_bytes(self)
     }
 
     fn reusable(&self, slot: usize, prompt: &[u32]) -> usize {

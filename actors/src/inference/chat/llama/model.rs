@@ -196,6 +196,15 @@ impl ChatModel {
         self.model.size()
     }
 
+    /// Bytes of KV cache one token takes: a key and a value of every
+    /// KV head in every layer, in f16 (llama.cpp's default cache type).
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        let heads = u64::from(self.model.n_head().max(1));
+        let head_dimension = u64::try_from(self.model.n_embd()).unwrap_or(0) / heads;
+        let per_layer = 2 * u64::from(self.model.n_head_kv()) * head_dimension * 2;
+        u64::from(self.model.n_layer()) * per_layer
+    }
+
     pub fn parameters(&self) -> u64 {
         self.model.n_params()
     }

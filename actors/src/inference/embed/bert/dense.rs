@@ -26,6 +26,15 @@ impl Dense {
         Self::F32 { weight, depth, columns }
     }
 
+    /// Bytes the weight takes in this form.
+    pub(super) fn bytes(&self) -> u64 {
+        match self {
+            Self::F32 { weight, .. } => std::mem::size_of_val(weight.as_slice()) as u64,
+            #[cfg(all(target_arch = "x86_64", not(blaze_without_amx)))]
+            Self::Amx(packed) => packed.bytes(),
+        }
+    }
+
     /// `out[rows, out] = lhs[rows, in] · weight`.
     pub(super) fn apply(&self, out: &mut [f32], lhs: &[f32], rows: usize, parallelism: gemm::Parallelism) {
         match self {

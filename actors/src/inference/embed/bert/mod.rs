@@ -81,6 +81,17 @@ impl EmbeddingEngine for Bert {
         self.tokenizer.check_tokens(tokens)
     }
 
+    fn memory_bytes(&self) -> u64 {
+        let floats = |vector: &Vec<f32>| std::mem::size_of_val(vector.as_slice()) as u64;
+        [&self.word_embeddings, &self.position_embeddings, &self.token_type_embedding]
+            .into_iter()
+            .map(floats)
+            .sum::<u64>()
+            + floats(&self.embedding_norm.0)
+            + floats(&self.embedding_norm.1)
+            + self.layers.iter().map(Layer::bytes).sum::<u64>()
+    }
+
     fn embed(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, EngineError> {
         for tokens in batch {
             self.check_tokens(tokens)?;

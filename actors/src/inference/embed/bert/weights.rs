@@ -25,6 +25,24 @@ pub(super) struct Layer {
     pub(super) output_norm: (Vec<f32>, Vec<f32>),
 }
 
+impl Layer {
+    /// Bytes of its weights, in the form the products run on.
+    pub(super) fn bytes(&self) -> u64 {
+        let floats = |vector: &Vec<f32>| std::mem::size_of_val(vector.as_slice()) as u64;
+        let norm = |(scale, shift): &(Vec<f32>, Vec<f32>)| floats(scale) + floats(shift);
+        [&self.qkv_weight, &self.output_weight, &self.up_weight, &self.down_weight]
+            .into_iter()
+            .map(Dense::bytes)
+            .sum::<u64>()
+            + [&self.qkv_bias, &self.output_bias, &self.up_bias, &self.down_bias]
+                .into_iter()
+                .map(floats)
+                .sum::<u64>()
+            + norm(&self.attention_norm)
+            + norm(&self.output_norm)
+    }
+}
+
 /// The tensors of `model.safetensors`, read as the encoder's shapes say.
 struct Tensors<'a> {
     tensors: SafeTensors<'a>,
