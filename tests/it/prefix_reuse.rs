@@ -115,9 +115,7 @@ fn reading_after_a_reused_prefix_gives_the_very_same_logits() {
         logprobs(&mut decoder, &prompt[..split], 1);
         let warm = logprobs(&mut decoder, &prompt, 4);
         assert_eq!((&warm.0, &warm.1), (&cold.0, &cold.1), "split at {split}");
-        if !blaze_actors::inference::llama_has_amx() {
-            assert!(warm.2 + 1 >= split && warm.2 <= split, "split at {split}: {} reused", warm.2);
-        }
+        assert!(warm.2 + 1 >= split && warm.2 <= split, "split at {split}: {} reused", warm.2);
     }
     // What the model generated is read again, not reused.
     let mut decoder = model.decoder(2, 1).unwrap();
@@ -141,9 +139,8 @@ fn reused_prefixes_give_the_same_completions_greedy_and_seeded() {
         for (turn, &(cached, prompt)) in counts.iter().enumerate().skip(1) {
             assert!(prompt > 512, "{prompt}");
             // All of the last turn's prompt (the answer the model
-            // generated is read again); on AMX hosts, whole 512-token
-            // chunks of it.
-            let least = if blaze_actors::inference::llama_has_amx() { 512 } else { counts[turn - 1].1 - 1 };
+            // generated is read again), on AMX hosts too.
+            let least = counts[turn - 1].1 - 1;
             assert!(cached >= least && cached < prompt, "turn {turn}: {cached} of {prompt} cached");
         }
     }
@@ -158,11 +155,9 @@ fn reused_prefixes_give_the_same_completions_greedy_and_seeded() {
     let (first, _) = run(&mut decoder, 0, &prompt, &greedy);
     let (again, cached) = run(&mut decoder, 0, &prompt, &greedy);
     assert_eq!(again, first);
-    if !blaze_actors::inference::llama_has_amx() {
-        // Not its last token alone: reading it among others rounds as
-        // reading the whole prompt does.
-        assert_eq!(cached, prompt.len() - 2);
-    }
+    // Not its last token alone: reading it among others rounds as
+    // reading the whole prompt does.
+    assert_eq!(cached, prompt.len() - 2);
     let edited = vec![system(), ("user".to_owned(), "What is the capital of Spain?".to_owned())];
     let edited = model.prompt_tokens(&edited, &[]).unwrap();
     let (answer, cached) = run(&mut decoder, 0, &edited, &greedy);

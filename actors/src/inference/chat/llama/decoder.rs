@@ -153,10 +153,13 @@ impl<'m> Decoder<'m> {
     ///   kernels than a batch of several, which round differently;
     /// - never the prompt's last token (reading it gives the logits), and
     ///   never so many that the first chunk read alone holds one token
-    ///   where reading from the start would read it among others;
-    /// - where llama.cpp runs AMX kernels, whose rounding depends on a
-    ///   batch's size, only whole chunks, so that the rest is read in the
-    ///   very chunks reading from the start reads.
+    ///   where reading from the start would read it among others.
+    ///
+    /// This holds on AMX hosts too: llama.cpp's AMX products compute each
+    /// row of a batch of two or more alike whatever the batch's size (int8
+    /// tiles, exact, then the same f32 scaling per row); only a batch of
+    /// one takes its VNNI kernel (the reuse tests check it bit for bit on
+    /// such a host).
     pub fn reusable(&self, slot: usize, prompt: &[u32]) -> usize {
         let Some(kept) = self.kept.get(slot) else {
             return 0;
@@ -165,9 +168,6 @@ impl<'m> Decoder<'m> {
             kept.tokens.iter().zip(prompt).take_while(|(kept, &token)| kept.0 as u32 == token).count();
         let reused = common.min(kept.prompt).min(prompt.len().saturating_sub(1));
         let chunk = self.batch_tokens;
-        if super::llama_has_amx() {
-            return reused / chunk * chunk;
-        }
         let chunk_end = ((reused / chunk + 1) * chunk).min(prompt.len());
         if reused % chunk != 0 && chunk_end - reused == 1 {
             reused - 1
