@@ -63,3 +63,60 @@ fn inputs_over_the_limit_or_outside_the_vocabulary_are_refused() {
     assert!(engine.embed(&[&[101, 40_000, 102]]).unwrap_err().to_string().contains("vocabulary"));
     assert!(engine.embed(&[&[]]).is_err());
 }
+
+/// MiniLM's files with the sentence-transformers modules of another
+/// family: [CLS]-token pooling, no Normalize (as
+/// tests/fixtures/make_pooling_fixtures.py writes them).
+fn cls_model_directory() -> tempfile::TempDir {
+    let source = model_directory();
+    let directory = tempfile::tempdir().unwrap();
+    for name in ["config.json", "tokenizer.json", "model.safetensors", "sentence_bert_config.json"] {
+        std::fs::copy(source.join(name), directory.path().join(name)).unwrap();
+    }
+    let modules = serde_json::json!([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]);
+    std::fs::write(directory.path().join("modules.json"), modules.to_string()).unwrap();
+    std::fs::create_dir(directory.path().join("1_Pooling")).unwrap();
+    let pooling = serde_json::json!({
+        "word_embedding_dimension": 384,
+        "pooling_mode_cls_token": true,
+        "pooling_mode_mean_tokens": false,
+        "pooling_mode_max_tokens": false,
+        "pooling_mode_mean_sqrt_len_tokens": false,
+    });
+    std::fs::write(directory.path().join("1_Pooling/config.json"), pooling.to_string()).unwrap();
+    directory
+}
+
+#[test]
+fn the_pooling_and_normalization_come_from_the_model_files() {
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/embeddings-all-minilm-l6-v2-cls.json")).unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert!(cases.len() >= 20);
+    let directory = cls_model_directory();
+    let engine = Bert::load(directory.path(), 2).unwrap();
+    let tokens: Vec<Vec<u32>> =
+        cases.iter().map(|case| engine.tokenize(case["input"].as_str().unwrap()).unwrap()).collect();
+    let batch: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
+    let batched = engine.embed(&batch).unwrap();
+    let norm = |vector: &[f64]| vector.iter().map(|value| value.powi(2)).sum::<f64>().sqrt();
+    for (index, case) in cases.iter().enumerate() {
+        let expected: Vec<f64> =
+            case["embedding"].as_array().unwrap().iter().map(|value| value.as_f64().unwrap()).collect();
+        // Not normalized: the [CLS] state keeps its length.
+        assert!((norm(&expected) - 1.0).abs() > 0.1, "{}", case["input"]);
+        let alone = engine.embed(&[&tokens[index]]).unwrap().remove(0);
+        for (how, vector) in [("batched", &batched[index]), ("alone", &alone)] {
+            let similarity = cosine(vector, &expected);
+            assert!(similarity >= 0.9999, "{how} {}: cosine {similarity}", case["input"]);
+            let length: Vec<f64> = vector.iter().map(|value| f64::from(*value)).collect();
+            let ratio = norm(&length) / norm(&expected);
+            // Within the rounding of the AMX path's bf16 weights (about
+            // 0.1%); a normalized vector would be about a seventh as long.
+            assert!((ratio - 1.0).abs() < 1e-2, "{how} {}: length ratio {ratio}", case["input"]);
+        }
+    }
+}
