@@ -148,6 +148,10 @@ async fn only_admins_load_and_unload_and_only_catalog_models() {
             }
         }
     }
+    // A huge body is refused before it is read, even from an admin.
+    let huge = "x".repeat(17 << 20);
+    let response = client().post(server.url(&format!("/admin/models/{CHAT}/unload"))).body(huge).send().await;
+    assert!(response.map_or(true, |response| response.status() == 413), "over every body limit");
     // Nothing was unloaded by any of that.
     assert_eq!(model(&server, CHAT).await["blaze"]["state"], "ready");
     assert_eq!(embed(&server).await.status(), 200);
