@@ -4,12 +4,12 @@
 
 use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use actix_web::web::Bytes;
 use blaze_actors::router::{ModelHandle, ModelKind, ModelState, ServedModel, Unavailable, Unloader};
 
-use super::response::{Model, ModelDetails, ModelList};
+use super::response::{unix_seconds, Model, ModelDetails, ModelList};
 use super::Pipeline;
 use crate::error::ApiError;
 
@@ -71,7 +71,7 @@ fn served_details(model: &ServedModel) -> ModelDetails {
 /// it does not serve now.
 fn process_started() -> u64 {
     static STARTED: OnceLock<u64> = OnceLock::new();
-    *STARTED.get_or_init(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs()))
+    *STARTED.get_or_init(unix_seconds)
 }
 
 /// A catalog model as `/v1/models` shows it.

@@ -90,13 +90,20 @@ fn embedding_thread(
 ) -> String {
     match load(threads) {
         Err(problem) => format!("cannot load: {problem}"),
-        Ok(engine) => match (pool.hold(engine.as_ref()), pool.warm_up(engine.as_ref())) {
-            (_, Err(problem)) => format!("warm-up failed: {problem}"),
-            (_held, Ok(())) => {
-                info!(model = pool.model(), amx = amx_in_use(), "model loaded and proven by a forward pass");
-                ended(pool.run_worker(engine.as_ref(), stop))
+        Ok(engine) => {
+            let _held = pool.hold(engine.as_ref());
+            match pool.warm_up(engine.as_ref()) {
+                Err(problem) => format!("warm-up failed: {problem}"),
+                Ok(()) => {
+                    info!(
+                        model = pool.model(),
+                        amx = amx_in_use(),
+                        "model loaded and proven by a forward pass"
+                    );
+                    ended(pool.run_worker(engine.as_ref(), stop))
+                }
             }
-        },
+        }
     }
 }
 

@@ -158,9 +158,7 @@ impl ModelManager {
         let started = Instant::now();
         while self.inner.registry.is_current(&id, ticket) {
             if handle.lifecycle().is_ready() {
-                let created = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |since| since.as_secs());
+                let created = u64::try_from(crate::auth::now_ms() / 1000).unwrap_or(0);
                 let model = ServedModel { id: id.clone(), kind: spec.kind, created, handle };
                 if self.inner.registry.publish(ticket, model) {
                     let warm_up_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -220,13 +218,13 @@ impl ModelManager {
     pub async fn serving(&self, id: &str) -> Result<Serving, Unavailable> {
         let started = Instant::now();
         loop {
+            if let Some(model) = self.inner.registry.get(id) {
+                let waited = started.elapsed();
+                return Ok(Serving { model, waited: (waited >= POLL).then_some(waited) });
+            }
             match self.inner.registry.state(id) {
-                ModelState::Served => {
-                    if let Some(model) = self.inner.registry.get(id) {
-                        let waited = started.elapsed();
-                        return Ok(Serving { model, waited: (waited >= POLL).then_some(waited) });
-                    }
-                }
+                // Published since the lookup above: the next pass takes it.
+                ModelState::Served => continue,
                 ModelState::Unloaded(Unloader::Idle) => {
                     self.load(id, true);
                 }

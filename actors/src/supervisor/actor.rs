@@ -115,7 +115,6 @@ impl Supervisor {
                 let child = self.children.remove(index);
                 child.arbiter.stop();
                 self.board.remove(name);
-                metrics::gauge!("blaze_actor_up", "actor" => name).set(0.0);
                 info!(actor = name, "actor released");
                 self.notify_when_all_reported();
             }

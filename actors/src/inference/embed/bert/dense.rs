@@ -29,7 +29,7 @@ impl Dense {
     /// Bytes the weight takes in this form.
     pub(super) fn bytes(&self) -> u64 {
         match self {
-            Self::F32 { weight, .. } => std::mem::size_of_val(weight.as_slice()) as u64,
+            Self::F32 { weight, .. } => super::weights::float_bytes(weight),
             #[cfg(all(target_arch = "x86_64", not(blaze_without_amx)))]
             Self::Amx(packed) => packed.bytes(),
         }

@@ -82,13 +82,16 @@ impl EmbeddingEngine for Bert {
     }
 
     fn memory_bytes(&self) -> u64 {
-        let floats = |vector: &Vec<f32>| std::mem::size_of_val(vector.as_slice()) as u64;
-        [&self.word_embeddings, &self.position_embeddings, &self.token_type_embedding]
-            .into_iter()
-            .map(floats)
-            .sum::<u64>()
-            + floats(&self.embedding_norm.0)
-            + floats(&self.embedding_norm.1)
+        [
+            &self.word_embeddings,
+            &self.position_embeddings,
+            &self.token_type_embedding,
+            &self.embedding_norm.0,
+            &self.embedding_norm.1,
+        ]
+        .into_iter()
+        .map(|vector| weights::float_bytes(vector))
+        .sum::<u64>()
             + self.layers.iter().map(Layer::bytes).sum::<u64>()
     }
 

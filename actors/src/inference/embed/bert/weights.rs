@@ -25,18 +25,22 @@ pub(super) struct Layer {
     pub(super) output_norm: (Vec<f32>, Vec<f32>),
 }
 
+/// Bytes of f32 weights held as they are.
+pub(super) fn float_bytes(values: &[f32]) -> u64 {
+    std::mem::size_of_val(values) as u64
+}
+
 impl Layer {
     /// Bytes of its weights, in the form the products run on.
     pub(super) fn bytes(&self) -> u64 {
-        let floats = |vector: &Vec<f32>| std::mem::size_of_val(vector.as_slice()) as u64;
-        let norm = |(scale, shift): &(Vec<f32>, Vec<f32>)| floats(scale) + floats(shift);
+        let norm = |(scale, shift): &(Vec<f32>, Vec<f32>)| float_bytes(scale) + float_bytes(shift);
         [&self.qkv_weight, &self.output_weight, &self.up_weight, &self.down_weight]
             .into_iter()
             .map(Dense::bytes)
             .sum::<u64>()
             + [&self.qkv_bias, &self.output_bias, &self.up_bias, &self.down_bias]
                 .into_iter()
-                .map(floats)
+                .map(|vector| float_bytes(vector))
                 .sum::<u64>()
             + norm(&self.attention_norm)
             + norm(&self.output_norm)
