@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 use crate::http::client::NotANetwork;
 use crate::http::{self, AppState, Compression, Observe};
 use crate::models::ModelsError;
-use crate::openai::{CacheAccess, Limiting, Pipeline};
+use crate::openai::{CacheAccess, Governance, Limiting, Pipeline};
 use crate::settings::{ConfigErrors, ConfigSources, ServerSettings, Settings};
 
 /// Runs the server on an actix system until a signal stops it. Exit code 0
@@ -85,6 +85,7 @@ struct Services {
     cache: Option<Arc<ResponseCache>>,
     guard: Arc<Guard>,
     guard_reload: Option<Reload>,
+    governance: Arc<Governance>,
 }
 
 /// What reloads the guard's patterns: the --config file (the layers under
@@ -95,7 +96,7 @@ fn guard_reload(sources: ConfigSources) -> Option<Reload> {
     let load = move || {
         Settings::load(&sources).map(|settings| settings.guard).map_err(|errors| ConfigErrors(errors).into())
     };
-    Some(Reload { files: vec![file], load: Arc::new(load) })
+    Some(Reload { files: vec![file], load: Arc::new(load), applied: None })
 }
 
 /// The Router, which drives the model manager: loads, idle unloads and
@@ -204,6 +205,9 @@ async fn serve(settings: Settings, guard_reload: Option<Reload>, offline: bool) 
         Duration::from_secs(settings.models.load_wait_s),
     );
     let identity = open_identity(&settings).await?;
+    let governance = crate::governance::start(&settings, identity.governance.clone()).await?;
+    let audit = crate::governance::audit_reload(&governance);
+    let guard_reload = guard_reload.map(|reload| Reload { applied: Some(audit), ..reload });
     let services = Services {
         health: HealthState::new(build),
         telemetry,
@@ -215,6 +219,7 @@ async fn serve(settings: Settings, guard_reload: Option<Reload>, offline: bool) 
         cache: open_cache(&settings)?,
         guard: Guard::new(settings.guard.clone())?,
         guard_reload,
+        governance,
     };
     let mut specs = child_specs(&settings, &services);
     specs.push(router_spec(&services));
@@ -232,6 +237,9 @@ async fn serve(settings: Settings, guard_reload: Option<Reload>, offline: bool) 
     }
     if let Err(error) = services.identity.flush_last_used().await {
         warn!(error = %error, "cannot write the last key uses at shutdown");
+    }
+    if let Some(ledger) = &services.governance.ledger {
+        ledger.flush().await;
     }
     result
 }
@@ -319,6 +327,7 @@ async fn run_http(
                 .map(|cache| CacheAccess { cache, shared: settings.cache.shared_across_users }),
             validation: settings.validation,
             limiting: services.limiting.clone(),
+            governance: services.governance.clone(),
         },
         sockets: http::websocket::Sockets::new(
             settings.websocket,

@@ -30,6 +30,11 @@ pub enum Route {
     Cache,
     ModelLoad,
     ModelUnload,
+    Usage,
+    AdminUsage,
+    Audit,
+    Quotas,
+    Quota,
     ChatCompletions,
     Completions,
     Responses,
@@ -166,6 +171,11 @@ pub const ROUTES: &[RouteRule] = &[
     rule(Route::Cache, "/admin/cache", Access::Admin, Some("admin")),
     rule(Route::ModelLoad, "/admin/models/{id}/load", Access::Admin, Some("admin")),
     rule(Route::ModelUnload, "/admin/models/{id}/unload", Access::Admin, Some("admin")),
+    rule(Route::Usage, "/v1/usage", Access::Authenticated, Some("usage")),
+    rule(Route::AdminUsage, "/admin/usage", Access::Admin, Some("admin")),
+    rule(Route::Audit, "/admin/audit", Access::Admin, Some("admin")),
+    rule(Route::Quotas, "/admin/quotas", Access::Admin, Some("admin")),
+    rule(Route::Quota, "/admin/quotas/{scope}/{id}", Access::Admin, Some("admin")),
     inference(
         Route::ChatCompletions,
         "/v1/chat/completions",
@@ -256,6 +266,11 @@ mod tests {
             Cache,
             ModelLoad,
             ModelUnload,
+            Usage,
+            AdminUsage,
+            Audit,
+            Quotas,
+            Quota,
             ChatCompletions,
             Completions,
             Responses,
@@ -273,8 +288,9 @@ mod tests {
             match route {
                 Health | Livez | HealthReady | Readyz | HealthDetailed | Metrics | MetricsSummary
                 | AuthToken | AuthRefresh | AuthLogout | Users | User | Keys | Key | KeyRotate | Cache
-                | ModelLoad | ModelUnload | ChatCompletions | Completions | Responses | Embeddings
-                | Rerank | Score | Models | Model | Tokenize | Detokenize | WebSocket => {}
+                | ModelLoad | ModelUnload | Usage | AdminUsage | Audit | Quotas | Quota | ChatCompletions
+                | Completions | Responses | Embeddings | Rerank | Score | Models | Model | Tokenize
+                | Detokenize | WebSocket => {}
             }
             assert_eq!(route.rule().route, route, "{route:?} has no row");
         }

@@ -34,6 +34,7 @@ pub mod ratelimit;
 mod redis;
 pub mod router;
 pub mod supervisor;
+pub mod usage;
 
 /// What any Redis call fails with (the rate limiter's and the cache's
 /// start-up errors carry it).

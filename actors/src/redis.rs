@@ -23,6 +23,18 @@ pub enum RedisError {
     UnexpectedReply { script: &'static str, numbers: usize },
 }
 
+/// A Redis call bounded by `timeout`, its error made a [`RedisError`].
+pub async fn bounded<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = fred::prelude::FredResult<T>>,
+) -> Result<T, RedisError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(error.into()),
+        Err(_) => Err(RedisError::Timeout(timeout)),
+    }
+}
+
 pub fn client_builder(url: &str, timeout: Duration) -> Result<Builder, RedisError> {
     let config = Config::from_url(url).map_err(RedisError::InvalidUrl)?;
     let mut builder = Builder::from_config(config);

@@ -37,21 +37,8 @@ start_server reference $reference_port /health "$bin/blaze-reference" --port $re
 # answers of earlier runs in the shared Redis out of the measurement.
 nonce=$(openssl rand -hex 8)
 body="{\"model\":\"$model\",\"temperature\":0,\"max_tokens\":16,\"messages\":[{\"role\":\"user\",\"content\":\"Name a color. ($nonce)\"}]}"
-for port in $local_port $redis_port; do
-  for expected in miss hit-memory; do
-    got=$(curl -s -o "$work/answer.json" -D - "http://127.0.0.1:$port/v1/chat/completions" \
-      -H "Authorization: Bearer $BLAZE_BENCH_KEY" -H 'content-type: application/json' -d "$body" \
-      | awk 'tolower($1) == "x-blaze-cache:" { sub(/\r$/, "", $2); print $2 }')
-    [ "$got" = "$expected" ] || { echo "port $port answered x-blaze-cache: '$got', not $expected" >&2; cat "$work/answer.json" >&2; exit 1; }
-  done
-done
-python3 - "$body" "$BLAZE_BENCH_KEY" > "$work/post.lua" <<'EOF'
-import json, sys
-print('wrk.method = "POST"')
-print('wrk.body = ' + json.dumps(sys.argv[1]))
-print('wrk.headers["Content-Type"] = "application/json"')
-print('wrk.headers["Authorization"] = ' + json.dumps("Bearer " + sys.argv[2]))
-EOF
+warm_cache "$body" $local_port $redis_port
+post_script "$body" > "$work/post.lua"
 
 # target threads connections -> "rps p50_us p99_us"; wrk -t2 needs at
 # least 2 connections, so "one request at a time" is -t1 -c1.

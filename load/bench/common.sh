@@ -85,3 +85,28 @@ median() { sort -g | awk '{ a[NR]=$1 } END { if (NR % 2) print a[(NR+1)/2]; else
 # budgets no benchmark reaches.
 export BLAZE__RATE_LIMITS__REQUESTS_PER_MINUTE=1000000000000 BLAZE__RATE_LIMITS__TOKENS_PER_MINUTE=1000000000000
 export BLAZE__RATE_LIMITS__ANONYMOUS_REQUESTS_PER_MINUTE=1000000000000
+# warm_cache BODY PORT...: posts the chat BODY twice to each port; the first
+# must compute it (x-blaze-cache: miss), the second be a memory hit.
+warm_cache() {
+  local body=$1 port expected got
+  shift
+  for port in "$@"; do
+    for expected in miss hit-memory; do
+      got=$(curl -s -o "$work/answer.json" -D - "http://127.0.0.1:$port/v1/chat/completions" \
+        -H "Authorization: Bearer $BLAZE_BENCH_KEY" -H 'content-type: application/json' -d "$body" \
+        | awk 'tolower($1) == "x-blaze-cache:" { sub(/\r$/, "", $2); print $2 }')
+      [ "$got" = "$expected" ] || { echo "port $port answered x-blaze-cache: '$got', not $expected" >&2; cat "$work/answer.json" >&2; exit 1; }
+    done
+  done
+}
+# post_script BODY: a wrk script (on stdout) that POSTs BODY as JSON with
+# the bench key.
+post_script() {
+  python3 - "$1" "$BLAZE_BENCH_KEY" <<'PY'
+import json, sys
+print('wrk.method = "POST"')
+print('wrk.body = ' + json.dumps(sys.argv[1]))
+print('wrk.headers["Content-Type"] = "application/json"')
+print('wrk.headers["Authorization"] = ' + json.dumps("Bearer " + sys.argv[2]))
+PY
+}

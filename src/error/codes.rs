@@ -99,6 +99,8 @@ error_codes! {
     // Limits.
     RateLimitExceeded = "rate_limit_exceeded", 429, "requests";
     RateLimiterUnavailable = "rate_limiter_unavailable", 503, "server_error";
+    QuotaExceeded = "quota_exceeded", 429, "insufficient_quota";
+    QuotaUnavailable = "quota_unavailable", 503, "server_error";
     TooManyConnections = "too_many_connections", 429, "invalid_request_error";
     TooManyInFlight = "too_many_in_flight", 429, "invalid_request_error";
     // The guard.

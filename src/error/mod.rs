@@ -279,6 +279,18 @@ impl ApiError {
         Self::new(ErrorCode::RateLimiterUnavailable, message).retry_after(1)
     }
 
+    /// 429: a day or month quota of the caller's key, user or team would
+    /// be overrun; it resets at the window's end.
+    pub fn quota_exceeded(message: String, retry_after_s: u64) -> Self {
+        Self::new(ErrorCode::QuotaExceeded, message).retry_after(retry_after_s)
+    }
+
+    /// 503: the quota counters cannot be read (Redis or the ledger down).
+    pub fn quota_unavailable() -> Self {
+        let message = "Quotas cannot be checked right now; retry in 1 s".to_owned();
+        Self::new(ErrorCode::QuotaUnavailable, message).retry_after(1)
+    }
+
     /// 400: the guard blocked a text bound for the model; the category is
     /// named, the matched text never echoed.
     pub fn content_blocked(category: &str, param: &str) -> Self {

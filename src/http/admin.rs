@@ -1,18 +1,15 @@
-//! The identity API: tokens (`/auth/*`), users (`/admin/users`, admins
-//! only) and API keys (`/admin/keys`: every user manages their own keys,
-//! admins every key). Payloads reject unknown fields, so no request can
-//! slip in a role or a limit it may not set.
-
-use std::time::Duration;
+//! The identity API: tokens (`/auth/*`) and users (`/admin/users`, admins
+//! only; each change audited), and what the key routes (`keys.rs`) share
+//! with them. Payloads reject unknown fields, so no request can slip in a
+//! role, a team or a limit it may not set.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use blaze_actors::auth::{
-    AdminError, Failure, KeyRecord, KeyRequest, NewUser, Page, Role, User, UserStatus, UserUpdate,
-};
+use blaze_actors::auth::{AdminError, Failure, NewUser, Page, Principal, Role, User, UserStatus, UserUpdate};
 use blaze_actors::ratelimit::Limits;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::audit::{self, Change};
 use super::auth::{client_address, failed, AdminCaller, Caller};
 use super::routing::{resource, Route};
 use super::AppState;
@@ -34,17 +31,10 @@ pub fn configure(config: &mut web::ServiceConfig, limits: &BodyLimitSettings) {
                 .route(web::get().to(get_user))
                 .route(web::patch().to(update_user))
                 .route(web::delete().to(disable_user)),
-        )
-        .service(
-            resource(Route::Keys, limits).route(web::post().to(create_key)).route(web::get().to(list_keys)),
-        )
-        .service(
-            resource(Route::Key, limits).route(web::get().to(get_key)).route(web::delete().to(revoke_key)),
-        )
-        .service(resource(Route::KeyRotate, limits).route(web::post().to(rotate_key)));
+        );
 }
 
-fn admin_error(error: AdminError) -> ApiError {
+pub(super) fn admin_error(error: AdminError) -> ApiError {
     match error {
         AdminError::NotFound(what) => ApiError::no_such(what, "given"),
         AdminError::Conflict(message) => ApiError::conflict(ErrorCode::Conflict, message),
@@ -61,14 +51,14 @@ fn admin_error(error: AdminError) -> ApiError {
     }
 }
 
-fn not_found<'a>(what: &'a str, id: &'a str) -> impl FnOnce(AdminError) -> ApiError + 'a {
+pub(super) fn not_found<'a>(what: &'a str, id: &'a str) -> impl FnOnce(AdminError) -> ApiError + 'a {
     move |error| match error {
         AdminError::NotFound(_) => ApiError::no_such(what, id),
         other => admin_error(other),
     }
 }
 
-fn seconds(millis: i64) -> i64 {
+pub(super) fn seconds(millis: i64) -> i64 {
     millis / 1000
 }
 
@@ -82,13 +72,14 @@ fn user_json(user: &User) -> Value {
         "status": user.status,
         "has_password": user.password_hash.is_some(),
         "rate_limits": limits_json(&user.limits),
+        "team": user.team,
         "created_at": seconds(user.created_at),
         "updated_at": seconds(user.updated_at),
     })
 }
 
 /// Unset budgets show as null: the configured default applies.
-fn limits_json(limits: &Limits) -> Value {
+pub(super) fn limits_json(limits: &Limits) -> Value {
     json!({
         "requests_per_minute": limits.requests_per_minute,
         "tokens_per_minute": limits.tokens_per_minute,
@@ -96,7 +87,7 @@ fn limits_json(limits: &Limits) -> Value {
 }
 
 /// Budgets an admin sets: at least 1 each (null keeps the default).
-fn checked_limits(limits: Option<Limits>) -> Result<Option<Limits>, ApiError> {
+pub(super) fn checked_limits(limits: Option<Limits>) -> Result<Option<Limits>, ApiError> {
     const MOST: u64 = 1_000_000_000_000;
     let valid = |value: Option<u64>| value.is_none_or(|value| (1..=MOST).contains(&value));
     match limits {
@@ -111,35 +102,7 @@ fn checked_limits(limits: Option<Limits>) -> Result<Option<Limits>, ApiError> {
     }
 }
 
-fn key_json(key: &KeyRecord) -> Value {
-    let now = blaze_actors::auth::now_ms();
-    let status = if key.revoked_at.is_some() {
-        "revoked"
-    } else if key.expires_at.is_some_and(|end| now >= end) {
-        "expired"
-    } else if key.replaced_by.is_some() {
-        "rotated"
-    } else {
-        "active"
-    };
-    json!({
-        "object": "api_key",
-        "id": key.id,
-        "user_id": key.user_id,
-        "name": key.name,
-        "prefix": format!("{}{}", blaze_actors::auth::secrets::KEY_PREFIX, key.id),
-        "scopes": key.scopes,
-        "rate_limits": limits_json(&key.limits),
-        "status": status,
-        "created_at": seconds(key.created_at),
-        "expires_at": key.expires_at.map(seconds),
-        "revoked_at": key.revoked_at.map(seconds),
-        "last_used_at": key.last_used_at.map(seconds),
-        "replaced_by": key.replaced_by,
-    })
-}
-
-fn page_json<T>(page: &Page<T>, render: fn(&T) -> Value, id: fn(&T) -> &str) -> Value {
+pub(super) fn page_json<T>(page: &Page<T>, render: fn(&T) -> Value, id: fn(&T) -> &str) -> Value {
     json!({
         "object": "list",
         "data": page.items.iter().map(render).collect::<Vec<_>>(),
@@ -208,7 +171,7 @@ async fn logout(state: web::Data<AppState>, caller: Caller) -> Result<HttpRespon
     Ok(HttpResponse::NoContent().finish())
 }
 
-fn no_store() -> (actix_web::http::header::HeaderName, &'static str) {
+pub(super) fn no_store() -> (actix_web::http::header::HeaderName, &'static str) {
     (actix_web::http::header::CACHE_CONTROL, "no-store")
 }
 
@@ -224,6 +187,7 @@ struct CreateUser {
     role: Role,
     password: Option<String>,
     rate_limits: Option<Limits>,
+    team: Option<String>,
 }
 
 fn default_role() -> Role {
@@ -232,14 +196,14 @@ fn default_role() -> Role {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub(super) struct ListQuery {
     limit: Option<u32>,
-    after: Option<String>,
-    user_id: Option<String>,
+    pub(super) after: Option<String>,
+    pub(super) user_id: Option<String>,
 }
 
 impl ListQuery {
-    fn limit(&self) -> Result<u32, ApiError> {
+    pub(super) fn limit(&self) -> Result<u32, ApiError> {
         match self.limit.unwrap_or(20) {
             limit @ 1..=100 => Ok(limit),
             _ => Err(ApiError::bad_request(ErrorCode::InvalidValue, "`limit` must be 1 to 100")
@@ -250,7 +214,8 @@ impl ListQuery {
 
 async fn create_user(
     state: web::Data<AppState>,
-    _admin: AdminCaller,
+    admin: AdminCaller,
+    request: HttpRequest,
     body: web::Json<CreateUser>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -259,9 +224,25 @@ async fn create_user(
             .with_param("name"));
     }
     let limits = checked_limits(body.rate_limits)?.unwrap_or_default();
-    let new =
-        NewUser { email: body.email, name: body.name, role: body.role, password: body.password, limits };
+    let team = body.team.map(checked_team).transpose()?;
+    let new = NewUser {
+        email: body.email,
+        name: body.name,
+        role: body.role,
+        password: body.password,
+        limits,
+        team,
+    };
     let user = state.auth.create_user(new).await.map_err(admin_error)?;
+    let after = user_json(&user);
+    let change = Change {
+        action: "user.created",
+        target: format!("user:{}", user.id),
+        before: Value::Null,
+        after,
+        actor: Some(&admin.0),
+    };
+    audit::record(&state, &request, change).await;
     Ok(HttpResponse::Created().json(user_json(&user)))
 }
 
@@ -295,11 +276,33 @@ struct UpdateUser {
     status: Option<UserStatus>,
     password: Option<String>,
     rate_limits: Option<Limits>,
+    /// Absent keeps the team; null takes the user out of it.
+    #[serde(default, deserialize_with = "present")]
+    team: Option<Option<String>>,
+}
+
+/// A field that is present (even as null) is `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
+}
+
+/// A team's name: 1 to 64 letters, digits, `.`, `_` or `-`.
+fn checked_team(team: String) -> Result<String, ApiError> {
+    let valid = (1..=64).contains(&team.len())
+        && team.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte));
+    valid.then_some(team).ok_or_else(|| {
+        ApiError::bad_request(
+            ErrorCode::InvalidValue,
+            "`team` must be 1 to 64 letters, digits, `.`, `_` or `-`",
+        )
+        .with_param("team")
+    })
 }
 
 async fn update_user(
     state: web::Data<AppState>,
     caller: AdminCaller,
+    request: HttpRequest,
     id: web::Path<String>,
     body: web::Json<UpdateUser>,
 ) -> Result<HttpResponse, ApiError> {
@@ -310,116 +313,48 @@ async fn update_user(
         status: body.status,
         password: body.password,
         limits: checked_limits(body.rate_limits)?,
+        team: body.team.map(|team| team.map(checked_team).transpose()).transpose()?,
     };
-    let user = state.auth.update_user(&caller.0, &id, update).await.map_err(not_found("user", &id))?;
-    Ok(HttpResponse::Ok().json(user_json(&user)))
+    changed_user(&state, &caller.0, &request, &id, update).await
 }
 
 async fn disable_user(
     state: web::Data<AppState>,
     caller: AdminCaller,
+    request: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = state
-        .auth
-        .update_user(&caller.0, &id, UserUpdate { status: Some(UserStatus::Disabled), ..Default::default() })
-        .await
-        .map_err(not_found("user", &id))?;
-    Ok(HttpResponse::Ok().json(user_json(&user)))
+    let update = UserUpdate { status: Some(UserStatus::Disabled), ..Default::default() };
+    changed_user(&state, &caller.0, &request, &id, update).await
 }
 
-// ---- keys ----
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateKey {
-    #[serde(default)]
-    name: String,
-    user_id: Option<String>,
-    scopes: Option<Vec<String>>,
-    expires_in_s: Option<u64>,
-    rate_limits: Option<Limits>,
-}
-
-async fn create_key(
-    state: web::Data<AppState>,
-    caller: Caller,
-    body: web::Json<CreateKey>,
+/// Applies an admin's change to a user and audits it (`user.disabled`
+/// when it disables them, `user.changed` otherwise).
+async fn changed_user(
+    state: &AppState,
+    actor: &Principal,
+    request: &HttpRequest,
+    id: &str,
+    update: UserUpdate,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
-    if body.name.chars().count() > 200 {
-        return Err(ApiError::bad_request(ErrorCode::InvalidValue, "`name` must be at most 200 characters")
-            .with_param("name"));
-    }
-    if let Some(scopes) = &body.scopes {
-        let valid_scope = |scope: &String| {
-            (1..=64).contains(&scope.len()) && scope.bytes().all(|byte| byte.is_ascii_graphic())
-        };
-        if scopes.is_empty() || scopes.len() > 32 || !scopes.iter().all(valid_scope) {
-            return Err(ApiError::bad_request(
-                ErrorCode::InvalidValue,
-                "`scopes`: 1 to 32 of *, models, chat, completions, embeddings, keys, admin, metrics \
-                 (default: the caller's own)",
-            )
-            .with_param("scopes"));
-        }
-    }
-    if body.expires_in_s.is_some_and(|seconds| seconds == 0 || seconds > 10 * 365 * 86_400) {
-        return Err(ApiError::bad_request(ErrorCode::InvalidValue, "`expires_in_s` must be 1 s to 10 years")
-            .with_param("expires_in_s"));
-    }
-    let request = KeyRequest {
-        user_id: body.user_id,
-        name: body.name,
-        scopes: body.scopes,
-        expires_in: body.expires_in_s.map(Duration::from_secs),
-        limits: checked_limits(body.rate_limits)?.unwrap_or_default(),
+    let before = state.auth.user(id).await.map_err(not_found("user", id))?;
+    let password_changed = update.password.is_some();
+    let user = state.auth.update_user(actor, id, update).await.map_err(not_found("user", id))?;
+    let action = if user.status == UserStatus::Disabled && before.status != UserStatus::Disabled {
+        "user.disabled"
+    } else {
+        "user.changed"
     };
-    let (record, key) =
-        state.auth.create_key(&caller.0, request).await.map_err(not_found("user", "given"))?;
-    let mut body = key_json(&record);
-    body["key"] = Value::String(key.text);
-    Ok(HttpResponse::Created().insert_header(no_store()).json(body))
-}
-
-async fn list_keys(
-    state: web::Data<AppState>,
-    caller: Caller,
-    query: web::Query<ListQuery>,
-) -> Result<HttpResponse, ApiError> {
-    let limit = query.limit()?;
-    let query = query.into_inner();
-    let page = state.auth.keys(&caller.0, query.user_id, query.after, limit).await.map_err(admin_error)?;
-    Ok(HttpResponse::Ok().json(page_json(&page, key_json, |key| &key.id)))
-}
-
-async fn get_key(
-    state: web::Data<AppState>,
-    caller: Caller,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let key = state.auth.key(&caller.0, &id).await.map_err(not_found("API key", &id))?;
-    Ok(HttpResponse::Ok().json(key_json(&key)))
-}
-
-async fn revoke_key(
-    state: web::Data<AppState>,
-    caller: Caller,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let key = state.auth.revoke_key(&caller.0, &id).await.map_err(not_found("API key", &id))?;
-    Ok(HttpResponse::Ok().json(key_json(&key)))
-}
-
-async fn rotate_key(
-    state: web::Data<AppState>,
-    caller: Caller,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let (record, key, retired) =
-        state.auth.rotate_key(&caller.0, &id).await.map_err(not_found("API key", &id))?;
-    let mut body = key_json(&record);
-    body["key"] = Value::String(key.text);
-    body["replaces"] = key_json(&retired);
-    Ok(HttpResponse::Created().insert_header(no_store()).json(body))
+    let mut after = user_json(&user);
+    // A new password is a change, said without any hash of it.
+    after["password_changed"] = Value::Bool(password_changed);
+    let change = Change {
+        action,
+        target: format!("user:{id}"),
+        before: user_json(&before),
+        after,
+        actor: Some(actor),
+    };
+    audit::record(state, request, change).await;
+    Ok(HttpResponse::Ok().json(user_json(&user)))
 }

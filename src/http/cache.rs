@@ -1,11 +1,13 @@
 //! The response cache on the HTTP surface: the client's `Cache-Control`
 //! refusal, the `x-blaze-cache` headers, and `DELETE /admin/cache`.
 
-use actix_web::http::header::{CACHE_CONTROL, PRAGMA};
+use actix_web::http::header::{HeaderName, CACHE_CONTROL, PRAGMA};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use blaze_actors::cache::{CacheKey, Invalidation, Lookup};
 use serde::Deserialize;
+use serde_json::Value;
 
+use super::audit::{self, Change};
 use super::auth::AdminCaller;
 use super::routing::{resource, Route};
 use super::AppState;
@@ -25,10 +27,13 @@ pub fn refuses_cache(request: &HttpRequest) -> bool {
     says(CACHE_CONTROL, &["no-cache", "no-store"]) || says(PRAGMA, &["no-cache"])
 }
 
+/// The header that says what the cache did.
+pub const CACHE_VERDICT: HeaderName = HeaderName::from_static("x-blaze-cache");
+
 /// `x-blaze-cache` (and the entry's id when there is one, for
 /// `DELETE /admin/cache`).
 pub fn mark(response: &mut HttpResponseBuilder, lookup: Lookup, key: Option<&CacheKey>) {
-    response.insert_header(("x-blaze-cache", lookup.header()));
+    response.insert_header((CACHE_VERDICT, lookup.header()));
     if let Some(key) = key {
         response.insert_header(("x-blaze-cache-key", key.id.as_str()));
     }
@@ -49,7 +54,8 @@ struct InvalidateQuery {
 /// model's, or one entry.
 async fn invalidate(
     state: web::Data<AppState>,
-    _admin: AdminCaller,
+    admin: AdminCaller,
+    request: HttpRequest,
     query: web::Query<InvalidateQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let Some(access) = &state.pipeline.cache else {
@@ -76,6 +82,15 @@ async fn invalidate(
     };
     access.cache.invalidate(invalidation.clone()).await;
     tracing::info!(invalidation = ?invalidation, "cache invalidated");
+    let after = serde_json::json!({ "invalidated": invalidation });
+    let change = Change {
+        action: "cache.purged",
+        target: "cache".to_owned(),
+        before: Value::Null,
+        after,
+        actor: Some(&admin.0),
+    };
+    audit::record(&state, &request, change).await;
     Ok(HttpResponse::Ok()
         .json(serde_json::json!({ "object": "cache.invalidation", "invalidated": invalidation })))
 }

@@ -18,11 +18,12 @@ use futures_util::future::LocalBoxFuture;
 use sha2::{Digest, Sha256};
 
 use super::auth::{authenticate_credential, bearer, client_address, subject_of};
-use super::ratelimit::add_headers;
+use super::cache::CACHE_VERDICT;
+use super::ratelimit::{add_headers, add_quota_headers};
 use super::routing::{Access, Budget, RouteRule};
 use super::AppState;
 use crate::error::ApiError;
-use crate::openai::{Gate, Pending};
+use crate::openai::{Gate, Meter, Pending, QuotaGate, RequestId};
 use crate::settings::MetricsAccess;
 
 /// Who reads the monitoring routes (`security.metrics_access`), and the
@@ -132,20 +133,13 @@ where
                         Pending::new(&state.pipeline.limiting, principal.as_ref(), subject, rule.pattern)
                     }),
             };
+            if let (Budget::Tokens, Some(principal)) = (rule.budget, &principal) {
+                return metered(&state, rule, principal, pending, request, &service).await;
+            }
             let Some(pending) = pending else {
                 return service.call(request).await.map(ServiceResponse::map_into_left_body);
             };
             let gate = Gate::new(Some(pending));
-            if rule.budget == Budget::Tokens {
-                // Admitted by the pipeline once it has counted the tokens.
-                request.extensions_mut().insert(gate.clone());
-                let mut response = service.call(request).await?;
-                gate.spend_unadmitted().await;
-                if let Some(decision) = gate.decision() {
-                    add_headers(response.headers_mut(), &decision);
-                }
-                return Ok(response.map_into_left_body());
-            }
             let admitted = gate.admit(0).await;
             let mut response = match admitted {
                 Ok(_) => service.call(request).await?.map_into_left_body(),
@@ -157,6 +151,44 @@ where
             Ok(response)
         })
     }
+}
+
+/// A request to a model route: admitted by the pipeline once it has
+/// counted the tokens (rate limits, then quotas), and metered for the
+/// usage ledger with the status and cache tier its response tells.
+async fn metered<S>(
+    state: &AppState,
+    rule: &RouteRule,
+    principal: &Principal,
+    pending: Option<Pending>,
+    request: ServiceRequest,
+    service: &Rc<S>,
+) -> Answer
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<BoxBody>, Error = actix_web::Error> + 'static,
+{
+    let governance = &state.pipeline.governance;
+    let gate = Gate::new(pending).with_quotas(QuotaGate::of(&governance.quotas, principal));
+    let meter = {
+        let extensions = request.extensions();
+        let request_id = extensions.get::<RequestId>().map_or("", RequestId::as_str);
+        Meter::start(governance, principal, request_id, rule.pattern)
+    };
+    request.extensions_mut().insert(gate.clone());
+    request.extensions_mut().insert(meter.clone());
+    let mut response = service.call(request).await?;
+    gate.spend_unadmitted().await;
+    meter.status(response.status().as_u16());
+    if let Some(verdict) = response.headers().get(CACHE_VERDICT).and_then(|value| value.to_str().ok()) {
+        meter.cache(verdict);
+    }
+    if let Some(decision) = gate.decision() {
+        add_headers(response.headers_mut(), &decision);
+    }
+    if let Some(standing) = gate.quota_standing() {
+        add_quota_headers(response.headers_mut(), &standing);
+    }
+    Ok(response.map_into_left_body())
 }
 
 /// The Content-Length the client declared, if any.

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use super::auth::subject_of;
 use super::cache::{mark, refuses_cache};
 use crate::openai::RequestId;
-use crate::openai::{Answer, Body, Gate, Origin, Piece};
+use crate::openai::{Answer, Body, Gate, Meter, Origin, Piece};
 
 /// An HTTP request's origin, behind the checkpoint.
 pub fn origin(request: &HttpRequest, principal: Principal, gate: Gate) -> Origin {
@@ -25,6 +25,7 @@ pub fn origin(request: &HttpRequest, principal: Principal, gate: Gate) -> Origin
         subject,
         request_id,
         gate,
+        meter: request.extensions().get::<Meter>().cloned().unwrap_or_default(),
         cache_allowed: !refuses_cache(request),
         hangup: super::disconnect::hangup(request),
     }

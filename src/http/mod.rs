@@ -3,6 +3,7 @@
 //! request middleware and the extractor limits.
 
 mod admin;
+mod audit;
 pub mod auth;
 pub mod cache;
 pub mod checkpoint;
@@ -12,13 +13,16 @@ pub mod disconnect;
 mod exchange;
 mod health;
 mod json;
+mod keys;
 mod models_admin;
 mod observe;
 mod openai;
+mod quotas;
 pub mod ratelimit;
 pub mod routing;
 #[cfg(feature = "test-hooks")]
 mod test_hooks;
+mod usage;
 pub mod websocket;
 
 use std::sync::Arc;
@@ -68,8 +72,11 @@ pub fn configure(config: &mut web::ServiceConfig, state: AppState, max_body: usi
     health::configure(config, &limits);
     openai::configure(config, &limits);
     admin::configure(config, &limits);
+    keys::configure(config, &limits);
     cache::configure(config, &limits);
     models_admin::configure(config, &limits);
+    usage::configure(config, &limits);
+    quotas::configure(config, &limits);
     websocket::configure(config, &limits);
     #[cfg(feature = "test-hooks")]
     test_hooks::configure(config);

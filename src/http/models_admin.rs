@@ -1,10 +1,11 @@
 //! `POST /admin/models/{id}/load` and `/unload`: an admin loads or unloads
 //! a catalog model while the others serve.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use blaze_actors::router::{LoadStarted, ModelState, Unloader};
 use serde_json::json;
 
+use super::audit::{self, Change};
 use super::auth::AdminCaller;
 use super::routing::{resource, Route};
 use super::AppState;
@@ -22,11 +23,21 @@ pub fn configure(config: &mut web::ServiceConfig, limits: &BodyLimitSettings) {
 async fn load(
     state: web::Data<AppState>,
     admin: AdminCaller,
+    request: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let models = &state.pipeline.models;
+    let was = models.registry().state(&id);
     let started = models.load(&id, false).ok_or_else(|| ApiError::model_not_found(&id))?;
-    tracing::info!(operation = "model.load", model = %id, user_id = %admin.0.user_id, outcome = ?started, "admin operation");
+    let (before, after) = (json!({ "state": format!("{was:?}") }), json!({ "load": format!("{started:?}") }));
+    let change = Change {
+        action: "model.loaded",
+        target: format!("model:{id}"),
+        before,
+        after,
+        actor: Some(&admin.0),
+    };
+    audit::record(&state, &request, change).await;
     let body = |state: &str| json!({ "object": "model.load", "id": id.as_str(), "state": state });
     Ok(match started {
         LoadStarted::AlreadyServed => HttpResponse::Ok().json(body("ready")),
@@ -38,13 +49,22 @@ async fn load(
 async fn unload(
     state: web::Data<AppState>,
     admin: AdminCaller,
+    request: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let models = &state.pipeline.models;
     let was = models.registry().state(&id);
     models.unload(&id, Unloader::Admin).ok_or_else(|| ApiError::model_not_found(&id))?;
     let was_loaded = matches!(was, ModelState::Served | ModelState::Loading { .. });
-    tracing::info!(operation = "model.unload", model = %id, user_id = %admin.0.user_id, was_loaded, "admin operation");
+    let (before, after) = (json!({ "state": format!("{was:?}") }), json!({ "state": "unloaded" }));
+    let change = Change {
+        action: "model.unloaded",
+        target: format!("model:{id}"),
+        before,
+        after,
+        actor: Some(&admin.0),
+    };
+    audit::record(&state, &request, change).await;
     Ok(HttpResponse::Ok().json(json!({
         "object": "model.unload",
         "id": id.as_str(),

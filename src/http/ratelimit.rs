@@ -9,6 +9,7 @@ use actix_web::dev::Payload;
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::{FromRequest, HttpMessage, HttpRequest};
 use blaze_actors::ratelimit::Decision;
+use blaze_actors::usage::QuotaStanding;
 
 use crate::error::ApiError;
 use crate::openai::{go_duration, Gate};
@@ -53,5 +54,25 @@ pub fn add_headers(headers: &mut HeaderMap, decision: &Decision) {
     if !policies.is_empty() {
         insert(headers, "ratelimit-policy", policies.join(", "));
         insert(headers, "ratelimit", standings.join(", "));
+    }
+}
+
+/// The quota headers: for the tightest quota of each unit and window,
+/// `x-blaze-quota-limit-<unit>-<window>`, `x-blaze-quota-remaining-<unit>-<window>`
+/// and `x-blaze-quota-reset-<window>` (seconds until it resets).
+pub fn add_quota_headers(headers: &mut HeaderMap, standing: &QuotaStanding) {
+    let now = blaze_actors::auth::now_ms();
+    for (window, unit, limit, remaining, resets_at) in &standing.quotas {
+        let (window, unit) = (window.as_str(), unit.as_str());
+        let values = [
+            (format!("x-blaze-quota-limit-{unit}-{window}"), limit.to_string()),
+            (format!("x-blaze-quota-remaining-{unit}-{window}"), remaining.to_string()),
+            (format!("x-blaze-quota-reset-{window}"), ((resets_at - now).max(0) / 1000).to_string()),
+        ];
+        for (name, value) in values {
+            if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+                headers.insert(name, value);
+            }
+        }
     }
 }

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use blaze_actors::auth::Principal;
 use blaze_actors::ratelimit::{Admission, Decision, Limits, Quota, RateLimiter, Ticket, Unavailable, Unit};
+use blaze_actors::usage::{QuotaCost, QuotaReservation, QuotaStanding, Reserved};
 
+use super::meter::Meter;
+use super::quota::{quota_refusal, QuotaGate};
 use crate::error::ApiError;
 
 /// The limiter and the budgets that apply when a key or user sets none.
@@ -68,14 +71,39 @@ impl Pending {
     }
 }
 
-/// What a request is admitted through. Without a budget to spend
+/// What a request is admitted through: its rate limits, and on the
+/// routes that call a model, its quotas. Without a budget to spend
 /// (unlimited) it admits everything.
-#[derive(Clone)]
-pub struct Gate(Option<Rc<Pending>>);
+#[derive(Clone, Default)]
+pub struct Gate {
+    pending: Option<Rc<Pending>>,
+    quota: Option<Rc<QuotaGate>>,
+}
+
+/// What a model request reserves: its model (for its price), its prompt
+/// and the most its completions may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Charge<'a> {
+    pub model: &'a str,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// What an admitted request holds until it settles.
+#[derive(Default)]
+pub struct Admitted {
+    rate: Option<Reservation>,
+    quota: Option<QuotaReservation>,
+}
 
 impl Gate {
     pub fn new(pending: Option<Pending>) -> Self {
-        Self(pending.map(Rc::new))
+        Self { pending: pending.map(Rc::new), quota: None }
+    }
+
+    /// The same gate, charging the quotas of `principal` too.
+    pub fn with_quotas(self, quota: Option<QuotaGate>) -> Self {
+        Self { quota: quota.map(Rc::new), ..self }
     }
 
     /// The gate of one request that did not come through the checkpoint
@@ -87,13 +115,19 @@ impl Gate {
 
     /// The decision the request was told, for the response headers.
     pub fn decision(&self) -> Option<Decision> {
-        self.0.as_ref().and_then(|pending| pending.decision.borrow().clone())
+        self.pending.as_ref().and_then(|pending| pending.decision.borrow().clone())
+    }
+
+    /// What is left of the caller's quotas after this request, for the
+    /// response headers.
+    pub fn quota_standing(&self) -> Option<QuotaStanding> {
+        self.quota.as_ref().and_then(|quota| quota.standing.borrow().clone())
     }
 
     /// A request that ended before it was admitted (a bad body, an
     /// unknown model) still spends one request.
     pub async fn spend_unadmitted(&self) {
-        if let Some(pending) = &self.0 {
+        if let Some(pending) = &self.pending {
             if pending.decision.borrow().is_none() {
                 let _ = pending.check(0).await;
             }
@@ -103,13 +137,49 @@ impl Gate {
     /// Admits the request, reserving `tokens` (prompt plus the most the
     /// completion may take), or refuses it (429, or 503 when closed).
     pub async fn admit(&self, tokens: u64) -> Result<Option<Reservation>, ApiError> {
-        let Some(pending) = &self.0 else { return Ok(None) };
+        let Some(pending) = &self.pending else { return Ok(None) };
         match pending.check(tokens).await {
             Ok((decision, ticket)) if decision.admitted => {
                 Ok(ticket.map(|ticket| Reservation { limiter: pending.limiting.limiter.clone(), ticket }))
             }
             Ok((decision, _)) => Err(refusal(&decision)),
             Err(Unavailable) => Err(ApiError::rate_limiter_unavailable()),
+        }
+    }
+
+    /// Admits a model request: its rate limits, then its quotas (one
+    /// request, the tokens, their price), all reserved or none.
+    pub async fn admit_charge(&self, charge: Charge<'_>) -> Result<Admitted, ApiError> {
+        let tokens = charge.prompt_tokens + charge.completion_tokens;
+        let rate = self.admit(tokens).await?;
+        let Some(quota) = &self.quota else { return Ok(Admitted { rate, quota: None }) };
+        let cost = QuotaCost {
+            tokens,
+            cost_micros: quota.quotas.cost_micros(
+                charge.model,
+                charge.prompt_tokens,
+                charge.completion_tokens,
+            ),
+        };
+        let refused = |rate: Option<Reservation>| {
+            // Refused by a quota: the request spent its request, no tokens.
+            if let Some(rate) = rate {
+                rate.settle(0);
+            }
+        };
+        match quota.quotas.reserve(&quota.who, cost).await {
+            Ok(Reserved::Admitted(reservation, standing)) => {
+                *quota.standing.borrow_mut() = Some(standing);
+                Ok(Admitted { rate, quota: Some(reservation) })
+            }
+            Ok(Reserved::Exceeded(exceeded)) => {
+                refused(rate);
+                Err(quota_refusal(&exceeded, quota.quotas.currency()))
+            }
+            Err(_) => {
+                refused(rate);
+                Err(ApiError::quota_unavailable())
+            }
         }
     }
 }
@@ -136,24 +206,45 @@ impl Reservation {
     }
 }
 
-/// A token reservation that settles when dropped, with the tokens counted
-/// so far: the prompt, then each generated piece, then the exact usage.
-/// Dropped with the answer or its stream, whichever way it ends.
+/// A request's reservations, settled when dropped with the tokens counted
+/// so far (the prompt, then each generated piece, then the exact usage),
+/// and its usage told to the ledger's meter. Dropped with the answer or
+/// its stream, whichever way it ends.
 pub struct Settlement {
-    reservation: Option<Reservation>,
+    admitted: Admitted,
+    prompt: u64,
     pub used: u64,
+    /// Prompt tokens a worker's cache held.
+    pub cached: u64,
+    model: String,
+    meter: Meter,
 }
 
 impl Settlement {
-    pub fn new(reservation: Option<Reservation>, prompt_tokens: usize) -> Self {
-        Self { reservation, used: prompt_tokens as u64 }
+    pub fn new(admitted: Admitted, prompt_tokens: usize, model: &str, meter: &Meter) -> Self {
+        meter.model(model);
+        let prompt = prompt_tokens as u64;
+        Self { admitted, prompt, used: prompt, cached: 0, model: model.to_owned(), meter: meter.clone() }
+    }
+
+    /// A chunk of a stream went out.
+    pub fn sent(&self) {
+        self.meter.first_token();
     }
 }
 
 impl Drop for Settlement {
     fn drop(&mut self) {
-        if let Some(reservation) = self.reservation.take() {
-            reservation.settle(self.used);
+        let completion = self.used.saturating_sub(self.prompt);
+        self.meter.tokens(self.prompt, completion, self.cached);
+        if let Some(reservation) = self.admitted.rate.take() {
+            if reservation.reserved() != self.used {
+                reservation.settle(self.used);
+            }
+        }
+        if let Some(reservation) = self.admitted.quota.take() {
+            let cost_micros = reservation.cost_micros(&self.model, self.prompt, completion);
+            reservation.settle(QuotaCost { tokens: self.used, cost_micros });
         }
     }
 }

@@ -13,7 +13,7 @@ use blaze_actors::inference::ChatPool;
 use blaze_actors::router::ModelHandle;
 use futures_util::StreamExt;
 
-use super::admit::Settlement;
+use super::admit::{Charge, Settlement};
 use super::answer::{Answer, Body};
 use super::caching::{deterministic, generation_key, Caching, Record};
 use super::generation::{cached_or_generated, sampling_params, Job, OutputAsks};
@@ -50,6 +50,7 @@ pub async fn chat(pipeline: &Pipeline, origin: &Origin, body: ChatRequest) -> Re
     // Validate: the fields, the model, the messages, their size.
     check_other_fields(&body.other, Endpoint::Chat)?;
     let (pool, waited) = chat_pool(pipeline, &body.model).await?;
+    origin.meter.model(&body.model);
     let asks = OutputAsks::of(&pool, &body.other, Endpoint::Chat)?;
     let mut turns = chat_turns(body.messages, &pipeline.validation)?;
     check_text_fits(&pool, turns.iter().map(|(role, text)| role.len() + text.len()).sum(), "messages")?;
@@ -73,6 +74,7 @@ pub async fn completion(
     check_other_fields(&body.other, Endpoint::Completions)?;
     check_text(&body.prompt, || "prompt".to_owned(), &pipeline.validation)?;
     let (pool, waited) = chat_pool(pipeline, &body.model).await?;
+    origin.meter.model(&body.model);
     let asks = OutputAsks::of(&pool, &body.other, Endpoint::Completions)?;
     check_text_fits(&pool, body.prompt.len(), "prompt")?;
     screen_input(pipeline, origin, [&mut body.prompt], |_| "prompt".to_owned())?;
@@ -126,8 +128,13 @@ async fn generate(
     let choices = choices(sampling);
     // Admit: the prompt and the most the completions may take are reserved;
     // the settlement corrects that with the real count when it drops.
-    let reservation = origin.gate.admit((prompt.len() + choices * params.max_tokens) as u64).await?;
-    let mut settlement = Settlement::new(reservation, prompt.len());
+    let charge = Charge {
+        model,
+        prompt_tokens: prompt.len() as u64,
+        completion_tokens: (choices * params.max_tokens) as u64,
+    };
+    let admitted = origin.gate.admit_charge(charge).await?;
+    let mut settlement = Settlement::new(admitted, prompt.len(), model, &origin.meter);
     let cached = caching.filter(|_| deterministic(sampling)).map(|caching| {
         let key = generation_key(&caching, endpoint(kind), model, &prompt, &params, sampling);
         (caching, key)
@@ -144,6 +151,7 @@ async fn generate(
         () = origin.hangup.wait() => return Err(ApiError::client_closed()),
     };
     settlement.used += records.iter().map(|record| record.completion_tokens as u64).sum::<u64>();
+    settlement.cached = records.iter().map(|record| record.cached_tokens as u64).max().unwrap_or(0);
     let records: Vec<Record> = records.into_iter().map(|record| screened(pipeline, record)).collect();
     Ok(Answer::cached(Body::Json(reply.body(&records)), lookup, cached.map(|(_, key)| key)))
 }

@@ -8,6 +8,7 @@ use blaze_actors::cache::{CacheKey, Lookup, Tier};
 use blaze_actors::inference::{EmbeddingPool, EngineError, Truncation, WorkError};
 use blaze_actors::router::ModelHandle;
 
+use super::admit::{Charge, Settlement};
 use super::answer::{Answer, Body};
 use super::caching::Caching;
 use super::origin::Origin;
@@ -43,6 +44,7 @@ pub async fn embeddings(
 ) -> Result<Answer, ApiError> {
     request.input.check(&pipeline.validation)?;
     let model = find_model(pipeline, &request.model).await?;
+    origin.meter.model(&request.model);
     let ModelHandle::Embedding(pool) = &model.handle else {
         let message = format!("{} is a chat model; use /v1/chat/completions", request.model);
         return Err(ApiError::bad_request(ErrorCode::InvalidModel, message).with_param("model"));
@@ -67,7 +69,13 @@ pub async fn embeddings(
     let tokens = tokenize(pool, request.input, truncation, std::sync::Arc::new(input_name)).await?;
     let prompt_tokens = tokens.iter().map(Vec::len).sum();
     // The exact count is known: nothing to settle later.
-    origin.gate.admit(prompt_tokens as u64).await?;
+    let charge = Charge { model: &request.model, prompt_tokens: prompt_tokens as u64, completion_tokens: 0 };
+    let _settled = Settlement::new(
+        origin.gate.admit_charge(charge).await?,
+        prompt_tokens,
+        &request.model,
+        &origin.meter,
+    );
     let caching = Caching::of(pipeline, origin.cache_allowed, &origin.principal);
     let (vectors, lookup, key) = tokio::select! {
         answer = answer(pool, &request.model, caching.as_ref(), tokens) => answer?,

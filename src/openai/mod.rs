@@ -36,8 +36,10 @@ mod chat;
 mod embeddings;
 mod generation;
 mod logprobs;
+mod meter;
 mod models;
 mod origin;
+mod quota;
 mod reply;
 mod request;
 mod rerank;
@@ -57,13 +59,17 @@ use std::sync::Arc;
 use blaze_actors::guard::Guard;
 use blaze_actors::router::ModelManager;
 
-pub use self::admit::{go_duration, refusal, Gate, Limiting, Pending, Reservation, Settlement};
+pub use self::admit::{
+    go_duration, refusal, Admitted, Charge, Gate, Limiting, Pending, Reservation, Settlement,
+};
 pub use self::answer::{Answer, Body, Piece};
 pub use self::caching::CacheAccess;
 pub use self::chat::{chat, chat_from_bytes, completion, completion_from_bytes};
 pub use self::embeddings::{embeddings, embeddings_from_bytes};
+pub use self::meter::{Governance, Meter};
 pub use self::models::{describe_model, find_model, find_model_waited, model_list};
 pub use self::origin::{Hangup, Origin, RequestId};
+pub use self::quota::QuotaGate;
 pub use self::request::{parse, ChatRequest, CompletionRequest, EmbeddingsRequest};
 pub use self::rerank::{rerank, rerank_from_bytes, score, score_from_bytes, RerankRequest, ScoreRequest};
 pub use self::responses::{responses, responses_from_bytes, ResponsesRequest};
@@ -83,6 +89,7 @@ pub struct Pipeline {
     pub cache: Option<CacheAccess>,
     pub validation: ValidationSettings,
     pub limiting: Arc<Limiting>,
+    pub governance: Arc<Governance>,
 }
 
 /// Which OpenAI endpoint a body is for.

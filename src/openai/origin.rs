@@ -9,6 +9,7 @@ use actix_web::http::header::HeaderValue;
 use blaze_actors::auth::Principal;
 
 use super::admit::Gate;
+use super::meter::Meter;
 
 /// Who asks, and how their answer may be made.
 pub struct Origin {
@@ -19,6 +20,8 @@ pub struct Origin {
     /// For the logs.
     pub request_id: RequestId,
     pub gate: Gate,
+    /// The request's row in the usage ledger, on the model routes.
+    pub meter: Meter,
     /// False when the client asked not to be answered from the cache.
     pub cache_allowed: bool,
     pub hangup: Hangup,

@@ -19,6 +19,7 @@ use blaze_actors::router::ModelHandle;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use super::admit::{Charge, Settlement};
 use super::answer::{Answer, Body};
 use super::caching::Caching;
 use super::embeddings::{answer, tokenize, truncation, TextNames};
@@ -165,6 +166,7 @@ pub async fn rerank(
         texts.push(text);
     }
     let pool = embedding_pool(pipeline, &request.model).await?;
+    origin.meter.model(&request.model);
     screen_input(pipeline, origin, texts.iter_mut(), rerank_name)?;
     let truncation = truncation(request.truncate, request.truncation_direction, &pool);
     let return_documents = request.return_documents.unwrap_or(true);
@@ -213,6 +215,7 @@ pub async fn score(pipeline: &Pipeline, origin: &Origin, request: ScoreRequest) 
         }
     };
     let pool = embedding_pool(pipeline, &request.model).await?;
+    origin.meter.model(&request.model);
     let split = first.len();
     let mut texts = first;
     texts.extend(second);
@@ -301,7 +304,9 @@ async fn vectors(
     tokens: Vec<Vec<u32>>,
 ) -> Result<(Vec<Vec<f32>>, blaze_actors::cache::Lookup, usize), ApiError> {
     let prompt_tokens = tokens.iter().map(Vec::len).sum();
-    origin.gate.admit(prompt_tokens as u64).await?;
+    let charge = Charge { model, prompt_tokens: prompt_tokens as u64, completion_tokens: 0 };
+    let _settled =
+        Settlement::new(origin.gate.admit_charge(charge).await?, prompt_tokens, model, &origin.meter);
     let caching = Caching::of(pipeline, origin.cache_allowed, &origin.principal);
     let (vectors, lookup, _) = tokio::select! {
         answer = answer(pool, model, caching.as_ref(), tokens) => answer?,

@@ -102,6 +102,7 @@ impl Chunks {
     async fn next(&mut self) -> Option<Piece> {
         loop {
             if let Some(piece) = self.queued.pop() {
+                self.parts.settlement.sent();
                 return Some(piece);
             }
             if self.ended {
@@ -130,6 +131,7 @@ impl Chunks {
                 }
                 Some(ChatEvent::Done { finish_reason, completion_tokens, cached_tokens }) => {
                     choice.cached_tokens = cached_tokens;
+                    self.parts.settlement.cached = self.parts.settlement.cached.max(cached_tokens as u64);
                     choice.on_done(reply, keep, finish_reason, completion_tokens)
                 }
                 Some(ChatEvent::Failed(error)) => {
@@ -306,7 +308,7 @@ mod tests {
         StreamParts {
             reply: Reply::new(Kind::Chat, "m", 3, false),
             include_usage: true,
-            settlement: Settlement::new(None, 3),
+            settlement: Settlement::new(Default::default(), 3, "model", &Default::default()),
             store: None,
             screen: None,
         }

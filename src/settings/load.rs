@@ -222,6 +222,7 @@ impl Settings {
         problems.extend(self.rate_limit_problems());
         problems.extend(self.cache_problems());
         problems.extend(self.guard_problems());
+        problems.extend(self.governance_problems());
         let validation = &self.validation;
         for (key, value) in [
             ("validation.max_messages", validation.max_messages),

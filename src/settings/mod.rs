@@ -8,6 +8,7 @@
 //! set it; unknown keys are errors.
 
 mod check;
+mod governance;
 mod load;
 mod print;
 #[cfg(test)]
@@ -20,6 +21,7 @@ use blaze_actors::router::ModelSpec;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::governance::{QuotaDefaults, QuotaSettings, UsageSettings};
 pub use self::load::{ConfigError, ConfigErrors, ConfigSources, PROFILES};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +39,8 @@ pub struct Settings {
     pub guard: blaze_actors::guard::GuardConfig,
     pub validation: ValidationSettings,
     pub websocket: WebSocketSettings,
+    pub usage: UsageSettings,
+    pub quotas: QuotaSettings,
 }
 
 /// The WebSocket surface, `GET /v1/ws`.

@@ -123,7 +123,7 @@ async fn an_admin_unloads_and_loads_a_model_while_the_other_serves() {
     let served = admin_post(&server, &format!("/admin/models/{CHAT}/load")).await;
     assert_eq!(served.status(), 200);
     assert_eq!(served.json::<Value>().await.unwrap()["state"], "ready");
-    server.wait_event("admin operation", |event| event["operation"] == "model.load").await;
+    server.wait_event("audit", |event| event["action"] == "model.loaded").await;
 }
 
 #[tokio::test]

@@ -216,6 +216,11 @@ const EVERY_ROUTE: &[(&str, &str, &str)] = &[
     ("DELETE", "/admin/cache", "/admin/%63ache"),
     ("POST", "/admin/models/smollm2-135m-instruct/load", "/admin/models/smollm2-135m-instruct/%6coad"),
     ("POST", "/admin/models/smollm2-135m-instruct/unload", "/admin/%6dodels/smollm2-135m-instruct/unload"),
+    ("GET", "/v1/usage", "/v1/%75sage"),
+    ("GET", "/admin/usage", "/admin/%75sage"),
+    ("GET", "/admin/audit", "/admin/%61udit"),
+    ("GET", "/admin/quotas", "/admin/%71uotas"),
+    ("GET", "/admin/quotas/user/someone", "/admin/%71uotas/user/someone"),
     ("POST", "/v1/chat/completions", "/v1/%63hat/completions"),
     ("POST", "/v1/completions", "/v1/%63ompletions"),
     ("POST", "/v1/responses", "/v1/%72esponses"),
@@ -233,15 +238,14 @@ const EVERY_ROUTE: &[(&str, &str, &str)] = &[
 fn the_list_holds_every_route_of_the_table_that_needs_a_credential() {
     use blaze::routes::{Access, ROUTES};
     for rule in ROUTES.iter().filter(|rule| rule.access != Access::Public) {
+        // Segment by segment; a `{name}` segment matches any one segment.
         let listed = EVERY_ROUTE.iter().any(|(_, path, _)| {
-            let pattern = rule.pattern.replace("{id}", "");
-            match pattern.split_once("//") {
-                Some((start, end)) => path.starts_with(start) && path.ends_with(end),
-                None => match rule.pattern.strip_suffix("{id}") {
-                    Some(prefix) => path.starts_with(prefix) && !path[prefix.len()..].contains('/'),
-                    None => *path == rule.pattern,
-                },
-            }
+            let (pattern, path): (Vec<_>, Vec<_>) =
+                (rule.pattern.split('/').collect(), path.split('/').collect());
+            pattern.len() == path.len()
+                && pattern.iter().zip(&path).all(|(expected, given)| {
+                    expected == given || (expected.starts_with('{') && !given.is_empty())
+                })
         });
         assert!(listed, "{} is not in EVERY_ROUTE", rule.pattern);
     }

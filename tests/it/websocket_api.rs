@@ -99,6 +99,35 @@ async fn requests_multiplex_on_one_socket_and_equal_http() {
         "{metrics}"
     );
     assert!(metrics.contains("blaze_ws_socket_in_flight_bucket"), "{metrics}");
+
+    // Each model request on the socket is a row of the usage ledger, as
+    // over HTTP: 4 chats and 1 embedding each way (models.list is none).
+    let expected = json!([
+        {"endpoint": "/v1/chat/completions", "requests": 8, "errors": 0},
+        {"endpoint": "/v1/embeddings", "requests": 2, "errors": 0},
+    ]);
+    let mut rows = Value::Null;
+    for _ in 0..50 {
+        let report: Value = http
+            .get(server.url("/admin/usage?group_by=endpoint"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        rows = json!(report["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| json!({"endpoint": row["endpoint"], "requests": row["requests"], "errors": row["errors"]}))
+            .collect::<Vec<_>>());
+        if rows == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rows, expected);
 }
 
 #[tokio::test]

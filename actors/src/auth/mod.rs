@@ -46,7 +46,8 @@ pub use self::jwt::JwtKeyError;
 pub use self::jwt::{JwtAlgorithm, JwtKeySpec, JwtSettings};
 pub use self::secrets::SecretError;
 pub use self::store::{
-    EmbeddedStore, KeyRecord, PostgresOptions, PostgresStore, Role, Store, StoreError, User, UserStatus,
+    EmbeddedStore, KeyRecord, PostgresOptions, PostgresStore, Role, Store, StoreError, StoreResult, User,
+    UserStatus,
 };
 
 /// Now, in Unix milliseconds.
@@ -74,6 +75,8 @@ pub struct IdentityOptions {
 pub struct Identity {
     pub authenticator: Arc<Authenticator>,
     pub events: EventSource,
+    /// The same store, for the usage ledger, the audit log and quotas.
+    pub governance: Arc<dyn crate::usage::GovernanceStore>,
 }
 
 /// Why the identity service cannot open at start-up.
@@ -126,7 +129,8 @@ pub async fn open(options: IdentityOptions) -> Result<Identity, IdentityError> {
         Some(derived_secret),
         &options.config.jwt,
     )?;
-    let (store, pool, events): (Arc<dyn Store>, _, _) = match &options.postgres {
+    type Stores = (Arc<dyn Store>, Arc<dyn crate::usage::GovernanceStore>);
+    let ((store, governance), pool, events): (Stores, _, _) = match &options.postgres {
         Some(postgres) => {
             let store = PostgresStore::connect(postgres).await.map_err(IdentityError::Postgres)?;
             let pool = store.pool().clone();
@@ -134,7 +138,8 @@ pub async fn open(options: IdentityOptions) -> Result<Identity, IdentityError> {
                 Some(url) => EventSource::Redis(url.clone()),
                 None => EventSource::Postgres(Box::new(store.listen_config(postgres)?)),
             };
-            (Arc::new(store), Some(pool), events)
+            let store = Arc::new(store);
+            ((store.clone(), store), Some(pool), events)
         }
         None => {
             let path = options.data_dir.join("identity.db");
@@ -142,7 +147,8 @@ pub async fn open(options: IdentityOptions) -> Result<Identity, IdentityError> {
             let store = EmbeddedStore::open(&path)
                 .map_err(|source| IdentityError::Embedded { path: path.clone(), source })?;
             let events = options.redis_url.clone().map_or(EventSource::Local, EventSource::Redis);
-            (Arc::new(store), None, events)
+            let store = Arc::new(store);
+            ((store.clone(), store), None, events)
         }
     };
     let bus = match &events {
@@ -158,7 +164,7 @@ pub async fn open(options: IdentityOptions) -> Result<Identity, IdentityError> {
         "identity store open"
     );
     let authenticator = Authenticator::new(store, pool, bus, hasher, jwt, options.config)?;
-    Ok(Identity { authenticator: Arc::new(authenticator), events })
+    Ok(Identity { authenticator: Arc::new(authenticator), events, governance })
 }
 
 /// The data dir's pepper, made on first start (readable by its owner only).

@@ -4,7 +4,8 @@
 //! it holds itself.
 
 /// Every scope there is.
-pub const SCOPES: &[&str] = &["*", "models", "chat", "completions", "embeddings", "keys", "admin", "metrics"];
+pub const SCOPES: &[&str] =
+    &["*", "models", "chat", "completions", "embeddings", "keys", "admin", "metrics", "usage"];
 
 /// Whether `held` allows `needed`.
 pub fn grant(held: &[String], needed: &str) -> bool {

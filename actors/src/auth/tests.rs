@@ -55,6 +55,7 @@ fn user(email: &str, role: Role) -> User {
         created_at: 1_000,
         updated_at: 1_000,
         limits: Limits::default(),
+        team: Some("research".to_owned()),
     }
 }
 

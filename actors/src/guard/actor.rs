@@ -41,6 +41,8 @@ enum ReloadError {
 pub struct Reload {
     pub files: Vec<PathBuf>,
     pub load: LoadConfig,
+    /// Told the number of patterns once a reload is in (the audit log).
+    pub applied: Option<Arc<dyn Fn(usize) + Send + Sync>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +112,9 @@ pub fn reload_now(guard: &Guard, reload: &Reload) -> bool {
             guard.replace(rules);
             metrics::counter!("blaze_guard_reloads_total", "result" => "applied").increment(1);
             tracing::info!(patterns, "guard: patterns reloaded");
+            if let Some(applied) = &reload.applied {
+                applied(patterns);
+            }
             true
         }
         Err(error) => {

@@ -156,6 +156,7 @@ fn a_reload_swaps_the_rules_whole() {
             broken.categories.get_mut("topics").unwrap().patterns[0].regex = "(".to_owned();
             Ok(broken)
         }),
+        applied: None,
     };
     assert!(!reload_now(&guard, &reload), "a set that does not compile is refused");
     assert_eq!(screen(&guard, "the weather").unwrap_err().category, "topics", "the old set stays");

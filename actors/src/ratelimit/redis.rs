@@ -48,11 +48,7 @@ impl RedisBuckets {
         &self,
         call: impl std::future::Future<Output = fred::prelude::FredResult<T>>,
     ) -> Result<T, RedisError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(error.into()),
-            Err(_) => Err(RedisError::Timeout(self.timeout)),
-        }
+        crate::redis::bounded(self.timeout, call).await
     }
 
     pub async fn check(&self, subject: &str, buckets: &[Bucket]) -> Result<Verdict, RedisError> {

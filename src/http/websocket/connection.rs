@@ -24,8 +24,8 @@ use super::too_many_for_key;
 use crate::error::{ApiError, ErrorCode};
 use crate::http::auth::authenticate_credential;
 use crate::http::AppState;
-use crate::openai::{Gate, Hangup, Origin, RequestId};
-use crate::routes::{self, Route, RouteRule};
+use crate::openai::{Gate, Hangup, Meter, Origin, QuotaGate, RequestId};
+use crate::routes::{self, Budget, Route, RouteRule};
 use crate::settings::WebSocketSettings;
 
 /// A request in flight: its task, to cancel it, and which one it is (an
@@ -400,13 +400,31 @@ impl Connection {
             let _counted = counted;
             let started = Instant::now();
             let request_id = RequestId::generate();
-            let gate = Gate::for_call(&state.pipeline.limiting, &principal, &subject, endpoint.pattern);
-            let origin =
-                Origin { principal, subject, request_id, gate, cache_allowed: true, hangup: Hangup::never() };
+            let mut gate = Gate::for_call(&state.pipeline.limiting, &principal, &subject, endpoint.pattern);
+            let mut meter = Meter::default();
+            if endpoint.budget == Budget::Tokens {
+                let governance = &state.pipeline.governance;
+                gate = gate.with_quotas(QuotaGate::of(&governance.quotas, &principal));
+                meter = Meter::start(governance, &principal, request_id.as_str(), endpoint.pattern);
+            }
+            let origin = Origin {
+                principal,
+                subject,
+                request_id,
+                gate,
+                meter: meter.clone(),
+                cache_allowed: true,
+                hangup: Hangup::never(),
+            };
             let answer = answer(&state, &origin, endpoint, &body).await;
             origin.gate.spend_unadmitted().await;
+            if let Some(lookup) = answer.as_ref().ok().and_then(|answer| answer.lookup) {
+                meter.cache(lookup.header());
+            }
             let status = deliver(&outbound, &id_json(Some(&task_id)), answer).await;
             task_ended.set(true);
+            meter.status(status);
+            drop(meter);
             let status_label = status.to_string();
             let kind = endpoint.websocket.unwrap_or_default();
             metrics::counter!("blaze_ws_requests_total", "type" => kind, "status" => status_label)

@@ -357,3 +357,35 @@ impl Drop for Schema {
         blaze_actors::test_postgres::drop_schema(&self.0);
     }
 }
+
+/// The JSON body of `response`, asserting its status.
+pub async fn json_with_status(response: reqwest::Response, status: u16) -> serde_json::Value {
+    let actual = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.expect("a JSON body");
+    assert_eq!(actual, status, "{body}");
+    body
+}
+
+/// A new user of `server` (in `team`, if any) and a key of theirs: the
+/// user's id, the key's id, the key.
+pub async fn user_in_team(server: &Server, email: &str, team: Option<&str>) -> (String, String, String) {
+    let admin = client();
+    let body = serde_json::json!({"email": email, "team": team});
+    let user =
+        json_with_status(admin.post(server.url("/admin/users")).json(&body).send().await.unwrap(), 201).await;
+    let body = serde_json::json!({"user_id": user["id"]});
+    let key =
+        json_with_status(admin.post(server.url("/admin/keys")).json(&body).send().await.unwrap(), 201).await;
+    let (user_id, key_id) = (user["id"].as_str().unwrap().to_owned(), key["id"].as_str().unwrap().to_owned());
+    (user_id, key_id, key["key"].as_str().unwrap().to_owned())
+}
+
+/// `input` embedded by `caller` with the catalog's embedding model.
+pub async fn embed_as(caller: &reqwest::Client, server: &Server, input: &str) -> reqwest::Response {
+    caller
+        .post(server.url("/v1/embeddings"))
+        .json(&serde_json::json!({"model": "all-minilm-l6-v2", "input": input}))
+        .send()
+        .await
+        .unwrap()
+}

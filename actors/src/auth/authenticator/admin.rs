@@ -62,6 +62,7 @@ pub struct NewUser {
     pub role: Role,
     pub password: Option<String>,
     pub limits: Limits,
+    pub team: Option<String>,
 }
 
 /// What an admin changes on a user; `None` keeps a field.
@@ -72,6 +73,8 @@ pub struct UserUpdate {
     pub status: Option<UserStatus>,
     pub password: Option<String>,
     pub limits: Option<Limits>,
+    /// `Some(None)` takes the user out of their team.
+    pub team: Option<Option<String>>,
 }
 
 pub struct KeyRequest {
@@ -117,6 +120,7 @@ impl Authenticator {
             created_at: now,
             updated_at: now,
             limits: Limits::default(),
+            team: None,
         };
         let record = KeyRecord {
             id: key.id.clone(),
@@ -165,6 +169,7 @@ impl Authenticator {
             created_at: now,
             updated_at: now,
             limits: new.limits,
+            team: new.team,
         };
         self.store.create_user(user.clone()).await.map_err(|error| match error {
             StoreError::Conflict(_) => {
@@ -194,7 +199,7 @@ impl Authenticator {
         id: &str,
         update: UserUpdate,
     ) -> Result<User, AdminError> {
-        let UserUpdate { name, role, status, password, limits } = update;
+        let UserUpdate { name, role, status, password, limits, team } = update;
         if actor.user_id == id && (role == Some(Role::User) || status == Some(UserStatus::Disabled)) {
             return Err(AdminError::Forbidden("an admin cannot demote or disable themselves"));
         }
@@ -215,7 +220,7 @@ impl Authenticator {
         } else if password_changed {
             self.end_sign_ins(RevocationKind::Password, id).await?;
         }
-        let changes = UserChanges { name, role, status, password_hash, limits };
+        let changes = UserChanges { name, role, status, password_hash, limits, team };
         let user = self
             .store
             .update_user(id.to_owned(), changes, now_ms())

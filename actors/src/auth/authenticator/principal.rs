@@ -112,9 +112,21 @@ pub struct Principal {
     /// The rotation chain of the key this caller came with (directly, or
     /// through a sign-in made with it).
     pub lineage: Option<String>,
+    /// The user's team, for usage and quotas.
+    pub team: Option<String>,
 }
 
 impl Principal {
+    /// The key the caller came with (directly, or through a sign-in made
+    /// with it).
+    pub fn key_id(&self) -> Option<&str> {
+        match &self.credential {
+            Credential::ApiKey { key_id } => Some(key_id),
+            Credential::Token { origin: SignInOrigin::Key(key_id), .. } => Some(key_id),
+            Credential::Token { origin: SignInOrigin::Password, .. } => None,
+        }
+    }
+
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
     }

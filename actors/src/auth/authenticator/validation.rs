@@ -63,6 +63,7 @@ impl Authenticator {
             credential: Credential::ApiKey { key_id: key.id.clone() },
             limits: key.limits.or(user.limits),
             lineage: Some(key.lineage.clone()),
+            team: user.team.clone(),
         })
     }
 
@@ -109,6 +110,7 @@ impl Authenticator {
             },
             limits,
             lineage,
+            team: user.team.clone(),
         })
     }
 

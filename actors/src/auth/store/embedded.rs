@@ -20,11 +20,11 @@ pub struct EmbeddedStore {
 }
 
 /// `$1` placeholders become SQLite's `?1`.
-fn sqlite(sql: &str) -> String {
+pub(crate) fn sqlite(sql: &str) -> String {
     sql.replace('$', "?")
 }
 
-fn failed(error: rusqlite::Error) -> StoreError {
+pub(crate) fn failed(error: rusqlite::Error) -> StoreError {
     match error {
         rusqlite::Error::SqliteFailure(code, _) if code.code == rusqlite::ErrorCode::ConstraintViolation => {
             StoreError::Conflict(error.to_string())
@@ -52,7 +52,7 @@ impl EmbeddedStore {
         Ok(Self { connection: Arc::new(Mutex::new(connection)) })
     }
 
-    fn run<T, F>(&self, work: F) -> BoxFuture<'static, StoreResult<T>>
+    pub(crate) fn run<T, F>(&self, work: F) -> BoxFuture<'static, StoreResult<T>>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
@@ -72,7 +72,7 @@ fn migrate(connection: &mut Connection) -> StoreResult<()> {
     let current: i64 =
         transaction.query_row(schema::CURRENT_VERSION, [], |row| row.get(0)).map_err(failed)?;
     for (index, statements) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
-        for statement in *statements {
+        for statement in statements.iter().chain(schema::extra(schema::SQLITE_EXTRA, index)) {
             transaction.execute(statement, []).map_err(failed)?;
         }
         let version = index as i64 + 1;
@@ -96,6 +96,7 @@ fn user_from(row: &Row<'_>) -> rusqlite::Result<(User, String, String)> {
         created_at: row.get(6)?,
         updated_at: row.get(7)?,
         limits: limits_from(row.get(8)?, row.get(9)?),
+        team: row.get(10)?,
     };
     Ok((user, role, status))
 }
@@ -149,7 +150,8 @@ fn insert_user(connection: &Connection, user: &User) -> StoreResult<()> {
                 user.created_at,
                 user.updated_at,
                 limit_columns(&user.limits)[0],
-                limit_columns(&user.limits)[1]
+                limit_columns(&user.limits)[1],
+                user.team
             ],
         )
         .map(drop)
@@ -267,7 +269,8 @@ impl Store for EmbeddedStore {
                         user.password_hash,
                         user.updated_at,
                         limit_columns(&user.limits)[0],
-                        limit_columns(&user.limits)[1]
+                        limit_columns(&user.limits)[1],
+                        user.team
                     ],
                 )
                 .map_err(failed)?;

@@ -4,10 +4,10 @@
 //! dir otherwise. Both run the same SQL text (`schema.rs`) and pass the
 //! same test suite.
 
-mod embedded;
-mod postgres;
+pub(crate) mod embedded;
+pub(crate) mod postgres;
 mod postgres_rows;
-mod schema;
+pub(crate) mod schema;
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -83,6 +83,8 @@ pub struct User {
     pub updated_at: i64,
     /// Budgets for every key of the user that sets none of its own.
     pub limits: Limits,
+    /// The team the user belongs to (its usage and quotas roll up there).
+    pub team: Option<String>,
 }
 
 /// An API key as stored: its hash, never its secret.
@@ -198,6 +200,7 @@ pub struct UserChanges {
     pub status: Option<UserStatus>,
     pub password_hash: Option<Option<String>>,
     pub limits: Option<Limits>,
+    pub team: Option<Option<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -308,6 +311,9 @@ fn apply_changes(user: &mut User, changes: UserChanges, at: i64) {
     }
     if let Some(limits) = changes.limits {
         user.limits = limits;
+    }
+    if let Some(team) = changes.team {
+        user.team = team;
     }
     user.updated_at = at;
 }

@@ -38,7 +38,7 @@ pub struct PostgresStore {
     pool: Pool,
 }
 
-pub(super) fn failed(error: tokio_postgres::Error) -> StoreError {
+pub(crate) fn failed(error: tokio_postgres::Error) -> StoreError {
     match error.code() {
         Some(code) if *code == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => {
             StoreError::Conflict(error.to_string())
@@ -123,7 +123,7 @@ impl PostgresStore {
         transaction.batch_execute(schema::CREATE_VERSION_TABLE).await.map_err(failed)?;
         let current: i32 = transaction.query_one(schema::CURRENT_VERSION, &[]).await.map_err(failed)?.get(0);
         for (index, statements) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
-            for statement in *statements {
+            for statement in statements.iter().chain(schema::extra(schema::POSTGRES_EXTRA, index)) {
                 transaction.batch_execute(statement).await.map_err(failed)?;
             }
             let version = index as i32 + 1;
@@ -217,6 +217,7 @@ impl Store for PostgresStore {
                         &user.updated_at,
                         &limit_columns(&user.limits)[0],
                         &limit_columns(&user.limits)[1],
+                        &user.team,
                     ],
                 )
                 .await

@@ -24,6 +24,7 @@ pub(super) fn user_from(row: &Row) -> StoreResult<User> {
         created_at: row.get(6),
         updated_at: row.get(7),
         limits: limits_from(row.get(8), row.get(9)),
+        team: row.get(10),
     })
 }
 
@@ -71,6 +72,7 @@ pub(super) async fn insert_user(client: &impl GenericClient, user: &User) -> Sto
                 &user.updated_at,
                 &limit_columns(&user.limits)[0],
                 &limit_columns(&user.limits)[1],
+                &user.team,
             ],
         )
         .await

@@ -60,7 +60,83 @@ pub const MIGRATIONS: &[&[&str]] = &[
         // one budget and one guard score. NULL: the key is its own first.
         "ALTER TABLE api_keys ADD COLUMN lineage_id TEXT",
     ],
+    &[
+        // Governance: the team a user belongs to, one ledger row per
+        // metered request, the append-only audit log, and quotas.
+        "ALTER TABLE users ADD COLUMN team TEXT",
+        "CREATE TABLE usage_records (
+        at BIGINT NOT NULL,
+        request_id TEXT NOT NULL,
+        key_id TEXT,
+        key_lineage TEXT,
+        user_id TEXT NOT NULL,
+        team TEXT,
+        model TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        prompt_tokens BIGINT NOT NULL,
+        completion_tokens BIGINT NOT NULL,
+        cached_tokens BIGINT NOT NULL,
+        cache TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        latency_ms BIGINT NOT NULL,
+        first_token_ms BIGINT,
+        cost_micros BIGINT NOT NULL
+    )",
+        "CREATE INDEX usage_by_time_key ON usage_records (at, key_id)",
+        "CREATE INDEX usage_by_time_user ON usage_records (at, user_id)",
+        "CREATE INDEX usage_by_lineage_time ON usage_records (key_lineage, at)",
+        "CREATE INDEX usage_by_user_time ON usage_records (user_id, at)",
+        "CREATE INDEX usage_by_team_time ON usage_records (team, at)",
+        "CREATE TABLE audit_log (
+        id TEXT PRIMARY KEY,
+        at BIGINT NOT NULL,
+        actor_id TEXT,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        change TEXT NOT NULL,
+        address TEXT,
+        request_id TEXT
+    )",
+        "CREATE INDEX audit_by_time ON audit_log (at, id)",
+        "CREATE INDEX audit_by_actor ON audit_log (actor_id, at)",
+        "CREATE TABLE quotas (
+        scope TEXT NOT NULL CHECK (scope IN ('key', 'user', 'team')),
+        subject TEXT NOT NULL,
+        limits TEXT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (scope, subject)
+    )",
+    ],
 ];
+
+/// Statements one backend runs after the shared ones of a migration (by
+/// its index in [`MIGRATIONS`]), where the two dialects differ: the audit
+/// log refuses to be changed or emptied.
+pub const SQLITE_EXTRA: &[(usize, &[&str])] = &[(
+    3,
+    &[
+        "CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log \
+         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+        "CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log \
+         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+    ],
+)];
+pub const POSTGRES_EXTRA: &[(usize, &[&str])] = &[(
+    3,
+    &[
+        "CREATE FUNCTION blaze_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS \
+         $body$ BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $body$",
+        "CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log \
+         FOR EACH ROW EXECUTE FUNCTION blaze_audit_append_only()",
+        "CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log \
+         FOR EACH STATEMENT EXECUTE FUNCTION blaze_audit_append_only()",
+    ],
+)];
+
+/// The backend-only statements of migration `index`.
+pub fn extra(table: &'static [(usize, &'static [&'static str])], index: usize) -> &'static [&'static str] {
+    table.iter().find(|(at, _)| *at == index).map_or(&[], |(_, statements)| statements)
+}
 
 pub const CREATE_VERSION_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS blaze_schema_version (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)";
@@ -68,7 +144,7 @@ pub const CURRENT_VERSION: &str = "SELECT COALESCE(MAX(version), 0) FROM blaze_s
 pub const RECORD_VERSION: &str = "INSERT INTO blaze_schema_version (version, applied_at) VALUES ($1, $2)";
 
 const USER_COLUMNS: &str =
-    "id, email, name, role, status, password_hash, created_at, updated_at, requests_per_minute, tokens_per_minute";
+    "id, email, name, role, status, password_hash, created_at, updated_at, requests_per_minute, tokens_per_minute, team";
 const KEY_COLUMNS: &str =
     "id, user_id, name, secret_hash, scopes, created_at, expires_at, revoked_at, last_used_at, replaced_by, \
      requests_per_minute, tokens_per_minute, COALESCE(lineage_id, id)";
@@ -78,7 +154,7 @@ const KEY_INSERT_COLUMNS: &str =
      requests_per_minute, tokens_per_minute, lineage_id";
 
 pub fn insert_user() -> String {
-    format!("INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+    format!("INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
 }
 pub fn user_by_id() -> String {
     format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1")
@@ -92,7 +168,7 @@ pub fn users_after() -> String {
 pub const COUNT_USERS: &str = "SELECT COUNT(*) FROM users";
 pub const UPDATE_USER: &str =
     "UPDATE users SET name = $2, role = $3, status = $4, password_hash = $5, updated_at = $6, \
-     requests_per_minute = $7, tokens_per_minute = $8 WHERE id = $1";
+     requests_per_minute = $7, tokens_per_minute = $8, team = $9 WHERE id = $1";
 
 pub fn insert_key() -> String {
     format!(

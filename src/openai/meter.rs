@@ -1,0 +1,125 @@
+//! The usage ledger's view of one request to a model endpoint: a [`Meter`]
+//! the transport starts with the caller and the route, which the pipeline
+//! tells the model, the tokens, the cache tier and the first token's time
+//! as it learns them, and the transport the status. The record goes to the
+//! ledger when the last holder lets go: the response for a JSON answer, the
+//! stream for a streamed one, so a stream's row has its whole duration.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use blaze_actors::auth::{now_ms, Principal};
+use blaze_actors::usage::{GovernanceStore, Ledger, Quotas, UsageRecord};
+
+/// What the pipeline records usage and quotas with.
+pub struct Governance {
+    /// `None` when `usage.enabled` is false.
+    pub ledger: Option<Arc<Ledger>>,
+    pub quotas: Arc<Quotas>,
+    pub store: Arc<dyn GovernanceStore>,
+    pub currency: String,
+}
+
+/// One request's record in the making; cheap to clone (one `Rc`).
+#[derive(Clone, Default)]
+pub struct Meter(Option<Rc<Draft>>);
+
+pub struct Draft {
+    ledger: Arc<Ledger>,
+    quotas: Arc<Quotas>,
+    started: Instant,
+    record: RefCell<UsageRecord>,
+    first_token: RefCell<Option<Instant>>,
+}
+
+impl Meter {
+    /// A meter for `principal`'s request on `endpoint`; a meter that
+    /// records nothing when the ledger is off.
+    pub fn start(governance: &Governance, principal: &Principal, request_id: &str, endpoint: &str) -> Self {
+        let Some(ledger) = &governance.ledger else { return Self(None) };
+        let record = UsageRecord {
+            at: now_ms(),
+            request_id: request_id.to_owned(),
+            key_id: principal.key_id().map(str::to_owned),
+            key_lineage: principal.lineage.clone(),
+            user_id: principal.user_id.clone(),
+            team: principal.team.clone(),
+            model: String::new(),
+            endpoint: endpoint.to_owned(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cached_tokens: 0,
+            cache: "none".to_owned(),
+            // Unless told otherwise: the request ended with no answer sent
+            // (its client went away, or its time ran out).
+            status: 499,
+            latency_ms: 0,
+            first_token_ms: None,
+            cost_micros: 0,
+        };
+        Self(Some(Rc::new(Draft {
+            ledger: ledger.clone(),
+            quotas: governance.quotas.clone(),
+            started: Instant::now(),
+            record: RefCell::new(record),
+            first_token: RefCell::new(None),
+        })))
+    }
+
+    fn with(&self, change: impl FnOnce(&mut UsageRecord)) {
+        if let Some(draft) = &self.0 {
+            change(&mut draft.record.borrow_mut());
+        }
+    }
+
+    pub fn model(&self, model: &str) {
+        self.with(|record| {
+            if record.model != model {
+                record.model = model.to_owned();
+            }
+        });
+    }
+
+    pub fn tokens(&self, prompt: u64, completion: u64, cached: u64) {
+        self.with(|record| {
+            record.prompt_tokens = prompt;
+            record.completion_tokens = completion;
+            record.cached_tokens = cached;
+        });
+    }
+
+    /// The cache's verdict, as the `x-blaze-cache` header says it.
+    pub fn cache(&self, verdict: &str) {
+        self.with(|record| {
+            let tier = verdict.strip_prefix("hit-").unwrap_or(verdict);
+            if record.cache != tier {
+                record.cache = tier.to_owned();
+            }
+        });
+    }
+
+    pub fn status(&self, status: u16) {
+        self.with(|record| record.status = status);
+    }
+
+    /// The first token went out (once; later calls change nothing).
+    pub fn first_token(&self) {
+        if let Some(draft) = &self.0 {
+            draft.first_token.borrow_mut().get_or_insert_with(Instant::now);
+        }
+    }
+}
+
+impl Drop for Draft {
+    fn drop(&mut self) {
+        let mut record = std::mem::take(self.record.get_mut());
+        record.latency_ms = self.started.elapsed().as_millis() as u64;
+        record.first_token_ms =
+            self.first_token.get_mut().map(|at| at.duration_since(self.started).as_millis() as u64);
+        record.cost_micros =
+            self.quotas.cost_micros(&record.model, record.prompt_tokens, record.completion_tokens);
+        self.ledger.record(record);
+    }
+}
