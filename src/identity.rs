@@ -29,6 +29,7 @@ pub fn options(settings: &Settings) -> IdentityOptions {
         pepper: Some(security.pepper.clone()).filter(|pepper| !pepper.is_empty()),
         jwt_keys: jwt.keys.clone(),
         signing_kid: jwt.signing_kid.clone(),
+        provider: auth.oidc.provider(),
         config: AuthConfig {
             max_keys_per_user: security.api_key.max_keys_per_user,
             rotation_grace: Duration::from_secs(security.api_key.rotation_grace_s),

@@ -223,6 +223,7 @@ impl Settings {
         problems.extend(self.cache_problems());
         problems.extend(self.guard_problems());
         problems.extend(self.governance_problems());
+        problems.extend(self.oidc_problems());
         let validation = &self.validation;
         for (key, value) in [
             ("validation.max_messages", validation.max_messages),

@@ -10,6 +10,7 @@
 mod check;
 mod governance;
 mod load;
+mod oidc;
 mod print;
 #[cfg(test)]
 mod tests;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::governance::{QuotaDefaults, QuotaSettings, UsageSettings};
 pub use self::load::{ConfigError, ConfigErrors, ConfigSources, PROFILES};
+pub use self::oidc::OidcSettings;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -263,6 +265,7 @@ pub struct AuthSettings {
     pub resync_interval_s: u64,
     pub jwt: JwtSettingsSection,
     pub password_hashing: PasswordHashingSettings,
+    pub oidc: OidcSettings,
 }
 
 /// The bounded pool that hashes and checks passwords.

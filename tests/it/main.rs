@@ -29,6 +29,7 @@ mod logprobs_api;
 mod model_loading;
 mod models_add;
 mod multi_replica;
+mod oidc;
 mod prefix_reuse;
 mod quotas;
 mod rate_limits;

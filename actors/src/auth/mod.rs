@@ -19,6 +19,7 @@ mod authenticator;
 pub mod events;
 pub mod hashing;
 pub mod jwt;
+pub mod provider;
 pub mod scopes;
 pub mod secrets;
 pub mod store;
@@ -68,6 +69,8 @@ pub struct IdentityOptions {
     pub jwt_keys: Vec<JwtKeySpec>,
     pub signing_kid: String,
     pub config: AuthConfig,
+    /// An identity provider whose access tokens are accepted.
+    pub provider: Option<provider::ProviderConfig>,
 }
 
 /// The opened identity service: the authenticator, and where the Auth
@@ -107,6 +110,8 @@ pub enum IdentityError {
     Events(#[from] crate::redis::RedisError),
     #[error(transparent)]
     Hashing(#[from] hashing::HashingStartError),
+    #[error("auth.oidc: {0}")]
+    Provider(#[from] provider::ProviderError),
 }
 
 /// Opens the store (applying migrations), loads the pepper and the JWT
@@ -163,7 +168,12 @@ pub async fn open(options: IdentityOptions) -> Result<Identity, IdentityError> {
         events = events.name(),
         "identity store open"
     );
-    let authenticator = Authenticator::new(store, pool, bus, hasher, jwt, options.config)?;
+    let provider = match options.provider {
+        Some(config) => Some(provider::Provider::load(config).await?),
+        None => None,
+    };
+    let authenticator =
+        Authenticator::new(store, pool, bus, hasher, jwt, options.config)?.with_provider(provider);
     Ok(Identity { authenticator: Arc::new(authenticator), events, governance })
 }
 

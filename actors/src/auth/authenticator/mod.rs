@@ -17,6 +17,7 @@
 
 mod admin;
 mod brute_force;
+mod external;
 mod principal;
 mod sync;
 mod tokens;
@@ -77,6 +78,10 @@ pub struct Authenticator {
     /// token text: a token seen again skips the signature and the JSON.
     /// Expiry and revocation are still checked on every use.
     verified: moka::sync::Cache<String, Arc<Claims>>,
+    /// The identity provider whose tokens are accepted, if one is set.
+    provider: Option<Arc<super::provider::Provider>>,
+    /// Provider subjects (`issuer|subject`) to user ids.
+    external: Cache<String, String>,
     revoked: RwLock<Revoked>,
     last_used: Mutex<HashMap<String, i64>>,
     failures: moka::sync::Cache<FailureSubject, Arc<Mutex<FailureWindow>>>,
@@ -132,6 +137,8 @@ impl Authenticator {
             .weigher(|token: &String, _: &Arc<Claims>| u32::try_from(token.len() + 256).unwrap_or(u32::MAX))
             .time_to_live(config.cache_ttl)
             .build();
+        let external =
+            Cache::builder().max_capacity(config.cache_capacity).time_to_live(config.cache_ttl).build();
         let brute = &config.brute_force;
         let failures = moka::sync::Cache::builder()
             .max_capacity(config.cache_capacity)
@@ -146,6 +153,8 @@ impl Authenticator {
             keys,
             users,
             verified,
+            provider: None,
+            external,
             revoked: RwLock::new(Revoked::default()),
             last_used: Mutex::new(HashMap::new()),
             failures,
@@ -153,6 +162,11 @@ impl Authenticator {
             revision: tokio::sync::watch::Sender::new(0),
             config,
         })
+    }
+
+    /// Accepts the access tokens of an identity provider too.
+    pub fn with_provider(self, provider: Option<super::provider::Provider>) -> Self {
+        Self { provider: provider.map(Arc::new), ..self }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

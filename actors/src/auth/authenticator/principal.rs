@@ -70,8 +70,20 @@ impl Failure {
 /// How the caller proved who they are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
-    ApiKey { key_id: String },
-    Token { jti: String, sid: String, expires_at: i64, origin: SignInOrigin },
+    ApiKey {
+        key_id: String,
+    },
+    Token {
+        jti: String,
+        sid: String,
+        expires_at: i64,
+        origin: SignInOrigin,
+    },
+    /// An access token of the configured identity provider.
+    Provider {
+        subject: String,
+        expires_at: i64,
+    },
 }
 
 /// What a sign-in (a token pair and its refreshes) was made with.
@@ -123,7 +135,7 @@ impl Principal {
         match &self.credential {
             Credential::ApiKey { key_id } => Some(key_id),
             Credential::Token { origin: SignInOrigin::Key(key_id), .. } => Some(key_id),
-            Credential::Token { origin: SignInOrigin::Password, .. } => None,
+            Credential::Token { origin: SignInOrigin::Password, .. } | Credential::Provider { .. } => None,
         }
     }
 

@@ -78,6 +78,11 @@ impl Authenticator {
                 claims
             }
             None => {
+                // Not one of Blaze's own seen before: the provider's, if it
+                // names the provider as its issuer.
+                if let Some(provider) = self.provider.as_ref().filter(|provider| provider.issued(token)) {
+                    return self.authenticate_external(provider, token).await;
+                }
                 let claims = Arc::new(self.jwt.verify(token, TokenType::Access).map_err(token_failure)?);
                 self.verified.insert(token.to_owned(), claims.clone());
                 claims

@@ -234,6 +234,24 @@ impl Store for EmbeddedStore {
         self.run(move |connection| select_user(connection, &schema::user_by_email(), &email))
     }
 
+    fn external_user(&self, external_id: String) -> BoxFuture<'_, StoreResult<Option<String>>> {
+        self.run(move |connection| {
+            connection
+                .query_row(&sqlite(schema::EXTERNAL_USER), [external_id], |row| row.get(0))
+                .optional()
+                .map_err(failed)
+        })
+    }
+
+    fn link_external(&self, external_id: String, user_id: String, at: i64) -> BoxFuture<'_, StoreResult<()>> {
+        self.run(move |connection| {
+            connection
+                .execute(&sqlite(schema::LINK_EXTERNAL), params![external_id, user_id, at])
+                .map(drop)
+                .map_err(failed)
+        })
+    }
+
     fn users(&self, after: Option<String>, limit: u32) -> BoxFuture<'_, StoreResult<Vec<User>>> {
         self.run(move |connection| {
             let mut statement = connection.prepare_cached(&sqlite(&schema::users_after())).map_err(failed)?;

@@ -260,6 +260,11 @@ pub trait Store: Send + Sync + 'static {
         new: KeyRecord,
         old_expires_at: i64,
     ) -> BoxFuture<'_, StoreResult<Option<KeyRecord>>>;
+    /// The user an identity provider's subject (`issuer|subject`) is.
+    fn external_user(&self, external_id: String) -> BoxFuture<'_, StoreResult<Option<String>>>;
+    /// Links a provider's subject to a user, once ([`StoreError::Conflict`]
+    /// if it is linked already).
+    fn link_external(&self, external_id: String, user_id: String, at: i64) -> BoxFuture<'_, StoreResult<()>>;
     /// Records when keys were last used, in one batch.
     fn touch_keys(&self, uses: Vec<(String, i64)>) -> BoxFuture<'_, StoreResult<()>>;
 

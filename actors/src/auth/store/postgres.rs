@@ -179,6 +179,25 @@ impl Store for PostgresStore {
         Box::pin(async move { select_user(&self.client().await?, &schema::user_by_email(), &email).await })
     }
 
+    fn external_user(&self, external_id: String) -> BoxFuture<'_, StoreResult<Option<String>>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let row = client.query_opt(schema::EXTERNAL_USER, &[&external_id]).await.map_err(failed)?;
+            Ok(row.map(|row| row.get(0)))
+        })
+    }
+
+    fn link_external(&self, external_id: String, user_id: String, at: i64) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            client
+                .execute(schema::LINK_EXTERNAL, &[&external_id, &user_id, &at])
+                .await
+                .map(drop)
+                .map_err(failed)
+        })
+    }
+
     fn users(&self, after: Option<String>, limit: u32) -> BoxFuture<'_, StoreResult<Vec<User>>> {
         Box::pin(async move {
             let client = self.client().await?;

@@ -99,6 +99,12 @@ pub const MIGRATIONS: &[&[&str]] = &[
     )",
         "CREATE INDEX audit_by_time ON audit_log (at, id)",
         "CREATE INDEX audit_by_actor ON audit_log (actor_id, at)",
+        // Users signed in through an identity provider: `issuer|subject`.
+        "CREATE TABLE external_identities (
+        external_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users (id),
+        created_at BIGINT NOT NULL
+    )",
         "CREATE TABLE quotas (
         scope TEXT NOT NULL CHECK (scope IN ('key', 'user', 'team')),
         subject TEXT NOT NULL,
@@ -217,4 +223,7 @@ pub const INSERT_REVOCATION: &str = "INSERT INTO revocations (kind, subject, exp
 pub const REVOCATIONS_IN_FORCE: &str =
     "SELECT kind, subject, expires_at, created_at FROM revocations WHERE expires_at > $1";
 pub const PRUNE_REVOCATIONS: &str = "DELETE FROM revocations WHERE expires_at <= $1";
+pub const EXTERNAL_USER: &str = "SELECT user_id FROM external_identities WHERE external_id = $1";
+pub const LINK_EXTERNAL: &str =
+    "INSERT INTO external_identities (external_id, user_id, created_at) VALUES ($1, $2, $3)";
 pub const PRUNE_REFRESH: &str = "DELETE FROM refresh_tokens WHERE expires_at <= $1";
