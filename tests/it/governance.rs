@@ -169,9 +169,17 @@ async fn the_ledger_records_each_metered_request_on_postgresql() {
         .unwrap()
         .get(0);
     assert_eq!(count, 4);
+    // The hourly rollup the reports read holds the same requests, indexed
+    // by time x key and time x user.
+    let summed: i64 = postgres
+        .query_one(&format!("SELECT CAST(SUM(requests) AS BIGINT) FROM {}.usage_rollup", schema.0), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(summed, 4);
     let indexes: Vec<String> = postgres
         .query(
-            "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'usage_records'",
+            "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'usage_rollup'",
             &[&schema.0],
         )
         .await

@@ -64,7 +64,7 @@ pub(super) fn parse_quota(
 }
 
 impl GovernanceStore for EmbeddedStore {
-    fn insert_usage(&self, rows: Vec<UsageRecord>) -> BoxFuture<'_, StoreResult<()>> {
+    fn insert_usage(&self, rows: std::sync::Arc<Vec<UsageRecord>>) -> BoxFuture<'_, StoreResult<()>> {
         self.run(move |connection| {
             let transaction = connection.transaction().map_err(failed)?;
             {
@@ -73,7 +73,7 @@ impl GovernanceStore for EmbeddedStore {
                     sql::USAGE_COLUMNS
                 );
                 let mut statement = transaction.prepare_cached(&insert).map_err(failed)?;
-                for row in &rows {
+                for row in rows.iter() {
                     statement
                         .execute(params![
                             row.at,
@@ -92,6 +92,28 @@ impl GovernanceStore for EmbeddedStore {
                             as_i64(row.latency_ms),
                             row.first_token_ms.map(as_i64),
                             as_i64(row.cost_micros)
+                        ])
+                        .map_err(failed)?;
+                }
+                let mut upsert = transaction.prepare_cached(&sqlite(sql::UPSERT_ROLLUP)).map_err(failed)?;
+                for (group, sums) in sql::rollup(&rows) {
+                    let (hour, user, key, lineage, team, model, endpoint) = group;
+                    upsert
+                        .execute(params![
+                            hour,
+                            user,
+                            key,
+                            lineage,
+                            team,
+                            model,
+                            endpoint,
+                            sums.requests,
+                            sums.errors,
+                            sums.refused,
+                            sums.prompt_tokens,
+                            sums.completion_tokens,
+                            sums.cached_tokens,
+                            sums.cost_micros
                         ])
                         .map_err(failed)?;
                 }
@@ -143,6 +165,7 @@ impl GovernanceStore for EmbeddedStore {
 
     fn prune_usage(&self, before: i64) -> BoxFuture<'_, StoreResult<u64>> {
         self.run(move |connection| {
+            connection.execute(&sqlite(sql::PRUNE_ROLLUP), [before.div_euclid(3_600_000)]).map_err(failed)?;
             connection.execute(&sqlite(sql::PRUNE_USAGE), [before]).map(|rows| rows as u64).map_err(failed)
         })
     }

@@ -172,7 +172,9 @@ pub enum Subject {
 /// store's two backends.
 pub trait GovernanceStore: Send + Sync + 'static {
     /// Appends usage rows in one transaction.
-    fn insert_usage(&self, rows: Vec<UsageRecord>) -> BoxFuture<'_, StoreResult<()>>;
+    /// Appends usage rows, and their sums to the hourly rollup, in one
+    /// transaction (shared: the writer keeps them if it fails).
+    fn insert_usage(&self, rows: std::sync::Arc<Vec<UsageRecord>>) -> BoxFuture<'_, StoreResult<()>>;
     fn usage_report(&self, query: UsageQuery) -> BoxFuture<'_, StoreResult<Vec<UsageRow>>>;
     /// What `subject` spent from `since` on.
     fn spent(&self, subject: Subject, since: i64) -> BoxFuture<'_, StoreResult<Spent>>;

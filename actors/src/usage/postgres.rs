@@ -52,9 +52,10 @@ impl PostgresStore {
 }
 
 impl GovernanceStore for PostgresStore {
-    fn insert_usage(&self, rows: Vec<UsageRecord>) -> BoxFuture<'_, StoreResult<()>> {
+    fn insert_usage(&self, rows: std::sync::Arc<Vec<UsageRecord>>) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
-            let client = self.connection().await?;
+            let mut client = self.connection().await?;
+            let transaction = client.transaction().await.map_err(failed)?;
             let at: Vec<i64> = rows.iter().map(|row| row.at).collect();
             let request_id: Vec<&str> = rows.iter().map(|row| row.request_id.as_str()).collect();
             let key_id: Vec<Option<&str>> = rows.iter().map(|row| row.key_id.as_deref()).collect();
@@ -72,8 +73,8 @@ impl GovernanceStore for PostgresStore {
             let first_token: Vec<Option<i64>> =
                 rows.iter().map(|row| row.first_token_ms.map(as_i64)).collect();
             let cost: Vec<i64> = rows.iter().map(|row| as_i64(row.cost_micros)).collect();
-            let statement = client.prepare_cached(INSERT_BATCH).await.map_err(failed)?;
-            client
+            let statement = transaction.prepare_cached(INSERT_BATCH).await.map_err(failed)?;
+            transaction
                 .execute(
                     &statement,
                     &[
@@ -96,8 +97,33 @@ impl GovernanceStore for PostgresStore {
                     ],
                 )
                 .await
-                .map(drop)
-                .map_err(failed)
+                .map_err(failed)?;
+            let upsert = transaction.prepare_cached(sql::UPSERT_ROLLUP).await.map_err(failed)?;
+            for ((hour, user, key, lineage, team, model, endpoint), sums) in sql::rollup(&rows) {
+                transaction
+                    .execute(
+                        &upsert,
+                        &[
+                            &hour,
+                            &user,
+                            &key,
+                            &lineage,
+                            &team,
+                            &model,
+                            &endpoint,
+                            &sums.requests,
+                            &sums.errors,
+                            &sums.refused,
+                            &sums.prompt_tokens,
+                            &sums.completion_tokens,
+                            &sums.cached_tokens,
+                            &sums.cost_micros,
+                        ],
+                    )
+                    .await
+                    .map_err(failed)?;
+            }
+            transaction.commit().await.map_err(failed)
         })
     }
 
@@ -140,6 +166,7 @@ impl GovernanceStore for PostgresStore {
     fn prune_usage(&self, before: i64) -> BoxFuture<'_, StoreResult<u64>> {
         Box::pin(async move {
             let client = self.connection().await?;
+            client.execute(sql::PRUNE_ROLLUP, &[&before.div_euclid(3_600_000)]).await.map_err(failed)?;
             client.execute(sql::PRUNE_USAGE, &[&before]).await.map_err(failed)
         })
     }

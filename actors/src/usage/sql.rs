@@ -8,6 +8,65 @@ pub const USAGE_COLUMNS: &str = "at, request_id, key_id, key_lineage, user_id, t
      prompt_tokens, completion_tokens, cached_tokens, cache, status, latency_ms, first_token_ms, cost_micros";
 
 pub const PRUNE_USAGE: &str = "DELETE FROM usage_records WHERE at < $1";
+pub const PRUNE_ROLLUP: &str = "DELETE FROM usage_rollup WHERE hour < $1";
+
+/// Adds one group's sums to its hour's row.
+pub const UPSERT_ROLLUP: &str =
+    "INSERT INTO usage_rollup (hour, user_id, key_id, key_lineage, team, model, endpoint, \
+     requests, errors, refused, prompt_tokens, completion_tokens, cached_tokens, cost_micros) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+     ON CONFLICT (hour, user_id, key_id, key_lineage, team, model, endpoint) DO UPDATE SET \
+     requests = usage_rollup.requests + excluded.requests, errors = usage_rollup.errors + excluded.errors, \
+     refused = usage_rollup.refused + excluded.refused, \
+     prompt_tokens = usage_rollup.prompt_tokens + excluded.prompt_tokens, \
+     completion_tokens = usage_rollup.completion_tokens + excluded.completion_tokens, \
+     cached_tokens = usage_rollup.cached_tokens + excluded.cached_tokens, \
+     cost_micros = usage_rollup.cost_micros + excluded.cost_micros";
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// One hour's sums of one caller, model and endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sums {
+    pub requests: i64,
+    pub errors: i64,
+    /// Requests refused with 429: they reserved nothing.
+    pub refused: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cached_tokens: i64,
+    pub cost_micros: i64,
+}
+
+/// (hour, user, key, lineage, team, model, endpoint); '' is "none".
+pub type Group = (i64, String, String, String, String, String, String);
+
+/// A batch's rows summed by hour and group, for the rollup.
+pub fn rollup(rows: &[super::UsageRecord]) -> Vec<(Group, Sums)> {
+    let mut groups: std::collections::HashMap<Group, Sums> = std::collections::HashMap::new();
+    let text = |value: &Option<String>| value.clone().unwrap_or_default();
+    let count = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+    for row in rows {
+        let group = (
+            row.at.div_euclid(HOUR_MS),
+            row.user_id.clone(),
+            text(&row.key_id),
+            text(&row.key_lineage),
+            text(&row.team),
+            row.model.clone(),
+            row.endpoint.clone(),
+        );
+        let sums = groups.entry(group).or_default();
+        sums.requests += 1;
+        sums.errors += i64::from(row.status >= 400);
+        sums.refused += i64::from(row.status == 429);
+        sums.prompt_tokens += count(row.prompt_tokens);
+        sums.completion_tokens += count(row.completion_tokens);
+        sums.cached_tokens += count(row.cached_tokens);
+        sums.cost_micros += count(row.cost_micros);
+    }
+    groups.into_iter().collect()
+}
 
 pub const AUDIT_COLUMNS: &str = "id, at, actor_id, action, target, change, address, request_id";
 
@@ -30,11 +89,11 @@ pub enum Value {
 
 fn column(dimension: Dimension) -> &'static str {
     match dimension {
-        Dimension::Day => "CAST(at / 86400000 AS TEXT)",
+        Dimension::Day => "CAST(hour / 24 AS TEXT)",
         Dimension::Model => "model",
-        Dimension::Key => "key_id",
+        Dimension::Key => "NULLIF(key_id, '')",
         Dimension::User => "user_id",
-        Dimension::Team => "team",
+        Dimension::Team => "NULLIF(team, '')",
         Dimension::Endpoint => "endpoint",
     }
 }
@@ -47,7 +106,8 @@ fn filter(sql: &mut String, values: &mut Vec<Value>, column: &str, value: Option
     }
 }
 
-/// A usage report: its groups' values (as text), then count, errors and
+/// A usage report from the hourly rollup (whole hours: `start` rounds
+/// down, `end` up): its groups' values (as text), then count, errors and
 /// sums, at most one row more than [`MAX_REPORT_ROWS`] (so a caller can
 /// tell it was cut).
 pub fn usage_report(query: &UsageQuery) -> (String, Vec<Value>) {
@@ -58,20 +118,25 @@ pub fn usage_report(query: &UsageQuery) -> (String, Vec<Value>) {
         sql.push_str(", ");
     }
     sql.push_str(
-        "COUNT(*), \
-         COALESCE(CAST(SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS BIGINT), 0), \
+        "COALESCE(CAST(SUM(requests) AS BIGINT), 0), \
+         COALESCE(CAST(SUM(errors) AS BIGINT), 0), \
          COALESCE(CAST(SUM(prompt_tokens) AS BIGINT), 0), \
          COALESCE(CAST(SUM(completion_tokens) AS BIGINT), 0), \
          COALESCE(CAST(SUM(cached_tokens) AS BIGINT), 0), \
          COALESCE(CAST(SUM(cost_micros) AS BIGINT), 0) \
-         FROM usage_records WHERE at >= $1 AND at < $2",
+         FROM usage_rollup WHERE hour >= $1 AND hour < $2",
     );
-    let mut values = vec![Value::Int(query.start), Value::Int(query.end)];
+    let (first, past) =
+        (query.start.div_euclid(HOUR_MS), query.end.saturating_add(HOUR_MS - 1).div_euclid(HOUR_MS));
+    let mut values = vec![Value::Int(first), Value::Int(past)];
     filter(&mut sql, &mut values, "user_id", query.user_id.as_ref());
     filter(&mut sql, &mut values, "key_id", query.key_id.as_ref());
     filter(&mut sql, &mut values, "team", query.team.as_ref());
     filter(&mut sql, &mut values, "model", query.model.as_ref());
-    if !groups.is_empty() {
+    if groups.is_empty() {
+        // The total as one row, none when nothing matched (as with groups).
+        sql.push_str(" HAVING COUNT(*) > 0");
+    } else {
         let list = groups.join(", ");
         sql.push_str(&format!(" GROUP BY {list} ORDER BY {list}"));
     }
@@ -79,20 +144,22 @@ pub fn usage_report(query: &UsageQuery) -> (String, Vec<Value>) {
     (sql, values)
 }
 
-/// What a subject spent from a time on: requests (a refused one, 429, never
-/// reserved anything), tokens, cost.
+/// What a subject spent from a time on: requests (not those refused with
+/// 429: they reserved nothing), tokens, cost.
 pub fn spent(subject: &Subject, since: i64) -> (String, Vec<Value>) {
     let (column, value) = match subject {
         Subject::Key(lineage) => ("key_lineage", lineage),
         Subject::User(user) => ("user_id", user),
         Subject::Team(team) => ("team", team),
     };
+    // Quota windows begin on whole hours (UTC days and months).
     let sql = format!(
-        "SELECT COUNT(*), COALESCE(CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT), 0), \
-         COALESCE(CAST(SUM(cost_micros) AS BIGINT), 0) FROM usage_records \
-         WHERE {column} = $1 AND at >= $2 AND status <> 429"
+        "SELECT COALESCE(CAST(SUM(requests - refused) AS BIGINT), 0), \
+         COALESCE(CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT), 0), \
+         COALESCE(CAST(SUM(cost_micros) AS BIGINT), 0) FROM usage_rollup \
+         WHERE {column} = $1 AND hour >= $2"
     );
-    (sql, vec![Value::Text(value.clone()), Value::Int(since)])
+    (sql, vec![Value::Text(value.clone()), Value::Int(since.div_euclid(HOUR_MS))])
 }
 
 /// An audit listing, oldest first after the cursor.

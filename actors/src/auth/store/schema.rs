@@ -82,11 +82,33 @@ pub const MIGRATIONS: &[&[&str]] = &[
         first_token_ms BIGINT,
         cost_micros BIGINT NOT NULL
     )",
-        "CREATE INDEX usage_by_time_key ON usage_records (at, key_id)",
-        "CREATE INDEX usage_by_time_user ON usage_records (at, user_id)",
-        "CREATE INDEX usage_by_lineage_time ON usage_records (key_lineage, at)",
-        "CREATE INDEX usage_by_user_time ON usage_records (user_id, at)",
-        "CREATE INDEX usage_by_team_time ON usage_records (team, at)",
+        // Rows arrive in time order: one index, appended at its end.
+        "CREATE INDEX usage_records_by_time ON usage_records (at)",
+        // The rows summed per hour and per caller, model and endpoint, in
+        // the same transaction as the rows: what reports and quotas read
+        // (one row per group and hour, not per request). '' is "none".
+        "CREATE TABLE usage_rollup (
+        hour BIGINT NOT NULL,
+        user_id TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        key_lineage TEXT NOT NULL,
+        team TEXT NOT NULL,
+        model TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        requests BIGINT NOT NULL,
+        errors BIGINT NOT NULL,
+        refused BIGINT NOT NULL,
+        prompt_tokens BIGINT NOT NULL,
+        completion_tokens BIGINT NOT NULL,
+        cached_tokens BIGINT NOT NULL,
+        cost_micros BIGINT NOT NULL
+    )",
+        "CREATE UNIQUE INDEX usage_by_time_user ON usage_rollup (hour, user_id, key_id, key_lineage, team, model, endpoint)",
+        "CREATE INDEX usage_by_time_key ON usage_rollup (hour, key_id)",
+        "CREATE INDEX usage_by_user_time ON usage_rollup (user_id, hour)",
+        "CREATE INDEX usage_by_key_time ON usage_rollup (key_id, hour)",
+        "CREATE INDEX usage_by_lineage_time ON usage_rollup (key_lineage, hour)",
+        "CREATE INDEX usage_by_team_time ON usage_rollup (team, hour)",
         "CREATE TABLE audit_log (
         id TEXT PRIMARY KEY,
         at BIGINT NOT NULL,
