@@ -95,7 +95,7 @@ impl GovernanceStore for EmbeddedStore {
                         ])
                         .map_err(failed)?;
                 }
-                let mut upsert = transaction.prepare_cached(&sqlite(sql::UPSERT_ROLLUP)).map_err(failed)?;
+                let mut upsert = transaction.prepare_cached(&sqlite(&sql::upsert_rollup())).map_err(failed)?;
                 for (group, sums) in sql::rollup(&rows) {
                     let (hour, user, key, lineage, team, model, endpoint) = group;
                     upsert

@@ -45,6 +45,17 @@ const INSERT_BATCH: &str = "INSERT INTO usage_records (at, request_id, key_id, k
      $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::int[], $14::bigint[], $15::bigint[], \
      $16::bigint[])";
 
+/// The rollup's upsert for a batch's groups at once, from arrays.
+fn upsert_rollup_batch() -> String {
+    format!(
+        "INSERT INTO usage_rollup ({}) SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], \
+         $5::text[], $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], \
+         $12::bigint[], $13::bigint[], $14::bigint[]) {}",
+        sql::ROLLUP_COLUMNS,
+        sql::ROLLUP_ON_CONFLICT
+    )
+}
+
 impl PostgresStore {
     async fn connection(&self) -> StoreResult<deadpool_postgres::Object> {
         self.pool().get().await.map_err(|error| StoreError::Unavailable(error.to_string()))
@@ -98,31 +109,50 @@ impl GovernanceStore for PostgresStore {
                 )
                 .await
                 .map_err(failed)?;
-            let upsert = transaction.prepare_cached(sql::UPSERT_ROLLUP).await.map_err(failed)?;
-            for ((hour, user, key, lineage, team, model, endpoint), sums) in sql::rollup(&rows) {
-                transaction
-                    .execute(
-                        &upsert,
-                        &[
-                            &hour,
-                            &user,
-                            &key,
-                            &lineage,
-                            &team,
-                            &model,
-                            &endpoint,
-                            &sums.requests,
-                            &sums.errors,
-                            &sums.refused,
-                            &sums.prompt_tokens,
-                            &sums.completion_tokens,
-                            &sums.cached_tokens,
-                            &sums.cost_micros,
-                        ],
-                    )
-                    .await
-                    .map_err(failed)?;
-            }
+            // The batch's groups in one statement (each group once, so no
+            // row is touched twice by it).
+            let groups = sql::rollup(&rows);
+            let column =
+                |pick: fn(&(sql::Group, sql::Sums)) -> i64| groups.iter().map(pick).collect::<Vec<i64>>();
+            let text =
+                |pick: fn(&(sql::Group, sql::Sums)) -> &str| groups.iter().map(pick).collect::<Vec<&str>>();
+            let hours = column(|(group, _)| group.0);
+            let users = text(|(group, _)| group.1.as_str());
+            let keys = text(|(group, _)| group.2.as_str());
+            let lineages = text(|(group, _)| group.3.as_str());
+            let teams = text(|(group, _)| group.4.as_str());
+            let models = text(|(group, _)| group.5.as_str());
+            let endpoints = text(|(group, _)| group.6.as_str());
+            let requests = column(|(_, sums)| sums.requests);
+            let errors = column(|(_, sums)| sums.errors);
+            let refused = column(|(_, sums)| sums.refused);
+            let prompt = column(|(_, sums)| sums.prompt_tokens);
+            let completion = column(|(_, sums)| sums.completion_tokens);
+            let cached = column(|(_, sums)| sums.cached_tokens);
+            let cost = column(|(_, sums)| sums.cost_micros);
+            let upsert = transaction.prepare_cached(&upsert_rollup_batch()).await.map_err(failed)?;
+            transaction
+                .execute(
+                    &upsert,
+                    &[
+                        &hours,
+                        &users,
+                        &keys,
+                        &lineages,
+                        &teams,
+                        &models,
+                        &endpoints,
+                        &requests,
+                        &errors,
+                        &refused,
+                        &prompt,
+                        &completion,
+                        &cached,
+                        &cost,
+                    ],
+                )
+                .await
+                .map_err(failed)?;
             transaction.commit().await.map_err(failed)
         })
     }

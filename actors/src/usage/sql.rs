@@ -10,18 +10,27 @@ pub const USAGE_COLUMNS: &str = "at, request_id, key_id, key_lineage, user_id, t
 pub const PRUNE_USAGE: &str = "DELETE FROM usage_records WHERE at < $1";
 pub const PRUNE_ROLLUP: &str = "DELETE FROM usage_rollup WHERE hour < $1";
 
-/// Adds one group's sums to its hour's row.
-pub const UPSERT_ROLLUP: &str =
-    "INSERT INTO usage_rollup (hour, user_id, key_id, key_lineage, team, model, endpoint, \
-     requests, errors, refused, prompt_tokens, completion_tokens, cached_tokens, cost_micros) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-     ON CONFLICT (hour, user_id, key_id, key_lineage, team, model, endpoint) DO UPDATE SET \
-     requests = usage_rollup.requests + excluded.requests, errors = usage_rollup.errors + excluded.errors, \
-     refused = usage_rollup.refused + excluded.refused, \
+/// What a group already in the rollup gets: the new sums added.
+pub const ROLLUP_ON_CONFLICT: &str =
+    "ON CONFLICT (hour, user_id, key_id, key_lineage, team, model, endpoint) \
+     DO UPDATE SET requests = usage_rollup.requests + excluded.requests, \
+     errors = usage_rollup.errors + excluded.errors, refused = usage_rollup.refused + excluded.refused, \
      prompt_tokens = usage_rollup.prompt_tokens + excluded.prompt_tokens, \
      completion_tokens = usage_rollup.completion_tokens + excluded.completion_tokens, \
      cached_tokens = usage_rollup.cached_tokens + excluded.cached_tokens, \
      cost_micros = usage_rollup.cost_micros + excluded.cost_micros";
+
+pub const ROLLUP_COLUMNS: &str =
+    "hour, user_id, key_id, key_lineage, team, model, endpoint, requests, errors, \
+     refused, prompt_tokens, completion_tokens, cached_tokens, cost_micros";
+
+/// Adds one group's sums to its hour's row.
+pub fn upsert_rollup() -> String {
+    format!(
+        "INSERT INTO usage_rollup ({ROLLUP_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) {ROLLUP_ON_CONFLICT}"
+    )
+}
 
 const HOUR_MS: i64 = 3_600_000;
 
