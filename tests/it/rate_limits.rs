@@ -264,6 +264,10 @@ async fn two_processes_sharing_redis_admit_the_budget_once() {
         ("BLAZE__AUTH__BOOTSTRAP_KEY", key.as_str()),
         ("BLAZE__RATE_LIMITS__REQUESTS_PER_MINUTE", "100"),
         ("BLAZE__RATE_LIMITS__FAIL_MODE", "fail_closed"),
+        // The whole suite runs beside it on 2 cores: a Redis call starved
+        // past the 100 ms default would fail closed (503), which is not
+        // what this test is about (the fail modes have their own).
+        ("BLAZE__RATE_LIMITS__REDIS_TIMEOUT_MS", "2000"),
     ];
     let (first, second) = (Server::start(&environment, &[]).await, Server::start(&environment, &[]).await);
     let caller = client_with_key(&key);
@@ -271,7 +275,8 @@ async fn two_processes_sharing_redis_admit_the_budget_once() {
     let (a, b) = futures_util::join!(flood(&caller, &first_url, 500), flood(&caller, &second_url, 500));
     let admitted = a.iter().chain(&b).filter(|status| **status == 200).count();
     assert!((100..=101).contains(&admitted), "{admitted} admitted; Redis must run at {REDIS_URL}");
-    assert!(a.iter().chain(&b).all(|status| *status == 200 || *status == 429));
+    let other: Vec<_> = a.iter().chain(&b).filter(|status| **status != 200 && **status != 429).collect();
+    assert!(other.is_empty(), "statuses other than 200 and 429: {other:?}");
     let metrics = first.metrics().await;
     assert!(
         metrics.contains("blaze_ratelimit_checks_total{backend=\"redis\",result=\"admitted\"}"),
