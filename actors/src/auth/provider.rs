@@ -119,6 +119,8 @@ pub struct ExternalIdentity {
     pub team: Option<String>,
     pub scopes: Vec<String>,
     pub expires_at: i64,
+    /// The key that signed the token.
+    pub kid: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -325,10 +327,22 @@ impl Provider {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => Failure::Expired,
                 _ => Failure::Invalid,
             })?;
-        self.identity(&claims.claims)
+        self.identity(&claims.claims, kid)
     }
 
-    fn identity(&self, claims: &Value) -> Result<ExternalIdentity, Failure> {
+    /// Whether the key set still holds `kid` (a token verified before is
+    /// refused once the provider dropped its key).
+    pub fn holds(&self, kid: &str) -> bool {
+        self.keys.read().by_kid.contains_key(kid)
+    }
+
+    /// Whether a verified token with this `exp` is still in time.
+    pub fn in_time(&self, expires_at: i64) -> bool {
+        let leeway = i64::try_from(self.config.leeway_s).unwrap_or(i64::MAX);
+        crate::auth::now_ms() / 1000 <= expires_at.saturating_add(leeway)
+    }
+
+    fn identity(&self, claims: &Value, kid: String) -> Result<ExternalIdentity, Failure> {
         let mapping = &self.config.claims;
         let text = |name: &str| {
             (!name.is_empty()).then(|| claims.get(name).and_then(Value::as_str)).flatten().map(str::to_owned)
@@ -373,6 +387,7 @@ impl Provider {
             team,
             scopes,
             expires_at: claims.get("exp").and_then(Value::as_i64).unwrap_or(0),
+            kid,
         })
     }
 }

@@ -21,14 +21,33 @@ impl Authenticator {
         provider: &Provider,
         token: &str,
     ) -> Result<Principal, Failure> {
-        let identity = provider.verify(token).await?;
+        // A token seen before skips its signature; its time and its key
+        // (still in the provider's set) are checked on every use.
+        let identity = match self.provider_verified.get(token) {
+            Some(identity) if provider.in_time(identity.expires_at) && provider.holds(&identity.kid) => {
+                identity
+            }
+            Some(identity) => {
+                self.provider_verified.invalidate(token);
+                let expired = !provider.in_time(identity.expires_at);
+                return Err(if expired { Failure::Expired } else { Failure::Invalid });
+            }
+            None => {
+                let identity = Arc::new(provider.verify(token).await?);
+                self.provider_verified.insert(token.to_owned(), identity.clone());
+                identity
+            }
+        };
         let user_id = self.external_user(provider, &identity).await?;
         let user = self.active_user(&user_id).await?;
         Ok(Principal {
             user_id,
             role: user.role,
             scopes: identity.scopes.clone(),
-            credential: Credential::Provider { subject: identity.subject, expires_at: identity.expires_at },
+            credential: Credential::Provider {
+                subject: identity.subject.clone(),
+                expires_at: identity.expires_at,
+            },
             limits: user.limits,
             lineage: None,
             team: user.team.clone(),

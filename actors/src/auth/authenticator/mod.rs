@@ -82,6 +82,8 @@ pub struct Authenticator {
     provider: Option<Arc<super::provider::Provider>>,
     /// Provider subjects (`issuer|subject`) to user ids.
     external: Cache<String, String>,
+    /// Provider access tokens whose signature and claims were checked.
+    provider_verified: moka::sync::Cache<String, Arc<super::provider::ExternalIdentity>>,
     revoked: RwLock<Revoked>,
     last_used: Mutex<HashMap<String, i64>>,
     failures: moka::sync::Cache<FailureSubject, Arc<Mutex<FailureWindow>>>,
@@ -139,6 +141,13 @@ impl Authenticator {
             .build();
         let external =
             Cache::builder().max_capacity(config.cache_capacity).time_to_live(config.cache_ttl).build();
+        let provider_verified = moka::sync::Cache::builder()
+            .max_capacity(VERIFIED_TOKEN_BYTES)
+            .weigher(|token: &String, _: &Arc<super::provider::ExternalIdentity>| {
+                u32::try_from(token.len() + 512).unwrap_or(u32::MAX)
+            })
+            .time_to_live(config.cache_ttl)
+            .build();
         let brute = &config.brute_force;
         let failures = moka::sync::Cache::builder()
             .max_capacity(config.cache_capacity)
@@ -155,6 +164,7 @@ impl Authenticator {
             verified,
             provider: None,
             external,
+            provider_verified,
             revoked: RwLock::new(Revoked::default()),
             last_used: Mutex::new(HashMap::new()),
             failures,
