@@ -178,7 +178,10 @@ impl Quotas {
         let rows = self.store.quotas().await?;
         self.book.replace(rows);
         let now = now_ms();
-        self.local.lock().retain(|_, (_, ends)| *ends > now);
+        let mut local = self.local.lock();
+        local.retain(|_, (_, ends)| *ends > now);
+        // Every seeded counter is in `local` until its period ends.
+        self.seeded.lock().retain(|name| local.contains_key(name));
         Ok(())
     }
 
