@@ -59,17 +59,12 @@ pub fn audit_reload(governance: &Governance) -> Arc<dyn Fn(usize) + Send + Sync>
             address: None,
             request_id: None,
         };
-        tracing::info!(target: "blaze::audit", audit_id = entry.id.as_str(), action = "config.reloaded", patterns, "audit");
         let store = store.clone();
         #[expect(
             clippy::disallowed_methods,
             reason = "one append off the reload; its log line stands if it is lost"
         )]
-        tokio::spawn(async move {
-            if let Err(error) = store.append_audit(entry).await {
-                tracing::error!(%error, "the audit entry could not be stored (its log line stands)");
-            }
-        });
+        tokio::spawn(async move { crate::http::audit::append(store.as_ref(), entry).await });
     })
 }
 

@@ -8,7 +8,7 @@
 
 use actix_web::{HttpMessage, HttpRequest};
 use blaze_actors::auth::Principal;
-use blaze_actors::usage::{audit_stamp, AuditEntry};
+use blaze_actors::usage::{audit_stamp, AuditEntry, GovernanceStore};
 use serde_json::{json, Value};
 
 use super::auth::client_address;
@@ -37,6 +37,12 @@ pub async fn record(state: &AppState, request: &HttpRequest, change: Change<'_>)
         address: client_address(request).map(|address| address.to_string()),
         request_id: request.extensions().get::<RequestId>().map(|id| id.as_str().to_owned()),
     };
+    append(state.pipeline.governance.store.as_ref(), entry).await;
+}
+
+/// Writes an entry's log line, then appends it to the store (a failure
+/// is counted and logged: the line stands).
+pub async fn append(store: &dyn GovernanceStore, entry: AuditEntry) {
     tracing::info!(
         target: "blaze::audit",
         audit_id = entry.id.as_str(),
@@ -48,7 +54,7 @@ pub async fn record(state: &AppState, request: &HttpRequest, change: Change<'_>)
         change = %entry.change,
         "audit"
     );
-    if let Err(error) = state.pipeline.governance.store.append_audit(entry).await {
+    if let Err(error) = store.append_audit(entry).await {
         metrics::counter!("blaze_audit_write_failures_total").increment(1);
         tracing::error!(%error, "the audit entry could not be stored (its log line stands)");
     }

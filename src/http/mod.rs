@@ -3,7 +3,7 @@
 //! request middleware and the extractor limits.
 
 mod admin;
-mod audit;
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod checkpoint;

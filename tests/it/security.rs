@@ -306,6 +306,7 @@ async fn every_route_refuses_the_same_way_however_it_is_spelled() {
         ("POST", "/v1/rerank"),
         ("POST", "/v1/score"),
         ("POST", "/tokenize"),
+        ("PUT", "/admin/quotas/user/someone"),
     ] {
         let (status, answer) = raw(&server, method, path, Some(ADMIN_KEY), Some(&huge)).await;
         assert_eq!(status, 413, "{method} {path}: {answer}");

@@ -4,7 +4,7 @@ use futures_util::future::BoxFuture;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Row};
 
-use super::sql::{self, Value};
+use super::sql::{self, counted, stored, Value};
 use super::{
     AuditEntry, AuditQuery, GovernanceStore, QuotaLimits, QuotaScope, Spent, Subject, UsageQuery,
     UsageRecord, UsageRow,
@@ -20,14 +20,6 @@ fn bind(values: Vec<Value>) -> Vec<SqlValue> {
             Value::Text(text) => SqlValue::Text(text),
         })
         .collect()
-}
-
-fn count(value: i64) -> u64 {
-    value.max(0) as u64
-}
-
-fn as_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 fn audit_from(row: &Row<'_>) -> rusqlite::Result<(AuditEntry, String)> {
@@ -84,14 +76,14 @@ impl GovernanceStore for EmbeddedStore {
                             row.team,
                             row.model,
                             row.endpoint,
-                            as_i64(row.prompt_tokens),
-                            as_i64(row.completion_tokens),
-                            as_i64(row.cached_tokens),
+                            stored(row.prompt_tokens),
+                            stored(row.completion_tokens),
+                            stored(row.cached_tokens),
                             row.cache,
                             row.status,
-                            as_i64(row.latency_ms),
-                            row.first_token_ms.map(as_i64),
-                            as_i64(row.cost_micros)
+                            stored(row.latency_ms),
+                            row.first_token_ms.map(stored),
+                            stored(row.cost_micros)
                         ])
                         .map_err(failed)?;
                 }
@@ -135,12 +127,12 @@ impl GovernanceStore for EmbeddedStore {
                     }
                     Ok(UsageRow {
                         group,
-                        requests: count(row.get(groups)?),
-                        errors: count(row.get(groups + 1)?),
-                        prompt_tokens: count(row.get(groups + 2)?),
-                        completion_tokens: count(row.get(groups + 3)?),
-                        cached_tokens: count(row.get(groups + 4)?),
-                        cost_micros: count(row.get(groups + 5)?),
+                        requests: counted(row.get(groups)?),
+                        errors: counted(row.get(groups + 1)?),
+                        prompt_tokens: counted(row.get(groups + 2)?),
+                        completion_tokens: counted(row.get(groups + 3)?),
+                        cached_tokens: counted(row.get(groups + 4)?),
+                        cost_micros: counted(row.get(groups + 5)?),
                     })
                 })
                 .map_err(failed)?;
@@ -154,9 +146,9 @@ impl GovernanceStore for EmbeddedStore {
             connection
                 .query_row(&sqlite(&text), params_from_iter(bind(values)), |row| {
                     Ok(Spent {
-                        requests: count(row.get(0)?),
-                        tokens: count(row.get(1)?),
-                        cost_micros: count(row.get(2)?),
+                        requests: counted(row.get(0)?),
+                        tokens: counted(row.get(1)?),
+                        cost_micros: counted(row.get(2)?),
                     })
                 })
                 .map_err(failed)

@@ -5,7 +5,7 @@ use futures_util::future::BoxFuture;
 use tokio_postgres::types::ToSql;
 
 use super::embedded::{parse_change, parse_quota};
-use super::sql::{self, Value};
+use super::sql::{self, counted, stored, Value};
 use super::{
     AuditEntry, AuditQuery, GovernanceStore, QuotaLimits, QuotaScope, Spent, Subject, UsageQuery,
     UsageRecord, UsageRow,
@@ -29,14 +29,6 @@ fn bind(values: Vec<Value>) -> Vec<Parameter> {
 
 fn references(parameters: &[Parameter]) -> Vec<&(dyn ToSql + Sync)> {
     parameters.iter().map(|parameter| parameter.as_ref() as &(dyn ToSql + Sync)).collect()
-}
-
-fn count(value: i64) -> u64 {
-    value.max(0) as u64
-}
-
-fn as_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 const INSERT_BATCH: &str = "INSERT INTO usage_records (at, request_id, key_id, key_lineage, user_id, team, model, \
@@ -75,15 +67,15 @@ impl GovernanceStore for PostgresStore {
             let team: Vec<Option<&str>> = rows.iter().map(|row| row.team.as_deref()).collect();
             let model: Vec<&str> = rows.iter().map(|row| row.model.as_str()).collect();
             let endpoint: Vec<&str> = rows.iter().map(|row| row.endpoint.as_str()).collect();
-            let prompt: Vec<i64> = rows.iter().map(|row| as_i64(row.prompt_tokens)).collect();
-            let completion: Vec<i64> = rows.iter().map(|row| as_i64(row.completion_tokens)).collect();
-            let cached: Vec<i64> = rows.iter().map(|row| as_i64(row.cached_tokens)).collect();
+            let prompt: Vec<i64> = rows.iter().map(|row| stored(row.prompt_tokens)).collect();
+            let completion: Vec<i64> = rows.iter().map(|row| stored(row.completion_tokens)).collect();
+            let cached: Vec<i64> = rows.iter().map(|row| stored(row.cached_tokens)).collect();
             let cache: Vec<&str> = rows.iter().map(|row| row.cache.as_str()).collect();
             let status: Vec<i32> = rows.iter().map(|row| i32::from(row.status)).collect();
-            let latency: Vec<i64> = rows.iter().map(|row| as_i64(row.latency_ms)).collect();
+            let latency: Vec<i64> = rows.iter().map(|row| stored(row.latency_ms)).collect();
             let first_token: Vec<Option<i64>> =
-                rows.iter().map(|row| row.first_token_ms.map(as_i64)).collect();
-            let cost: Vec<i64> = rows.iter().map(|row| as_i64(row.cost_micros)).collect();
+                rows.iter().map(|row| row.first_token_ms.map(stored)).collect();
+            let cost: Vec<i64> = rows.iter().map(|row| stored(row.cost_micros)).collect();
             let statement = transaction.prepare_cached(INSERT_BATCH).await.map_err(failed)?;
             transaction
                 .execute(
@@ -168,12 +160,12 @@ impl GovernanceStore for PostgresStore {
                 .iter()
                 .map(|row| UsageRow {
                     group: (0..groups).map(|index| row.get::<_, Option<String>>(index)).collect(),
-                    requests: count(row.get(groups)),
-                    errors: count(row.get(groups + 1)),
-                    prompt_tokens: count(row.get(groups + 2)),
-                    completion_tokens: count(row.get(groups + 3)),
-                    cached_tokens: count(row.get(groups + 4)),
-                    cost_micros: count(row.get(groups + 5)),
+                    requests: counted(row.get(groups)),
+                    errors: counted(row.get(groups + 1)),
+                    prompt_tokens: counted(row.get(groups + 2)),
+                    completion_tokens: counted(row.get(groups + 3)),
+                    cached_tokens: counted(row.get(groups + 4)),
+                    cost_micros: counted(row.get(groups + 5)),
                 })
                 .collect())
         })
@@ -186,9 +178,9 @@ impl GovernanceStore for PostgresStore {
             let parameters = bind(values);
             let row = client.query_one(&text, &references(&parameters)).await.map_err(failed)?;
             Ok(Spent {
-                requests: count(row.get(0)),
-                tokens: count(row.get(1)),
-                cost_micros: count(row.get(2)),
+                requests: counted(row.get(0)),
+                tokens: counted(row.get(1)),
+                cost_micros: counted(row.get(2)),
             })
         })
     }

@@ -54,7 +54,6 @@ pub type Group = (i64, String, String, String, String, String, String);
 pub fn rollup(rows: &[super::UsageRecord]) -> Vec<(Group, Sums)> {
     let mut groups: std::collections::HashMap<Group, Sums> = std::collections::HashMap::new();
     let text = |value: &Option<String>| value.clone().unwrap_or_default();
-    let count = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
     for row in rows {
         let group = (
             row.at.div_euclid(HOUR_MS),
@@ -69,10 +68,10 @@ pub fn rollup(rows: &[super::UsageRecord]) -> Vec<(Group, Sums)> {
         sums.requests += 1;
         sums.errors += i64::from(row.status >= 400);
         sums.refused += i64::from(row.status == 429);
-        sums.prompt_tokens += count(row.prompt_tokens);
-        sums.completion_tokens += count(row.completion_tokens);
-        sums.cached_tokens += count(row.cached_tokens);
-        sums.cost_micros += count(row.cost_micros);
+        sums.prompt_tokens += stored(row.prompt_tokens);
+        sums.completion_tokens += stored(row.completion_tokens);
+        sums.cached_tokens += stored(row.cached_tokens);
+        sums.cost_micros += stored(row.cost_micros);
     }
     groups.into_iter().collect()
 }
@@ -88,6 +87,16 @@ pub const UPSERT_QUOTA: &str =
     "INSERT INTO quotas (scope, subject, limits, updated_at) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (scope, subject) DO UPDATE SET limits = excluded.limits, updated_at = excluded.updated_at";
 pub const DELETE_QUOTA: &str = "DELETE FROM quotas WHERE scope = $1 AND subject = $2";
+
+/// A count as stored (a BIGINT).
+pub fn stored(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A stored count read back (never negative).
+pub fn counted(value: i64) -> u64 {
+    value.max(0) as u64
+}
 
 /// A statement's parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
