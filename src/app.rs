@@ -65,6 +65,8 @@ pub enum StartError {
     Guard(#[from] PatternError),
     #[error(transparent)]
     TrustedProxies(#[from] NotANetwork),
+    #[error(transparent)]
+    Gateway(#[from] crate::gateway::GatewayError),
     #[error("supervisor: {0}")]
     Supervisor(#[from] actix::MailboxError),
     #[error("cannot listen on {address}: {source}")]
@@ -86,6 +88,7 @@ struct Services {
     guard: Arc<Guard>,
     guard_reload: Option<Reload>,
     governance: Arc<Governance>,
+    gateway: Arc<crate::gateway::Gateway>,
 }
 
 /// What reloads the guard's patterns: the --config file (the layers under
@@ -220,6 +223,7 @@ async fn serve(settings: Settings, guard_reload: Option<Reload>, offline: bool) 
         guard: Guard::new(settings.guard.clone())?,
         guard_reload,
         governance,
+        gateway: Arc::new(crate::gateway::Gateway::new(&settings)?),
     };
     let mut specs = child_specs(&settings, &services);
     specs.push(router_spec(&services));
@@ -328,6 +332,7 @@ async fn run_http(
             validation: settings.validation,
             limiting: services.limiting.clone(),
             governance: services.governance.clone(),
+            gateway: services.gateway.clone(),
         },
         sockets: http::websocket::Sockets::new(
             settings.websocket,
@@ -343,6 +348,8 @@ async fn run_http(
         ),
         body_limits: server_settings.body_limits.at_most(server_settings.max_request_bytes),
     };
+    services.gateway.start_probes(Duration::from_secs(settings.gateway.probe_interval_s));
+    services.gateway.start_sharing();
     let sockets = state.sockets.clone();
     let pipeline = state.pipeline.clone();
     let compression = settings.performance.compression;

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod cli;
 pub mod error;
+pub mod gateway;
 pub mod governance;
 pub mod http;
 pub mod identity;

@@ -86,6 +86,12 @@ error_codes! {
     ModelUnloaded = "model_unloaded", 503, "server_error";
     ModelOverloaded = "model_overloaded", 429, "rate_limit_exceeded";
     WorkerFailed = "worker_failed", 500, "server_error";
+    // The gateway's upstreams.
+    UpstreamUnavailable = "upstream_unavailable", 502, "server_error";
+    UpstreamTimeout = "upstream_timeout", 504, "server_error";
+    UpstreamOverloaded = "upstream_overloaded", 429, "rate_limit_exceeded";
+    UpstreamRejected = "upstream_rejected", 400, "invalid_request_error";
+    UpstreamInvalidResponse = "upstream_invalid_response", 502, "server_error";
     // Authentication and access.
     InvalidApiKey = "invalid_api_key", 401, "invalid_request_error";
     InvalidCredentials = "invalid_credentials", 401, "invalid_request_error";

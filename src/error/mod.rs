@@ -168,6 +168,52 @@ impl ApiError {
         error
     }
 
+    /// What a gateway route's client is told when its upstreams failed
+    /// it (`model` is the public id it asked for).
+    pub fn upstream_failed(model: &str, failure: &crate::gateway::Failure) -> Self {
+        use crate::gateway::Failure;
+        match failure {
+            Failure::Connect | Failure::ServerError { .. } | Failure::Credentials { .. } => {
+                let message = format!("No upstream of `{model}` could answer this request; retry it");
+                Self::new(ErrorCode::UpstreamUnavailable, message)
+            }
+            Failure::Timeout => {
+                let message = format!("No upstream of `{model}` answered in time; retry it");
+                Self::new(ErrorCode::UpstreamTimeout, message)
+            }
+            Failure::Unavailable { status: 429, retry_after_s } => {
+                let wait = retry_after_s.unwrap_or(1).clamp(1, 3600);
+                let message = format!("The upstreams of `{model}` are busy; retry in {wait} s");
+                Self::new(ErrorCode::UpstreamOverloaded, message).retry_after(wait)
+            }
+            Failure::Unavailable { retry_after_s, .. } => {
+                let message = format!("The upstreams of `{model}` are unavailable; retry it");
+                let error = Self::new(ErrorCode::UpstreamUnavailable, message);
+                match retry_after_s {
+                    Some(wait) => error.retry_after((*wait).clamp(1, 3600)),
+                    None => error,
+                }
+            }
+            Failure::Rejected { status, message } => {
+                let message = if message.is_empty() {
+                    format!("The upstream serving `{model}` refused the request (status {status})")
+                } else {
+                    format!("The upstream serving `{model}` refused the request (status {status}): {message}")
+                };
+                Self::new(ErrorCode::UpstreamRejected, message)
+            }
+            Failure::Invalid(what) => {
+                let message = format!("The upstream serving `{model}` gave an invalid answer: {what}");
+                Self::new(ErrorCode::UpstreamInvalidResponse, message)
+            }
+        }
+    }
+
+    /// The code, for deciding what a failure allows (another target).
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
     pub fn worker_failed(model: &str) -> Self {
         let message = format!("The worker of `{model}` failed while computing this request; retry it");
         Self::new(ErrorCode::WorkerFailed, message)

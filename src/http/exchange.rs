@@ -15,6 +15,10 @@ use super::cache::{mark, refuses_cache};
 use crate::openai::RequestId;
 use crate::openai::{Answer, Body, Gate, Meter, Origin, Piece};
 
+/// The gateway's target that answered a routed request.
+const SERVED_BY: actix_web::http::header::HeaderName =
+    actix_web::http::header::HeaderName::from_static("x-blaze-served-by");
+
 /// An HTTP request's origin, behind the checkpoint.
 pub fn origin(request: &HttpRequest, principal: Principal, gate: Gate) -> Origin {
     let subject = subject_of(Some(&principal), request).unwrap_or_default();
@@ -28,6 +32,7 @@ pub fn origin(request: &HttpRequest, principal: Principal, gate: Gate) -> Origin
         meter: request.extensions().get::<Meter>().cloned().unwrap_or_default(),
         cache_allowed: !refuses_cache(request),
         hangup: super::disconnect::hangup(request),
+        screened: false,
     }
 }
 
@@ -39,6 +44,14 @@ pub fn respond(answer: Answer) -> HttpResponse {
     let mut response = HttpResponse::Ok();
     if let Some(lookup) = answer.lookup {
         mark(&mut response, lookup, answer.key.as_ref());
+    }
+    if let Some(similarity) = answer.similarity {
+        response.insert_header(("x-blaze-cache-similarity", format!("{similarity:.4}")));
+    }
+    if let Some(target) = &answer.served_by {
+        if let Ok(value) = HeaderValue::from_str(target) {
+            response.insert_header((SERVED_BY, value));
+        }
     }
     match answer.body {
         Body::Json(bytes) => {
@@ -93,6 +106,8 @@ mod tests {
             body: Body::Stream(futures_util::stream::iter(pieces).boxed_local()),
             lookup: None,
             key: None,
+            served_by: None,
+            similarity: None,
         };
         let response = respond(answer);
         assert_eq!(response.headers().get(CONTENT_TYPE).unwrap(), "text/event-stream");

@@ -30,6 +30,44 @@ impl<T> StrictJson<T> {
     }
 }
 
+/// A JSON request body, read whole (at most the route's limit) and not
+/// yet parsed: the endpoints that may forward it to a gateway's
+/// upstream parse it themselves.
+#[derive(Debug)]
+pub struct JsonBytes(pub Bytes);
+
+impl FromRequest for JsonBytes {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = json_body(request, payload);
+        Box::pin(async move { body.await.map(JsonBytes) })
+    }
+}
+
+/// The whole JSON body of a request, within the route's limit: 415 when
+/// it is not JSON, 413 when it is too large.
+fn json_body(
+    request: &HttpRequest,
+    payload: &mut Payload,
+) -> impl std::future::Future<Output = Result<Bytes, ApiError>> + 'static {
+    let limit = request.app_data::<BodyLimit>().map_or(usize::MAX, |limit| limit.0);
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    let json = is_json(request);
+    let body = Decompress::from_headers(payload.take(), request.headers());
+    async move {
+        if !json {
+            return Err(ApiError::unsupported_media_type());
+        }
+        read_body(body, declared, limit).await
+    }
+}
+
 fn is_json(request: &HttpRequest) -> bool {
     match request.mime_type() {
         Ok(Some(mime)) => mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON),
@@ -42,19 +80,9 @@ impl<T: DeserializeOwned + 'static> FromRequest for StrictJson<T> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = request.app_data::<BodyLimit>().map_or(usize::MAX, |limit| limit.0);
-        let json = is_json(request);
-        let declared = request
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<usize>().ok());
-        let body = Decompress::from_headers(payload.take(), request.headers());
+        let body = json_body(request, payload);
         Box::pin(async move {
-            if !json {
-                return Err(ApiError::unsupported_media_type());
-            }
-            let bytes = read_body(body, declared, limit).await?;
+            let bytes = body.await?;
             parse(&bytes).map(StrictJson)
         })
     }

@@ -9,13 +9,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::auth::Caller;
 use super::exchange::{origin, respond};
-use super::json::StrictJson;
+use super::json::{JsonBytes, StrictJson};
 use super::routing::{resource, Route};
 use super::AppState;
 use crate::error::ApiError;
 use crate::openai::{
-    self, ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingsRequest, Gate, RerankRequest,
-    ResponsesRequest, ScoreRequest, TokenizeRequest,
+    self, DetokenizeRequest, Gate, RerankRequest, ResponsesRequest, ScoreRequest, TokenizeRequest,
 };
 use crate::settings::BodyLimitSettings;
 
@@ -38,10 +37,10 @@ async fn chat_completions(
     request: HttpRequest,
     caller: Caller,
     gate: Gate,
-    body: StrictJson<ChatRequest>,
+    body: JsonBytes,
 ) -> Result<HttpResponse, ApiError> {
     let origin = origin(&request, caller.0, gate);
-    openai::chat(&state.pipeline, &origin, body.into_inner()).await.map(respond)
+    openai::chat_from_bytes(&state.pipeline, &origin, &body.0).await.map(respond)
 }
 
 async fn completions(
@@ -49,10 +48,10 @@ async fn completions(
     request: HttpRequest,
     caller: Caller,
     gate: Gate,
-    body: StrictJson<CompletionRequest>,
+    body: JsonBytes,
 ) -> Result<HttpResponse, ApiError> {
     let origin = origin(&request, caller.0, gate);
-    openai::completion(&state.pipeline, &origin, body.into_inner()).await.map(respond)
+    openai::completion_from_bytes(&state.pipeline, &origin, &body.0).await.map(respond)
 }
 
 async fn responses(
@@ -71,10 +70,10 @@ async fn embeddings(
     request: HttpRequest,
     caller: Caller,
     gate: Gate,
-    body: StrictJson<EmbeddingsRequest>,
+    body: JsonBytes,
 ) -> Result<HttpResponse, ApiError> {
     let origin = origin(&request, caller.0, gate);
-    openai::embeddings(&state.pipeline, &origin, body.into_inner()).await.map(respond)
+    openai::embeddings_from_bytes(&state.pipeline, &origin, &body.0).await.map(respond)
 }
 
 async fn rerank(

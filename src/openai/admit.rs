@@ -78,6 +78,9 @@ impl Pending {
 pub struct Gate {
     pending: Option<Rc<Pending>>,
     quota: Option<Rc<QuotaGate>>,
+    /// Admitted already (a gateway route's request, for its local
+    /// target): the next admission takes it instead of charging again.
+    admitted: Option<Rc<RefCell<Option<Admitted>>>>,
 }
 
 /// What a model request reserves: its model (for its price), its prompt
@@ -98,7 +101,17 @@ pub struct Admitted {
 
 impl Gate {
     pub fn new(pending: Option<Pending>) -> Self {
-        Self { pending: pending.map(Rc::new), quota: None }
+        Self { pending: pending.map(Rc::new), quota: None, admitted: None }
+    }
+
+    /// The same gate, holding what its request was admitted with.
+    pub fn preadmitted(&self, admitted: Admitted) -> Self {
+        Self { admitted: Some(Rc::new(RefCell::new(Some(admitted)))), ..self.clone() }
+    }
+
+    /// What [`Self::preadmitted`] was given, if no admission took it.
+    pub fn unused(&self) -> Option<Admitted> {
+        self.admitted.as_ref()?.borrow_mut().take()
     }
 
     /// The same gate, charging the quotas of `principal` too.
@@ -150,6 +163,12 @@ impl Gate {
     /// Admits a model request: its rate limits, then its quotas (one
     /// request, the tokens, their price), all reserved or none.
     pub async fn admit_charge(&self, charge: Charge<'_>) -> Result<Admitted, ApiError> {
+        if let Some(admitted) = &self.admitted {
+            // Admitted once for the route: a target that took the
+            // admission and then refused (its queue filled meanwhile) does
+            // not make the next one pay again.
+            return Ok(admitted.borrow_mut().take().unwrap_or_default());
+        }
         let tokens = charge.prompt_tokens + charge.completion_tokens;
         let rate = self.admit(tokens).await?;
         let Some(quota) = &self.quota else { return Ok(Admitted { rate, quota: None }) };
@@ -225,6 +244,18 @@ impl Settlement {
         meter.model(model);
         let prompt = prompt_tokens as u64;
         Self { admitted, prompt, used: prompt, cached: 0, model: model.to_owned(), meter: meter.clone() }
+    }
+
+    /// The usage is known at last (an upstream's answer): the prompt
+    /// estimated at admission and the completion, as they really were.
+    pub fn correct(&mut self, prompt_tokens: u64, completion_tokens: u64) {
+        self.prompt = prompt_tokens;
+        self.used = prompt_tokens + completion_tokens;
+    }
+
+    /// The admission it holds, for another holder; it settles nothing.
+    pub fn into_admitted(mut self) -> Admitted {
+        std::mem::take(&mut self.admitted)
     }
 
     /// A chunk of a stream went out.

@@ -34,14 +34,19 @@ pub struct Answer {
     /// `None` for endpoints the cache never answers.
     pub lookup: Option<Lookup>,
     pub key: Option<CacheKey>,
+    /// The gateway's target that answered (`x-blaze-served-by`).
+    pub served_by: Option<String>,
+    /// A semantic cache hit: how near the cached request was
+    /// (`x-blaze-cache-similarity`).
+    pub similarity: Option<f32>,
 }
 
 impl Answer {
     pub fn json(body: Bytes) -> Self {
-        Self { body: Body::Json(body), lookup: None, key: None }
+        Self { body: Body::Json(body), lookup: None, key: None, served_by: None, similarity: None }
     }
 
     pub fn cached(body: Body, lookup: Lookup, key: Option<CacheKey>) -> Self {
-        Self { body, lookup: Some(lookup), key }
+        Self { body, lookup: Some(lookup), key, served_by: None, similarity: None }
     }
 }

@@ -53,6 +53,11 @@ impl Caching {
         CacheKey::new(endpoint, model, &self.scope, fields)
     }
 
+    /// Whose entries it sees: `shared`, or `user:<id>`.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
     pub fn cache(&self) -> &Arc<ResponseCache> {
         &self.cache
     }

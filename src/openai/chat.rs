@@ -33,7 +33,11 @@ use crate::settings::ValidationSettings;
 
 /// A chat completions body, from either transport.
 pub async fn chat_from_bytes(pipeline: &Pipeline, origin: &Origin, bytes: &[u8]) -> Result<Answer, ApiError> {
-    chat(pipeline, origin, parse(bytes)?).await
+    let body: ChatRequest = parse(bytes)?;
+    if let Some(route) = pipeline.gateway.route(&body.model) {
+        return super::routed::routed(pipeline, origin, route, Endpoint::Chat, bytes).await;
+    }
+    chat(pipeline, origin, body).await
 }
 
 /// A completions body, from either transport.
@@ -42,7 +46,11 @@ pub async fn completion_from_bytes(
     origin: &Origin,
     bytes: &[u8],
 ) -> Result<Answer, ApiError> {
-    completion(pipeline, origin, parse(bytes)?).await
+    let body: CompletionRequest = parse(bytes)?;
+    if let Some(route) = pipeline.gateway.route(&body.model) {
+        return super::routed::routed(pipeline, origin, route, Endpoint::Completions, bytes).await;
+    }
+    completion(pipeline, origin, body).await
 }
 
 /// `POST /v1/chat/completions`.

@@ -27,7 +27,11 @@ pub async fn embeddings_from_bytes(
     origin: &Origin,
     bytes: &[u8],
 ) -> Result<Answer, ApiError> {
-    embeddings(pipeline, origin, parse(bytes)?).await
+    let request: EmbeddingsRequest = parse(bytes)?;
+    if let Some(route) = pipeline.gateway.route(&request.model) {
+        return super::routed::routed(pipeline, origin, route, super::Endpoint::Embeddings, bytes).await;
+    }
+    embeddings(pipeline, origin, request).await
 }
 
 /// An embeddings body parsed and its inputs checked, as [`embeddings`]
@@ -182,6 +186,19 @@ pub async fn warm(
     let truncation = truncation(request.truncate, request.truncation_direction, pool);
     let tokens = tokenize(pool, request.input, truncation, std::sync::Arc::new(input_name)).await?;
     Ok(answer(pool, &request.model, Some(&caching), tokens).await?.1)
+}
+
+/// The vector of one text on the embedding model `model` (cut to fit the
+/// model): what the semantic cache compares.
+pub(super) async fn embed_text(pipeline: &Pipeline, model: &str, text: &str) -> Result<Vec<f32>, ApiError> {
+    let served = find_model(pipeline, model).await?;
+    let ModelHandle::Embedding(pool) = &served.handle else {
+        return Err(ApiError::unavailable("the semantic cache's embedding model is not an embedding model"));
+    };
+    let input = EmbeddingInput::Text(text.to_owned());
+    let tokens = tokenize(pool, input, Some(Truncation::KeepStart), std::sync::Arc::new(input_name)).await?;
+    let mut vectors = compute(pool, tokens).await?;
+    vectors.pop().ok_or_else(|| ApiError::worker_failed(model))
 }
 
 fn vector_bytes(vector: &[f32]) -> Vec<u8> {

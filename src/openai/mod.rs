@@ -27,6 +27,9 @@
 //! 8. record: the answer goes to the cache; the transport records metrics
 //!    and the access log.
 //!
+//! A model id that is a gateway route (`crate::gateway`) goes to
+//! `routed.rs` instead, which runs these stages for its upstreams.
+//!
 //! Wire types: requests in `request.rs`, responses in `response.rs`.
 
 mod admit;
@@ -40,12 +43,15 @@ mod meter;
 mod models;
 mod origin;
 mod quota;
+mod relay;
 mod reply;
 mod request;
 mod rerank;
 mod response;
 mod responses;
+mod routed;
 mod screen;
+mod semantic;
 mod stream;
 mod structured;
 mod tokenize;
@@ -90,6 +96,8 @@ pub struct Pipeline {
     pub validation: ValidationSettings,
     pub limiting: Arc<Limiting>,
     pub governance: Arc<Governance>,
+    /// The routes whose models are served by other models (upstreams).
+    pub gateway: Arc<crate::gateway::Gateway>,
 }
 
 /// Which OpenAI endpoint a body is for.

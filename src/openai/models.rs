@@ -100,6 +100,9 @@ fn model_object<'a>(
 
 /// `GET /v1/models/{id}`: any catalog model, in whatever state (serialized).
 pub fn describe_model(pipeline: &Pipeline, id: &str) -> Result<Bytes, ApiError> {
+    if let Some(object) = routed_model(pipeline, id) {
+        return Ok(Bytes::from(serde_json::to_vec(&object).unwrap_or_default()));
+    }
     let registry = pipeline.models.registry();
     let state = registry.state(id);
     if state == ModelState::Unknown {
@@ -110,11 +113,31 @@ pub fn describe_model(pipeline: &Pipeline, id: &str) -> Result<Bytes, ApiError> 
     Ok(Bytes::from(serde_json::to_vec(&object).unwrap_or_default()))
 }
 
+/// A gateway route (or an upstream asked for by its id) as `/v1/models`
+/// shows it: kind `route` or `upstream`, ready while any target is in.
+fn routed_model<'a>(pipeline: &Pipeline, id: &'a str) -> Option<Model<'a>> {
+    let route = pipeline.gateway.route(id)?;
+    let upstream = route.targets.len() == 1 && route.targets[0].0.id == id;
+    let kind = if upstream { "upstream" } else { "route" };
+    let any_in = route
+        .targets
+        .iter()
+        .map(|(target, _)| target)
+        .chain(&route.fallbacks)
+        .any(|target| target.health.is_in());
+    let details = ModelDetails::new(kind, if any_in { "ready" } else { "unavailable" });
+    Some(Model { id, object: "model", created: process_started(), owned_by: "blaze", blaze: details })
+}
+
+/// What a serialized model list showed: the registry's generation, the
+/// memory its models held, and its routes' states.
+type Shown = (u64, u64, u64);
+
 thread_local! {
     /// This worker's serialized model list, with the registry generation
     /// and the memory it shows: SDKs ask for the list often, and it
     /// changes only when a model's state or memory does.
-    static MODEL_LIST: RefCell<Option<((u64, u64), Bytes)>> = const { RefCell::new(None) };
+    static MODEL_LIST: RefCell<Option<(Shown, Bytes)>> = const { RefCell::new(None) };
 }
 
 /// The catalog's models and their states, as `GET /v1/models` lists them
@@ -126,13 +149,21 @@ pub fn model_list(pipeline: &Pipeline) -> Bytes {
         .filter_map(|model| model.served.as_ref())
         .map(|model| model.handle.memory_bytes())
         .sum();
-    let shows = (generation, memory);
+    // Routes change state without the registry: their targets' health.
+    let routes_ready = pipeline
+        .gateway
+        .route_ids()
+        .into_iter()
+        .map(|id| routed_model(pipeline, id).is_some_and(|model| model.blaze.state == "ready"))
+        .fold(0u64, |hash, ready| hash.wrapping_mul(31).wrapping_add(u64::from(ready) + 1));
+    let shows = (generation, memory, routes_ready);
     MODEL_LIST.with_borrow_mut(|cached| match cached {
         Some((shown, body)) if *shown == shows => body.clone(),
         _ => {
             let data = models
                 .iter()
                 .map(|model| model_object(pipeline, &model.id, &model.state, model.served.as_deref()))
+                .chain(pipeline.gateway.route_ids().into_iter().filter_map(|id| routed_model(pipeline, id)))
                 .collect();
             let body =
                 Bytes::from(serde_json::to_vec(&ModelList { object: "list", data }).unwrap_or_default());

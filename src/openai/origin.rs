@@ -25,6 +25,26 @@ pub struct Origin {
     /// False when the client asked not to be answered from the cache.
     pub cache_allowed: bool,
     pub hangup: Hangup,
+    /// The guard already screened the body (a gateway route's request on
+    /// its way to a local target): not screened or scored again.
+    pub screened: bool,
+}
+
+impl Origin {
+    /// The same caller, for a local target of a gateway route: admitted
+    /// through `gate`, its body already screened.
+    pub fn for_target(&self, gate: Gate) -> Self {
+        Self {
+            principal: self.principal.clone(),
+            subject: self.subject.clone(),
+            request_id: self.request_id.clone(),
+            gate,
+            meter: self.meter.clone(),
+            cache_allowed: self.cache_allowed,
+            hangup: self.hangup,
+            screened: true,
+        }
+    }
 }
 
 /// A request's id, for the logs and the `x-request-id` response header:

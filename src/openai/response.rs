@@ -218,7 +218,8 @@ pub struct Model<'a> {
 #[derive(Debug, Serialize)]
 pub struct ModelDetails {
     pub kind: &'static str,
-    /// `ready`, `loading`, `failed` or `unloaded`.
+    /// `ready`, `loading`, `failed` or `unloaded`; a gateway route whose
+    /// targets are all taken out is `unavailable`.
     pub state: &'static str,
     /// Unloaded: by whom, `admin` or `idle` (the next request loads it).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -21,7 +21,7 @@ pub fn screen_input<'a>(
     field: impl Fn(usize) -> String,
 ) -> Result<(), ApiError> {
     let guard = &pipeline.guard;
-    if !guard.enabled() {
+    if !guard.enabled() || origin.screened {
         return Ok(());
     }
     if let Some(left) = guard.cooling_down(&origin.subject) {

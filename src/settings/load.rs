@@ -224,6 +224,7 @@ impl Settings {
         problems.extend(self.guard_problems());
         problems.extend(self.governance_problems());
         problems.extend(self.oidc_problems());
+        problems.extend(self.gateway_problems());
         let validation = &self.validation;
         for (key, value) in [
             ("validation.max_messages", validation.max_messages),
@@ -284,9 +285,9 @@ fn describe(message: &str) -> String {
     message.replacen("unknown field", "unknown key", 1)
 }
 
-/// Tables whose entries are checked whole: a model of the catalog is only
-/// valid with its required keys together.
-const UNIT_TABLES: &[&str] = &["models.catalog"];
+/// Tables whose entries are checked whole: a model of the catalog or a
+/// route is only valid with its required keys together.
+const UNIT_TABLES: &[&str] = &["models.catalog", "gateway.routes"];
 
 /// Every leaf of a layer (a scalar, a list, or an entry of a unit table),
 /// by dotted path.

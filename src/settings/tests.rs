@@ -105,3 +105,57 @@ fn the_printed_configuration_parses_back_to_the_same_settings() {
     let (reparsed_sources, _file) = self::sources(None, Some(&printed), &[]);
     assert_eq!(Settings::load(&reparsed_sources).expect("printed YAML is valid"), settings);
 }
+
+/// A catalog with an upstream and a route over it and the local chat model.
+const GATEWAY: &str = "models:\n  catalog:\n    remote:\n      kind: upstream\n      base_url: https://api.example.com/v1\n      \
+model: gpt-4o-mini\n      api_key_env: REMOTE_KEY\n      tokenizer: smollm2-135m-instruct\n\
+gateway:\n  routes:\n    assistant:\n      targets: [{model: smollm2-135m-instruct, weight: 3}, {model: remote}]\n      \
+strategy: least_outstanding\n      fallbacks: [remote]\n      semantic_cache: {similarity_threshold: 0.95}\n";
+
+#[test]
+fn upstreams_are_read_apart_from_the_local_models_and_print_back() {
+    let (sources, _file) = sources(None, Some(GATEWAY), &[]);
+    let settings = Settings::load(&sources).expect("valid");
+    assert!(!settings.models.catalog.contains_key("remote"), "local models only");
+    let remote = &settings.models.upstreams["remote"];
+    assert_eq!(remote.upstream_model("remote"), "gpt-4o-mini");
+    assert_eq!(remote.first_byte_timeout_ms, 30_000, "the defaults fill what is not set");
+    let route = &settings.gateway.routes["assistant"];
+    assert_eq!(route.targets[0].weight, 3);
+    assert_eq!(route.targets[1].weight, 1);
+    assert_eq!(route.strategy, Strategy::LeastOutstanding);
+    let semantic = route.semantic_cache.as_ref().expect("a semantic cache");
+    assert_eq!(semantic.embedding_model, "all-minilm-l6-v2");
+    assert!(!semantic.multi_turn);
+    let printed = settings.to_redacted_yaml(&sources);
+    assert!(printed.contains("kind: upstream"), "{printed}");
+    let (reparsed, _file) = self::sources(None, Some(&printed), &[]);
+    assert_eq!(Settings::load(&reparsed).expect("printed YAML is valid"), settings);
+}
+
+#[test]
+fn bad_upstreams_and_routes_name_what_is_wrong() {
+    let cases = [
+        ("base_url: https://api.example.com/v1", "base_url: ftp://example.com", "http:// or https://"),
+        ("base_url: https://api.example.com/v1", "base_url: https://user:pw@example.com/v1", "credentials"),
+        ("api_key_env: REMOTE_KEY", "api_key_env: REMOTE_KEY\n      api_key_file: /run/key", "not both"),
+        ("tokenizer: smollm2-135m-instruct", "tokenizer: all-minilm-l6-v2", "not a chat model"),
+        ("model: gpt-4o-mini", "model: gpt-4o-mini\n      colour: blue", "unknown key `colour`"),
+        ("{model: remote}]", "{model: nowhere}]", "not in models.catalog"),
+        ("weight: 3", "weight: 0", "weight must be"),
+        ("fallbacks: [remote]", "fallbacks: [assistant]", "fallback `assistant`"),
+        ("similarity_threshold: 0.95", "similarity_threshold: 1.5", "similarity_threshold"),
+        ("similarity_threshold: 0.95", "embedding_model: smollm2-135m-instruct", "not an embedding model"),
+        ("    assistant:\n", "    remote:\n", "must not be a catalog model"),
+        ("strategy: least_outstanding", "strategy: fastest", "fastest"),
+    ];
+    for (from, to, expected) in cases {
+        assert!(GATEWAY.contains(from), "{from}");
+        let (sources, _file) = sources(None, Some(&GATEWAY.replacen(from, to, 1)), &[]);
+        let errors = Settings::load(&sources).expect_err(to);
+        assert!(
+            errors.iter().any(|error| error.problem.contains(expected)),
+            "{to}: expected `{expected}` in {errors:#?}"
+        );
+    }
+}

@@ -19,6 +19,7 @@ mod cli;
 mod deployment_files;
 mod embedding_fidelity;
 mod embeddings_api;
+mod gateway;
 mod governance;
 mod guard_api;
 mod guard_corpus;

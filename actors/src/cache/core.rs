@@ -89,6 +89,8 @@ pub enum Lookup {
     Miss,
     /// Not looked up: not deterministic, or the client said no-cache.
     Bypass,
+    /// Answered with the answer of a near request (the semantic cache).
+    Semantic,
 }
 
 impl Lookup {
@@ -99,6 +101,7 @@ impl Lookup {
             Lookup::Hit(Tier::Disk) => "hit-disk",
             Lookup::Miss => "miss",
             Lookup::Bypass => "bypass",
+            Lookup::Semantic => "hit-semantic",
         }
     }
 }

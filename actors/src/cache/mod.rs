@@ -12,9 +12,13 @@ mod core;
 mod disk;
 mod memory;
 mod redis;
+mod semantic;
+mod semantic_share;
 #[cfg(test)]
 mod tests;
 
 pub use self::actor::CacheActor;
 pub use self::core::{CacheKey, CacheOpenError, CacheOptions, Invalidation, Lookup, ResponseCache, Tier};
 pub use self::redis::RedisSizes;
+pub use self::semantic::{dot, vetoed, SemanticEntry, SemanticHit, SemanticIndex};
+pub use self::semantic_share::{SemanticNews, SemanticShare};

@@ -61,6 +61,7 @@ fn inference_buckets(builder: PrometheusBuilder) -> Result<PrometheusBuilder, Me
         "blaze_inference_duration_seconds",
         "blaze_time_to_first_token_seconds",
         "blaze_time_per_output_token_seconds",
+        "blaze_gateway_latency_seconds",
     ];
     let mut builder = builder;
     for name in seconds {

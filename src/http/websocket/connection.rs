@@ -414,6 +414,7 @@ impl Connection {
                 gate,
                 meter: meter.clone(),
                 cache_allowed: true,
+                screened: false,
                 hangup: Hangup::never(),
             };
             let answer = answer(&state, &origin, endpoint, &body).await;

@@ -121,6 +121,12 @@ impl<E: ChatEngine> ChatPool<E> {
         &self.state.model
     }
 
+    /// Whether its queue is full now: a request would be refused (a
+    /// gateway sends it elsewhere without trying).
+    pub fn is_full(&self) -> bool {
+        self.state.sender.is_full()
+    }
+
     /// Whether a worker has proven the model with a generation.
     pub fn is_ready(&self) -> bool {
         self.state.lifecycle.is_ready()
