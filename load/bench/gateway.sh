@@ -44,20 +44,27 @@ served=$(curl -fs -D - -o /dev/null "http://127.0.0.1:$gateway_port/v1/chat/comp
 [ "$served" = reference ] || { echo "the gateway did not answer through the reference (x-blaze-served-by: '$served')" >&2; exit 1; }
 post_script "$body" > "$work/post.lua"
 
+# target threads connections -> "rps p50_us p99_us"; one request at a
+# time (-t1 -c1) shows what the gateway adds without queueing behind the
+# two cores that wrk, the upstream and the gateway share.
 run() {
-  local load=(-t2 -c"$connections" -d"${seconds}s" -s "$work/post.lua")
+  local load=(-t"$2" -c"$3" -d"${seconds}s" -s "$work/post.lua")
   case $1 in
-    direct) wrk_figures "$1" "${load[@]}" "http://127.0.0.1:$reference_port/v1/chat/completions" ;;
-    proxied) wrk_figures "$1" "${load[@]}" "http://127.0.0.1:$gateway_port/v1/chat/completions" ;;
+    direct*) wrk_figures "$1" "${load[@]}" "http://127.0.0.1:$reference_port/v1/chat/completions" ;;
+    proxied*) wrk_figures "$1" "${load[@]}" "http://127.0.0.1:$gateway_port/v1/chat/completions" ;;
   esac
 }
 
-echo "wrk -t2 -c$connections -d${seconds}s, $rounds alternating rounds"
-for name in direct proxied; do : > "$work/$name"; done
+echo "wrk -t2 -c$connections -d${seconds}s (and -t1 -c1), $rounds alternating rounds"
+for name in direct proxied direct_one proxied_one; do : > "$work/$name"; done
 for round in $(seq "$rounds"); do
   for name in direct proxied; do
-    read -r rps p50 p99 < <(run $name); echo "$rps $p50 $p99" >> "$work/$name"
-    printf '  round %d %-28s %10.0f req/s   p50 %7.0f us   p99 %7.0f us\n' "$round" "$name" "$rps" "$p50" "$p99"
+    read -r rps p50 p99 < <(run $name 2 "$connections"); echo "$rps $p50 $p99" >> "$work/$name"
+    printf '  round %d %-28s %10.0f req/s   p50 %7.0f us   p99 %7.0f us\n' "$round" "$name, $connections connections" "$rps" "$p50" "$p99"
+  done
+  for name in direct_one proxied_one; do
+    read -r rps p50 p99 < <(run $name 1 1); echo "$rps $p50 $p99" >> "$work/$name"
+    printf '  round %d %-28s %10.0f req/s   p50 %7.0f us   p99 %7.0f us\n' "$round" "${name%_one}, 1 connection" "$rps" "$p50" "$p99"
   done
 done
 forwarded=$(curl -s "http://127.0.0.1:$gateway_port/metrics" | awk '/^blaze_gateway_requests_total/ && /target="reference"/ {s += $2} END {print s + 0}')
@@ -66,7 +73,11 @@ echo "requests the gateway forwarded: $forwarded"
 m() { cut -d' ' -f"$2" "$work/$1" | median; }
 printf 'median direct to the upstream   %10.0f req/s   p50 %7.0f us   p99 %7.0f us\n' "$(m direct 1)" "$(m direct 2)" "$(m direct 3)"
 printf 'median through the gateway      %10.0f req/s   p50 %7.0f us   p99 %7.0f us\n' "$(m proxied 1)" "$(m proxied 2)" "$(m proxied 3)"
-awk -v dr="$(m direct 1)" -v d50="$(m direct 2)" -v d99="$(m direct 3)" -v pr="$(m proxied 1)" -v p50="$(m proxied 2)" -v p99="$(m proxied 3)" 'BEGIN {
-  printf "the gateway adds %.0f us to the p50 (target <= 200 us) and %.0f us to the p99; requests/s %.3fx direct\n", p50-d50, p99-d99, pr/dr
-  printf "{\"benchmark\":\"gateway\",\"direct_rps\":%.1f,\"proxied_rps\":%.1f,\"rps_ratio\":%.4f,\"direct_p50_us\":%.1f,\"proxied_p50_us\":%.1f,\"added_p50_us\":%.1f,\"direct_p99_us\":%.1f,\"proxied_p99_us\":%.1f,\"added_p99_us\":%.1f}\n", dr, pr, pr/dr, d50, p50, p50-d50, d99, p99, p99-d99
+printf 'median direct, 1 connection     %10.0f req/s   p50 %7.0f us   p99 %7.0f us\n' "$(m direct_one 1)" "$(m direct_one 2)" "$(m direct_one 3)"
+printf 'median gateway, 1 connection    %10.0f req/s   p50 %7.0f us   p99 %7.0f us\n' "$(m proxied_one 1)" "$(m proxied_one 2)" "$(m proxied_one 3)"
+awk -v dr="$(m direct 1)" -v d50="$(m direct 2)" -v d99="$(m direct 3)" -v pr="$(m proxied 1)" -v p50="$(m proxied 2)" -v p99="$(m proxied 3)" \
+  -v o50="$(m direct_one 2)" -v o99="$(m direct_one 3)" -v q50="$(m proxied_one 2)" -v q99="$(m proxied_one 3)" 'BEGIN {
+  printf "at %s connections the gateway adds %.0f us to the p50 (target <= 200 us) and %.0f us to the p99; requests/s %.3fx direct\n", "'"$connections"'", p50-d50, p99-d99, pr/dr
+  printf "on one connection it adds %.0f us to the p50 and %.0f us to the p99\n", q50-o50, q99-o99
+  printf "{\"benchmark\":\"gateway\",\"direct_rps\":%.1f,\"proxied_rps\":%.1f,\"rps_ratio\":%.4f,\"direct_p50_us\":%.1f,\"proxied_p50_us\":%.1f,\"added_p50_us\":%.1f,\"direct_p99_us\":%.1f,\"proxied_p99_us\":%.1f,\"added_p99_us\":%.1f,\"added_p50_one_connection_us\":%.1f,\"added_p99_one_connection_us\":%.1f}\n", dr, pr, pr/dr, d50, p50, p50-d50, d99, p99, p99-d99, q50-o50, q99-o99
 }'

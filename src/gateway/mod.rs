@@ -43,7 +43,8 @@ use crate::settings::{SemanticCacheSpec, Settings, Strategy};
 pub enum Backend {
     /// A model of the catalog, served here.
     Local,
-    Upstream(Upstream),
+    /// Boxed: one per target, read through the target's Arc.
+    Upstream(Box<Upstream>),
 }
 
 /// A catalog model as the gateway sends requests to it.
@@ -128,7 +129,7 @@ impl Gateway {
         };
         let mut targets: HashMap<String, Arc<Target>> = HashMap::new();
         for (id, spec) in &settings.models.upstreams {
-            let backend = Backend::Upstream(Upstream::new(id, spec).map_err(GatewayError::Upstream)?);
+            let backend = Backend::Upstream(Box::new(Upstream::new(id, spec).map_err(GatewayError::Upstream)?));
             let target = Target { id: id.clone(), backend, health: TargetHealth::new(id, ejection) };
             targets.insert(id.clone(), Arc::new(target));
         }

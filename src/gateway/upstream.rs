@@ -3,6 +3,9 @@
 //! exchange with it classified: an answer, or a failure that says whether
 //! another target may be tried.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,8 @@ pub enum UpstreamError {
     KeyFile { id: String, source: std::io::Error },
     #[error("models.catalog.{id}: the API key is not a valid header value")]
     InvalidKey { id: String },
+    #[error("models.catalog.{id}: base_url does not make valid URLs")]
+    Url { id: String },
     #[error("models.catalog.{id}: cannot build its HTTP client: {source}")]
     Client { id: String, source: reqwest::Error },
 }
@@ -47,10 +52,14 @@ impl UpstreamPath {
 pub struct Upstream {
     /// Its name for the model.
     pub model: String,
-    base_url: String,
     /// `Bearer <key>`, marked sensitive (never in a Debug output).
     authorization: Option<HeaderValue>,
-    client: reqwest::Client,
+    /// The URL of each endpoint, parsed once.
+    urls: Urls,
+    /// How each worker thread's client is built.
+    settings: ClientSettings,
+    /// This upstream's key in each thread's clients.
+    key: u64,
     connections: Arc<Semaphore>,
     first_byte: Duration,
     total: Duration,
@@ -116,6 +125,49 @@ impl Failure {
     }
 }
 
+/// The URLs an upstream is called on.
+struct Urls {
+    chat: reqwest::Url,
+    completions: reqwest::Url,
+    embeddings: reqwest::Url,
+    models: reqwest::Url,
+}
+
+impl Urls {
+    fn of(&self, path: UpstreamPath) -> &reqwest::Url {
+        match path {
+            UpstreamPath::ChatCompletions => &self.chat,
+            UpstreamPath::Completions => &self.completions,
+            UpstreamPath::Embeddings => &self.embeddings,
+        }
+    }
+}
+
+/// What every client of an upstream is built with.
+#[derive(Debug, Clone, Copy)]
+struct ClientSettings {
+    connect_timeout: Duration,
+    max_idle: usize,
+}
+
+impl ClientSettings {
+    fn build(self) -> Result<reqwest::Client, reqwest::Error> {
+        reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .pool_max_idle_per_host(self.max_idle)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            // Redirects would carry the key to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+    }
+}
+
+thread_local! {
+    /// Each thread's clients, by upstream.
+    static CLIENTS: RefCell<HashMap<u64, reqwest::Client>> = RefCell::new(HashMap::new());
+}
+
 impl Upstream {
     pub fn new(id: &str, spec: &UpstreamSpec) -> Result<Self, UpstreamError> {
         let key = if !spec.api_key_env.is_empty() {
@@ -139,20 +191,30 @@ impl Upstream {
                 Ok(value)
             })
             .transpose()?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(spec.connect_timeout_ms))
-            .pool_max_idle_per_host(spec.max_connections)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            // Redirects would carry the key to another host.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|source| UpstreamError::Client { id: id.to_owned(), source })?;
+        let settings = ClientSettings {
+            connect_timeout: Duration::from_millis(spec.connect_timeout_ms),
+            max_idle: spec.max_connections,
+        };
+        // Built once here so that a setting it refuses stops the start.
+        settings.build().map_err(|source| UpstreamError::Client { id: id.to_owned(), source })?;
+        let base_url = spec.base_url.trim_end_matches('/');
+        let url = |suffix: &str| {
+            reqwest::Url::parse(&format!("{base_url}{suffix}"))
+                .map_err(|_| UpstreamError::Url { id: id.to_owned() })
+        };
+        let urls = Urls {
+            chat: url(UpstreamPath::ChatCompletions.suffix())?,
+            completions: url(UpstreamPath::Completions.suffix())?,
+            embeddings: url(UpstreamPath::Embeddings.suffix())?,
+            models: url("/models")?,
+        };
+        static KEYS: AtomicU64 = AtomicU64::new(0);
         Ok(Self {
             model: spec.upstream_model(id).to_owned(),
-            base_url: spec.base_url.trim_end_matches('/').to_owned(),
             authorization,
-            client,
+            urls,
+            settings,
+            key: KEYS.fetch_add(1, Ordering::Relaxed),
             connections: Arc::new(Semaphore::new(spec.max_connections)),
             first_byte: Duration::from_millis(spec.first_byte_timeout_ms),
             total: Duration::from_millis(spec.total_timeout_ms),
@@ -160,9 +222,25 @@ impl Upstream {
         })
     }
 
-    fn request(&self, method: reqwest::Method, suffix: &str, request_id: &str) -> reqwest::RequestBuilder {
-        let mut builder =
-            self.client.request(method, format!("{}{suffix}", self.base_url)).timeout(self.total);
+    /// This thread's client: each actix worker keeps its own connections,
+    /// so a request and its connection's task run on one thread (a client
+    /// shared by the workers woke another thread for every request).
+    fn client(&self) -> reqwest::Client {
+        CLIENTS.with_borrow_mut(|clients| {
+            clients
+                .entry(self.key)
+                .or_insert_with(|| self.settings.build().unwrap_or_else(|_| reqwest::Client::new()))
+                .clone()
+        })
+    }
+
+    fn request(
+        &self,
+        method: reqwest::Method,
+        url: &reqwest::Url,
+        request_id: &str,
+    ) -> reqwest::RequestBuilder {
+        let mut builder = self.client().request(method, url.clone()).timeout(self.total);
         if let Some(authorization) = &self.authorization {
             builder = builder.header(AUTHORIZATION, authorization.clone());
         }
@@ -190,7 +268,7 @@ impl Upstream {
             .map_err(|_| Failure::Timeout)?
             .map_err(|_| Failure::Connect)?;
         let request = self
-            .request(reqwest::Method::POST, path.suffix(), request_id)
+            .request(reqwest::Method::POST, self.urls.of(path), request_id)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(body);
         let response = tokio::time::timeout_at(deadline, request.send())
@@ -218,7 +296,7 @@ impl Upstream {
 
     /// The active probe: `GET <base_url>/models` answers 2xx in time.
     pub async fn probe(&self) -> Result<(), Failure> {
-        let request = self.request(reqwest::Method::GET, "/models", "");
+        let request = self.request(reqwest::Method::GET, &self.urls.models, "");
         let response = tokio::time::timeout(self.first_byte, request.send())
             .await
             .map_err(|_| Failure::Timeout)?

@@ -66,8 +66,14 @@ pub async fn routed(
         match outcome {
             Ok(mut answer) => {
                 answer.served_by = Some(target.id.clone());
-                if let (Some(ask), Body::Json(bytes)) = (semantic, &answer.body) {
-                    ask.keep(pipeline, bytes).await;
+                if let Some(ask) = semantic {
+                    answer.body = match answer.body {
+                        Body::Json(bytes) => {
+                            ask.keep(pipeline, &bytes).await;
+                            Body::Json(bytes)
+                        }
+                        Body::Stream(pieces) => Body::Stream(ask.keep_stream(pipeline, pieces)),
+                    };
                 }
                 return Ok(answer);
             }
@@ -249,17 +255,32 @@ impl Forward {
 
     /// The body for a target that calls the model `model`; an upstream's
     /// (`upstream`) asks for a stream's usage.
-    fn body_for(&self, model: &str, upstream: bool) -> Bytes {
-        let mut fields = self.fields.clone();
-        fields.insert("model".to_owned(), Value::String(model.to_owned()));
-        if upstream && self.usage_added {
-            let options = fields.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
-            if let Some(options) = options.as_object_mut() {
-                options.insert("include_usage".to_owned(), Value::Bool(true));
-            }
+    fn body_for(&mut self, model: &str, upstream: bool) -> Bytes {
+        // Changed in place and put back: the body is not copied.
+        let client_model = self.fields.insert("model".to_owned(), Value::String(model.to_owned()));
+        let client_options = (upstream && self.usage_added).then(|| {
+            let mut options = match self.fields.get("stream_options") {
+                Some(Value::Object(options)) => options.clone(),
+                _ => Map::new(),
+            };
+            options.insert("include_usage".to_owned(), Value::Bool(true));
+            self.fields.insert("stream_options".to_owned(), Value::Object(options))
+        });
+        let body = Bytes::from(serde_json::to_vec(&self.fields).unwrap_or_default());
+        restore(&mut self.fields, "model", client_model);
+        if let Some(options) = client_options {
+            restore(&mut self.fields, "stream_options", options);
         }
-        Bytes::from(serde_json::to_vec(&fields).unwrap_or_default())
+        body
     }
+}
+
+/// Puts a field back as the client sent it (or absent).
+fn restore(fields: &mut Map<String, Value>, name: &str, value: Option<Value>) {
+    match value {
+        Some(value) => fields.insert(name.to_owned(), value),
+        None => fields.remove(name),
+    };
 }
 
 /// The route's cache entries are filed under its endpoint's pattern.

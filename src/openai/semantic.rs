@@ -2,7 +2,8 @@
 //! turn embeds (on the route's local embedding model) near the final turn
 //! of an answered request with the same fingerprint (route, caller's
 //! scope, every parameter, the earlier turns) gets that answer, with
-//! `x-blaze-cache: hit-semantic` and `x-blaze-cache-similarity`.
+//! `x-blaze-cache: hit-semantic` and `x-blaze-cache-similarity`. Answers
+//! are kept from whole JSON answers and from streams that finished.
 //!
 //! Only single-turn requests by default: a later turn means what the
 //! turns before it make it mean, and a cache keyed on it alone answers a
@@ -35,6 +36,7 @@ pub struct SemanticAsk {
     text: Arc<str>,
     vector: Vec<f32>,
     caching: Caching,
+    endpoint: Endpoint,
 }
 
 /// What the semantic cache did for a request.
@@ -93,7 +95,7 @@ pub async fn look_up(
     metrics::counter!("blaze_semantic_cache_requests_total", "route" => route.id.clone(), "result" => "miss")
         .increment(1);
     let text = Arc::from(text);
-    SemanticLookup::Miss(SemanticAsk { route: route.clone(), fingerprint, text, vector, caching })
+    SemanticLookup::Miss(SemanticAsk { route: route.clone(), fingerprint, text, vector, caching, endpoint })
 }
 
 impl SemanticAsk {
@@ -107,6 +109,100 @@ impl SemanticAsk {
         self.caching.cache().put(&key, answer.to_vec()).await;
         let entry = SemanticEntry { fingerprint: self.fingerprint, text: self.text, vector: self.vector };
         pipeline.gateway.keep_semantic(&self.route, entry);
+    }
+}
+
+impl SemanticAsk {
+    /// The same stream, read as it passes: when it ends with its choice
+    /// finished (not failed, not dropped by the client), the whole answer
+    /// it made is kept as a JSON answer would be.
+    pub fn keep_stream(
+        self,
+        pipeline: &Pipeline,
+        pieces: futures_util::stream::LocalBoxStream<'static, Piece>,
+    ) -> futures_util::stream::LocalBoxStream<'static, Piece> {
+        use futures_util::StreamExt;
+        let answer = StreamedAnswer { chat: self.endpoint == Endpoint::Chat, ..StreamedAnswer::default() };
+        let state = (pieces, answer, Some(self), pipeline.clone());
+        futures_util::stream::unfold(state, |(mut pieces, mut answer, mut ask, pipeline)| async move {
+            match pieces.next().await {
+                Some(piece) => {
+                    match &piece {
+                        Piece::Chunk(bytes) => answer.read(bytes),
+                        Piece::Event(..) | Piece::Failed(_) => answer.failed = true,
+                    }
+                    Some((piece, (pieces, answer, ask, pipeline)))
+                }
+                None => {
+                    if let (Some(ask), Some(bytes)) = (ask.take(), answer.whole()) {
+                        ask.keep(&pipeline, &bytes).await;
+                    }
+                    None
+                }
+            }
+        })
+        .boxed_local()
+    }
+}
+
+/// A streamed answer put back together from its chunks.
+#[derive(Default)]
+struct StreamedAnswer {
+    chat: bool,
+    first: Option<Value>,
+    content: String,
+    finish_reason: Option<Value>,
+    usage: Option<Value>,
+    failed: bool,
+}
+
+impl StreamedAnswer {
+    fn read(&mut self, bytes: &Bytes) {
+        let Ok(chunk) = serde_json::from_slice::<Value>(bytes) else {
+            self.failed = true;
+            return;
+        };
+        if let Some(choices) = chunk["choices"].as_array() {
+            for choice in choices {
+                if choice["index"].as_u64().unwrap_or(0) != 0 {
+                    self.failed = true;
+                }
+                if let Some(text) = choice["delta"]["content"].as_str().or(choice["text"].as_str()) {
+                    self.content.push_str(text);
+                }
+                if !choice["finish_reason"].is_null() {
+                    self.finish_reason = Some(choice["finish_reason"].clone());
+                }
+            }
+        }
+        if !chunk["usage"].is_null() {
+            self.usage = Some(chunk["usage"].clone());
+        }
+        if self.first.is_none() {
+            self.first = Some(chunk);
+        }
+    }
+
+    /// The whole answer, if the stream finished whole.
+    fn whole(&self) -> Option<Bytes> {
+        let (first, finish_reason) = (self.first.as_ref()?, self.finish_reason.as_ref()?);
+        if self.failed {
+            return None;
+        }
+        let choice = if self.chat {
+            serde_json::json!({"index": 0, "message": {"role": "assistant", "content": self.content}, "finish_reason": finish_reason})
+        } else {
+            serde_json::json!({"index": 0, "text": self.content, "finish_reason": finish_reason})
+        };
+        let answer = serde_json::json!({
+            "id": first["id"],
+            "object": if self.chat { "chat.completion" } else { "text_completion" },
+            "created": first["created"],
+            "model": first["model"],
+            "choices": [choice],
+            "usage": self.usage.clone().unwrap_or(Value::Null),
+        });
+        Some(Bytes::from(answer.to_string()))
     }
 }
 

@@ -138,6 +138,18 @@ async fn the_semantic_cache_keeps_to_its_scope_turns_and_streams() {
         chunks.iter().filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(text, "Hello from the stub.");
 
+    // A finished stream's answer is kept too.
+    let stream = common::extend(ask(system, "How do I boil an egg?"), json!({"stream": true}));
+    let response = caller.post(server.url("/v1/chat/completions")).json(&stream).send().await.unwrap();
+    assert_eq!(response.headers()["x-blaze-cache"], "bypass");
+    assert_eq!(common::chunks(&response.text().await.unwrap()).len(), 2);
+    let paraphrase = ask(system, "What is the way to boil an egg?");
+    let response = caller.post(server.url("/v1/chat/completions")).json(&paraphrase).send().await.unwrap();
+    assert_eq!(response.headers()["x-blaze-cache"], "hit-semantic", "the streamed answer was kept");
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], "HiHi", "the stream's text, whole");
+    assert_eq!(answer["object"], "chat.completion");
+
     // A conversation of several turns is not for the semantic cache.
     let conversation = json!({"model": "chat", "max_tokens": 8, "messages": [
         {"role": "system", "content": system},
