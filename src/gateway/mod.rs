@@ -129,7 +129,8 @@ impl Gateway {
         };
         let mut targets: HashMap<String, Arc<Target>> = HashMap::new();
         for (id, spec) in &settings.models.upstreams {
-            let backend = Backend::Upstream(Box::new(Upstream::new(id, spec).map_err(GatewayError::Upstream)?));
+            let backend =
+                Backend::Upstream(Box::new(Upstream::new(id, spec).map_err(GatewayError::Upstream)?));
             let target = Target { id: id.clone(), backend, health: TargetHealth::new(id, ejection) };
             targets.insert(id.clone(), Arc::new(target));
         }

@@ -99,8 +99,9 @@ async fn an_upstream_answers_json_and_streams_with_its_key_and_the_request_id() 
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let chunks = common::chunks(&response.text().await.unwrap());
-    assert_eq!(chunks.len(), 2, "{chunks:?}");
-    assert!(chunks.iter().all(|chunk| chunk["choices"][0]["delta"]["content"] == "Hi"));
+    assert_eq!(chunks.len(), 3, "{chunks:?}");
+    assert!(chunks[..2].iter().all(|chunk| chunk["choices"][0]["delta"]["content"] == "Hi"));
+    assert_eq!(chunks[2]["choices"][0]["finish_reason"], "stop");
     let streamed = stub.requests("ok").pop().unwrap();
     assert_eq!(streamed.body["stream_options"]["include_usage"], true);
     // Asked for, the usage chunk is the client's.
@@ -120,6 +121,70 @@ async fn an_upstream_answers_json_and_streams_with_its_key_and_the_request_id() 
     assert!(metrics.contains("blaze_gateway_requests_total{target=\"remote\"} 3"), "{metrics}");
     assert!(!metrics.contains(UPSTREAM_KEY));
     assert!(server.logs().iter().all(|line| !line.contains(UPSTREAM_KEY)));
+}
+
+#[tokio::test]
+async fn completions_and_embeddings_go_upstream_and_unreported_usage_is_counted() {
+    let stub = Stub::start().await;
+    let upstreams = [
+        upstream("remote-text", &stub.base_url("ok"), "      tokenizer: smollm2-135m-instruct\n"),
+        upstream("remote-vectors", &stub.base_url("ok"), ""),
+    ];
+    let (server, _config) = gateway(&upstreams, "  probe_interval_s: 0\n", &[]).await;
+    let caller = client();
+    let response = caller
+        .post(server.url("/v1/completions"))
+        .json(&json!({"model": "remote-text", "prompt": "Once upon a time", "max_tokens": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(served_by(&response), "remote-text");
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["choices"][0]["text"], " and more.");
+    let sent = stub.requests("ok").pop().unwrap();
+    assert_eq!(sent.path, "/ok/v1/completions");
+    assert_eq!(sent.body["prompt"], "Once upon a time");
+    // The answer reported no usage: its text was counted with the
+    // upstream's tokenizer, and the ledger's row has it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let report: serde_json::Value =
+            caller.get(server.url("/v1/usage?group_by=model")).send().await.unwrap().json().await.unwrap();
+        let row = report["data"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|row| row["model"] == "remote-text").cloned());
+        if let Some(row) = row {
+            assert!(
+                row["completion_tokens"].as_u64().is_some_and(|tokens| (1..=8).contains(&tokens)),
+                "{row}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no ledger row for the route: {report}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let response = caller
+        .post(server.url("/v1/embeddings"))
+        .json(&json!({"model": "remote-vectors", "input": ["one", "two"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["data"].as_array().unwrap().len(), 2);
+    assert_eq!(stub.requests("ok").pop().unwrap().path, "/ok/v1/embeddings");
+    // Too many inputs are refused before anything is sent.
+    let many: Vec<String> = (0..3000).map(|index| format!("input {index}")).collect();
+    let response = caller
+        .post(server.url("/v1/embeddings"))
+        .json(&json!({"model": "remote-vectors", "input": many}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, 400, "too_many_items").await;
+    assert_eq!(stub.requests("ok").len(), 2);
 }
 
 #[tokio::test]

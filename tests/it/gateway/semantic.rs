@@ -142,7 +142,7 @@ async fn the_semantic_cache_keeps_to_its_scope_turns_and_streams() {
     let stream = common::extend(ask(system, "How do I boil an egg?"), json!({"stream": true}));
     let response = caller.post(server.url("/v1/chat/completions")).json(&stream).send().await.unwrap();
     assert_eq!(response.headers()["x-blaze-cache"], "bypass");
-    assert_eq!(common::chunks(&response.text().await.unwrap()).len(), 2);
+    assert_eq!(common::chunks(&response.text().await.unwrap()).len(), 3);
     let paraphrase = ask(system, "What is the way to boil an egg?");
     let response = caller.post(server.url("/v1/chat/completions")).json(&paraphrase).send().await.unwrap();
     assert_eq!(response.headers()["x-blaze-cache"], "hit-semantic", "the streamed answer was kept");

@@ -64,6 +64,8 @@ impl Drop for Stub {
 
 const CHUNK: &str = r#"{"id":"c","object":"chat.completion.chunk","created":0,"model":"stub","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#;
 
+const FINISH: &str = r#"{"id":"c","object":"chat.completion.chunk","created":0,"model":"stub","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#;
+
 fn completion(text: &str) -> String {
     serde_json::json!({
         "id": "c", "object": "chat.completion", "created": 0, "model": "stub",
@@ -97,9 +99,23 @@ async fn serve(mut socket: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
         return respond(&mut socket, status, "application/json", r#"{"object":"list","data":[]}"#).await;
     }
     match mode.as_str() {
+        "ok" if path.ends_with("/embeddings") => {
+            let inputs = body_json["input"].as_array().map_or(1, Vec::len);
+            let data: Vec<serde_json::Value> = (0..inputs)
+                .map(|index| serde_json::json!({"object": "embedding", "index": index, "embedding": [0.6, 0.8]}))
+                .collect();
+            let answer = serde_json::json!({"object": "list", "data": data, "model": "stub",
+                "usage": {"prompt_tokens": 5, "total_tokens": 5}});
+            respond(&mut socket, "200 OK", "application/json", &answer.to_string()).await
+        }
+        "ok" if path.ends_with("/v1/completions") => {
+            let answer = serde_json::json!({"id": "c", "object": "text_completion", "created": 0, "model": "stub",
+                "choices": [{"index": 0, "text": " and more.", "finish_reason": "stop"}]});
+            respond(&mut socket, "200 OK", "application/json", &answer.to_string()).await
+        }
         "ok" if stream => {
             let events = format!(
-                "data: {CHUNK}\n\ndata: {CHUNK}\n\ndata: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"stub\",\"choices\":[],\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":2,\"total_tokens\":9}}}}\n\ndata: [DONE]\n\n"
+                "data: {CHUNK}\n\ndata: {CHUNK}\n\ndata: {FINISH}\n\ndata: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"stub\",\"choices\":[],\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":2,\"total_tokens\":9}}}}\n\ndata: [DONE]\n\n"
             );
             respond(&mut socket, "200 OK", "text/event-stream", &events).await
         }
