@@ -174,10 +174,32 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Whether two near texts may still ask different things: they differ in
-/// their numbers, in being negated, or in the names they mention.
+/// their numbers, in being negated, in the names they mention, or one has
+/// a word the other has with a negating prefix (advantages and
+/// disadvantages, safe and unsafe).
 pub fn vetoed(cached: &str, asked: &str) -> bool {
     let (cached, asked) = (Features::of(cached), Features::of(asked));
-    cached.numbers != asked.numbers || cached.negated != asked.negated || cached.names != asked.names
+    cached.numbers != asked.numbers
+        || cached.negated != asked.negated
+        || cached.names != asked.names
+        || opposed(&cached.words, &asked.words)
+        || opposed(&asked.words, &cached.words)
+}
+
+const NEGATING_PREFIXES: &[&str] = &["dis", "un", "in", "im", "il", "ir", "non"];
+
+/// Whether a word of `one` is a word of `other` with a negating prefix
+/// (and `one` lacks the plain word).
+fn opposed(one: &[String], other: &[String]) -> bool {
+    one.iter().any(|word| {
+        NEGATING_PREFIXES.iter().any(|prefix| {
+            word.strip_prefix(prefix).is_some_and(|plain| {
+                plain.len() >= 3
+                    && other.iter().any(|candidate| candidate == plain)
+                    && !one.iter().any(|own| own == plain)
+            })
+        })
+    })
 }
 
 /// What an embedding blurs, read off a text.
@@ -187,6 +209,8 @@ struct Features {
     negated: bool,
     /// Capitalized words not starting a sentence, lowercased, sorted.
     names: Vec<String>,
+    /// Every word, lowercased.
+    words: Vec<String>,
 }
 
 const NEGATIONS: &[&str] = &[
@@ -243,6 +267,7 @@ impl Features {
     fn of(text: &str) -> Self {
         let mut numbers = Vec::new();
         let mut names = Vec::new();
+        let mut words = Vec::new();
         let mut negated = false;
         let mut sentence_start = true;
         for raw in text.split(|character: char| {
@@ -256,6 +281,7 @@ impl Features {
             let word = word.strip_suffix("'s").or_else(|| word.strip_suffix("’s")).unwrap_or(word);
             if !word.is_empty() {
                 let lower = word.to_lowercase();
+                words.push(lower.clone());
                 if lower.ends_with("n't") || lower.ends_with("n’t") || NEGATIONS.contains(&lower.as_str()) {
                     negated = true;
                 }
@@ -279,7 +305,7 @@ impl Features {
         numbers.sort_unstable();
         names.sort_unstable();
         names.dedup();
-        Self { numbers, negated, names }
+        Self { numbers, negated, names, words }
     }
 }
 
@@ -343,6 +369,12 @@ mod tests {
         assert!(!vetoed("What is the capital of France?", "Tell me France's capital city."));
         assert!(!vetoed("How do I sort a list in Python?", "How can I sort a list in Python?"));
         assert!(!vetoed("Explain recursion simply.", "Explain recursion in simple terms."));
+        assert!(vetoed(
+            "What are the advantages of remote work?",
+            "What are the disadvantages of remote work?"
+        ));
+        assert!(vetoed("Is this plan possible?", "Is this plan impossible?"));
+        assert!(!vetoed("How do I install Python?", "How can I install Python?"), "install is not in+stall");
     }
 
     #[test]
