@@ -29,7 +29,7 @@ use crate::settings::{ConfigErrors, ConfigSources, ServerSettings, Settings};
 /// Runs the server on an actix system until a signal stops it. Exit code 0
 /// after a clean drain.
 pub fn serve_blocking(settings: Settings, sources: ConfigSources, offline: bool) -> ExitCode {
-    let _log_guard = crate::logging::init();
+    let _log_guard = crate::logging::init(&settings.telemetry);
     let system = actix_rt::System::new();
     match system.block_on(serve(settings, guard_reload(sources), offline)) {
         Ok(()) => {
@@ -347,6 +347,8 @@ async fn run_http(
             &settings.security.scrape_token,
         ),
         body_limits: server_settings.body_limits.at_most(server_settings.max_request_bytes),
+        board: services.board.clone(),
+        profiling: settings.profiling,
     };
     services.gateway.start_probes(Duration::from_secs(settings.gateway.probe_interval_s));
     services.gateway.start_sharing();

@@ -16,6 +16,7 @@ pub mod openai;
 pub mod probe;
 pub mod routes;
 pub mod settings;
+pub mod telemetry;
 
 /// The build this binary came from.
 pub fn build_info() -> blaze_actors::BuildInfo {

@@ -35,6 +35,9 @@ pub enum Route {
     Audit,
     Quotas,
     Quota,
+    ProfileCpu,
+    ProfileMemory,
+    ProfileRuntime,
     ChatCompletions,
     Completions,
     Responses,
@@ -176,6 +179,9 @@ pub const ROUTES: &[RouteRule] = &[
     rule(Route::Audit, "/admin/audit", Access::Admin, Some("admin")),
     rule(Route::Quotas, "/admin/quotas", Access::Admin, Some("admin")),
     rule(Route::Quota, "/admin/quotas/{scope}/{id}", Access::Admin, Some("admin")),
+    rule(Route::ProfileCpu, "/admin/profile/cpu", Access::Admin, Some("admin")),
+    rule(Route::ProfileMemory, "/admin/profile/memory", Access::Admin, Some("admin")),
+    rule(Route::ProfileRuntime, "/admin/profile/runtime", Access::Admin, Some("admin")),
     inference(
         Route::ChatCompletions,
         "/v1/chat/completions",
@@ -271,6 +277,9 @@ mod tests {
             Audit,
             Quotas,
             Quota,
+            ProfileCpu,
+            ProfileMemory,
+            ProfileRuntime,
             ChatCompletions,
             Completions,
             Responses,
@@ -288,9 +297,9 @@ mod tests {
             match route {
                 Health | Livez | HealthReady | Readyz | HealthDetailed | Metrics | MetricsSummary
                 | AuthToken | AuthRefresh | AuthLogout | Users | User | Keys | Key | KeyRotate | Cache
-                | ModelLoad | ModelUnload | Usage | AdminUsage | Audit | Quotas | Quota | ChatCompletions
-                | Completions | Responses | Embeddings | Rerank | Score | Models | Model | Tokenize
-                | Detokenize | WebSocket => {}
+                | ModelLoad | ModelUnload | Usage | AdminUsage | Audit | Quotas | Quota | ProfileCpu
+                | ProfileMemory | ProfileRuntime | ChatCompletions | Completions | Responses | Embeddings
+                | Rerank | Score | Models | Model | Tokenize | Detokenize | WebSocket => {}
             }
             assert_eq!(route.rule().route, route, "{route:?} has no row");
         }

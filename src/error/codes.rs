@@ -117,6 +117,9 @@ error_codes! {
     Conflict = "conflict", 409, "invalid_request_error";
     KeyLimitReached = "key_limit_reached", 409, "invalid_request_error";
     CacheDisabled = "cache_disabled", 409, "invalid_request_error";
+    ProfilingDisabled = "profiling_disabled", 403, "invalid_request_error";
+    ProfileInProgress = "profile_in_progress", 409, "invalid_request_error";
+    ProfileFailed = "profile_failed", 500, "server_error";
     // The WebSocket frame protocol.
     InvalidUpgrade = "invalid_upgrade", 400, "invalid_request_error";
     InvalidFrame = "invalid_frame", 400, "invalid_request_error";

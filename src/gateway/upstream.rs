@@ -247,6 +247,10 @@ impl Upstream {
         if !request_id.is_empty() {
             builder = builder.header("x-request-id", request_id);
         }
+        // The trace goes on at the upstream (W3C traceparent).
+        for (name, value) in crate::telemetry::outgoing_headers() {
+            builder = builder.header(name, value);
+        }
         builder
     }
 

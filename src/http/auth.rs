@@ -49,6 +49,7 @@ pub fn subject_of(principal: Option<&Principal>, request: &HttpRequest) -> Optio
 /// causes at most a few store reads a second: beyond them, a key that is
 /// not in the cache gets 429 with `Retry-After: 1` (so guessed ids cannot
 /// load the store).
+#[tracing::instrument(target = "blaze::trace", name = "auth", level = "info", skip_all)]
 pub async fn authenticate_credential(
     auth: &Authenticator,
     client: Option<IpAddr>,

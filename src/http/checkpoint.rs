@@ -9,7 +9,7 @@
 use std::future::{ready, Ready};
 use std::rc::Rc;
 
-use actix_web::body::{BoxBody, EitherBody};
+use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header::CONTENT_LENGTH;
 use actix_web::{web, HttpMessage, HttpRequest, ResponseError};
@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::auth::{authenticate_credential, bearer, client_address, subject_of};
 use super::cache::CACHE_VERDICT;
+use super::network;
 use super::ratelimit::{add_headers, add_quota_headers};
 use super::routing::{Access, Budget, RouteRule};
 use super::AppState;
@@ -80,6 +81,7 @@ where
         ready(Ok(CheckpointService {
             service: Rc::new(service),
             rule: self.rule,
+            route: network::route_index(self.rule),
             body_limit: self.body_limit,
         }))
     }
@@ -88,6 +90,8 @@ where
 pub struct CheckpointService<S> {
     service: Rc<S>,
     rule: &'static RouteRule,
+    /// The rule's place in the table, for the bytes it counts.
+    route: usize,
     body_limit: usize,
 }
 
@@ -118,39 +122,58 @@ where
             let error = ApiError::unavailable("The server is not configured");
             return Box::pin(ready(refuse(request, &error)));
         };
+        let (route, received) = (self.route, declared_length(&request).unwrap_or(0));
         Box::pin(async move {
-            let principal = match caller(&state, rule, request.request()).await {
-                Ok(principal) => principal,
-                Err(error) => return refuse(request, &error),
-            };
-            if let Some(principal) = &principal {
-                request.extensions_mut().insert(principal.clone());
+            let answer = checked(state, rule, request, service).await;
+            if let Ok(response) = &answer {
+                network::count(route, received, response.response().body().size());
             }
-            let pending = match rule.budget {
-                Budget::Never | Budget::PerFrame => None,
-                Budget::Request | Budget::Tokens => subject_of(principal.as_ref(), request.request())
-                    .and_then(|subject| {
-                        Pending::new(&state.pipeline.limiting, principal.as_ref(), subject, rule.pattern)
-                    }),
-            };
-            if let (Budget::Tokens, Some(principal)) = (rule.budget, &principal) {
-                return metered(&state, rule, principal, pending, request, &service).await;
-            }
-            let Some(pending) = pending else {
-                return service.call(request).await.map(ServiceResponse::map_into_left_body);
-            };
-            let gate = Gate::new(Some(pending));
-            let admitted = gate.admit(0).await;
-            let mut response = match admitted {
-                Ok(_) => service.call(request).await?.map_into_left_body(),
-                Err(error) => request.into_response(error.error_response()).map_into_right_body(),
-            };
-            if let Some(decision) = gate.decision() {
-                add_headers(response.headers_mut(), &decision);
-            }
-            Ok(response)
+            answer
         })
     }
+}
+
+/// The checks, in order, then the handler.
+async fn checked<S>(
+    state: web::Data<AppState>,
+    rule: &'static RouteRule,
+    request: ServiceRequest,
+    service: Rc<S>,
+) -> Answer
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<BoxBody>, Error = actix_web::Error> + 'static,
+{
+    let principal = match caller(&state, rule, request.request()).await {
+        Ok(principal) => principal,
+        Err(error) => return refuse(request, &error),
+    };
+    if let Some(principal) = &principal {
+        request.extensions_mut().insert(principal.clone());
+    }
+    let pending = match rule.budget {
+        Budget::Never | Budget::PerFrame => None,
+        Budget::Request | Budget::Tokens => {
+            subject_of(principal.as_ref(), request.request()).and_then(|subject| {
+                Pending::new(&state.pipeline.limiting, principal.as_ref(), subject, rule.pattern)
+            })
+        }
+    };
+    if let (Budget::Tokens, Some(principal)) = (rule.budget, &principal) {
+        return metered(&state, rule, principal, pending, request, &service).await;
+    }
+    let Some(pending) = pending else {
+        return service.call(request).await.map(ServiceResponse::map_into_left_body);
+    };
+    let gate = Gate::new(Some(pending));
+    let admitted = gate.admit(0).await;
+    let mut response = match admitted {
+        Ok(_) => service.call(request).await?.map_into_left_body(),
+        Err(error) => request.into_response(error.error_response()).map_into_right_body(),
+    };
+    if let Some(decision) = gate.decision() {
+        add_headers(response.headers_mut(), &decision);
+    }
+    Ok(response)
 }
 
 /// A request to a model route: admitted by the pipeline once it has

@@ -1,6 +1,7 @@
-//! The socket of each HTTP connection, recorded when it opens, so that a
-//! request waiting for a model notices its client has gone
-//! ([`crate::openai::Hangup`]) and gives up its place in the queue.
+//! The socket of each HTTP connection, recorded (and the connection
+//! counted) when it opens, so that a request waiting for a model notices
+//! its client has gone ([`crate::openai::Hangup`]) and gives up its place
+//! in the queue.
 
 use std::any::Any;
 use std::os::fd::{AsRawFd, RawFd};
@@ -20,6 +21,7 @@ pub fn on_connect(connection: &dyn Any, extensions: &mut Extensions) {
     if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
         extensions.insert(PeerSocket(stream.as_raw_fd()));
     }
+    extensions.insert(super::network::Connection::opened());
 }
 
 /// The connection's socket, if known.

@@ -15,8 +15,10 @@ mod health;
 mod json;
 mod keys;
 mod models_admin;
+mod network;
 mod observe;
 mod openai;
+mod profile;
 mod quotas;
 pub mod ratelimit;
 pub mod routing;
@@ -52,6 +54,9 @@ pub struct AppState {
     pub monitoring: checkpoint::MonitoringAccess,
     /// Largest body per kind of route.
     pub body_limits: crate::settings::BodyLimitSettings,
+    /// The supervisor's view of the actors, for the runtime profile.
+    pub board: blaze_actors::supervisor::ActorBoard,
+    pub profiling: crate::settings::ProfilingSettings,
 }
 
 /// Registers every route of the table, the extractor limits and the
@@ -75,6 +80,7 @@ pub fn configure(config: &mut web::ServiceConfig, state: AppState, max_body: usi
     keys::configure(config, &limits);
     cache::configure(config, &limits);
     models_admin::configure(config, &limits);
+    profile::configure(config, &limits);
     usage::configure(config, &limits);
     quotas::configure(config, &limits);
     websocket::configure(config, &limits);

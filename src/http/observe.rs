@@ -17,9 +17,12 @@ use actix_web::http::Method;
 use actix_web::{HttpMessage, HttpResponse, ResponseError};
 use blaze_actors::metrics::{RequestRecorder, RouteId, Telemetry};
 use futures_util::FutureExt;
+use tracing::field::Empty;
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::openai::RequestId;
+use crate::telemetry::{self, SPAN_TARGET};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -100,21 +103,26 @@ where
                 self.recorder.route(routed, || request.resource_map().match_pattern(routed))
             },
         };
+        let span = request_span(&request, &self.recorder, &labels, &request_id);
         let shared = self.shared.clone();
         let recorder = self.recorder.clone();
         if declared_length(&request).is_some_and(|length| length > shared.max_body as u64) {
             let error = ApiError::payload_too_large(shared.max_body);
             let mut response = request.into_response(error.error_response()).map_into_right_body();
-            finish(&recorder, response.response_mut(), &request_id, &labels, started);
+            finish(&recorder, response.response_mut(), &request_id, &labels, started, &span);
             return Box::pin(ready(Ok(response)));
         }
-        let inner = AssertUnwindSafe(self.service.call(request)).catch_unwind();
+        let inner = {
+            let _entered = span.enter();
+            AssertUnwindSafe(self.service.call(request)).catch_unwind()
+        };
+        let inner = inner.instrument(span.clone());
         Box::pin(async move {
             let outcome = Deadline::new(inner, started + shared.timeout).await;
             let _in_flight = in_flight;
             let failure = match outcome {
                 Ok(Ok(Ok(mut response))) => {
-                    finish(&recorder, response.response_mut(), &request_id, &labels, started);
+                    finish(&recorder, response.response_mut(), &request_id, &labels, started, &span);
                     return Ok(response.map_into_left_body());
                 }
                 Ok(Ok(Err(error))) => error,
@@ -126,7 +134,7 @@ where
             // with a panicked or late one): answer through an error that
             // carries its finished response.
             let mut response = failure.error_response();
-            finish(&recorder, &mut response, &request_id, &labels, started);
+            finish(&recorder, &mut response, &request_id, &labels, started, &span);
             Err(actix_web::error::InternalError::from_response(failure, response).into())
         })
     }
@@ -134,6 +142,34 @@ where
 
 fn declared_length(request: &ServiceRequest) -> Option<u64> {
     request.headers().get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// The request's span in its trace (disabled, and free, with traces
+/// off), a child of the caller's when it sent a `traceparent`.
+fn request_span(
+    request: &ServiceRequest,
+    recorder: &RequestRecorder,
+    labels: &Labels,
+    request_id: &RequestId,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: SPAN_TARGET,
+        "request",
+        otel.name = Empty,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = labels.method,
+        http.route = Empty,
+        http.response.status_code = Empty,
+        blaze.request_id = request_id.as_str(),
+    );
+    if !span.is_disabled() {
+        let route = recorder.route_name(labels.route);
+        span.record("otel.name", format!("{} {}", labels.method, &*route));
+        span.record("http.route", &*route);
+        telemetry::follow_caller(&span, request.headers());
+    }
+    span
 }
 
 struct Labels {
@@ -148,11 +184,18 @@ fn finish<B>(
     request_id: &RequestId,
     labels: &Labels,
     started: Instant,
+    span: &tracing::Span,
 ) {
     response.headers_mut().insert(REQUEST_ID, request_id.header().clone());
     let elapsed = started.elapsed();
     let method = labels.method;
     let status = response.status().as_u16();
+    if !span.is_disabled() {
+        span.record("http.response.status_code", status);
+        if status >= 500 {
+            span.record("otel.status_code", "error");
+        }
+    }
     recorder.record(labels.route, method, status, elapsed);
     let route = recorder.route_name(labels.route);
     let route = &*route;

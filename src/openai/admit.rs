@@ -162,6 +162,7 @@ impl Gate {
 
     /// Admits a model request: its rate limits, then its quotas (one
     /// request, the tokens, their price), all reserved or none.
+    #[tracing::instrument(target = "blaze::trace", name = "admission", level = "info", skip_all)]
     pub async fn admit_charge(&self, charge: Charge<'_>) -> Result<Admitted, ApiError> {
         if let Some(admitted) = &self.admitted {
             // Admitted once for the route: a target that took the

@@ -145,6 +145,7 @@ impl Record {
             finish_reason,
             completion_tokens: self.completion_tokens,
             cached_tokens: self.cached_tokens,
+            timing: Default::default(),
         });
         events
     }

@@ -142,7 +142,8 @@ async fn collect(mut events: ChatEvents, model: &str, logprobs: bool) -> Result<
         match event {
             ChatEvent::Logprobs(entries) => collected.on_logprobs(entries),
             ChatEvent::Text(piece) => collected.on_text(piece),
-            ChatEvent::Done { finish_reason, completion_tokens, cached_tokens } => {
+            ChatEvent::Done { finish_reason, completion_tokens, cached_tokens, timing } => {
+                crate::telemetry::record_generation(&tracing::Span::current(), &timing);
                 let finish_reason = finish_reason.as_str().to_owned();
                 let (pieces, logprobs) = collected.finish();
                 return Ok(Record { pieces, finish_reason, completion_tokens, cached_tokens, logprobs });

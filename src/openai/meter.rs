@@ -13,6 +13,8 @@ use std::time::Instant;
 use blaze_actors::auth::{now_ms, Principal};
 use blaze_actors::usage::{GovernanceStore, Ledger, Quotas, UsageRecord};
 
+use crate::telemetry;
+
 /// What the pipeline records usage and quotas with.
 pub struct Governance {
     /// `None` when `usage.enabled` is false.
@@ -22,9 +24,19 @@ pub struct Governance {
     pub currency: String,
 }
 
-/// One request's record in the making; cheap to clone (one `Rc`).
-#[derive(Clone, Default)]
-pub struct Meter(Option<Rc<Draft>>);
+/// One request's record in the making, and its span in the trace (the
+/// GenAI attributes are set on it as they are learnt); cheap to clone.
+#[derive(Clone)]
+pub struct Meter {
+    draft: Option<Rc<Draft>>,
+    span: tracing::Span,
+}
+
+impl Default for Meter {
+    fn default() -> Self {
+        Self { draft: None, span: tracing::Span::none() }
+    }
+}
 
 pub struct Draft {
     ledger: Arc<Ledger>,
@@ -38,7 +50,9 @@ impl Meter {
     /// A meter for `principal`'s request on `endpoint`; a meter that
     /// records nothing when the ledger is off.
     pub fn start(governance: &Governance, principal: &Principal, request_id: &str, endpoint: &str) -> Self {
-        let Some(ledger) = &governance.ledger else { return Self(None) };
+        let span = if telemetry::enabled() { tracing::Span::current() } else { tracing::Span::none() };
+        telemetry::attribute(&span, "gen_ai.operation.name", operation(endpoint));
+        let Some(ledger) = &governance.ledger else { return Self { draft: None, span } };
         let record = UsageRecord {
             at: now_ms(),
             request_id: request_id.to_owned(),
@@ -59,22 +73,29 @@ impl Meter {
             first_token_ms: None,
             cost_micros: 0,
         };
-        Self(Some(Rc::new(Draft {
+        let draft = Rc::new(Draft {
             ledger: ledger.clone(),
             quotas: governance.quotas.clone(),
             started: Instant::now(),
             record: RefCell::new(record),
             first_token: RefCell::new(None),
-        })))
+        });
+        Self { draft: Some(draft), span }
+    }
+
+    /// The request's span (disabled with traces off).
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     fn with(&self, change: impl FnOnce(&mut UsageRecord)) {
-        if let Some(draft) = &self.0 {
+        if let Some(draft) = &self.draft {
             change(&mut draft.record.borrow_mut());
         }
     }
 
     pub fn model(&self, model: &str) {
+        telemetry::attribute(&self.span, "gen_ai.request.model", model.to_owned());
         self.with(|record| {
             if record.model != model {
                 record.model = model.to_owned();
@@ -83,6 +104,8 @@ impl Meter {
     }
 
     pub fn tokens(&self, prompt: u64, completion: u64, cached: u64) {
+        telemetry::attribute(&self.span, "gen_ai.usage.input_tokens", prompt as i64);
+        telemetry::attribute(&self.span, "gen_ai.usage.output_tokens", completion as i64);
         self.with(|record| {
             record.prompt_tokens = prompt;
             record.completion_tokens = completion;
@@ -92,6 +115,7 @@ impl Meter {
 
     /// The cache's verdict, as the `x-blaze-cache` header says it.
     pub fn cache(&self, verdict: &str) {
+        telemetry::attribute(&self.span, "blaze.cache", verdict.to_owned());
         self.with(|record| {
             let tier = verdict.strip_prefix("hit-").unwrap_or(verdict);
             if record.cache != tier {
@@ -106,9 +130,20 @@ impl Meter {
 
     /// The first token went out (once; later calls change nothing).
     pub fn first_token(&self) {
-        if let Some(draft) = &self.0 {
+        if let Some(draft) = &self.draft {
             draft.first_token.borrow_mut().get_or_insert_with(Instant::now);
         }
+    }
+}
+
+/// `gen_ai.operation.name` of a model route.
+fn operation(endpoint: &str) -> &'static str {
+    match endpoint {
+        "/v1/chat/completions" => "chat",
+        "/v1/completions" => "text_completion",
+        "/v1/embeddings" => "embeddings",
+        "/v1/responses" => "chat",
+        _ => "other",
     }
 }
 

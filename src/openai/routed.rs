@@ -20,6 +20,7 @@ use blaze_actors::router::ModelHandle;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::Digest;
+use tracing::Instrument;
 
 use super::admit::{Charge, Settlement};
 use super::answer::{Answer, Body};
@@ -415,7 +416,14 @@ async fn upstream_attempt(
     };
     let body = forward.body_for(&upstream.model, true);
     let in_flight = target.start();
-    let sent = upstream.send(path, body, origin.request_id.as_str(), forward.stream).await;
+    let span = tracing::info_span!(
+        target: crate::telemetry::SPAN_TARGET,
+        "upstream",
+        otel.kind = "client",
+        blaze.gateway.target = target.id.as_str(),
+        gen_ai.request.model = upstream.model.as_str(),
+    );
+    let sent = upstream.send(path, body, origin.request_id.as_str(), forward.stream).instrument(span).await;
     let route = forward.route.id.clone();
     let route = &route;
     let (exchange, latency) = match sent {

@@ -14,6 +14,7 @@ pub const CONTENT_FILTER: &str = "content_filter";
 
 /// Screens the texts of a request bound for a model, redacting them in
 /// place. `field` names the text at an index, for the 400.
+#[tracing::instrument(target = "blaze::trace", name = "guard.input", level = "info", skip_all)]
 pub fn screen_input<'a>(
     pipeline: &Pipeline,
     origin: &Origin,
@@ -63,6 +64,7 @@ pub fn screen_warm<'a>(
 /// A whole answer's text as the client may see it: `None` when the output
 /// screen blocks it. The cache keeps answers unscreened, so a change of the
 /// patterns applies to them too.
+#[tracing::instrument(target = "blaze::trace", name = "guard.output", level = "info", skip_all)]
 pub fn screen_output(guard: &Guard, mut text: String) -> Option<String> {
     match guard.screen_output(&mut text) {
         Ok(_) => Some(text),

@@ -43,6 +43,8 @@ struct Chunks {
     ended: bool,
     /// Chunks to send before anything else, last first.
     queued: Vec<Piece>,
+    /// The request's span: the stream is read after its handler returned.
+    span: tracing::Span,
 }
 
 /// One choice's part of the stream.
@@ -91,7 +93,8 @@ pub fn chunks(parts: StreamParts, events: Vec<ChatEvents>) -> impl Stream<Item =
             filter: parts.screen.clone().map(OutputFilter::new),
         })
         .collect();
-    let chunks = Chunks { parts, choices, ended: false, queued: Vec::new() };
+    let span = tracing::Span::current();
+    let chunks = Chunks { parts, choices, ended: false, queued: Vec::new(), span };
     futures_util::stream::unfold(chunks, |mut chunks| async move {
         let piece = chunks.next().await?;
         Some((piece, chunks))
@@ -129,7 +132,8 @@ impl Chunks {
                     }
                     released
                 }
-                Some(ChatEvent::Done { finish_reason, completion_tokens, cached_tokens }) => {
+                Some(ChatEvent::Done { finish_reason, completion_tokens, cached_tokens, timing }) => {
+                    crate::telemetry::record_generation(&self.span, &timing);
                     choice.cached_tokens = cached_tokens;
                     self.parts.settlement.cached = self.parts.settlement.cached.max(cached_tokens as u64);
                     choice.on_done(reply, keep, finish_reason, completion_tokens)
@@ -375,6 +379,7 @@ mod tests {
                 finish_reason: FinishReason::Stop,
                 completion_tokens: tokens,
                 cached_tokens: 0,
+                timing: Default::default(),
             };
             sender.send(done).unwrap();
             receivers.push(events);
@@ -394,8 +399,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_finished_stream_ends_with_its_reason_then_usage() {
-        let done =
-            ChatEvent::Done { finish_reason: FinishReason::Length, completion_tokens: 2, cached_tokens: 0 };
+        let done = ChatEvent::Done {
+            finish_reason: FinishReason::Length,
+            completion_tokens: 2,
+            cached_tokens: 0,
+            timing: Default::default(),
+        };
         let pieces =
             pieces(vec![ChatEvent::Text("a".to_owned()), ChatEvent::Text("b".to_owned()), done]).await;
         let chunks: Vec<Value> = pieces.iter().map(chunk).collect();

@@ -13,6 +13,7 @@ mod governance;
 mod load;
 mod oidc;
 mod print;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 
@@ -27,6 +28,7 @@ pub use self::gateway::{GatewaySettings, RouteSpec, SemanticCacheSpec, Strategy,
 pub use self::governance::{QuotaDefaults, QuotaSettings, UsageSettings};
 pub use self::load::{ConfigError, ConfigErrors, ConfigSources, PROFILES};
 pub use self::oidc::OidcSettings;
+pub use self::telemetry::{OtlpProtocol, ProfilingSettings, TelemetrySettings};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +48,8 @@ pub struct Settings {
     pub usage: UsageSettings,
     pub quotas: QuotaSettings,
     pub gateway: GatewaySettings,
+    pub telemetry: TelemetrySettings,
+    pub profiling: ProfilingSettings,
 }
 
 /// The WebSocket surface, `GET /v1/ws`.

@@ -159,3 +159,34 @@ fn bad_upstreams_and_routes_name_what_is_wrong() {
         );
     }
 }
+
+#[test]
+fn traces_are_off_by_default_and_bad_telemetry_settings_name_their_key() {
+    let (defaults, _file) = sources(None, None, &[]);
+    let settings = Settings::load(&defaults).expect("valid");
+    assert!(!settings.telemetry.traces_enabled());
+    assert!(settings.profiling.enabled);
+    let (production, _file) = sources(Some("production"), None, &[]);
+    assert!(!Settings::load(&production).expect("valid").profiling.enabled);
+
+    let check = |text: &str, keys: &[&str]| {
+        let (bad, _file) = sources(None, Some(text), &[]);
+        let errors = format!("{:?}", Settings::load(&bad).expect_err("invalid"));
+        for key in keys {
+            assert!(errors.contains(key), "{key} in {errors}");
+        }
+    };
+    check("telemetry:\n  otlp_protocol: carrier-pigeon\n", &["telemetry.otlp_protocol"]);
+    check(
+        "telemetry:\n  otlp_endpoint: 'ftp://collector'\n  sampling_ratio: 1.5\n  max_queued_spans: 0\n  \
+         export_interval_ms: 1\n  service_name: ' '\nprofiling:\n  max_cpu_seconds: 0\n",
+        &[
+            "telemetry.otlp_endpoint",
+            "telemetry.sampling_ratio",
+            "telemetry.max_queued_spans",
+            "telemetry.export_interval_ms",
+            "telemetry.service_name",
+            "profiling.max_cpu_seconds",
+        ],
+    );
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use super::disk::DiskTier;
 use super::memory::{memory_tier, MemoryTier, Stored};
@@ -111,6 +112,21 @@ fn count(tier: Tier, hit: bool) {
     metrics::counter!("blaze_cache_requests_total", "tier" => tier.name(), "result" => result).increment(1);
 }
 
+/// One tier's lookup: counted, and a span in the request's trace (the
+/// server's `blaze::trace` spans; free when traces are off).
+async fn look_in<T>(tier: Tier, lookup: impl std::future::Future<Output = Option<T>>) -> Option<T> {
+    let span = tracing::info_span!(
+        target: "blaze::trace",
+        "cache.lookup",
+        blaze.cache.tier = tier.name(),
+        blaze.cache.hit = tracing::field::Empty,
+    );
+    let found = lookup.instrument(span.clone()).await;
+    span.record("blaze.cache.hit", found.is_some());
+    count(tier, found.is_some());
+    found
+}
+
 /// Why the cache cannot open at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheOpenError {
@@ -155,11 +171,9 @@ impl ResponseCache {
     /// Looks a key up through every tier, promoting what a slower tier
     /// holds into the faster ones.
     pub async fn get(&self, key: &CacheKey) -> Option<(Arc<[u8]>, Tier)> {
-        if let Some(stored) = self.memory.get(&key.id).await {
-            count(Tier::Memory, true);
+        if let Some(stored) = look_in(Tier::Memory, self.memory.get(&key.id)).await {
             return Some((stored.value, Tier::Memory));
         }
-        count(Tier::Memory, false);
         let (stored, tier) = self.lower(key).await?;
         self.memory.insert(key.id.clone(), stored.clone()).await;
         Some((stored.value, tier))
@@ -177,11 +191,9 @@ impl ResponseCache {
         F: std::future::Future<Output = Result<Vec<u8>, E>>,
         E: Send + Sync + 'static,
     {
-        if let Some(stored) = self.memory.get(&key.id).await {
-            count(Tier::Memory, true);
+        if let Some(stored) = look_in(Tier::Memory, self.memory.get(&key.id)).await {
             return Ok((stored.value, Lookup::Hit(Tier::Memory)));
         }
-        count(Tier::Memory, false);
         let source = Mutex::new(None);
         let load = async {
             if let Some((stored, tier)) = self.lower(key).await {
@@ -263,16 +275,12 @@ impl ResponseCache {
 
     async fn lower(&self, key: &CacheKey) -> Option<(Stored, Tier)> {
         if let Some(redis) = &self.redis {
-            let found = redis.get(&key.model, &key.id).await;
-            count(Tier::Redis, found.is_some());
-            if let Some(value) = found {
+            if let Some(value) = look_in(Tier::Redis, redis.get(&key.model, &key.id)).await {
                 return Some((Stored { model: key.model.clone(), value: value.into() }, Tier::Redis));
             }
         }
         let disk = self.disk.as_ref()?;
-        let stored = disk.get(&key.id).await;
-        count(Tier::Disk, stored.is_some());
-        let stored = stored?;
+        let stored = look_in(Tier::Disk, disk.get(&key.id)).await?;
         self.store_lower(key, &stored, false);
         Some((stored, Tier::Disk))
     }

@@ -22,8 +22,8 @@ mod pool;
 pub use self::actor::{EmbeddingLoader, InferenceWorker};
 pub use self::chat::{
     llama_has_amx, tools, Alternative, ChatEvent, ChatEvents, ChatModel, ChatPool, Decoder, FinishReason,
-    Grammar, GrammarError, Progress, SamplingParams, Sequence, TokenLogprob, ToolFunction, MOST_CHOICES,
-    MOST_NESTING, MOST_REPETITION, MOST_TOP_LOGPROBS,
+    Grammar, GrammarError, Progress, SamplingParams, Sequence, StageTimes, Timing, TokenLogprob,
+    ToolFunction, MOST_CHOICES, MOST_NESTING, MOST_REPETITION, MOST_TOP_LOGPROBS,
 };
 pub use self::embed::{BatchSettings, Bert, BertTokenizer, EmbeddingPool, EmbeddingResult, Truncation};
 pub use self::engine::{ChatDecoder, ChatEngine, ChatSequence, EmbeddingEngine, EngineError, MAX_SLOTS};

@@ -249,6 +249,11 @@ impl Telemetry {
         RequestRecorder::new(self.clone())
     }
 
+    /// HTTP requests being handled now.
+    pub fn requests_in_flight(&self) -> i64 {
+        self.requests.in_flight.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn requests(&self) -> &RequestSeries {
         &self.requests
     }

@@ -6,7 +6,8 @@
 //! It also answers `POST /v1/chat/completions` with a canned completion
 //! (JSON, or a stream of chunks with `"stream": true`) and `GET /v1/models`:
 //! the fastest upstream a gateway can have, to measure what the gateway
-//! adds.
+//! adds. And `POST /v1/traces` takes OTLP exports (and drops them), a
+//! collector that costs the traced server nothing, to measure tracing.
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use clap::Parser;
@@ -67,6 +68,12 @@ async fn chat(body: web::Bytes) -> HttpResponse {
     HttpResponse::Ok().content_type("application/json").body(answer.to_string())
 }
 
+/// An OTLP/HTTP export, taken: an empty `ExportTraceServiceResponse` is
+/// an empty protobuf message.
+async fn traces(_body: web::Bytes) -> HttpResponse {
+    HttpResponse::Ok().content_type("application/x-protobuf").finish()
+}
+
 async fn models() -> HttpResponse {
     let list = serde_json::json!({"object": "list", "data": [{"id": "reference", "object": "model", "created": 0, "owned_by": "blaze-reference"}]});
     HttpResponse::Ok().content_type("application/json").body(list.to_string())
@@ -84,6 +91,9 @@ async fn main() -> std::io::Result<()> {
             .route("/health", web::get().to(health))
             .route("/v1/chat/completions", web::post().to(chat))
             .route("/v1/models", web::get().to(models))
+            .route("/v1/traces", web::post().to(traces))
+            // OTLP batches are up to a few MB.
+            .app_data(web::PayloadConfig::new(64 << 20))
     })
     .workers(workers)
     .bind((args.host.as_str(), args.port))?;

@@ -3,7 +3,7 @@
 
 mod failover;
 mod semantic;
-mod stub;
+pub(crate) mod stub;
 
 use std::time::{Duration, Instant};
 
@@ -47,7 +47,7 @@ pub async fn gateway(
     (server, file)
 }
 
-fn chat_body(model: &str, content: &str) -> serde_json::Value {
+pub(crate) fn chat_body(model: &str, content: &str) -> serde_json::Value {
     json!({"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": content}]})
 }
 

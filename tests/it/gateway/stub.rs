@@ -14,6 +14,7 @@ pub struct Seen {
     pub path: String,
     pub authorization: Option<String>,
     pub request_id: Option<String>,
+    pub traceparent: Option<String>,
     pub body: serde_json::Value,
 }
 
@@ -91,6 +92,7 @@ async fn serve(mut socket: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
         path: path.clone(),
         authorization: header("authorization"),
         request_id: header("x-request-id"),
+        traceparent: header("traceparent"),
         body: body_json.clone(),
     });
     let mode = path.trim_start_matches('/').split('/').next().unwrap_or_default().to_owned();
@@ -162,7 +164,7 @@ async fn serve(mut socket: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
     }
 }
 
-async fn respond(socket: &mut TcpStream, status: &str, content_type: &str, body: &str) {
+pub(crate) async fn respond(socket: &mut TcpStream, status: &str, content_type: &str, body: &str) {
     let response = format!(
         "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
@@ -172,7 +174,7 @@ async fn respond(socket: &mut TcpStream, status: &str, content_type: &str, body:
 }
 
 /// The request's head and its body (by its content-length).
-async fn read_request(socket: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+pub(crate) async fn read_request(socket: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 8192];
     let head_end = loop {

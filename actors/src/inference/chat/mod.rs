@@ -22,4 +22,4 @@ pub use self::completion::{
 };
 pub use self::grammar::{Grammar, GrammarError, ToolFunction, MOST_CHOICES, MOST_NESTING, MOST_REPETITION};
 pub use self::llama::{llama_has_amx, ChatModel, Decoder, Sequence};
-pub use self::pool::{ChatEvent, ChatEvents, ChatPool};
+pub use self::pool::{ChatEvent, ChatEvents, ChatPool, StageTimes, Timing};

@@ -38,8 +38,32 @@ pub enum ChatEvent {
         finish_reason: FinishReason,
         completion_tokens: usize,
         cached_tokens: usize,
+        timing: Timing,
     },
     Failed(WorkError),
+}
+
+/// When a completion's stages ran in its worker, for the request's trace
+/// (none for an answer replayed from the cache). Not part of an event's
+/// equality: two completions are alike whatever their timing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing(pub Option<StageTimes>);
+
+impl PartialEq for Timing {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StageTimes {
+    /// The request entered the model's queue.
+    pub queued_at: Instant,
+    /// A worker took it: its prompt is read from here.
+    pub started_at: Instant,
+    /// The first token was decided (none if it ended before one).
+    pub first_token_at: Option<Instant>,
+    pub finished_at: Instant,
 }
 
 /// The events of one completion. Unbounded so that a slow reader never
@@ -125,6 +149,11 @@ impl<E: ChatEngine> ChatPool<E> {
     /// gateway sends it elsewhere without trying).
     pub fn is_full(&self) -> bool {
         self.state.sender.is_full()
+    }
+
+    /// Requests waiting in its queue.
+    pub fn queued(&self) -> usize {
+        self.state.receiver.len()
     }
 
     /// Whether a worker has proven the model with a generation.

@@ -224,8 +224,12 @@ async fn a_panic_in_the_engine_fails_only_the_completion_it_ran_and_the_worker_r
     let failed = all_events(panicking).await;
     assert_eq!(failed, vec![ChatEvent::Text("x".to_owned()), ChatEvent::Failed(WorkError::WorkerFailed)]);
     let served = all_events(waiting).await;
-    let done =
-        ChatEvent::Done { finish_reason: FinishReason::Length, completion_tokens: 3, cached_tokens: 0 };
+    let done = ChatEvent::Done {
+        finish_reason: FinishReason::Length,
+        completion_tokens: 3,
+        cached_tokens: 0,
+        timing: Default::default(),
+    };
     assert_eq!(served.last(), Some(&done), "the queued completion is served: {served:?}");
     assert_eq!(served.len(), 4, "three pieces of text, then the end: {served:?}");
 
@@ -256,6 +260,7 @@ async fn every_choice_of_a_request_is_served_even_beyond_the_slots() {
             finish_reason: FinishReason::Length,
             completion_tokens: max_tokens,
             cached_tokens: if index == 2 { 1 } else { 0 },
+            timing: Default::default(),
         };
         assert_eq!(events.last(), Some(&done), "{events:?}");
         assert_eq!(events.len(), max_tokens + 1, "its own pieces only: {events:?}");
@@ -329,6 +334,7 @@ async fn a_closed_pool_refuses_new_completions_and_serves_the_queued_ones_before
             finish_reason: FinishReason::Length,
             completion_tokens: tokens,
             cached_tokens: 0,
+            timing: Default::default(),
         };
         assert_eq!(all_events(events).await.last(), Some(&done));
     }

@@ -8,7 +8,7 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
 use super::completion::{FinishReason, Progress};
-use super::pool::{ChatEvent, ChatJob, Choice};
+use super::pool::{ChatEvent, ChatJob, Choice, StageTimes, Timing};
 use crate::inference::engine::{ChatDecoder, ChatSequence};
 use crate::inference::pool::WorkError;
 
@@ -16,8 +16,20 @@ use crate::inference::pool::WorkError;
 struct Running<S> {
     events: tokio::sync::mpsc::UnboundedSender<ChatEvent>,
     queued_at: Instant,
+    started_at: Instant,
     sequence: S,
     first_token: Option<Instant>,
+}
+
+impl<S> Running<S> {
+    fn timing(&self) -> Timing {
+        Timing(Some(StageTimes {
+            queued_at: self.queued_at,
+            started_at: self.started_at,
+            first_token_at: self.first_token,
+            finished_at: Instant::now(),
+        }))
+    }
 }
 
 /// One worker's state: its decoder and the completions it runs.
@@ -138,9 +150,10 @@ impl<'a, D: ChatDecoder> Worker<'a, D> {
         match self.decoder.start_choices(&slots, &job.prompt, &params) {
             Ok(sequences) => {
                 self.metrics.prompt_tokens.increment(job.prompt.len() as u64);
+                let started_at = Instant::now();
                 for (events, sequence) in events.into_iter().zip(sequences) {
                     let queued_at = job.queued_at;
-                    self.running.push(Running { events, queued_at, sequence, first_token: None });
+                    self.running.push(Running { events, queued_at, started_at, sequence, first_token: None });
                 }
             }
             Err(error) => {
@@ -210,7 +223,11 @@ impl<'a, D: ChatDecoder> Worker<'a, D> {
             }
             self.metrics.completion_tokens.increment(completion_tokens as u64);
             let cached_tokens = running.sequence.cached_tokens();
-            self.release(running, ChatEvent::Done { finish_reason, completion_tokens, cached_tokens });
+            let timing = running.timing();
+            self.release(
+                running,
+                ChatEvent::Done { finish_reason, completion_tokens, cached_tokens, timing },
+            );
         }
     }
 
@@ -236,8 +253,13 @@ impl<'a, D: ChatDecoder> Worker<'a, D> {
         for running in std::mem::take(&mut self.running) {
             let completion_tokens = running.sequence.completion_tokens();
             let cached_tokens = running.sequence.cached_tokens();
-            let done =
-                ChatEvent::Done { finish_reason: FinishReason::Stop, completion_tokens, cached_tokens };
+            let timing = running.timing();
+            let done = ChatEvent::Done {
+                finish_reason: FinishReason::Stop,
+                completion_tokens,
+                cached_tokens,
+                timing,
+            };
             self.release(running, done);
         }
     }
