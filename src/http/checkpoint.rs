@@ -113,7 +113,8 @@ where
 
     fn call(&self, request: ServiceRequest) -> Self::Future {
         let (rule, service) = (self.rule, self.service.clone());
-        if declared_length(&request).is_some_and(|length| length > self.body_limit as u64) {
+        let received = declared_length(&request).unwrap_or(0);
+        if received > self.body_limit as u64 {
             return Box::pin(ready(refuse(request, &ApiError::payload_too_large(self.body_limit))));
         }
         let Some(state) = request.app_data::<web::Data<AppState>>().cloned() else {
@@ -122,7 +123,7 @@ where
             let error = ApiError::unavailable("The server is not configured");
             return Box::pin(ready(refuse(request, &error)));
         };
-        let (route, received) = (self.route, declared_length(&request).unwrap_or(0));
+        let route = self.route;
         Box::pin(async move {
             let answer = checked(state, rule, request, service).await;
             if let Ok(response) = &answer {
