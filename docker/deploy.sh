@@ -78,6 +78,8 @@ ensure_env_files() {
   if [ ! -f "$here/.env" ]; then
     sed -e "s/^POSTGRES_PASSWORD=.*/POSTGRES_PASSWORD=$(random_hex 24)/" \
       -e "s/^GRAFANA_ADMIN_PASSWORD=.*/GRAFANA_ADMIN_PASSWORD=$(random_hex 12)/" \
+      -e "s/^ELASTIC_PASSWORD=.*/ELASTIC_PASSWORD=$(random_hex 24)/" \
+      -e "s/^KIBANA_PASSWORD=.*/KIBANA_PASSWORD=$(random_hex 24)/" \
       "$here/.env.example" > "$here/.env"
     chmod 600 "$here/.env"
     say "wrote docker/.env (generated passwords)"
@@ -105,6 +107,12 @@ ensure_env_files() {
     say "generated the scrape token (docker/blaze.env, docker/prometheus/scrape_token)"
   fi
   (umask 022 && printf '%s\n' "$token" > "$here/prometheus/scrape_token")
+  # The full profile's log shipper logs in to Elasticsearch as blaze_logs
+  # with this password (elasticsearch-setup sets it; the replicas, uid
+  # 10001, read it from the mounted folder).
+  if [ ! -s "$here/elasticsearch/credentials/blaze_password" ]; then
+    (umask 022 && random_hex 24 > "$here/elasticsearch/credentials/blaze_password")
+  fi
 }
 
 env_value() { sed -n "s/^$1=//p" "$2" | tail -n 1; }
@@ -145,6 +153,10 @@ docker_up() {
   fi
   echo "  Prometheus: http://127.0.0.1:$(env_value PROMETHEUS_PORT "$here/.env")"
   echo "  Grafana:    http://127.0.0.1:$(env_value GRAFANA_PORT "$here/.env") (admin; password: GRAFANA_ADMIN_PASSWORD in docker/.env)"
+  if [ "$profile" = full ]; then
+    echo "  Jaeger:     http://127.0.0.1:$(env_value JAEGER_UI_PORT "$here/.env") (traces)"
+    echo "  Kibana:     http://127.0.0.1:$(env_value KIBANA_PORT "$here/.env") (logs; elastic / ELASTIC_PASSWORD in docker/.env)"
+  fi
 }
 
 minimal_up() {

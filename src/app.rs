@@ -29,7 +29,13 @@ use crate::settings::{ConfigErrors, ConfigSources, ServerSettings, Settings};
 /// Runs the server on an actix system until a signal stops it. Exit code 0
 /// after a clean drain.
 pub fn serve_blocking(settings: Settings, sources: ConfigSources, offline: bool) -> ExitCode {
-    let _log_guard = crate::logging::init(&settings.telemetry);
+    let _log_guard = match crate::logging::init(&settings.telemetry, &settings.logging) {
+        Ok(guard) => guard,
+        Err(problem) => {
+            eprintln!("cannot serve: {problem}");
+            return ExitCode::FAILURE;
+        }
+    };
     let system = actix_rt::System::new();
     match system.block_on(serve(settings, guard_reload(sources), offline)) {
         Ok(()) => {

@@ -39,6 +39,9 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 /// The tracer of the stages recorded afterwards.
 static TRACER: std::sync::OnceLock<SdkTracer> = std::sync::OnceLock::new();
 
+/// `telemetry.sampling_ratio`, as the bits of an f64 (set once at start).
+static RATIO: AtomicU64 = AtomicU64::new(0);
+
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
@@ -106,10 +109,15 @@ impl Traces {
             .with_batch_config(batches)
             .build();
         let processor = Bounded { inner: batch, queued, most: settings.max_queued_spans };
-        let ratio = Sampler::TraceIdRatioBased(settings.sampling_ratio);
+        // Head sampling is decided before a request's span is made
+        // ([`new_trace_sampled`]): an unsampled request makes no span at all, where
+        // the SDK's ratio sampler would drop one only after its data was
+        // built. So every span that reaches the SDK is to be recorded,
+        // except under a caller that said unsampled.
+        RATIO.store(settings.sampling_ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
-            .with_sampler(Sampler::ParentBased(Box::new(ratio)))
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
             .with_resource(
                 Resource::builder()
                     .with_service_name(settings.service_name.clone())
@@ -220,19 +228,30 @@ impl Extractor for Headers<'_> {
     }
 }
 
-/// Makes `span` a child of the trace the request's `traceparent` names,
-/// if it names one.
-pub fn follow_caller(span: &tracing::Span, headers: &actix_web::http::header::HeaderMap) {
-    if span.is_disabled() {
-        return;
-    }
+/// The trace a request's `traceparent` names, if it is well formed.
+pub fn caller(headers: &actix_web::http::header::HeaderMap) -> Option<Context> {
     let given = headers.get("traceparent").and_then(|value| value.to_str().ok());
     if !given.is_some_and(well_formed) {
-        return;
+        return None;
     }
     let parent = TraceContextPropagator::new().extract(&Headers(headers));
-    if parent.span().span_context().is_valid() {
-        let _ = span.set_parent(parent);
+    parent.span().span_context().is_valid().then_some(parent)
+}
+
+/// Whether a request that starts a trace of its own is recorded: a draw
+/// at `telemetry.sampling_ratio`. Always false with traces off.
+pub fn new_trace_sampled() -> bool {
+    if !enabled() {
+        return false;
+    }
+    let ratio = f64::from_bits(RATIO.load(Ordering::Relaxed));
+    ratio >= 1.0 || (ratio > 0.0 && rand::random::<f64>() < ratio)
+}
+
+/// Makes `span` a child of the caller's trace.
+pub fn follow_caller(span: &tracing::Span, caller: Context) {
+    if !span.is_disabled() {
+        let _ = span.set_parent(caller);
     }
 }
 

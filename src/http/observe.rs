@@ -21,7 +21,7 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::error::ApiError;
-use crate::openai::RequestId;
+use crate::openai::{Meter, Noted, RequestId};
 use crate::telemetry::{self, SPAN_TARGET};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -109,7 +109,8 @@ where
         if declared_length(&request).is_some_and(|length| length > shared.max_body as u64) {
             let error = ApiError::payload_too_large(shared.max_body);
             let mut response = request.into_response(error.error_response()).map_into_right_body();
-            finish(&recorder, response.response_mut(), &request_id, &labels, started, &span);
+            let ending = Ending { labels: &labels, started, span: &span, noted: None };
+            finish(&recorder, response.response_mut(), &request_id, &ending);
             return Box::pin(ready(Ok(response)));
         }
         let inner = {
@@ -122,7 +123,9 @@ where
             let _in_flight = in_flight;
             let failure = match outcome {
                 Ok(Ok(Ok(mut response))) => {
-                    finish(&recorder, response.response_mut(), &request_id, &labels, started, &span);
+                    let noted = response.request().extensions().get::<Meter>().and_then(Meter::noted);
+                    let ending = Ending { labels: &labels, started, span: &span, noted: noted.as_deref() };
+                    finish(&recorder, response.response_mut(), &request_id, &ending);
                     return Ok(response.map_into_left_body());
                 }
                 Ok(Ok(Err(error))) => error,
@@ -134,7 +137,8 @@ where
             // with a panicked or late one): answer through an error that
             // carries its finished response.
             let mut response = failure.error_response();
-            finish(&recorder, &mut response, &request_id, &labels, started, &span);
+            let ending = Ending { labels: &labels, started, span: &span, noted: None };
+            finish(&recorder, &mut response, &request_id, &ending);
             Err(actix_web::error::InternalError::from_response(failure, response).into())
         })
     }
@@ -144,14 +148,25 @@ fn declared_length(request: &ServiceRequest) -> Option<u64> {
     request.headers().get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// The request's span in its trace (disabled, and free, with traces
-/// off), a child of the caller's when it sent a `traceparent`.
+/// The request's span in its trace, a child of the caller's when it
+/// sent a `traceparent`. `Span::none()` (free) with traces off and for a
+/// request not sampled: its stages then make no span either (the trace
+/// layer's filter wants them only under a traced request).
 fn request_span(
     request: &ServiceRequest,
     recorder: &RequestRecorder,
     labels: &Labels,
     request_id: &RequestId,
 ) -> tracing::Span {
+    if !telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let caller = telemetry::caller(request.headers());
+    // A caller that said unsampled still gets a span (unrecorded), so an
+    // upstream behind the gateway hears the same trace and decision.
+    if caller.is_none() && !telemetry::new_trace_sampled() {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         target: SPAN_TARGET,
         "request",
@@ -167,7 +182,9 @@ fn request_span(
         let route = recorder.route_name(labels.route);
         span.record("otel.name", format!("{} {}", labels.method, &*route));
         span.record("http.route", &*route);
-        telemetry::follow_caller(&span, request.headers());
+        if let Some(caller) = caller {
+            telemetry::follow_caller(&span, caller);
+        }
     }
     span
 }
@@ -177,29 +194,49 @@ struct Labels {
     route: RouteId,
 }
 
+/// How a request ended, for its metrics, span and access log line.
+struct Ending<'a> {
+    labels: &'a Labels,
+    started: Instant,
+    span: &'a tracing::Span,
+    /// A model request's model and tokens.
+    noted: Option<&'a Noted>,
+}
+
 /// Stamps the request id, records metrics and writes the access log line.
 fn finish<B>(
     recorder: &RequestRecorder,
     response: &mut HttpResponse<B>,
     request_id: &RequestId,
-    labels: &Labels,
-    started: Instant,
-    span: &tracing::Span,
+    ending: &Ending<'_>,
 ) {
     response.headers_mut().insert(REQUEST_ID, request_id.header().clone());
-    let elapsed = started.elapsed();
-    let method = labels.method;
+    let elapsed = ending.started.elapsed();
+    let method = ending.labels.method;
     let status = response.status().as_u16();
+    let span = ending.span;
     if !span.is_disabled() {
         span.record("http.response.status_code", status);
         if status >= 500 {
             span.record("otel.status_code", "error");
         }
     }
-    recorder.record(labels.route, method, status, elapsed);
-    let route = recorder.route_name(labels.route);
+    recorder.record(ending.labels.route, method, status, elapsed);
+    let route = recorder.route_name(ending.labels.route);
     let route = &*route;
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    if let Some(noted) = ending.noted {
+        let model = noted.model();
+        let model = model.as_deref();
+        let tokens = noted.tokens();
+        if tokens.is_some() {
+            noted.logged();
+        }
+        let (input_tokens, output_tokens) =
+            (tokens.map(|(input, _)| input), tokens.map(|(_, output)| output));
+        tracing::info!(target: "blaze::access", request_id = request_id.as_str(), method, route, status, latency_ms, model, input_tokens, output_tokens, "request");
+        return;
+    }
     // Probes and scrapes arrive every few seconds from every balancer and
     // Prometheus; they are logged only at debug level.
     if is_probe_route(route) {

@@ -204,17 +204,25 @@ fn each_model(state: &AppState, describe: impl Fn(&ServedModel) -> Value) -> Vec
 /// `GET /admin/profile/runtime`: what every part is doing now.
 async fn runtime(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let _slot = Slot::take(&state)?;
+    let health = state.health.snapshot();
     let actors: Vec<Value> = state
         .board
         .snapshot()
         .into_iter()
         .map(|(name, actor)| {
+            // The health monitor's last ping: the time a message waited in
+            // the actor's mailbox and was handled (actix keeps no count of
+            // a mailbox's messages; the actors' mailboxes carry control
+            // messages only, the request paths' queues are the models').
+            let ping = health.components.get(&format!("actor:{name}"));
             json!({
                 "name": name,
                 "status": format!("{:?}", actor.status).to_lowercase(),
                 "required": actor.required,
                 "restarts": actor.restarts,
                 "last_exit": actor.last_exit,
+                "mailbox_round_trip_ms": ping.and_then(|ping| ping.last_probe_latency_ms),
+                "mailbox_round_trip_at": ping.and_then(|ping| ping.last_probe_at.clone()),
             })
         })
         .collect();

@@ -4,8 +4,10 @@
 //! as it learns them, and the transport the status. The record goes to the
 //! ledger when the last holder lets go: the response for a JSON answer, the
 //! stream for a streamed one, so a stream's row has its whole duration.
+//! The access log line takes the model and the tokens from it too
+//! ([`Noted`]), ledger or not.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,11 +32,52 @@ pub struct Governance {
 pub struct Meter {
     draft: Option<Rc<Draft>>,
     span: tracing::Span,
+    noted: Option<Rc<Noted>>,
 }
 
 impl Default for Meter {
     fn default() -> Self {
-        Self { draft: None, span: tracing::Span::none() }
+        Self { draft: None, span: tracing::Span::none(), noted: None }
+    }
+}
+
+/// The model and the tokens of a request, for its access log line. The
+/// line is written when the response starts: a stream's tokens are
+/// known only at its end, so a request whose line went out without them
+/// gets a `usage` line of its own (target `blaze::access`) when the last
+/// holder lets go; so does each WebSocket generation, which has no
+/// access line.
+pub struct Noted {
+    request_id: String,
+    model: RefCell<String>,
+    tokens: Cell<Option<(u64, u64)>>,
+    logged: Cell<bool>,
+}
+
+impl Noted {
+    pub fn model(&self) -> Option<String> {
+        let model = self.model.borrow();
+        (!model.is_empty()).then(|| model.clone())
+    }
+
+    /// (input, output) tokens, once known.
+    pub fn tokens(&self) -> Option<(u64, u64)> {
+        self.tokens.get()
+    }
+
+    /// The access line said the tokens (or nothing is left to say).
+    pub fn logged(&self) {
+        self.logged.set(true);
+    }
+}
+
+impl Drop for Noted {
+    fn drop(&mut self) {
+        let Some((input_tokens, output_tokens)) = self.tokens.get().filter(|_| !self.logged.get()) else {
+            return;
+        };
+        let model = self.model.get_mut();
+        tracing::info!(target: "blaze::access", request_id = self.request_id.as_str(), model = model.as_str(), input_tokens, output_tokens, "usage");
     }
 }
 
@@ -52,7 +95,13 @@ impl Meter {
     pub fn start(governance: &Governance, principal: &Principal, request_id: &str, endpoint: &str) -> Self {
         let span = if telemetry::enabled() { tracing::Span::current() } else { tracing::Span::none() };
         telemetry::attribute(&span, "gen_ai.operation.name", operation(endpoint));
-        let Some(ledger) = &governance.ledger else { return Self { draft: None, span } };
+        let noted = Some(Rc::new(Noted {
+            request_id: request_id.to_owned(),
+            model: RefCell::default(),
+            tokens: Cell::new(None),
+            logged: Cell::new(false),
+        }));
+        let Some(ledger) = &governance.ledger else { return Self { draft: None, span, noted } };
         let record = UsageRecord {
             at: now_ms(),
             request_id: request_id.to_owned(),
@@ -80,7 +129,12 @@ impl Meter {
             record: RefCell::new(record),
             first_token: RefCell::new(None),
         });
-        Self { draft: Some(draft), span }
+        Self { draft: Some(draft), span, noted }
+    }
+
+    /// What the access log line says of this request.
+    pub fn noted(&self) -> Option<Rc<Noted>> {
+        self.noted.clone()
     }
 
     /// The request's span (disabled with traces off).
@@ -96,6 +150,12 @@ impl Meter {
 
     pub fn model(&self, model: &str) {
         telemetry::attribute(&self.span, "gen_ai.request.model", model.to_owned());
+        if let Some(noted) = &self.noted {
+            let mut noted = noted.model.borrow_mut();
+            if *noted != model {
+                model.clone_into(&mut noted);
+            }
+        }
         self.with(|record| {
             if record.model != model {
                 record.model = model.to_owned();
@@ -106,6 +166,9 @@ impl Meter {
     pub fn tokens(&self, prompt: u64, completion: u64, cached: u64) {
         telemetry::attribute(&self.span, "gen_ai.usage.input_tokens", prompt as i64);
         telemetry::attribute(&self.span, "gen_ai.usage.output_tokens", completion as i64);
+        if let Some(noted) = &self.noted {
+            noted.tokens.set(Some((prompt, completion)));
+        }
         self.with(|record| {
             record.prompt_tokens = prompt;
             record.completion_tokens = completion;

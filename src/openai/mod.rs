@@ -72,7 +72,7 @@ pub use self::answer::{Answer, Body, Piece};
 pub use self::caching::CacheAccess;
 pub use self::chat::{chat, chat_from_bytes, completion, completion_from_bytes};
 pub use self::embeddings::{embeddings, embeddings_from_bytes};
-pub use self::meter::{Governance, Meter};
+pub use self::meter::{Governance, Meter, Noted};
 pub use self::models::{describe_model, find_model, find_model_waited, model_list};
 pub use self::origin::{Hangup, Origin, RequestId};
 pub use self::quota::QuotaGate;

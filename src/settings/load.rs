@@ -226,6 +226,7 @@ impl Settings {
         problems.extend(self.oidc_problems());
         problems.extend(self.gateway_problems());
         problems.extend(self.telemetry_problems());
+        problems.extend(self.logging_problems());
         let validation = &self.validation;
         for (key, value) in [
             ("validation.max_messages", validation.max_messages),

@@ -11,6 +11,7 @@ mod check;
 mod gateway;
 mod governance;
 mod load;
+mod logging;
 mod oidc;
 mod print;
 mod telemetry;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use self::gateway::{GatewaySettings, RouteSpec, SemanticCacheSpec, Strategy, TargetSpec, UpstreamSpec};
 pub use self::governance::{QuotaDefaults, QuotaSettings, UsageSettings};
 pub use self::load::{ConfigError, ConfigErrors, ConfigSources, PROFILES};
+pub use self::logging::LoggingSettings;
 pub use self::oidc::OidcSettings;
 pub use self::telemetry::{OtlpProtocol, ProfilingSettings, TelemetrySettings};
 
@@ -48,6 +50,7 @@ pub struct Settings {
     pub usage: UsageSettings,
     pub quotas: QuotaSettings,
     pub gateway: GatewaySettings,
+    pub logging: LoggingSettings,
     pub telemetry: TelemetrySettings,
     pub profiling: ProfilingSettings,
 }

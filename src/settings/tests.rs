@@ -190,3 +190,54 @@ fn traces_are_off_by_default_and_bad_telemetry_settings_name_their_key() {
         ],
     );
 }
+
+#[test]
+fn log_shipping_is_off_by_default_and_bad_logging_settings_name_their_key() {
+    let (defaults, _file) = sources(None, None, &[]);
+    let settings = Settings::load(&defaults).expect("valid");
+    assert!(!settings.logging.shipping_enabled());
+    assert_eq!(settings.logging.elasticsearch_index, "blaze-logs");
+
+    let check = |text: &str, keys: &[&str]| {
+        let (bad, _file) = sources(None, Some(text), &[]);
+        let errors = format!("{:?}", Settings::load(&bad).expect_err("invalid"));
+        for key in keys {
+            assert!(errors.contains(key), "{key} in {errors}");
+        }
+    };
+    // Credentials in the URL would show in `blaze config show` and logs.
+    check(
+        "logging:\n  elasticsearch_url: 'http://elastic:changeme@es:9200'\n",
+        &["logging.elasticsearch_url"],
+    );
+    check("logging:\n  elasticsearch_url: 'file:///etc/passwd'\n", &["logging.elasticsearch_url"]);
+    check("logging:\n  elasticsearch_url: 'http://es:9200/?pretty'\n", &["logging.elasticsearch_url"]);
+    for index in ["Blaze", "_blaze", "blaze/../x", "a b", "x*", "a,b", "", "blaze:logs"] {
+        check(&format!("logging:\n  elasticsearch_index: '{index}'\n"), &["logging.elasticsearch_index"]);
+    }
+    check(
+        "logging:\n  elasticsearch_api_key_file: /k\n  elasticsearch_username: u\n  elasticsearch_password_file: /p\n",
+        &["logging.elasticsearch_api_key_file"],
+    );
+    check("logging:\n  elasticsearch_username: u\n", &["logging.elasticsearch_username"]);
+    check(
+        "logging:\n  batch_lines: 0\n  batch_bytes: 10\n  flush_interval_ms: 0\n  max_buffered_lines: 0\n  \
+         max_retries: 1000\n  timeout_ms: 1\n",
+        &[
+            "logging.batch_lines",
+            "logging.batch_bytes",
+            "logging.flush_interval_ms",
+            "logging.max_buffered_lines",
+            "logging.max_retries",
+            "logging.timeout_ms",
+        ],
+    );
+    let (good, _file) = sources(
+        None,
+        Some(
+            "logging:\n  elasticsearch_url: https://es.internal:9200\n  elasticsearch_index: blaze-logs-eu\n",
+        ),
+        &[],
+    );
+    assert!(Settings::load(&good).expect("valid").logging.shipping_enabled());
+}

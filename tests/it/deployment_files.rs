@@ -93,9 +93,15 @@ fn promtool_accepts_the_scrape_configuration_and_the_alert_rules() {
 
 #[test]
 fn shellcheck_passes_every_script() {
-    let mut scripts = [".ci/run", "docker/deploy.sh", "docker/rustflags.sh", "docker/nginx/make-cert.sh"]
-        .map(str::to_owned)
-        .to_vec();
+    let mut scripts = [
+        ".ci/run",
+        "docker/deploy.sh",
+        "docker/rustflags.sh",
+        "docker/nginx/make-cert.sh",
+        "docker/elasticsearch/setup.sh",
+    ]
+    .map(str::to_owned)
+    .to_vec();
     for entry in std::fs::read_dir(root().join("load/bench")).expect("load/bench") {
         let path = entry.expect("an entry").path();
         if path.extension().is_some_and(|extension| extension == "sh") {
@@ -274,7 +280,22 @@ fn the_compose_file_follows_the_compose_specification() {
         ("default", &["blaze", "postgres", "redis", "prometheus", "grafana"][..]),
         ("development", &["blaze-dev", "postgres", "redis", "prometheus", "grafana"]),
         ("gpu", &["blaze-gpu", "postgres", "redis", "prometheus", "grafana"]),
-        ("full", &["blaze-1", "blaze-2", "nginx", "postgres", "redis", "prometheus", "grafana"]),
+        (
+            "full",
+            &[
+                "blaze-1",
+                "blaze-2",
+                "nginx",
+                "postgres",
+                "redis",
+                "prometheus",
+                "grafana",
+                "jaeger",
+                "elasticsearch",
+                "elasticsearch-setup",
+                "kibana",
+            ],
+        ),
     ] {
         let mut actual = in_profile(profile);
         actual.sort();
@@ -287,7 +308,10 @@ fn the_compose_file_follows_the_compose_specification() {
     let volumes = compose["volumes"].as_object().expect("named volumes");
     let dockerfile = std::fs::read_to_string(root().join("docker/Dockerfile")).expect("Dockerfile");
     for (name, service) in services {
-        assert!(service["healthcheck"]["test"].is_array(), "{name}: no health check");
+        // A one-shot job (restart "no") exits; what needs it waits for
+        // its success instead of its health.
+        let one_shot = service["restart"] == "no";
+        assert!(one_shot || service["healthcheck"]["test"].is_array(), "{name}: no health check");
         assert!(service["deploy"]["resources"]["limits"]["memory"].is_string(), "{name}: no memory limit");
         assert!(service["deploy"]["resources"]["limits"]["cpus"].is_string(), "{name}: no cpu limit");
         let networks_joined = match &service["networks"] {
@@ -298,7 +322,12 @@ fn the_compose_file_follows_the_compose_specification() {
         assert_eq!(networks_joined, ["blaze"], "{name}: on the one network");
         for (dependency, condition) in service["depends_on"].as_object().into_iter().flatten() {
             assert!(services.contains_key(dependency), "{name} depends on {dependency}");
-            assert_eq!(condition["condition"], "service_healthy", "{name} -> {dependency}");
+            let wanted = if services[dependency]["restart"] == "no" {
+                "service_completed_successfully"
+            } else {
+                "service_healthy"
+            };
+            assert_eq!(condition["condition"], wanted, "{name} -> {dependency}");
         }
         for mount in service["volumes"].as_array().into_iter().flatten() {
             let source = mount.as_str().expect("short syntax").split(':').next().unwrap();
@@ -349,9 +378,16 @@ fn no_secret_is_committed_and_the_env_examples_cover_what_compose_needs() {
             assert!(value.is_empty() || value == "change-me", "a secret in an example: {line}");
         }
     }
-    assert!(compose.contains("${POSTGRES_PASSWORD:?") && compose.contains("${GRAFANA_ADMIN_PASSWORD:?"));
+    for required in ["POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "ELASTIC_PASSWORD", "KIBANA_PASSWORD"] {
+        assert!(compose.contains(&format!("${{{required}:?")), "{required} is not required by compose");
+    }
     let ignored = std::fs::read_to_string(root().join(".gitignore")).expect(".gitignore");
-    for file in ["docker/.env", "docker/blaze.env", "docker/nginx/tls/"] {
+    for file in [
+        "docker/.env",
+        "docker/blaze.env",
+        "docker/nginx/tls/",
+        "docker/elasticsearch/credentials/blaze_password",
+    ] {
         assert!(ignored.lines().any(|line| line == file), "{file} is not ignored by git");
     }
 }
@@ -483,4 +519,46 @@ fn rust_sources(directories: &[PathBuf]) -> String {
         }
     }
     text
+}
+
+/// `docker/rustflags.sh` as buildx runs it on each platform: `uname -m`
+/// says the architecture.
+fn rustflags_on(architecture: &str, cpu_level: Option<&str>) -> String {
+    let bin = tempfile::tempdir().expect("a directory");
+    let uname = bin.path().join("uname");
+    std::fs::write(&uname, format!("#!/bin/sh\necho {architecture}\n")).expect("written");
+    let mut permissions = std::fs::metadata(&uname).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&uname, permissions).expect("executable");
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
+    let mut command = std::process::Command::new("sh");
+    command
+        .args(["-c", ". docker/rustflags.sh && printf '%s' \"$RUSTFLAGS\""])
+        .current_dir(root())
+        .env("PATH", path);
+    command.env_remove("CPU_LEVEL").env_remove("RUSTFLAGS");
+    if let Some(level) = cpu_level {
+        command.env("CPU_LEVEL", level);
+    }
+    let output = command.output().expect("sh runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+#[test]
+fn image_builds_use_x86_flags_on_x86_64_only() {
+    assert_eq!(rustflags_on("x86_64", None), "-C target-cpu=x86-64-v3");
+    assert_eq!(rustflags_on("x86_64", Some("x86-64-v4")), "-C target-cpu=x86-64-v4");
+    // arm64 (and anything else) builds for the generic target: no x86
+    // level, and not `native` (the build host's CPU).
+    assert_eq!(rustflags_on("aarch64", Some("x86-64-v4")), "");
+    // .cargo/config.toml's native CPU and clang wrappers are x86-64's.
+    let cargo = std::fs::read_to_string(root().join(".cargo/config.toml")).expect("config");
+    for line in cargo.lines().filter(|line| line.contains("native") || line.contains("llama-c")) {
+        if line.trim_start().starts_with('#') {
+            continue;
+        }
+        assert!(line.contains("x86_64") || line.starts_with("rustflags"), "not x86-64 only: {line}");
+    }
+    assert!(cargo.contains("[target.x86_64-unknown-linux-gnu]\nrustflags"));
 }

@@ -26,6 +26,7 @@ mod guard_corpus;
 mod http_surface;
 mod lifecycle;
 mod load_suite;
+mod log_shipping;
 mod logprobs_api;
 mod model_loading;
 mod models_add;

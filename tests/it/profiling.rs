@@ -168,6 +168,9 @@ async fn memory_and_runtime_reports_describe_the_running_server() {
     assert_eq!(runtime["object"], "profile.runtime");
     let actors = runtime["actors"].as_array().unwrap();
     assert!(actors.iter().any(|actor| actor["name"] == "router" && actor["status"] == "up"), "{runtime}");
+    // The health monitor has pinged the router by the time it is ready.
+    let router = actors.iter().find(|actor| actor["name"] == "router").unwrap();
+    assert!(router["mailbox_round_trip_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{router}");
     let threads = runtime["threads"].as_array().unwrap();
     assert!(threads.iter().any(|thread| thread["cpu_seconds"].as_f64().unwrap() > 0.0), "{runtime}");
     let http = &runtime["http"];
