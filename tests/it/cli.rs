@@ -54,7 +54,7 @@ fn config_check_prints_the_effective_configuration() {
 #[test]
 fn config_check_names_every_bad_key_and_its_source_and_exits_1() {
     let mut file = tempfile::NamedTempFile::new().unwrap();
-    std::io::Write::write_all(&mut file, b"server:\n  workers: many\nlogging:\n  level: debug\n").unwrap();
+    std::io::Write::write_all(&mut file, b"server:\n  workers: many\nlogs:\n  level: debug\n").unwrap();
     let path = file.path().to_str().unwrap().to_owned();
     let output = blaze(
         &["config", "check", "--config", &path],
@@ -63,7 +63,7 @@ fn config_check_names_every_bad_key_and_its_source_and_exits_1() {
     assert_eq!(output.status.code(), Some(1));
     let errors = text(&output.stderr);
     assert!(errors.contains(&format!("server.workers (set in {path})")), "{errors}");
-    assert!(errors.contains(&format!("logging.level (set in {path}): unknown key `logging`")), "{errors}");
+    assert!(errors.contains(&format!("logs.level (set in {path}): unknown key `logs`")), "{errors}");
     assert!(
         errors.contains("server.keep_alive_s (set in environment variable BLAZE__SERVER__KEEP_ALIVE_S)"),
         "{errors}"

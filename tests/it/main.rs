@@ -17,6 +17,7 @@ mod chat_engine;
 mod choices;
 mod cli;
 mod deployment_files;
+mod deployment_setup;
 mod embedding_fidelity;
 mod embeddings_api;
 mod gateway;
