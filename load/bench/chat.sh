@@ -32,15 +32,47 @@ gguf=${BLAZE_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/blaze/models}/smollm2-1
 # Alternate the engines; the reference writes the prompt ids both use.
 for round in $(seq "$rounds"); do
   echo "# round $round"
-  "$python" "$anchors/bench_llama.py" "$gguf" "$work/prompt_ids.txt" 128 128 3 2 2>/dev/null | grep '^RESULT'
+  "$python" "$anchors/bench_llama.py" "$gguf" "$work/prompt_ids.txt" 128 128 3 2 2>/dev/null | grep '^RESULT' \
+    | tee -a "$work/results.txt"
   engine_bench chat "$gguf" "$work/prompt_ids.txt" --generate 128 --repeats 3 --threads 2 --streams 8 \
-    --context-length 2048 2>/dev/null | grep '^RESULT'
+    --context-length 2048 2>/dev/null | grep '^RESULT' | tee -a "$work/results.txt"
 done
 
 port=18482
 start_server blaze $port /health/ready env BLAZE__SERVER__PORT=$port "$bin/blaze" serve --offline
 url=http://127.0.0.1:$port
 # About 100 prompt tokens with the chat template; 64 completion tokens.
-python3 "$root/load/bench/chat.py" "$url" smollm2-135m-instruct 75 64 5 1
-python3 "$root/load/bench/chat.py" "$url" smollm2-135m-instruct 75 128 3 8
-echo "RESULT resident_memory_mb=$(awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' /proc/$started/status) (both models loaded)"
+python3 "$root/load/bench/chat.py" "$url" smollm2-135m-instruct 75 64 5 1 | tee -a "$work/http.txt"
+python3 "$root/load/bench/chat.py" "$url" smollm2-135m-instruct 75 128 3 8 | tee -a "$work/http.txt"
+resident=$(awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' /proc/$started/status)
+echo "RESULT resident_memory_mb=$resident (both models loaded)"
+python3 - "$work/results.txt" "$work/http.txt" "$resident" <<'PY'
+import json, statistics, sys
+def fields(line):
+    return {k: v for k, v in (f.split("=", 1) for f in line.split() if "=" in f)}
+engines = {"reference": {}, "blaze": {}}
+for line in open(sys.argv[1]):
+    f = fields(line)
+    engine = "blaze" if f["engine"] == "blaze" else "reference"
+    for key in ("pp_tok_s_median", "tg_tok_s_median", "ratio_to_one_stream", "aggregate_tg_tok_s_median"):
+        if key in f:
+            engines[engine].setdefault(key, []).append(float(f[key]))
+median = lambda engine, key: statistics.median(engines[engine][key])
+figures = {"benchmark": "chat",
+           "blaze_prompt_tok_s": median("blaze", "pp_tok_s_median"),
+           "reference_prompt_tok_s": median("reference", "pp_tok_s_median"),
+           "blaze_decode_tok_s": median("blaze", "tg_tok_s_median"),
+           "reference_decode_tok_s": median("reference", "tg_tok_s_median"),
+           "streams_8_aggregate_tok_s": median("blaze", "aggregate_tg_tok_s_median"),
+           "streams_8_to_one": median("blaze", "ratio_to_one_stream")}
+figures["prompt_ratio"] = figures["blaze_prompt_tok_s"] / figures["reference_prompt_tok_s"]
+figures["decode_ratio"] = figures["blaze_decode_tok_s"] / figures["reference_decode_tok_s"]
+for line in open(sys.argv[2]):
+    if line.startswith("RESULT"):
+        f = fields(line)
+        prefix = f"http_streams_{f['streams']}"
+        figures[f"{prefix}_ttft_p50_ms"] = float(f["ttft_p50_ms"])
+        figures[f"{prefix}_aggregate_tok_s"] = float(f["aggregate_tok_per_s"])
+figures["resident_memory_mb"] = int(sys.argv[3])
+print(json.dumps(figures, separators=(",", ":")))
+PY

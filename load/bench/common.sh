@@ -110,3 +110,20 @@ print('wrk.headers["Content-Type"] = "application/json"')
 print('wrk.headers["Authorization"] = ' + json.dumps("Bearer " + sys.argv[2]))
 PY
 }
+# upstream_route REFERENCE_PORT: a Blaze config (on stdout) whose route
+# `assistant` has one target, the upstream blaze-reference on that port.
+upstream_route() {
+  cat <<YAML
+models:
+  catalog:
+    reference:
+      kind: upstream
+      base_url: http://127.0.0.1:$1/v1
+      max_connections: 1024
+gateway:
+  probe_interval_s: 0
+  routes:
+    assistant:
+      targets: [{model: reference}]
+YAML
+}

@@ -28,19 +28,7 @@ load_arguments "$@"
 gateway_port=18486
 reference_port=18492
 start_server reference $reference_port /health "$bin/blaze-reference" --port $reference_port
-cat > "$work/gateway.yaml" <<YAML
-models:
-  catalog:
-    reference:
-      kind: upstream
-      base_url: http://127.0.0.1:$reference_port/v1
-      max_connections: 1024
-gateway:
-  probe_interval_s: 0
-  routes:
-    assistant:
-      targets: [{model: reference}]
-YAML
+upstream_route $reference_port > "$work/gateway.yaml"
 start_server gateway $gateway_port /health/ready env BLAZE__SERVER__PORT=$gateway_port \
   "$bin/blaze" serve --offline --config "$work/gateway.yaml"
 gateway_pid=$started

@@ -21,7 +21,8 @@ run() {
   else
     start_server "$label" $port /health/ready env BLAZE__SERVER__PORT=$port "$bin/blaze" serve --offline
   fi
-  echo "$label $(python3 "$root/load/bench/conversation.py" "http://127.0.0.1:$port" "$model" 10 "$streams" 600 "$round" | grep '^RESULT')"
+  echo "$label $(python3 "$root/load/bench/conversation.py" "http://127.0.0.1:$port" "$model" 10 "$streams" 600 "$round" | grep '^RESULT')" \
+    | tee -a "$work/results.txt"
   kill "$started"
   wait "$started" 2>/dev/null || true
 }
@@ -31,3 +32,20 @@ for streams in 1 8; do
     run no_reuse "$work/off.yaml" "$streams" "$round"
   done
 done
+python3 - "$work/results.txt" <<'PY'
+import json, statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    label, _, *fields = line.split()
+    fields = dict(f.split("=", 1) for f in fields)
+    runs.setdefault((label, fields["streams"]), []).append(float(fields["last_turn_ttft_ms"]))
+figures = {"benchmark": "prefix"}
+for streams in ("1", "8"):
+    reuse = statistics.median(runs[("reuse", streams)])
+    none = statistics.median(runs[("no_reuse", streams)])
+    figures[f"reuse_ttft_ms_{streams}"] = reuse
+    figures[f"no_reuse_ttft_ms_{streams}"] = none
+    figures[f"speedup_{streams}"] = none / reuse
+    print(f"{streams} conversation(s): last-turn TTFT {reuse:.1f} ms with reuse, {none:.1f} ms without: {none / reuse:.2f}x")
+print(json.dumps(figures, separators=(",", ":")))
+PY

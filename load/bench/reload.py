@@ -64,6 +64,7 @@ def main():
     url, rounds = sys.argv[1], int(sys.argv[2])
     with call(url, "/v1/models") as response:
         models = [(entry["id"], entry["blaze"]["kind"]) for entry in json.load(response)["data"]]
+    figures = {"benchmark": "reload"}
     for model, kind in models:
         measure = first_token_seconds if kind == "chat" else embedding_seconds
         cold, warm = [], []
@@ -75,6 +76,9 @@ def main():
         cold_ms, warm_ms = statistics.median(cold) * 1000, statistics.median(warm) * 1000
         print(f"RESULT {model} kind {kind} cold_median_ms {cold_ms:.1f} warm_median_ms {warm_ms:.1f} "
               f"ratio {cold_ms / warm_ms:.1f}x", flush=True)
+        figures[f"{kind}_cold_ms"] = round(cold_ms, 1)
+        figures[f"{kind}_warm_ms"] = round(warm_ms, 1)
+    print(json.dumps(figures, separators=(",", ":")), flush=True)
 
 
 main()

@@ -7,13 +7,16 @@
 # (actors/benches/ledger.rs: rows/s by batch size).
 # Target: ledger on >= 0.95x the requests/s of ledger off.
 #
-#   load/bench/usage.sh [ROUNDS] [SECONDS] [CONNECTIONS]
+#   load/bench/usage.sh [ROUNDS] [SECONDS] [CONNECTIONS] [LEDGER_ROWS]
 #
-# Defaults: 3 rounds of 10 s at 64 connections. Needs wrk, openssl, the
+# Defaults: 3 rounds of 10 s at 64 connections, 200,000 rows per write-rate
+# run (0 skips the write rate: all.sh --smoke). Needs wrk, openssl, the
 # models (blaze models pull) and PostgreSQL on 127.0.0.1:5432 (database test).
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
-load_arguments "$@"
+load_arguments "${@:1:3}"
+ledger_rows=${4:-200000}
+[ "$ledger_rows" -ge 0 ] && [ "$ledger_rows" -le 10000000 ] || { echo "LEDGER_ROWS must be 0..10000000" >&2; exit 2; }
 
 model=smollm2-135m-instruct
 on_port=18486
@@ -49,5 +52,7 @@ awk -v on="$(m on 1)" -v off="$(m off 1)" -v onp="$(m on 3)" -v offp="$(m off 3)
   printf "{\"benchmark\":\"usage\",\"ledger_off_rps\":%.1f,\"ledger_on_rps\":%.1f,\"rps_ratio\":%.4f,\"p99_ratio\":%.4f}\n", off, on, on/off, onp/offp
 }'
 kill "${pids[@]}" 2>/dev/null || true
-echo "the ledger's sustained write rate:"
-engine_bench ledger --rows 200000
+if [ "$ledger_rows" -gt 0 ]; then
+  echo "the ledger's sustained write rate:"
+  engine_bench ledger --rows "$ledger_rows"
+fi

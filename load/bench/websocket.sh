@@ -27,7 +27,7 @@ start_server blaze $port /health/ready env BLAZE__SERVER__PORT=$port BLAZE__WEBS
 server=$started
 
 echo "== $idle idle sockets"
-"$bin/blaze-ws-bench" idle --address 127.0.0.1:$port --connections "$idle" --server-pid "$server"
+"$bin/blaze-ws-bench" idle --address 127.0.0.1:$port --connections "$idle" --server-pid "$server" | tee "$work/idle.txt"
 sleep 2
 
 # A deterministic request (temperature 0): computed once, then a memory hit.
@@ -41,6 +41,24 @@ for round in $(seq "$rounds"); do
   for surface in ws sse; do
     echo -n "round $round: "
     "$bin/blaze-ws-bench" stream --address 127.0.0.1:$port --surface $surface \
-      --connections "$connections" --seconds "$seconds" --body "$work/body.json"
+      --connections "$connections" --seconds "$seconds" --body "$work/body.json" | tee -a "$work/streams.txt"
   done
 done
+python3 - "$work/idle.txt" "$work/streams.txt" "$idle" <<'PY'
+import json, re, statistics, sys
+idle = open(sys.argv[1]).read()
+per_socket = float(re.search(r"\(([0-9.]+) KiB\) per idle socket", idle).group(1))
+figures = {"benchmark": "websocket", "idle_sockets": int(sys.argv[3]), "idle_kib_per_socket": per_socket}
+rounds = {"ws": [], "sse": []}
+for line in open(sys.argv[2]):
+    fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+    surface = line.split()[0]
+    if surface in rounds and "per_s" in fields:
+        rounds[surface].append((float(fields["per_s"]), float(fields["p99_ms"]), int(fields["errors"])))
+for surface, runs in rounds.items():
+    figures[f"{surface}_per_s"] = statistics.median(r[0] for r in runs)
+    figures[f"{surface}_p99_ms"] = statistics.median(r[1] for r in runs)
+    figures[f"{surface}_errors"] = sum(r[2] for r in runs)
+figures["connections"] = int(re.search(r"connections=(\d+)", open(sys.argv[2]).read()).group(1))
+print(json.dumps(figures, separators=(",", ":")))
+PY

@@ -11,6 +11,7 @@ mod common;
 
 mod auth_admin;
 mod auth_tokens;
+mod bench_report;
 mod cache_api;
 mod chat_api;
 mod chat_engine;
