@@ -2,7 +2,7 @@
 # Every benchmark, one after another, and one table of their figures and
 # ratios (load/bench/report.py) with the commit, the CPU and the date.
 #
-#   load/bench/all.sh           # the full run: about 40 minutes on 2 cores
+#   load/bench/all.sh           # the full run: about 50 minutes on 2 cores
 #   load/bench/all.sh --smoke   # seconds a benchmark: the CI gate
 #
 # The full run writes load/bench/results/DATE-COMMIT.md and latest.jsonl
