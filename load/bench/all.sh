@@ -2,7 +2,7 @@
 # Every benchmark, one after another, and one table of their figures and
 # ratios (load/bench/report.py) with the commit, the CPU and the date.
 #
-#   load/bench/all.sh           # the full run: about 50 minutes on 2 cores
+#   load/bench/all.sh           # the full run: about 40 minutes on 2 cores
 #   load/bench/all.sh --smoke   # seconds a benchmark: the CI gate
 #
 # The full run writes load/bench/results/DATE-COMMIT.md and latest.jsonl
@@ -69,7 +69,7 @@ else
   run websocket websocket.sh 3 10 1000 10000
   run engines engines.sh 2 5
   run reload reload.sh 3
-  run prefix prefix.sh 2
+  run prefix prefix.sh 1
   # The embeddings inputs: 256 sentences of 12 tokens, as in the anchors.
   inputs=$cache/inputs/short.txt
   if [ ! -s "$inputs" ]; then
