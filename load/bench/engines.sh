@@ -22,7 +22,7 @@ gguf=${BLAZE_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/blaze/models}/smollm2-1
 engine_bench guard --seconds "$seconds" | tee "$work/guard.txt"
 engine_bench structured "$gguf" --repeats "$repeats" 2>/dev/null | tee "$work/structured.txt"
 python3 - "$work/guard.txt" "$work/structured.txt" <<'PY'
-import json, re, sys
+import json, sys
 def fields(line):
     return {k: v for k, v in (f.split("=", 1) for f in line.split() if "=" in f)}
 guard = {"benchmark": "guard"}

@@ -54,11 +54,11 @@ for line in open(sys.argv[2]):
     fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
     surface = line.split()[0]
     if surface in rounds and "per_s" in fields:
+        figures["connections"] = int(fields["connections"])
         rounds[surface].append((float(fields["per_s"]), float(fields["p99_ms"]), int(fields["errors"])))
 for surface, runs in rounds.items():
     figures[f"{surface}_per_s"] = statistics.median(r[0] for r in runs)
     figures[f"{surface}_p99_ms"] = statistics.median(r[1] for r in runs)
     figures[f"{surface}_errors"] = sum(r[2] for r in runs)
-figures["connections"] = int(re.search(r"connections=(\d+)", open(sys.argv[2]).read()).group(1))
 print(json.dumps(figures, separators=(",", ":")))
 PY
