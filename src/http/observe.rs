@@ -21,6 +21,7 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::error::ApiError;
+use crate::logging::{AccessLevel, AccessLine};
 use crate::openai::{Meter, Noted, RequestId};
 use crate::telemetry::{self, SPAN_TARGET};
 
@@ -224,26 +225,28 @@ fn finish<B>(
     recorder.record(ending.labels.route, method, status, elapsed);
     let route = recorder.route_name(ending.labels.route);
     let route = &*route;
-    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    let mut line = AccessLine {
+        // Probes and scrapes arrive every few seconds from every balancer
+        // and Prometheus; they are logged only at debug level.
+        level: if is_probe_route(route) { AccessLevel::Debug } else { AccessLevel::Info },
+        request_id: request_id.as_str(),
+        method,
+        route,
+        status,
+        latency: elapsed,
+        model: None,
+        tokens: None,
+    };
+    let model = ending.noted.and_then(Noted::model);
     if let Some(noted) = ending.noted {
-        let model = noted.model();
-        let model = model.as_deref();
-        let tokens = noted.tokens();
-        if tokens.is_some() {
+        line.level = AccessLevel::Info;
+        line.model = model.as_deref();
+        line.tokens = noted.tokens();
+        if line.tokens.is_some() {
             noted.logged();
         }
-        let (input_tokens, output_tokens) =
-            (tokens.map(|(input, _)| input), tokens.map(|(_, output)| output));
-        tracing::info!(target: "blaze::access", request_id = request_id.as_str(), method, route, status, latency_ms, model, input_tokens, output_tokens, "request");
-        return;
     }
-    // Probes and scrapes arrive every few seconds from every balancer and
-    // Prometheus; they are logged only at debug level.
-    if is_probe_route(route) {
-        tracing::debug!(target: "blaze::access", request_id = request_id.as_str(), method, route, status, latency_ms, "request");
-    } else {
-        tracing::info!(target: "blaze::access", request_id = request_id.as_str(), method, route, status, latency_ms, "request");
-    }
+    line.write();
 }
 
 fn is_probe_route(route: &str) -> bool {

@@ -3,16 +3,19 @@
 //! every limited response carries: OpenAI's `x-ratelimit-*`, and the IETF
 //! `RateLimit-Policy` and `RateLimit` fields.
 
+use std::fmt::Write as _;
 use std::future::{ready, Ready};
+use std::ops::Range;
 
 use actix_web::dev::Payload;
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::web::BytesMut;
 use actix_web::{FromRequest, HttpMessage, HttpRequest};
-use blaze_actors::ratelimit::Decision;
+use blaze_actors::ratelimit::{Decision, Quota};
 use blaze_actors::usage::QuotaStanding;
 
 use crate::error::ApiError;
-use crate::openai::{go_duration, Gate};
+use crate::openai::{write_go_duration, Gate};
 
 impl FromRequest for Gate {
     type Error = ApiError;
@@ -23,37 +26,80 @@ impl FromRequest for Gate {
     }
 }
 
-fn insert(headers: &mut HeaderMap, name: &'static str, value: String) {
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(HeaderName::from_static(name), value);
-    }
+/// The header names of one budget's unit.
+struct UnitNames {
+    unit: &'static str,
+    limit: HeaderName,
+    remaining: HeaderName,
+    reset: HeaderName,
 }
 
-/// The rate limit headers of a decision.
+static REQUESTS: UnitNames = UnitNames {
+    unit: "requests",
+    limit: HeaderName::from_static("x-ratelimit-limit-requests"),
+    remaining: HeaderName::from_static("x-ratelimit-remaining-requests"),
+    reset: HeaderName::from_static("x-ratelimit-reset-requests"),
+};
+static TOKENS: UnitNames = UnitNames {
+    unit: "tokens",
+    limit: HeaderName::from_static("x-ratelimit-limit-tokens"),
+    remaining: HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    reset: HeaderName::from_static("x-ratelimit-reset-tokens"),
+};
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// The rate limit headers of a decision. Every limited response carries
+/// them, so their values are written into one buffer and each header
+/// holds a slice of it: one allocation for all of them.
 pub fn add_headers(headers: &mut HeaderMap, decision: &Decision) {
-    let mut policies = Vec::new();
-    let mut standings = Vec::new();
-    let budgets = [(decision.requests, "requests"), (decision.tokens, "tokens")];
-    for (quota, unit) in budgets.iter().filter_map(|(quota, unit)| quota.map(|quota| (quota, *unit))) {
-        let (limit, remaining, reset) = match unit {
-            "requests" => {
-                ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
-            }
-            _ => ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
-        };
-        insert(headers, limit, quota.limit.to_string());
-        insert(headers, remaining, quota.remaining.to_string());
-        insert(headers, reset, go_duration(quota.reset));
-        policies.push(format!("\"{unit}\";q={};w=60", quota.limit));
-        standings.push(format!(
-            "\"{unit}\";r={};t={}",
-            quota.remaining,
-            quota.reset.as_secs_f64().ceil() as u64
-        ));
+    let budgets: Vec<(Quota, &UnitNames)> = [(decision.requests, &REQUESTS), (decision.tokens, &TOKENS)]
+        .into_iter()
+        .filter_map(|(quota, names)| quota.map(|quota| (quota, names)))
+        .collect();
+    if budgets.is_empty() {
+        return;
     }
-    if !policies.is_empty() {
-        insert(headers, "ratelimit-policy", policies.join(", "));
-        insert(headers, "ratelimit", standings.join(", "));
+    let mut text = BytesMut::with_capacity(320);
+    let mut fields: Vec<(HeaderName, Range<usize>)> = Vec::with_capacity(8);
+    let mut field = |text: &mut BytesMut, name: &HeaderName, write: &dyn Fn(&mut BytesMut)| {
+        let start = text.len();
+        write(text);
+        fields.push((name.clone(), start..text.len()));
+    };
+    for (quota, names) in &budgets {
+        field(&mut text, &names.limit, &|text| {
+            let _ = write!(text, "{}", quota.limit);
+        });
+        field(&mut text, &names.remaining, &|text| {
+            let _ = write!(text, "{}", quota.remaining);
+        });
+        field(&mut text, &names.reset, &|text| write_go_duration(text, quota.reset));
+    }
+    let listed = |text: &mut BytesMut, each: &dyn Fn(&mut BytesMut, &Quota, &str)| {
+        for (index, (quota, names)) in budgets.iter().enumerate() {
+            if index > 0 {
+                text.extend_from_slice(b", ");
+            }
+            each(text, quota, names.unit);
+        }
+    };
+    field(&mut text, &RATELIMIT_POLICY, &|text| {
+        listed(text, &|text, quota, unit| {
+            let _ = write!(text, "\"{unit}\";q={};w=60", quota.limit);
+        })
+    });
+    field(&mut text, &RATELIMIT, &|text| {
+        listed(text, &|text, quota, unit| {
+            let reset = quota.reset.as_secs() + u64::from(quota.reset.subsec_nanos() > 0);
+            let _ = write!(text, "\"{unit}\";r={};t={reset}", quota.remaining);
+        })
+    });
+    let text = text.freeze();
+    for (name, range) in fields {
+        if let Ok(value) = HeaderValue::from_maybe_shared(text.slice(range)) {
+            headers.insert(name, value);
+        }
     }
 }
 

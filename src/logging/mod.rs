@@ -4,6 +4,7 @@
 //! ([`shipping`]); and, when `telemetry.otlp_endpoint` is set, the trace
 //! layer beside them.
 
+mod access;
 mod shipping;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+pub use self::access::{AccessLevel, AccessLine, ACCESS_TARGET};
 pub use self::shipping::{index_template, ShippingError};
 use self::shipping::{Outbox, Shipping, SHIPPING_TARGET};
 use crate::settings::{LoggingSettings, TelemetrySettings};
@@ -59,6 +61,7 @@ pub fn init(telemetry: &TelemetrySettings, logging: &LoggingSettings) -> Result<
     let (stdout, guard) =
         tracing_appender::non_blocking(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
     let writer = Lines { stdout, outbox };
+    access::install(writer.clone());
     let filter = EnvFilter::try_from_env("BLAZE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     // The trace spans are not log lines, whatever BLAZE_LOG says.
     let filter = match format!("{SPAN_TARGET}=off").parse() {

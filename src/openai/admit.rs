@@ -319,24 +319,36 @@ pub fn refusal(decision: &Decision) -> ApiError {
 
 /// A duration as OpenAI writes it (Go's format): `6m0s`, `1.5s`, `20ms`.
 pub fn go_duration(duration: Duration) -> String {
+    let mut text = String::with_capacity(16);
+    write_go_duration(&mut text, duration);
+    text
+}
+
+/// [`go_duration`], written into `out`.
+pub fn write_go_duration(out: &mut impl std::fmt::Write, duration: Duration) {
     let millis = duration.as_millis();
-    if millis == 0 {
-        return "0s".to_owned();
-    }
     if millis < 1000 {
-        return format!("{millis}ms");
+        let _ = if millis == 0 { out.write_str("0s") } else { write!(out, "{millis}ms") };
+        return;
     }
     let (hours, minutes, seconds_ms) = (millis / 3_600_000, millis / 60_000 % 60, millis % 60_000);
-    let mut seconds = format!("{}.{:03}", seconds_ms / 1000, seconds_ms % 1000);
-    while seconds.ends_with('0') {
-        seconds.pop();
+    let _ = match (hours, minutes) {
+        (0, 0) => Ok(()),
+        (0, minutes) => write!(out, "{minutes}m"),
+        (hours, minutes) => write!(out, "{hours}h{minutes}m"),
+    };
+    // Seconds with their fraction's trailing zeros (and a bare point) cut.
+    let (seconds, mut fraction) = (seconds_ms / 1000, seconds_ms % 1000);
+    let _ = write!(out, "{seconds}");
+    if fraction > 0 {
+        let mut digits = 3;
+        while fraction % 10 == 0 {
+            fraction /= 10;
+            digits -= 1;
+        }
+        let _ = write!(out, ".{fraction:0digits$}");
     }
-    let seconds = seconds.trim_end_matches('.');
-    match (hours, minutes) {
-        (0, 0) => format!("{seconds}s"),
-        (0, minutes) => format!("{minutes}m{seconds}s"),
-        (hours, minutes) => format!("{hours}h{minutes}m{seconds}s"),
-    }
+    let _ = out.write_str("s");
 }
 
 #[cfg(test)]

@@ -66,7 +66,8 @@ use blaze_actors::guard::Guard;
 use blaze_actors::router::ModelManager;
 
 pub use self::admit::{
-    go_duration, refusal, Admitted, Charge, Gate, Limiting, Pending, Reservation, Settlement,
+    go_duration, refusal, write_go_duration, Admitted, Charge, Gate, Limiting, Pending, Reservation,
+    Settlement,
 };
 pub use self::answer::{Answer, Body, Piece};
 pub use self::caching::CacheAccess;
