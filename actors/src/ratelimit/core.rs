@@ -5,7 +5,7 @@
 //! share of each limit, or fail closed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -170,11 +170,20 @@ pub struct RateLimiterOptions {
     pub burst_seconds: u64,
 }
 
+/// The labels of `blaze_ratelimit_checks_total`, in its counters' order.
+const CHECK_BACKENDS: [&str; 3] = ["local", "redis", "fallback"];
+const CHECK_RESULTS: [&str; 3] = ["admitted", "limited", "too_large"];
+
 pub struct RateLimiter {
     local: LocalBuckets,
     redis: Option<RedisBuckets>,
     redis_up: AtomicBool,
     options: RateLimiterOptions,
+    /// `blaze_ratelimit_checks_total` by backend and result, each made on
+    /// its first count (when the metrics recorder is installed; one never
+    /// counted is never shown): every request counts one, and a lookup by
+    /// labels costs a hash of them each time.
+    checks: [[OnceLock<metrics::Counter>; 3]; 3],
 }
 
 impl RateLimiter {
@@ -184,7 +193,13 @@ impl RateLimiter {
             None => None,
         };
         metrics::gauge!("blaze_ratelimit_redis_up").set(if redis.is_some() { 1.0 } else { 0.0 });
-        Ok(Arc::new(Self { local: LocalBuckets::default(), redis, redis_up: AtomicBool::new(true), options }))
+        Ok(Arc::new(Self {
+            local: LocalBuckets::default(),
+            redis,
+            redis_up: AtomicBool::new(true),
+            options,
+            checks: Default::default(),
+        }))
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -284,16 +299,20 @@ impl RateLimiter {
     ) -> Decision {
         let admitted = verdict.admitted && too_large.is_none();
         let result = match (admitted, too_large) {
-            (true, _) => "admitted",
-            (false, None) => "limited",
-            (false, Some(_)) => "too_large",
+            (true, _) => 0,
+            (false, None) => 1,
+            (false, Some(_)) => 2,
         };
-        let backend_label = match (backend, self.redis.is_some()) {
-            (Backend::Redis, _) => "redis",
-            (Backend::Local, true) => "fallback",
-            (Backend::Local, false) => "local",
+        let backend_index = match (backend, self.redis.is_some()) {
+            (Backend::Local, false) => 0,
+            (Backend::Redis, _) => 1,
+            (Backend::Local, true) => 2,
         };
-        metrics::counter!("blaze_ratelimit_checks_total", "backend" => backend_label, "result" => result)
+        let (backend_label, result_label) = (CHECK_BACKENDS[backend_index], CHECK_RESULTS[result]);
+        self.checks[backend_index][result]
+            .get_or_init(|| {
+                metrics::counter!("blaze_ratelimit_checks_total", "backend" => backend_label, "result" => result_label)
+            })
             .increment(1);
         let quota = |unit: Unit| {
             buckets

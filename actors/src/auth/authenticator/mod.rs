@@ -9,6 +9,7 @@
 //! them has its own file, so that the hot path reads apart from the
 //! management operations it must never wait on:
 //! - `principal.rs`: who a caller is, or why they are not;
+//! - `records.rs`: keys and users as the hot path reads them;
 //! - `validation.rs`: the hot path, a bearer credential to a principal;
 //! - `brute_force.rs`: failure windows and cool-downs;
 //! - `tokens.rs`: sign-ins, refreshes and their ends;
@@ -19,6 +20,7 @@ mod admin;
 mod brute_force;
 mod external;
 mod principal;
+mod records;
 mod sync;
 mod tokens;
 mod validation;
@@ -32,12 +34,13 @@ use moka::Expiry;
 use parking_lot::{Mutex, RwLock};
 
 use self::brute_force::FailureWindow;
+use self::records::Records;
 use self::sync::Revoked;
 use super::events::EventBus;
 use super::hashing::{HashingConfig, HashingStartError, PasswordHashing};
 use super::jwt::{Claims, JwtKeys, JwtSettings, TokenProblem};
 use super::secrets::KeyHasher;
-use super::store::{KeyRecord, Store, StoreError, User};
+use super::store::{KeyRecord, Store, User};
 
 pub use self::admin::{AdminError, KeyRequest, NewUser, Page, UserUpdate};
 pub use self::brute_force::{BruteForceConfig, FailureSubject};
@@ -72,8 +75,8 @@ pub struct Authenticator {
     hasher: KeyHasher,
     jwt: JwtKeys,
     config: AuthConfig,
-    keys: Cache<String, Cached<KeyRecord>>,
-    users: Cache<String, Cached<User>>,
+    keys: Records<KeyRecord>,
+    users: Records<User>,
     /// Access tokens whose signature and claims were checked, by the whole
     /// token text: a token seen again skips the signature and the JSON.
     /// Expiry and revocation are still checked on every use.
@@ -132,8 +135,8 @@ impl Authenticator {
     ) -> Result<Self, HashingStartError> {
         let passwords = PasswordHashing::start(config.password_hashing)?;
         let lifetimes = || Lifetimes { found: config.cache_ttl, missing: config.negative_cache_ttl };
-        let keys = Cache::builder().max_capacity(config.cache_capacity).expire_after(lifetimes()).build();
-        let users = Cache::builder().max_capacity(config.cache_capacity).expire_after(lifetimes()).build();
+        let keys = Records::new(config.cache_capacity, lifetimes());
+        let users = Records::new(config.cache_capacity, lifetimes());
         let verified = moka::sync::Cache::builder()
             .max_capacity(VERIFIED_TOKEN_BYTES)
             .weigher(|token: &String, _: &Arc<Claims>| u32::try_from(token.len() + 256).unwrap_or(u32::MAX))
@@ -190,31 +193,6 @@ impl Authenticator {
     pub fn jwt(&self) -> &JwtKeys {
         &self.jwt
     }
-}
-
-/// A cache hit, or one store read shared by every concurrent caller that
-/// missed (if `may_read` allows it: else [`Failure::NotCached`]); a store
-/// that cannot answer fails the lookup (closed).
-async fn cached<T, F>(
-    cache: &Cache<String, Cached<T>>,
-    id: &str,
-    may_read: impl FnOnce() -> bool,
-    load: F,
-) -> Result<Cached<T>, Failure>
-where
-    T: Clone + Send + Sync + 'static,
-    F: std::future::Future<Output = Result<Option<T>, StoreError>>,
-{
-    if let Some(hit) = cache.get(id).await {
-        return Ok(hit);
-    }
-    if !may_read() {
-        return Err(Failure::NotCached);
-    }
-    let found = async move {
-        Ok::<_, StoreError>(load.await?.map_or(Cached::Missing, |value| Cached::Found(Arc::new(value))))
-    };
-    cache.try_get_with(id.to_owned(), found).await.map_err(|_| Failure::StoreUnavailable)
 }
 
 fn token_failure(problem: TokenProblem) -> Failure {

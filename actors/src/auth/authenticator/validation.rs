@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::{cached, token_failure, Authenticator, Cached, Credential, Failure, Principal, SignInOrigin};
+use super::{token_failure, Authenticator, Cached, Credential, Failure, Principal, SignInOrigin};
 use crate::auth::jwt::TokenType;
 use crate::auth::now_ms;
 use crate::auth::secrets::{self, PresentedKey};
@@ -142,13 +142,13 @@ impl Authenticator {
         let store = self.store.clone();
         let owned = id.to_owned();
         let may_read = || client.is_none_or(|client| self.may_read_store(client));
-        cached(&self.keys, id, may_read, async move { store.key(owned).await }).await
+        self.keys.get(id, may_read, async move { store.key(owned).await }).await
     }
 
     async fn cached_user(&self, id: &str) -> Result<Cached<User>, Failure> {
         let store = self.store.clone();
         let owned = id.to_owned();
-        cached(&self.users, id, || true, async move { store.user(owned).await }).await
+        self.users.get(id, || true, async move { store.user(owned).await }).await
     }
 
     pub(super) async fn active_user(&self, id: &str) -> Result<Arc<User>, Failure> {
