@@ -108,3 +108,82 @@ impl<T: Clone + Send + Sync + 'static> Records<T> {
         self.front.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn records() -> Records<String> {
+        let lifetimes = Lifetimes { found: Duration::from_secs(60), missing: Duration::from_secs(60) };
+        Records::new(100, lifetimes)
+    }
+
+    /// Reads `id` through `records`, counting the store reads in `reads`;
+    /// the store holds `value` (or nothing).
+    async fn read(
+        records: &Records<String>,
+        reads: &AtomicUsize,
+        id: &str,
+        value: Option<&str>,
+    ) -> Option<String> {
+        let load = async {
+            reads.fetch_add(1, Ordering::SeqCst);
+            Ok(value.map(str::to_owned))
+        };
+        match records.get(id, || true, load).await {
+            Ok(Cached::Found(record)) => Some((*record).clone()),
+            Ok(Cached::Missing) => None,
+            Err(failure) => panic!("{failure:?}"),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_change_is_seen_at_once_and_found_records_are_not_read_again() {
+        let (records, reads) = (records(), AtomicUsize::new(0));
+        assert_eq!(read(&records, &reads, "k1", Some("v1")).await.as_deref(), Some("v1"));
+        assert_eq!(read(&records, &reads, "k1", Some("v1")).await.as_deref(), Some("v1"));
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "a hit reads nothing");
+        assert!(records.front.contains_key("k1"));
+
+        records.invalidate("k1").await;
+        assert_eq!(read(&records, &reads, "k1", Some("v2")).await.as_deref(), Some("v2"));
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+
+        // Another record's change retires every front entry (the generation
+        // moved), but not what moka still holds: no store read.
+        records.invalidate("other").await;
+        assert_eq!(read(&records, &reads, "k1", Some("v3")).await.as_deref(), Some("v2"));
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+
+        records.invalidate_all();
+        assert_eq!(read(&records, &reads, "k1", Some("v4")).await.as_deref(), Some("v4"));
+        assert_eq!(reads.load(Ordering::SeqCst), 3);
+    }
+
+    #[actix_rt::test]
+    async fn unknown_ids_stay_out_of_the_front_map_and_it_stays_bounded() {
+        let (records, reads) = (records(), AtomicUsize::new(0));
+        assert_eq!(read(&records, &reads, "nobody", None).await, None);
+        assert!(!records.front.contains_key("nobody"));
+        for index in 0..250 {
+            read(&records, &reads, &format!("k{index}"), Some("v")).await;
+        }
+        assert!(records.front.len() <= 100, "{}", records.front.len());
+    }
+
+    #[actix_rt::test]
+    async fn a_record_read_before_a_change_is_never_served_after_it() {
+        let records = records();
+        // A lookup that started before the change (its generation read
+        // then) and finished after it leaves an entry of the old
+        // generation, which no later lookup takes.
+        let stale = Front { record: Arc::new("old".to_owned()), generation: 0, until_ms: i64::MAX };
+        records.invalidate("k1").await;
+        records.front.insert("k1".to_owned(), stale);
+        let reads = AtomicUsize::new(0);
+        assert_eq!(read(&records, &reads, "k1", Some("new")).await.as_deref(), Some("new"));
+    }
+}
