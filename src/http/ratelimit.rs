@@ -5,7 +5,6 @@
 
 use std::fmt::Write as _;
 use std::future::{ready, Ready};
-use std::ops::Range;
 
 use actix_web::dev::Payload;
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -60,46 +59,36 @@ pub fn add_headers(headers: &mut HeaderMap, decision: &Decision) {
     if budgets.is_empty() {
         return;
     }
+    // Each value is written after the one before; a field remembers where
+    // its value ends.
     let mut text = BytesMut::with_capacity(320);
-    let mut fields: Vec<(HeaderName, Range<usize>)> = Vec::with_capacity(8);
-    let mut field = |text: &mut BytesMut, name: &HeaderName, write: &dyn Fn(&mut BytesMut)| {
-        let start = text.len();
-        write(text);
-        fields.push((name.clone(), start..text.len()));
-    };
+    let mut fields: Vec<(HeaderName, usize)> = Vec::with_capacity(8);
     for (quota, names) in &budgets {
-        field(&mut text, &names.limit, &|text| {
-            let _ = write!(text, "{}", quota.limit);
-        });
-        field(&mut text, &names.remaining, &|text| {
-            let _ = write!(text, "{}", quota.remaining);
-        });
-        field(&mut text, &names.reset, &|text| write_go_duration(text, quota.reset));
+        let _ = write!(text, "{}", quota.limit);
+        fields.push((names.limit.clone(), text.len()));
+        let _ = write!(text, "{}", quota.remaining);
+        fields.push((names.remaining.clone(), text.len()));
+        write_go_duration(&mut text, quota.reset);
+        fields.push((names.reset.clone(), text.len()));
     }
-    let listed = |text: &mut BytesMut, each: &dyn Fn(&mut BytesMut, &Quota, &str)| {
-        for (index, (quota, names)) in budgets.iter().enumerate() {
-            if index > 0 {
-                text.extend_from_slice(b", ");
-            }
-            each(text, quota, names.unit);
-        }
-    };
-    field(&mut text, &RATELIMIT_POLICY, &|text| {
-        listed(text, &|text, quota, unit| {
-            let _ = write!(text, "\"{unit}\";q={};w=60", quota.limit);
-        })
-    });
-    field(&mut text, &RATELIMIT, &|text| {
-        listed(text, &|text, quota, unit| {
-            let reset = quota.reset.as_secs() + u64::from(quota.reset.subsec_nanos() > 0);
-            let _ = write!(text, "\"{unit}\";r={};t={reset}", quota.remaining);
-        })
-    });
+    for (index, (quota, names)) in budgets.iter().enumerate() {
+        let separator = if index > 0 { ", " } else { "" };
+        let _ = write!(text, "{separator}\"{}\";q={};w=60", names.unit, quota.limit);
+    }
+    fields.push((RATELIMIT_POLICY, text.len()));
+    for (index, (quota, names)) in budgets.iter().enumerate() {
+        let separator = if index > 0 { ", " } else { "" };
+        let reset = quota.reset.as_secs() + u64::from(quota.reset.subsec_nanos() > 0);
+        let _ = write!(text, "{separator}\"{}\";r={};t={reset}", names.unit, quota.remaining);
+    }
+    fields.push((RATELIMIT, text.len()));
     let text = text.freeze();
-    for (name, range) in fields {
-        if let Ok(value) = HeaderValue::from_maybe_shared(text.slice(range)) {
+    let mut start = 0;
+    for (name, end) in fields {
+        if let Ok(value) = HeaderValue::from_maybe_shared(text.slice(start..end)) {
             headers.insert(name, value);
         }
+        start = end;
     }
 }
 

@@ -308,10 +308,10 @@ impl RateLimiter {
             (Backend::Redis, _) => 1,
             (Backend::Local, true) => 2,
         };
-        let (backend_label, result_label) = (CHECK_BACKENDS[backend_index], CHECK_RESULTS[result]);
         self.checks[backend_index][result]
             .get_or_init(|| {
-                metrics::counter!("blaze_ratelimit_checks_total", "backend" => backend_label, "result" => result_label)
+                let (backend, result) = (CHECK_BACKENDS[backend_index], CHECK_RESULTS[result]);
+                metrics::counter!("blaze_ratelimit_checks_total", "backend" => backend, "result" => result)
             })
             .increment(1);
         let quota = |unit: Unit| {
