@@ -36,6 +36,8 @@ pub fn serve_blocking(settings: Settings, sources: ConfigSources, offline: bool)
             return ExitCode::FAILURE;
         }
     };
+    // Before anything else allocates much (the models load in `serve`).
+    crate::http::heap_profile::start(&settings.profiling);
     let system = actix_rt::System::new();
     match system.block_on(serve(settings, guard_reload(sources), offline)) {
         Ok(()) => {

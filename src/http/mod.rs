@@ -12,6 +12,7 @@ mod compression;
 pub mod disconnect;
 mod exchange;
 mod health;
+pub mod heap_profile;
 mod json;
 mod keys;
 mod models_admin;

@@ -14,6 +14,7 @@ use blaze_actors::router::{ModelHandle, ServedModel};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::heap_profile::{self, HeapFormat};
 use super::network;
 use super::routing::Route;
 use super::AppState;
@@ -87,20 +88,35 @@ async fn cpu(state: web::Data<AppState>, query: web::Query<CpuQuery>) -> Result<
     }
     let format = query.format.unwrap_or(CpuFormat::Pprof);
     let slot = Slot::take(&state)?;
-    // The sampling and the symbol lookup block: a thread of their own.
+    let file = match format {
+        CpuFormat::Pprof => "cpu.pb",
+        CpuFormat::Svg => "cpu.svg",
+    };
+    profile_answer("CPU", slot, file, move || {
+        take_cpu_profile(Duration::from_secs(seconds), frequency, format)
+    })
+    .await
+}
+
+/// Takes a profile on a blocking thread (sampling, dumping and the symbol
+/// lookup block), holding the slot until it is done, and answers it as
+/// the file named `file` (`.svg`: a flamegraph; else protobuf).
+async fn profile_answer(
+    kind: &'static str,
+    slot: Slot,
+    file: &'static str,
+    take: impl FnOnce() -> Result<Vec<u8>, String> + Send + 'static,
+) -> Result<HttpResponse, ApiError> {
     let profile = web::block(move || {
         let _slot = slot;
-        take_cpu_profile(Duration::from_secs(seconds), frequency, format)
+        take()
     })
     .await
     .map_err(|_| ApiError::internal("profile"))?
     .map_err(|problem| {
-        ApiError::new(ErrorCode::ProfileFailed, format!("The CPU profile failed: {problem}"))
+        ApiError::new(ErrorCode::ProfileFailed, format!("The {kind} profile failed: {problem}"))
     })?;
-    let (content_type, file) = match format {
-        CpuFormat::Pprof => ("application/octet-stream", "cpu.pb"),
-        CpuFormat::Svg => ("image/svg+xml", "cpu.svg"),
-    };
+    let content_type = if file.ends_with(".svg") { "image/svg+xml" } else { "application/octet-stream" };
     Ok(HttpResponse::Ok()
         .content_type(content_type)
         .insert_header((CONTENT_DISPOSITION, format!("inline; filename=\"{file}\"")))
@@ -142,17 +158,49 @@ fn invalid(param: &str, message: &str) -> ApiError {
     ApiError::bad_request(ErrorCode::InvalidQuery, message).with_param(param)
 }
 
-/// `GET /admin/profile/memory`: the process's memory and the allocator's
-/// view of it.
-async fn memory(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let _slot = Slot::take(&state)?;
-    let models = each_model(&state, |model| json!({"id": model.id, "bytes": model.handle.memory_bytes()}));
-    Ok(HttpResponse::Ok().insert_header((CACHE_CONTROL, "no-store")).json(json!({
-        "object": "profile.memory",
-        "process": process_memory(),
-        "allocator": allocator_statistics(),
-        "models": models,
-    })))
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemoryQuery {
+    format: Option<MemoryFormat>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum MemoryFormat {
+    Json,
+    Pprof,
+    Svg,
+}
+
+/// `GET /admin/profile/memory?format=json|pprof|svg`: the process's memory
+/// and the allocators' view of it (JSON), or the heap profile (gzipped
+/// pprof protobuf, or a flamegraph SVG).
+async fn memory(
+    state: web::Data<AppState>,
+    query: web::Query<MemoryQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let slot = Slot::take(&state)?;
+    let heap_format = match query.format.unwrap_or(MemoryFormat::Json) {
+        MemoryFormat::Json => None,
+        MemoryFormat::Pprof => Some(HeapFormat::Pprof),
+        MemoryFormat::Svg => Some(HeapFormat::Svg),
+    };
+    let Some(heap_format) = heap_format else {
+        let models =
+            each_model(&state, |model| json!({"id": model.id, "bytes": model.handle.memory_bytes()}));
+        return Ok(HttpResponse::Ok().insert_header((CACHE_CONTROL, "no-store")).json(json!({
+            "object": "profile.memory",
+            "process": process_memory(),
+            "allocator": heap_profile::statistics(),
+            "c_allocator": c_allocator_statistics(),
+            "models": models,
+        })));
+    };
+    let file = match heap_format {
+        HeapFormat::Pprof => "heap.pb.gz",
+        HeapFormat::Svg => "heap.svg",
+    };
+    profile_answer("heap", slot, file, move || heap_profile::dump(heap_format)).await
 }
 
 /// Resident and virtual size, from /proc.
@@ -174,9 +222,10 @@ fn process_memory() -> Value {
     })
 }
 
-/// glibc's malloc statistics (mallinfo2, every arena).
+/// glibc's malloc statistics (mallinfo2, every arena): the C code's
+/// allocations (llama.cpp, SQLite), as Rust's go to jemalloc.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn allocator_statistics() -> Value {
+fn c_allocator_statistics() -> Value {
     // SAFETY: mallinfo2 only reads the allocator's counters (taking its
     // arena locks); it has no preconditions.
     let info = unsafe { libc::mallinfo2() };
@@ -192,7 +241,7 @@ fn allocator_statistics() -> Value {
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn allocator_statistics() -> Value {
+fn c_allocator_statistics() -> Value {
     json!({"name": "system", "note": "statistics are read from glibc's allocator only"})
 }
 
@@ -211,9 +260,9 @@ async fn runtime(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         .into_iter()
         .map(|(name, actor)| {
             // The health monitor's last ping: the time a message waited in
-            // the actor's mailbox and was handled (actix keeps no count of
-            // a mailbox's messages; the actors' mailboxes carry control
-            // messages only, the request paths' queues are the models').
+            // the actor's mailbox and was handled. The mailboxes carry
+            // control messages only; the request paths' queues are the
+            // models' (below).
             let ping = health.components.get(&format!("actor:{name}"));
             json!({
                 "name": name,
@@ -221,6 +270,7 @@ async fn runtime(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
                 "required": actor.required,
                 "restarts": actor.restarts,
                 "last_exit": actor.last_exit,
+                "mailbox_depth": actor.ping.as_ref().map(|mailbox| mailbox.depth()),
                 "mailbox_round_trip_ms": ping.and_then(|ping| ping.last_probe_latency_ms),
                 "mailbox_round_trip_at": ping.and_then(|ping| ping.last_probe_at.clone()),
             })

@@ -12,6 +12,11 @@ fn root() -> PathBuf {
 /// `docker/rustflags.sh` as buildx runs it on each platform: `uname -m`
 /// says the architecture.
 fn rustflags_on(architecture: &str, cpu_level: Option<&str>) -> String {
+    build_environment_on(architecture, cpu_level, "RUSTFLAGS")
+}
+
+/// One variable `docker/rustflags.sh` leaves for the cargo steps.
+fn build_environment_on(architecture: &str, cpu_level: Option<&str>, variable: &str) -> String {
     let bin = tempfile::tempdir().expect("a directory");
     let uname = bin.path().join("uname");
     std::fs::write(&uname, format!("#!/bin/sh\necho {architecture}\n")).expect("written");
@@ -21,10 +26,11 @@ fn rustflags_on(architecture: &str, cpu_level: Option<&str>) -> String {
     let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
     let mut command = std::process::Command::new("sh");
     command
-        .args(["-c", ". docker/rustflags.sh && printf '%s' \"$RUSTFLAGS\""])
+        .arg("-c")
+        .arg(format!(". docker/rustflags.sh && printf '%s' \"${variable}\""))
         .current_dir(root())
         .env("PATH", path);
-    command.env_remove("CPU_LEVEL").env_remove("RUSTFLAGS");
+    command.env_remove("CPU_LEVEL").env_remove("RUSTFLAGS").env_remove("JEMALLOC_SYS_WITH_LG_PAGE");
     if let Some(level) = cpu_level {
         command.env("CPU_LEVEL", level);
     }
@@ -40,6 +46,10 @@ fn image_builds_use_x86_flags_on_x86_64_only() {
     // arm64 (and anything else) builds for the generic target: no x86
     // level, and not `native` (the build host's CPU).
     assert_eq!(rustflags_on("aarch64", Some("x86-64-v4")), "");
+    // jemalloc on arm64 assumes 64 KiB pages, which also run on 4 KiB
+    // kernels; x86-64 keeps the build host's (4 KiB everywhere).
+    assert_eq!(build_environment_on("aarch64", None, "JEMALLOC_SYS_WITH_LG_PAGE"), "16");
+    assert_eq!(build_environment_on("x86_64", None, "JEMALLOC_SYS_WITH_LG_PAGE"), "");
     // .cargo/config.toml's native CPU and clang wrappers are x86-64's.
     let cargo = std::fs::read_to_string(root().join(".cargo/config.toml")).expect("config");
     for line in cargo.lines().filter(|line| line.contains("native") || line.contains("llama-c")) {

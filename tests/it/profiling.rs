@@ -155,10 +155,18 @@ async fn memory_and_runtime_reports_describe_the_running_server() {
     assert_eq!(memory["object"], "profile.memory");
     let resident = memory["process"]["resident_bytes"].as_u64().unwrap();
     assert!(resident > 10 << 20, "{memory}");
-    assert_eq!(memory["allocator"]["name"], "glibc");
-    assert!(memory["allocator"]["in_use_bytes"].as_u64().unwrap() > 0);
+    let allocator = &memory["allocator"];
+    assert_eq!(allocator["name"], "jemalloc", "{memory}");
+    assert!(allocator["allocated_bytes"].as_u64().unwrap() > 1 << 20, "{allocator}");
+    assert!(allocator["resident_bytes"].as_u64().unwrap() >= allocator["allocated_bytes"].as_u64().unwrap());
+    assert_eq!(allocator["heap_sampling"], true, "on from the start when profiles are enabled");
+    assert_eq!(memory["c_allocator"]["name"], "glibc");
+    assert!(memory["c_allocator"]["in_use_bytes"].as_u64().unwrap() > 0);
     let models = memory["models"].as_array().unwrap();
     assert!(models.iter().any(|model| model["bytes"].as_u64().unwrap_or(0) > 1 << 20), "{memory}");
+
+    let explicit = client().get(server.url("/admin/profile/memory?format=json")).send().await.unwrap();
+    assert_eq!(common::json_with_status(explicit, 200).await["object"], "profile.memory");
 
     let runtime: serde_json::Value = common::json_with_status(
         client().get(server.url("/admin/profile/runtime")).send().await.unwrap(),
@@ -171,6 +179,11 @@ async fn memory_and_runtime_reports_describe_the_running_server() {
     // The health monitor has pinged the router by the time it is ready.
     let router = actors.iter().find(|actor| actor["name"] == "router").unwrap();
     assert!(router["mailbox_round_trip_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{router}");
+    // Nothing is stuck: every running actor's mailbox is empty between
+    // the health rounds' pings.
+    for actor in actors.iter().filter(|actor| actor["status"] == "up") {
+        assert!(actor["mailbox_depth"].as_u64().is_some_and(|depth| depth <= 1), "{actor}");
+    }
     let threads = runtime["threads"].as_array().unwrap();
     assert!(threads.iter().any(|thread| thread["cpu_seconds"].as_f64().unwrap() > 0.0), "{runtime}");
     let http = &runtime["http"];
@@ -183,4 +196,43 @@ async fn memory_and_runtime_reports_describe_the_running_server() {
     let models = runtime["models"].as_array().unwrap();
     assert!(models.iter().all(|model| model["queued_requests"].as_u64().is_some()), "{runtime}");
     assert!(runtime["inference"].is_object());
+}
+
+#[tokio::test]
+async fn a_heap_profile_names_the_functions_that_hold_memory_in_pprof_and_in_a_flamegraph() {
+    let server = Server::start(&[], &[]).await;
+    let response = client().get(server.url("/admin/profile/memory?format=pprof")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/octet-stream");
+    assert!(response.headers()["content-disposition"].to_str().unwrap().contains("heap.pb.gz"));
+    let gzipped = response.bytes().await.unwrap();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gzipped.as_ref()), &mut bytes)
+        .expect("a gzipped profile, as go tool pprof reads it");
+    let profile = pprof::protos::Profile::decode(bytes.as_slice()).expect("a pprof protobuf");
+    assert!(!profile.sample.is_empty(), "the models' weights and the caches were sampled at start-up");
+    let in_use: i64 = profile.sample.iter().map(|sample| sample.value.first().copied().unwrap_or(0)).sum();
+    assert!(in_use > 1 << 20, "the samples stand for the bytes held: {in_use}");
+    assert!(
+        profile.string_table.iter().any(|name| name.starts_with("blaze")),
+        "Blaze's own functions are named: {:?}",
+        &profile.string_table[..profile.string_table.len().min(40)]
+    );
+
+    let response = client().get(server.url("/admin/profile/memory?format=svg")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "image/svg+xml");
+    let svg = response.text().await.unwrap();
+    assert!(svg.starts_with("<?xml") && svg.contains("</svg>"), "{}", &svg[..svg.len().min(300)]);
+    assert!(svg.contains("blaze"), "the flamegraph names Blaze's functions");
+
+    for query in ["format=exe", "format=JSON", "format=", "formats=svg", "format=svg&seconds=1"] {
+        let response =
+            client().get(server.url(&format!("/admin/profile/memory?{query}"))).send().await.unwrap();
+        let body = common::json_with_status(response, 400).await;
+        assert_eq!(body["error"]["code"], "invalid_query", "{query}: {body}");
+    }
+    let user = new_user_client(&server, "heap@example.com").await;
+    let forbidden = user.get(server.url("/admin/profile/memory?format=pprof")).send().await.unwrap();
+    assert_eq!(forbidden.status(), 403, "a heap profile is for admins only");
 }

@@ -60,6 +60,9 @@ impl HealthMonitor {
     fn publish(&self) {
         let mut snapshot = HealthSnapshot::default();
         for (name, state) in self.board.snapshot() {
+            if let Some(mailbox) = &state.ping {
+                metrics::gauge!("blaze_actor_mailbox_depth", "actor" => name).set(mailbox.depth() as f64);
+            }
             let health = ComponentHealth::of_actor(&state, self.actor_pings.get(name));
             snapshot.components.insert(format!("actor:{name}"), health);
         }

@@ -81,6 +81,10 @@ fn describe_metrics() {
     describe_gauge!("blaze_http_requests_in_flight", "HTTP requests being handled now.");
     describe_counter!("blaze_actor_restarts_total", "Restarts of each actor after it stopped or panicked.");
     describe_gauge!("blaze_actor_up", "1 while the actor runs, 0 while it is down.");
+    describe_gauge!(
+        "blaze_actor_mailbox_depth",
+        "Messages waiting in each actor's mailbox at the last health round; one that stays above 0 is stuck."
+    );
     describe_gauge!("blaze_build_info", "Always 1; the labels say which build runs.");
     describe_gauge!("blaze_ws_connections", "Open WebSocket connections.");
     describe_counter!("blaze_ws_frames_total", "WebSocket data frames, by direction (in, out).");

@@ -13,15 +13,17 @@ use parking_lot::RwLock;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::messages::{ChildDown, ChildHandle, ChildUp, Ping, Stop};
+use super::mailbox::{Counted, CountedRecipient, MailboxDepth};
+use super::messages::{ChildDown, ChildHandle, ChildUp, Fail, Ping, Stop};
 
-/// What a supervised actor must answer.
+/// What a supervised actor must answer (the `supervised_actor!` macro
+/// implements it).
 pub trait SupervisedActor:
-    Actor<Context = Context<Self>> + Handler<Ping> + Handler<Stop> + Handler<super::Fail>
+    Actor<Context = Context<Self>> + Handler<Counted<Ping>> + Handler<Counted<Stop>> + Handler<Counted<Fail>>
 {
 }
 impl<A> SupervisedActor for A where
-    A: Actor<Context = Context<A>> + Handler<Ping> + Handler<Stop> + Handler<super::Fail>
+    A: Actor<Context = Context<A>> + Handler<Counted<Ping>> + Handler<Counted<Stop>> + Handler<Counted<Fail>>
 {
 }
 
@@ -80,11 +82,12 @@ where
     };
     let context = Context::<A>::new();
     let address = context.address();
+    let depth = MailboxDepth::default();
     reporter.up(
         ChildHandle {
-            ping: address.clone().recipient(),
-            stop: address.clone().recipient(),
-            fail: address.clone().recipient(),
+            ping: CountedRecipient::new(address.clone().recipient(), depth.clone()),
+            stop: CountedRecipient::new(address.clone().recipient(), depth.clone()),
+            fail: CountedRecipient::new(address.clone().recipient(), depth),
         },
         began.elapsed(),
     );
@@ -172,8 +175,9 @@ pub struct ActorState {
     pub started_at: Option<SystemTime>,
     pub stopped_at: Option<SystemTime>,
     pub last_exit: Option<String>,
-    /// The running instance, for health probes.
-    pub ping: Option<Recipient<Ping>>,
+    /// The running instance, for health probes; it also tells the
+    /// instance's mailbox depth.
+    pub ping: Option<CountedRecipient<Ping>>,
 }
 
 /// The supervisor's published view of its children: written by the

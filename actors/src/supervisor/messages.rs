@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use actix::{Message, Recipient};
+use actix::Message;
+
+use super::mailbox::CountedRecipient;
 
 /// Liveness check answered by every supervised actor; the health monitor
 /// measures its round trip.
@@ -40,12 +42,13 @@ pub struct Release(pub Vec<String>);
 #[rtype(result = "()")]
 pub struct Stop;
 
-/// How the supervisor reaches a running child.
+/// How the supervisor reaches a running child; every message sent
+/// through it is counted in the child's mailbox depth.
 #[derive(Clone)]
 pub struct ChildHandle {
-    pub ping: Recipient<Ping>,
-    pub stop: Recipient<Stop>,
-    pub fail: Recipient<Fail>,
+    pub ping: CountedRecipient<Ping>,
+    pub stop: CountedRecipient<Stop>,
+    pub fail: CountedRecipient<Fail>,
 }
 
 /// A child's instance is running.

@@ -15,6 +15,7 @@
 
 mod actor;
 mod core;
+mod mailbox;
 mod messages;
 #[cfg(test)]
 mod tests;
@@ -23,15 +24,29 @@ pub use self::actor::Supervisor;
 pub use self::core::{
     ActorBoard, ActorState, ActorStatus, Backoff, ChildSpec, ChildStartError, SupervisedActor,
 };
+pub use self::mailbox::{Counted, CountedRecipient, MailboxDepth};
 pub use self::messages::{
     Adopt, ChildHandle, Fail, FailChild, FailMode, Ping, Release, StartAll, Stop, StopAll,
 };
 
 /// Implements the messages every supervised actor answers: `Ping` for the
-/// health probes, `Stop` at shutdown, and `Fail` for the fault tests.
+/// health probes, `Stop` at shutdown, and `Fail` for the fault tests, bare
+/// and [`Counted`] in the mailbox depth (as the supervisor sends them).
 #[macro_export]
 macro_rules! supervised_actor {
+    (@counted $actor:ty, $message:ty) => {
+        impl ::actix::Handler<$crate::supervisor::Counted<$message>> for $actor {
+            type Result = ();
+            fn handle(&mut self, counted: $crate::supervisor::Counted<$message>, ctx: &mut Self::Context) {
+                <Self as ::actix::Handler<$message>>::handle(self, counted.message, ctx)
+            }
+        }
+    };
     ($actor:ty) => {
+        $crate::supervised_actor!(@counted $actor, $crate::supervisor::Ping);
+        $crate::supervised_actor!(@counted $actor, $crate::supervisor::Stop);
+        $crate::supervised_actor!(@counted $actor, $crate::supervisor::Fail);
+
         impl ::actix::Handler<$crate::supervisor::Ping> for $actor {
             type Result = ();
             fn handle(&mut self, _: $crate::supervisor::Ping, _: &mut Self::Context) {}
