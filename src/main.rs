@@ -19,8 +19,8 @@ pub struct MallocConf(*const std::ffi::c_char);
 #[cfg(target_os = "linux")]
 unsafe impl Sync for MallocConf {}
 
-/// Profiling built in but inactive until `profiling.enabled` turns it on
-/// (one sample per 2^19 bytes allocated on average); background threads
+/// Profiling built in but inactive until `profiling.heap_sampling` turns it
+/// on (one sample per 2^19 bytes allocated on average); background threads
 /// purge freed pages after jemalloc's decay time instead of the threads
 /// that free them.
 #[cfg(target_os = "linux")]

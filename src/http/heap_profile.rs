@@ -2,17 +2,19 @@
 //! statistics, and its sampled heap profile for `/admin/profile/memory`.
 //!
 //! jemalloc is built with profiling; the binary starts it inactive, and
-//! [`start`] turns sampling on when `profiling.enabled`, before the models
-//! load, so the profile covers every allocation made since. jemalloc then
+//! [`start`] turns sampling on when `profiling.enabled` and
+//! `profiling.heap_sampling`, before the models load, so the profile
+//! covers every allocation made since. jemalloc then
 //! records the stack of one allocation per 512 KiB allocated on average
 //! (its default, as Go's heap profiler), and a dump is the live sampled
 //! allocations scaled to the bytes they stand for.
 
 use serde_json::{json, Value};
 
-/// Turns heap sampling on when profiles are enabled; says so in the log.
+/// Turns heap sampling on when heap profiles are asked for; says so in
+/// the log.
 pub fn start(settings: &crate::settings::ProfilingSettings) {
-    if !settings.enabled {
+    if !(settings.enabled && settings.heap_sampling) {
         return;
     }
     #[cfg(target_os = "linux")]
@@ -51,7 +53,8 @@ pub fn dump(format: HeapFormat) -> Result<Vec<u8>, String> {
         let mut control = control.blocking_lock();
         if !control.activated() {
             return Err(
-                "heap sampling is not on (it starts with the server when profiling.enabled)".to_owned()
+                "heap sampling is off: start the server with profiling.heap_sampling (and profiling.enabled)"
+                    .to_owned(),
             );
         }
         let dumped = match format {

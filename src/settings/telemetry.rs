@@ -47,6 +47,9 @@ pub struct ProfilingSettings {
     pub enabled: bool,
     /// The longest CPU profile one request may take.
     pub max_cpu_seconds: u64,
+    /// jemalloc samples allocations from start-up for heap profiles
+    /// (with `enabled` only): a stack walk per 512 KiB allocated.
+    pub heap_sampling: bool,
 }
 
 impl Settings {

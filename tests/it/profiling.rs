@@ -159,7 +159,7 @@ async fn memory_and_runtime_reports_describe_the_running_server() {
     assert_eq!(allocator["name"], "jemalloc", "{memory}");
     assert!(allocator["allocated_bytes"].as_u64().unwrap() > 1 << 20, "{allocator}");
     assert!(allocator["resident_bytes"].as_u64().unwrap() >= allocator["allocated_bytes"].as_u64().unwrap());
-    assert_eq!(allocator["heap_sampling"], true, "on from the start when profiles are enabled");
+    assert_eq!(allocator["heap_sampling"], false, "off unless asked for: it costs a stack walk per 512 KiB");
     assert_eq!(memory["c_allocator"]["name"], "glibc");
     assert!(memory["c_allocator"]["in_use_bytes"].as_u64().unwrap() > 0);
     let models = memory["models"].as_array().unwrap();
@@ -167,6 +167,14 @@ async fn memory_and_runtime_reports_describe_the_running_server() {
 
     let explicit = client().get(server.url("/admin/profile/memory?format=json")).send().await.unwrap();
     assert_eq!(common::json_with_status(explicit, 200).await["object"], "profile.memory");
+    // Without heap sampling there is no heap profile, and the error says
+    // how to get one.
+    let unsampled = client().get(server.url("/admin/profile/memory?format=svg")).send().await.unwrap();
+    let status = unsampled.status().as_u16();
+    let body: serde_json::Value = unsampled.json().await.unwrap();
+    assert!(status >= 400, "{body}");
+    assert_eq!(body["error"]["code"], "profile_failed", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("profiling.heap_sampling"), "{body}");
 
     let runtime: serde_json::Value = common::json_with_status(
         client().get(server.url("/admin/profile/runtime")).send().await.unwrap(),
@@ -200,7 +208,13 @@ async fn memory_and_runtime_reports_describe_the_running_server() {
 
 #[tokio::test]
 async fn a_heap_profile_names_the_functions_that_hold_memory_in_pprof_and_in_a_flamegraph() {
-    let server = Server::start(&[], &[]).await;
+    let server = Server::start(&[("BLAZE__PROFILING__HEAP_SAMPLING", "true")], &[]).await;
+    let memory: serde_json::Value = common::json_with_status(
+        client().get(server.url("/admin/profile/memory")).send().await.unwrap(),
+        200,
+    )
+    .await;
+    assert_eq!(memory["allocator"]["heap_sampling"], true, "on from the start when asked for");
     let response = client().get(server.url("/admin/profile/memory?format=pprof")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/octet-stream");
