@@ -148,9 +148,6 @@ where
         Ok(principal) => principal,
         Err(error) => return refuse(request, &error),
     };
-    if let Some(principal) = &principal {
-        request.extensions_mut().insert(principal.clone());
-    }
     let pending = match rule.budget {
         Budget::Never | Budget::PerFrame => None,
         Budget::Request | Budget::Tokens => {
@@ -160,7 +157,13 @@ where
         }
     };
     if let (Budget::Tokens, Some(principal)) = (rule.budget, &principal) {
+        request.extensions_mut().insert(principal.clone());
         return metered(&state, rule, principal, pending, request, &service).await;
+    }
+    // The handlers read the caller from the request (`Caller`); moved, as
+    // nothing here needs it any more.
+    if let Some(principal) = principal {
+        request.extensions_mut().insert(principal);
     }
     let Some(pending) = pending else {
         return service.call(request).await.map(ServiceResponse::map_into_left_body);

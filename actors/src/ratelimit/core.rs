@@ -4,6 +4,7 @@
 //! the Redis fail mode: while Redis is unreachable, fail open onto a local
 //! share of each limit, or fail closed.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -47,8 +48,8 @@ pub enum Unit {
 #[derive(Debug, Clone)]
 pub struct Bucket {
     /// Unique within the subject: `requests`, `tokens`,
-    /// `route:/v1/embeddings:requests`.
-    pub name: String,
+    /// `route:/v1/embeddings:requests` (only a route's is made per check).
+    pub name: Cow<'static, str>,
     pub unit: Unit,
     /// Units a minute, as the client is told.
     pub limit: u64,
@@ -225,7 +226,7 @@ impl RateLimiter {
     /// The buckets of `admission`, each limit divided by `share`.
     fn buckets(&self, admission: &Admission<'_>, share: u64) -> Vec<Bucket> {
         let mut buckets = Vec::with_capacity(4);
-        let mut add = |prefix: &str, limits: Limits| {
+        let mut add = |route: Option<&str>, limits: Limits| {
             let units = [
                 (Unit::Requests, "requests", limits.requests_per_minute, 1),
                 (Unit::Tokens, "tokens", limits.tokens_per_minute, admission.tokens),
@@ -233,13 +234,17 @@ impl RateLimiter {
             for (unit, unit_name, per_minute, cost) in units {
                 if let Some(per_minute) = per_minute {
                     let (limit, pace) = self.burst(per_minute, share);
-                    buckets.push(Bucket { name: format!("{prefix}{unit_name}"), unit, limit, pace, cost });
+                    let name = match route {
+                        None => Cow::Borrowed(unit_name),
+                        Some(route) => Cow::Owned(format!("route:{route}:{unit_name}")),
+                    };
+                    buckets.push(Bucket { name, unit, limit, pace, cost });
                 }
             }
         };
-        add("", admission.limits);
+        add(None, admission.limits);
         if let Some((route, limits)) = admission.route {
-            add(&format!("route:{route}:"), limits);
+            add(Some(route), limits);
         }
         buckets
     }

@@ -29,7 +29,11 @@ impl LocalBuckets {
     /// Checks every bucket of `subject` at once; pays all or none.
     pub fn check(&self, subject: &str, buckets: &[Bucket]) -> Verdict {
         let now = self.now();
-        let mut entry = self.subjects.entry(subject.to_owned()).or_default();
+        // A subject seen lately is found without making its key.
+        let mut entry = match self.subjects.get_mut(subject) {
+            Some(entry) => entry,
+            None => self.subjects.entry(subject.to_owned()).or_default(),
+        };
         let tat_of = |entry: &Vec<(String, f64)>, name: &str| {
             entry.iter().find(|(bucket, _)| bucket == name).map(|(_, tat)| *tat)
         };
@@ -46,7 +50,7 @@ impl LocalBuckets {
             if admitted && level > before {
                 match entry.iter_mut().find(|(name, _)| *name == bucket.name) {
                     Some((_, tat)) => *tat = level,
-                    None => entry.push((bucket.name.clone(), level)),
+                    None => entry.push((bucket.name.to_string(), level)),
                 }
             }
             standings.push(gcra::standing(bucket.pace, level, now));
@@ -71,7 +75,7 @@ impl LocalBuckets {
             let tat = position.map(|index| entry[index].1);
             match (gcra::settle(bucket.pace, tat, now, delta), position) {
                 (Some(moved), Some(index)) => entry[index].1 = moved,
-                (Some(moved), None) => entry.push((bucket.name.clone(), moved)),
+                (Some(moved), None) => entry.push((bucket.name.to_string(), moved)),
                 (None, Some(index)) => {
                     entry.swap_remove(index);
                 }
