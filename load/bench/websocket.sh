@@ -25,6 +25,10 @@ start_server blaze $port /health/ready env BLAZE__SERVER__PORT=$port BLAZE__WEBS
   BLAZE__WEBSOCKET__MAX_CONNECTIONS=100000 BLAZE__SERVER__MAX_CONNECTIONS=100000 BLAZE_LOG=warn \
   "$bin/blaze" serve --offline
 server=$started
+# jemalloc gives the model loads' transient buffers back to the system
+# after its decay time (10 s): the per-socket figure's baseline is taken
+# once that is done, not from a resident size still falling.
+sleep 12
 
 echo "== $idle idle sockets"
 "$bin/blaze-ws-bench" idle --address 127.0.0.1:$port --connections "$idle" --server-pid "$server" | tee "$work/idle.txt"
