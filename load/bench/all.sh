@@ -60,7 +60,7 @@ if [ $mode = smoke ]; then
   run usage usage.sh 1 2 64 0
   run websocket websocket.sh 1 2 100 1000
   run engines engines.sh 0.2 1
-  for name in security litellm embeddings chat prefix reload; do not_run[$name]="full run only"; done
+  for name in security litellm embeddings embed_references chat prefix reload; do not_run[$name]="full run only"; done
 else
   for name in health auth cache security suite usage gateway traces; do
     run $name $name.sh 3 10 64
@@ -85,6 +85,8 @@ else
     not_run[embeddings]="no inputs (log $logs/inputs.log)"
     failed=1
   fi
+  # In-process against PyTorch and onnxruntime (installs them once).
+  run embed_references embed_references.sh 3
   if [ -n "${BLAZE_BENCH_LLAMA_PYTHON:-}" ]; then
     run chat chat.sh "$BLAZE_BENCH_LLAMA_PYTHON" 2
   else

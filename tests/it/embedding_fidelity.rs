@@ -2,7 +2,7 @@
 //! (fixtures made by tests/fixtures/make_embedding_fixtures.py).
 
 use blaze::settings::{ConfigSources, Settings};
-use blaze_actors::inference::{Bert, EmbeddingEngine};
+use blaze_actors::inference::{Bert, EmbeddingEngine, Kernels};
 use blaze_actors::router::{ModelCache, ModelFiles};
 
 const MODEL: &str = "all-minilm-l6-v2";
@@ -27,13 +27,36 @@ fn cosine(a: &[f32], b: &[f64]) -> f64 {
     dot / (norm_a * norm_b)
 }
 
+/// Every kernel path this CPU runs; each must match the fixtures. On an
+/// x86-64 CPU with AVX2 the AVX2 path is among them, so that a broken
+/// feature check cannot drop it from the test unseen.
+fn kernels_here() -> Vec<Kernels> {
+    let kernels = Kernels::supported_here();
+    assert!(kernels.contains(&Kernels::Generic));
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        assert!(kernels.contains(&Kernels::Avx2), "{kernels:?}");
+    }
+    kernels
+}
+
 #[test]
 fn embeddings_match_sentence_transformers_alone_and_batched() {
+    let directory = model_directory();
+    for kernels in kernels_here() {
+        for threads in [1, 2] {
+            let engine = Bert::load_with_kernels(&directory, threads, kernels).unwrap();
+            assert_eq!(engine.kernels(), kernels);
+            embeddings_match_the_fixture(&engine, &format!("{kernels} on {threads} threads"));
+        }
+    }
+}
+
+fn embeddings_match_the_fixture(engine: &Bert, path: &str) {
     let fixture: serde_json::Value =
         serde_json::from_str(include_str!("../fixtures/embeddings-all-minilm-l6-v2.json")).unwrap();
     let cases = fixture["cases"].as_array().unwrap();
     assert!(cases.len() >= 20);
-    let engine = Bert::load(&model_directory(), 2).unwrap();
     assert_eq!(engine.dimensions(), 384);
 
     let tokens: Vec<Vec<u32>> =
@@ -49,8 +72,21 @@ fn embeddings_match_sentence_transformers_alone_and_batched() {
         let alone = engine.embed(&[&tokens[index]]).unwrap().remove(0);
         for (how, vector) in [("batched", &batched[index]), ("alone", &alone)] {
             let similarity = cosine(vector, &expected);
-            assert!(similarity >= 0.9999, "{how} {}: cosine {similarity}", case["input"]);
+            assert!(similarity >= 0.9999, "{path}, {how} {}: cosine {similarity}", case["input"]);
         }
+    }
+}
+
+#[test]
+fn the_fastest_kernels_serve_by_default_and_others_are_refused_at_load() {
+    let directory = model_directory();
+    // The test binary runs without BLAZE_KERNELS: the default is the best.
+    assert!(std::env::var_os("BLAZE_KERNELS").is_none());
+    assert_eq!(Bert::load(&directory, 1).unwrap().kernels(), Kernels::best());
+    assert_eq!(Kernels::best(), kernels_here()[0]);
+    for kernels in Kernels::ALL.into_iter().filter(|kernels| !kernels.supported()) {
+        let error = Bert::load_with_kernels(&directory, 1, kernels).err().unwrap();
+        assert!(error.to_string().contains("cannot run on this CPU"), "{error}");
     }
 }
 
@@ -97,7 +133,13 @@ fn the_pooling_and_normalization_come_from_the_model_files() {
     let cases = fixture["cases"].as_array().unwrap();
     assert!(cases.len() >= 20);
     let directory = cls_model_directory();
-    let engine = Bert::load(directory.path(), 2).unwrap();
+    for kernels in kernels_here() {
+        let engine = Bert::load_with_kernels(directory.path(), 2, kernels).unwrap();
+        cls_vectors_match_the_fixture(&engine, cases, kernels);
+    }
+}
+
+fn cls_vectors_match_the_fixture(engine: &Bert, cases: &[serde_json::Value], kernels: Kernels) {
     let tokens: Vec<Vec<u32>> =
         cases.iter().map(|case| engine.tokenize(case["input"].as_str().unwrap()).unwrap()).collect();
     let batch: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
@@ -111,12 +153,12 @@ fn the_pooling_and_normalization_come_from_the_model_files() {
         let alone = engine.embed(&[&tokens[index]]).unwrap().remove(0);
         for (how, vector) in [("batched", &batched[index]), ("alone", &alone)] {
             let similarity = cosine(vector, &expected);
-            assert!(similarity >= 0.9999, "{how} {}: cosine {similarity}", case["input"]);
+            assert!(similarity >= 0.9999, "{kernels}, {how} {}: cosine {similarity}", case["input"]);
             let length: Vec<f64> = vector.iter().map(|value| f64::from(*value)).collect();
             let ratio = norm(&length) / norm(&expected);
             // Within the rounding of the AMX path's bf16 weights (about
             // 0.1%); a normalized vector would be about a seventh as long.
-            assert!((ratio - 1.0).abs() < 1e-2, "{how} {}: length ratio {ratio}", case["input"]);
+            assert!((ratio - 1.0).abs() < 1e-2, "{kernels}, {how} {}: length ratio {ratio}", case["input"]);
         }
     }
 }

@@ -13,7 +13,7 @@ use actix::prelude::*;
 use tracing::{error, info};
 
 use super::chat::{llama_has_amx, ChatPool};
-use super::embed::{amx_in_use, Bert, EmbeddingPool};
+use super::embed::{Bert, EmbeddingPool};
 use super::engine::{ChatEngine, EmbeddingEngine, EngineError};
 use super::pool::WorkerExit;
 
@@ -97,7 +97,7 @@ fn embedding_thread(
                 Ok(()) => {
                     info!(
                         model = pool.model(),
-                        amx = amx_in_use(),
+                        kernels = engine.kernels(),
                         "model loaded and proven by a forward pass"
                     );
                     ended(pool.run_worker(engine.as_ref(), stop))

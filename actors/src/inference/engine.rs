@@ -28,6 +28,10 @@ pub trait EmbeddingEngine: Send {
     fn memory_bytes(&self) -> u64 {
         0
     }
+    /// The name of the kernels it computes on, for the start-up log.
+    fn kernels(&self) -> &'static str {
+        "none"
+    }
 }
 
 /// Most sequences one chat decoder holds at once.

@@ -25,6 +25,8 @@ pub use self::chat::{
     Grammar, GrammarError, Progress, SamplingParams, Sequence, StageTimes, Timing, TokenLogprob,
     ToolFunction, MOST_CHOICES, MOST_NESTING, MOST_REPETITION, MOST_TOP_LOGPROBS,
 };
-pub use self::embed::{BatchSettings, Bert, BertTokenizer, EmbeddingPool, EmbeddingResult, Truncation};
+pub use self::embed::{
+    BatchSettings, Bert, BertTokenizer, EmbeddingPool, EmbeddingResult, Kernels, Truncation,
+};
 pub use self::engine::{ChatDecoder, ChatEngine, ChatSequence, EmbeddingEngine, EngineError, MAX_SLOTS};
 pub use self::pool::{Lifecycle, Refused, WorkError, WorkerExit};

@@ -7,10 +7,10 @@
 //! eight times the multiply-adds per cycle of two AVX-512 FMA ports, and the
 //! bf16 weights stream half the bytes of f32.
 //!
-//! AMX needs the CPU (CPUID), the kernel (the process must ask for the
-//! tile state with `arch_prctl`), and the operator (`BLAZE_AMX=off` turns
-//! it off); [`available`] checks all three once. Where it is missing, the
-//! caller keeps its f32 path.
+//! AMX needs the CPU (CPUID) and the kernel (the process must ask for the
+//! tile state with `arch_prctl`); [`available`] checks both once, and a
+//! self-test product. Where it is missing, another path serves
+//! (`dispatch.rs`).
 
 use std::arch::asm;
 use std::sync::OnceLock;
@@ -31,12 +31,7 @@ struct Line([u16; 32]);
 /// the tile state on the first call.
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        if std::env::var("BLAZE_AMX").is_ok_and(|value| value.eq_ignore_ascii_case("off") || value == "0") {
-            return false;
-        }
-        cpu_has_amx_bf16() && request_tile_state() && self_test()
-    })
+    *AVAILABLE.get_or_init(|| cpu_has_amx_bf16() && request_tile_state() && self_test())
 }
 
 fn cpu_has_amx_bf16() -> bool {
@@ -379,7 +374,7 @@ mod tests {
         if !available() {
             // No AMX here: the f32 path serves; `available()` is what the
             // engine asks, so there is nothing else to check.
-            assert!(!cpu_has_amx_bf16() || !request_tile_state() || std::env::var("BLAZE_AMX").is_ok());
+            assert!(!cpu_has_amx_bf16() || !request_tile_state());
             return;
         }
         for &(rows, depth, columns) in

@@ -3,10 +3,12 @@
 
 #[cfg(all(target_arch = "x86_64", not(blaze_without_amx)))]
 use crate::inference::embed::amx;
+#[cfg(target_arch = "x86_64")]
+use crate::inference::embed::avx2;
+use crate::inference::embed::Kernels;
 
-/// A linear layer's `[in, out]` weight, in the form the products run on:
-/// bf16 tiles where the CPU has AMX, f32 for `gemm` otherwise (and always
-/// where the AMX kernels are not compiled in).
+/// A linear layer's `[in, out]` weight, in the form its kernels read: bf16
+/// tiles for AMX, 16-bit fixed-point panels for AVX2, f32 for `gemm`.
 pub(super) enum Dense {
     F32 {
         weight: Vec<f32>,
@@ -15,13 +17,23 @@ pub(super) enum Dense {
     },
     #[cfg(all(target_arch = "x86_64", not(blaze_without_amx)))]
     Amx(amx::PackedWeight),
+    #[cfg(target_arch = "x86_64")]
+    Avx2(avx2::PackedFixed),
 }
 
 impl Dense {
-    pub(super) fn new(weight: Vec<f32>, depth: usize, columns: usize) -> Self {
+    /// The weight packed for `kernels`, which the caller has checked this
+    /// CPU runs ([`Kernels::supported`]).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables, reason = "one path on other CPUs"))]
+    pub(super) fn new(weight: Vec<f32>, depth: usize, columns: usize, kernels: Kernels) -> Self {
+        // Not a match: on other CPUs it would have one wildcard arm.
         #[cfg(all(target_arch = "x86_64", not(blaze_without_amx)))]
-        if amx::available() {
+        if kernels == Kernels::Amx {
             return Self::Amx(amx::PackedWeight::pack(&weight, depth, columns));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if kernels == Kernels::Avx2 {
+            return Self::Avx2(avx2::PackedFixed::pack(&weight, depth, columns));
         }
         Self::F32 { weight, depth, columns }
     }
@@ -32,6 +44,8 @@ impl Dense {
             Self::F32 { weight, .. } => super::weights::float_bytes(weight),
             #[cfg(all(target_arch = "x86_64", not(blaze_without_amx)))]
             Self::Amx(packed) => packed.bytes(),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2(packed) => packed.bytes(),
         }
     }
 
@@ -44,6 +58,10 @@ impl Dense {
             #[cfg(all(target_arch = "x86_64", not(blaze_without_amx)))]
             Self::Amx(packed) => {
                 amx::product(out, lhs, rows, packed, !matches!(parallelism, gemm::Parallelism::None))
+            }
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2(packed) => {
+                avx2::product(out, lhs, rows, packed, !matches!(parallelism, gemm::Parallelism::None))
             }
         }
     }

@@ -104,6 +104,36 @@ impl Bert {
         kernels::add_bias(&mut qkv, &layer.qkv_bias);
 
         let mut context = vec![0.0; total * hidden];
+        let threads = rayon::current_num_threads().min(heads);
+        if !matches!(parallelism, gemm::Parallelism::None) && lengths.len() < threads {
+            // Fewer sequences than threads (one long sentence): the heads
+            // are shared between the threads instead, each group of heads
+            // into a buffer of its own, its columns copied back after.
+            let per_group = heads.div_ceil(threads);
+            let groups: Vec<std::ops::Range<usize>> =
+                (0..heads).step_by(per_group).map(|first| first..(first + per_group).min(heads)).collect();
+            let parts: Vec<Vec<f32>> = groups
+                .par_iter()
+                .map(|group| {
+                    let mut part = vec![0.0; total * hidden];
+                    let mut start = 0;
+                    for &length in lengths {
+                        let qkv = &qkv[start * 3 * hidden..(start + length) * 3 * hidden];
+                        let out = &mut part[start * hidden..(start + length) * hidden];
+                        attend_heads(qkv, out, hidden, head_width, length, group.clone());
+                        start += length;
+                    }
+                    part
+                })
+                .collect();
+            for (group, part) in groups.iter().zip(&parts) {
+                let columns = group.start * head_width..group.end * head_width;
+                for (row, source) in context.chunks_exact_mut(hidden).zip(part.chunks_exact(hidden)) {
+                    row[columns.clone()].copy_from_slice(&source[columns.clone()]);
+                }
+            }
+            return context;
+        }
         let mut pieces = Vec::with_capacity(lengths.len());
         let (mut qkv_rest, mut context_rest) = (&qkv[..], &mut context[..]);
         for &length in lengths {
@@ -113,24 +143,7 @@ impl Bert {
             (qkv_rest, context_rest) = (qkv_tail, context_tail);
         }
         pieces.into_par_iter().for_each(|(qkv, context, length)| {
-            let mut scores = vec![0.0; length * length];
-            for head in 0..heads {
-                let offset = head * head_width;
-                if length < GEMM_ATTENTION_FROM {
-                    kernels::attend(
-                        qkv,
-                        3 * hidden,
-                        hidden,
-                        offset,
-                        head_width,
-                        length,
-                        &mut scores,
-                        context,
-                    );
-                } else {
-                    attend_with_gemm(qkv, hidden, offset, head_width, length, &mut scores, context);
-                }
-            }
+            attend_heads(qkv, context, hidden, head_width, length, 0..heads);
         });
         context
     }
@@ -180,6 +193,28 @@ pub(super) fn split_by_tokens<'a>(batch: &[&'a [u32]], groups: usize) -> Vec<Vec
         }
     }
     split
+}
+
+/// Self-attention of one sequence's `heads`: `qkv` holds its rows of
+/// `[query | key | value]`, `context` its output rows (`hidden` wide), into
+/// which each head writes its own columns.
+fn attend_heads(
+    qkv: &[f32],
+    context: &mut [f32],
+    hidden: usize,
+    head_width: usize,
+    length: usize,
+    heads: std::ops::Range<usize>,
+) {
+    let mut scores = vec![0.0; length * length];
+    for head in heads {
+        let offset = head * head_width;
+        if length < GEMM_ATTENTION_FROM {
+            kernels::attend(qkv, 3 * hidden, hidden, offset, head_width, length, &mut scores, context);
+        } else {
+            attend_with_gemm(qkv, hidden, offset, head_width, length, &mut scores, context);
+        }
+    }
 }
 
 /// From this sequence length on, attention's two products go to `gemm`;

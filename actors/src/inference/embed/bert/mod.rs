@@ -9,7 +9,7 @@
 //! - `weights.rs`: loading the safetensors weights into the layout the
 //!   products read;
 //! - `forward.rs`: the forward pass over a packed batch;
-//! - `dense.rs`: the dense products, on AMX tiles or `gemm`.
+//! - `dense.rs`: the dense products, on the kernels chosen at load.
 
 mod dense;
 mod forward;
@@ -51,6 +51,8 @@ pub struct Bert {
     pool: rayon::ThreadPool,
     /// How the token states become the vector (the model's own files say).
     pooling: Pooling,
+    /// What the dense products run on.
+    kernels: crate::inference::embed::Kernels,
 }
 
 fn load_error(what: impl std::fmt::Display) -> EngineError {
@@ -61,6 +63,11 @@ impl Bert {
     /// The tokenizer this engine was loaded with.
     pub fn tokenizer(&self) -> std::sync::Arc<BertTokenizer> {
         self.tokenizer.clone()
+    }
+
+    /// The kernels its dense products run on.
+    pub fn kernels(&self) -> crate::inference::embed::Kernels {
+        self.kernels
     }
 }
 
@@ -93,6 +100,10 @@ impl EmbeddingEngine for Bert {
         .map(|vector| weights::float_bytes(vector))
         .sum::<u64>()
             + self.layers.iter().map(Layer::bytes).sum::<u64>()
+    }
+
+    fn kernels(&self) -> &'static str {
+        self.kernels.name()
     }
 
     fn embed(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, EngineError> {

@@ -8,6 +8,7 @@ use safetensors::SafeTensors;
 
 use super::dense::Dense;
 use super::{load_error, Bert, BertConfig, BertTokenizer};
+use crate::inference::embed::Kernels;
 use crate::inference::engine::EngineError;
 
 /// One encoder layer's weights.
@@ -51,6 +52,7 @@ impl Layer {
 struct Tensors<'a> {
     tensors: SafeTensors<'a>,
     hidden: usize,
+    kernels: Kernels,
 }
 
 impl Tensors<'_> {
@@ -86,7 +88,7 @@ impl Tensors<'_> {
 
     /// A linear weight `[out, in]`, packed for its products.
     fn dense(&self, name: &str, out: usize, input: usize) -> Result<Dense, EngineError> {
-        Ok(Dense::new(self.linear(name, out, input)?, input, out))
+        Ok(Dense::new(self.linear(name, out, input)?, input, out, self.kernels))
     }
 
     /// A layer norm's gamma and beta.
@@ -114,7 +116,7 @@ impl Tensors<'_> {
         for name in ["query", "key", "value"] {
             bias.extend(self.tensor(&format!("{prefix}.attention.self.{name}.bias"), &[hidden])?);
         }
-        Ok((Dense::new(weight, hidden, 3 * hidden), bias))
+        Ok((Dense::new(weight, hidden, 3 * hidden, self.kernels), bias))
     }
 
     /// Encoder layer `index`, `inner` wide in its feed-forward part.
@@ -138,8 +140,22 @@ impl Tensors<'_> {
 
 impl Bert {
     /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from
-    /// `directory`; `threads` compute threads.
+    /// `directory`; `threads` compute threads, the kernels the operator
+    /// configured (`BLAZE_KERNELS`) or else the fastest the CPU runs.
     pub fn load(directory: &Path, threads: usize) -> Result<Self, EngineError> {
+        Self::load_with_kernels(directory, threads, Kernels::configured().map_err(load_error)?)
+    }
+
+    /// As [`Bert::load`], on the given kernels (refused when this CPU
+    /// cannot run them).
+    pub fn load_with_kernels(
+        directory: &Path,
+        threads: usize,
+        kernels: Kernels,
+    ) -> Result<Self, EngineError> {
+        if !kernels.supported() {
+            return Err(load_error(format!("the {kernels} kernels cannot run on this CPU")));
+        }
         let read = |name: &str| {
             std::fs::read(directory.join(name)).map_err(|error| load_error(format!("{name}: {error}")))
         };
@@ -152,7 +168,7 @@ impl Bert {
         if config.num_attention_heads == 0 || !hidden.is_multiple_of(config.num_attention_heads) {
             return Err(load_error("hidden_size must be a multiple of num_attention_heads"));
         }
-        let tensors = Tensors { tensors, hidden };
+        let tensors = Tensors { tensors, hidden, kernels };
         let layers = (0..config.num_hidden_layers)
             .map(|index| tensors.layer(index, config.intermediate_size))
             .collect::<Result<Vec<_>, _>>()?;
@@ -175,6 +191,7 @@ impl Bert {
             tokenizer,
             pool,
             pooling,
+            kernels,
             config,
         })
     }
