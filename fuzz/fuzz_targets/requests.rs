@@ -24,7 +24,8 @@ static LIMITS: LazyLock<ValidationSettings> = LazyLock::new(|| {
     settings.validation
 });
 
-const ENDPOINTS: [Endpoint; 4] = [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings, Endpoint::Responses];
+const ENDPOINTS: [Endpoint; 4] =
+    [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings, Endpoint::Responses];
 
 fuzz_target!(|data: &[u8]| {
     for endpoint in ENDPOINTS {
