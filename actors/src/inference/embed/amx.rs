@@ -200,29 +200,16 @@ pub fn product(out: &mut [f32], lhs: &[f32], rows: usize, weight: &PackedWeight,
     if rows == 0 {
         return;
     }
-    let blocks = weight.column_blocks();
-    let threads = if parallel { rayon::current_num_threads().min(blocks) } else { 1 };
-    if threads <= 1 {
-        // SAFETY: `available()` granted the tile state; shapes checked above.
-        unsafe { product_rows(out, lhs, rows, weight, 0..blocks) };
-        return;
-    }
     let rows_bf16 = Rows::convert(lhs, rows, weight.depth, weight.depth_blocks);
     let out_address = out.as_mut_ptr() as usize;
-    let per_thread = blocks.div_ceil(threads);
-    rayon::scope(|scope| {
-        for first in (0..blocks).step_by(per_thread) {
-            let rows_bf16 = &rows_bf16;
-            scope.spawn(move |_| {
-                let range = first..(first + per_thread).min(blocks);
-                // SAFETY: each task writes only the output columns of its own
-                // blocks, so the writes through the shared address are
-                // disjoint; the output outlives the scope.
-                unsafe {
-                    let out = std::slice::from_raw_parts_mut(out_address as *mut f32, rows * weight.columns);
-                    blocks_of(out, rows_bf16, rows, weight, range);
-                }
-            });
+    super::share_columns(weight.column_blocks(), parallel, |blocks| {
+        // SAFETY: each share writes only the output columns of its own
+        // blocks, so the writes through the shared address are disjoint;
+        // the output outlives the call; `available()` granted the tile
+        // state (asserted) and the shapes are checked above.
+        unsafe {
+            let out = std::slice::from_raw_parts_mut(out_address as *mut f32, rows * weight.columns);
+            blocks_of(out, &rows_bf16, rows, weight, blocks);
         }
     });
 }

@@ -118,33 +118,11 @@ pub fn product(out: &mut [f32], lhs: &[f32], rows: usize, weight: &PackedFixed, 
     }
     // SAFETY: the CPU has AVX2 (asserted).
     let scaled = unsafe { scale_rows(lhs, rows, weight) };
-    let panels = weight.panels;
-    let threads = if parallel { rayon::current_num_threads().min(panels) } else { 1 };
-    if threads <= 1 {
-        // SAFETY: features and shapes as checked; `out` is exclusively ours.
-        unsafe { panels_of(out.as_mut_ptr(), &scaled, rows, weight, 0..panels) };
-        return;
-    }
     let out_address = out.as_mut_ptr() as usize;
-    let per_thread = panels.div_ceil(threads);
-    rayon::scope(|scope| {
-        for first in (0..panels).step_by(per_thread) {
-            let scaled = &scaled;
-            scope.spawn(move |_| {
-                // SAFETY: each task writes only the columns of its own
-                // panels; `out` outlives the scope; features and shapes as
-                // above.
-                unsafe {
-                    panels_of(
-                        out_address as *mut f32,
-                        scaled,
-                        rows,
-                        weight,
-                        first..(first + per_thread).min(panels),
-                    )
-                };
-            });
-        }
+    super::share_columns(weight.panels, parallel, |panels| {
+        // SAFETY: each share writes only the columns of its own panels;
+        // `out` outlives the call; features and shapes as checked above.
+        unsafe { panels_of(out_address as *mut f32, &scaled, rows, weight, panels) };
     });
 }
 

@@ -21,5 +21,24 @@ pub use self::bert::{Bert, BertTokenizer, Truncation};
 pub use self::dispatch::Kernels;
 pub use self::pool::{BatchSettings, EmbeddingPool, EmbeddingResult};
 
+/// Runs `work` over `0..units` (column blocks of a product's output): one
+/// share per rayon thread when `parallel`, else the whole on the calling
+/// thread. The kernels' way of splitting one product between the cores.
+#[cfg(target_arch = "x86_64")]
+fn share_columns(units: usize, parallel: bool, work: impl Fn(std::ops::Range<usize>) + Sync) {
+    let threads = if parallel { rayon::current_num_threads().min(units) } else { 1 };
+    if threads <= 1 {
+        work(0..units);
+        return;
+    }
+    let per_thread = units.div_ceil(threads);
+    rayon::scope(|scope| {
+        for first in (0..units).step_by(per_thread) {
+            let work = &work;
+            scope.spawn(move |_| work(first..(first + per_thread).min(units)));
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests;
