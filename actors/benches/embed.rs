@@ -3,7 +3,7 @@
 //!
 //!     cargo bench --workspace --bench embed -- MODEL_DIR FILE LABEL 1,8,32 [--sentences N] [--repeats N] [--threads N] [--kernels K,...]
 //!
-//! `--kernels` runs each named path (amx, avx2, generic; default: the one
+//! `--kernels` runs each named path (amx, avx512bf16, avx512vnni, avx2, generic; default: the one
 //! Blaze would pick) in turn, alternating rounds, so their figures come
 //! from one run.
 

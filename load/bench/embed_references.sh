@@ -10,7 +10,7 @@
 #
 # ROUNDS (default 3) alternations of Blaze, PyTorch and onnxruntime; each
 # engine reports the median of its rounds. KERNELS (default: every path
-# this CPU runs, e.g. avx2,generic) are Blaze's kernel paths to measure.
+# this CPU runs, e.g. avx512bf16,avx512vnni,avx2,generic) are Blaze's kernel paths to measure.
 # The references are installed once into a venv under the cache dir
 # (PyPI: torch, sentence-transformers, onnxruntime), and the ONNX export
 # of the pulled weights is kept beside it. Not part of the test suite.
@@ -35,7 +35,7 @@ model=${BLAZE_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/blaze/models}/all-mini
 onnx=$cache/all-minilm-l6-v2.onnx
 [ -s "$onnx" ] || "$python" "$helper" export "$model" "$onnx" >/dev/null 2>&1
 
-kernels=${2:-$(grep -qw amx_tile /proc/cpuinfo && echo amx, || true)$(grep -qw avx2 /proc/cpuinfo && echo avx2, || true)generic}
+kernels=${2:-$(grep -qw amx_tile /proc/cpuinfo && echo amx, || true)$(grep -qw avx512_bf16 /proc/cpuinfo && echo avx512bf16, || true)$(grep -qw avx512_vnni /proc/cpuinfo && echo avx512vnni, || true)$(grep -qw avx2 /proc/cpuinfo && echo avx2, || true)generic}
 results=$work/results.txt
 : > "$results"
 # One round: each engine once over both inputs. Short inputs: 256

@@ -28,14 +28,29 @@ fn cosine(a: &[f32], b: &[f64]) -> f64 {
 }
 
 /// Every kernel path this CPU runs; each must match the fixtures. On an
-/// x86-64 CPU with AVX2 the AVX2 path is among them, so that a broken
-/// feature check cannot drop it from the test unseen.
+/// x86-64 CPU with AVX2 the AVX2 path is among them, and with AVX-512 BF16
+/// or VNNI those paths, so that a broken feature check cannot drop one from
+/// the test unseen.
 fn kernels_here() -> Vec<Kernels> {
     let kernels = Kernels::supported_here();
     assert!(kernels.contains(&Kernels::Generic));
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         assert!(kernels.contains(&Kernels::Avx2), "{kernels:?}");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512bf16")
+    {
+        assert!(kernels.contains(&Kernels::Avx512Bf16), "{kernels:?}");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
+    {
+        assert!(kernels.contains(&Kernels::Avx512Vnni), "{kernels:?}");
     }
     kernels
 }

@@ -15,6 +15,8 @@
 use std::arch::asm;
 use std::sync::OnceLock;
 
+use super::to_bf16;
+
 /// Output rows and columns of one tile, and depth (bf16 values) of one step.
 const TILE_ROWS: usize = 16;
 const TILE_COLUMNS: usize = 16;
@@ -57,21 +59,14 @@ fn request_tile_state() -> bool {
     }
 }
 
-/// A product with known bf16-exact answer, so that a CPU or hypervisor that
-/// lists AMX without running it correctly is caught before serving.
+/// The start-up product ([`super::checks::exact_product_holds`]).
 fn self_test() -> bool {
-    let (m, k, n) = (3, 40, 48);
-    let lhs: Vec<f32> = (0..m * k).map(|index| (index % 7) as f32 - 3.0).collect();
-    let weight: Vec<f32> = (0..k * n).map(|index| (index % 5) as f32 - 2.0).collect();
-    let packed = PackedWeight::pack(&weight, k, n);
-    let mut out = vec![0.0; m * n];
-    // SAFETY: the tile state was granted (checked before this runs).
-    unsafe { product_rows(&mut out, &lhs, m, &packed, 0..packed.column_blocks()) };
-    (0..m).all(|row| {
-        (0..n).all(|column| {
-            let expected: f32 = (0..k).map(|depth| lhs[row * k + depth] * weight[depth * n + column]).sum();
-            out[row * n + column] == expected
-        })
+    super::checks::exact_product_holds((3, 40, 48), |lhs, weight| {
+        let packed = PackedWeight::pack(weight, 40, 48);
+        let mut out = vec![0.0; 3 * 48];
+        // SAFETY: the tile state was granted (checked before this runs).
+        unsafe { product_rows(&mut out, lhs, 3, &packed, 0..packed.column_blocks()) };
+        out
     })
 }
 
@@ -126,13 +121,6 @@ impl PackedWeight {
     fn tile(&self, tile_column: usize, block: usize) -> *const Line {
         self.lines[(tile_column * self.depth_blocks + block) * TILE_ROWS..].as_ptr()
     }
-}
-
-/// f32 to bf16, rounding to nearest even (inputs here are finite).
-#[inline(always)]
-fn to_bf16(value: f32) -> u16 {
-    let bits = value.to_bits();
-    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
 }
 
 /// The left-hand side in bf16, rows padded to whole tiles of 16 and depth
@@ -364,45 +352,16 @@ mod tests {
             assert!(!cpu_has_amx_bf16() || !request_tile_state());
             return;
         }
-        for &(rows, depth, columns) in
-            &[(1, 32, 32), (12, 384, 1152), (17, 70, 50), (33, 1536, 384), (64, 384, 96)]
-        {
-            let lhs: Vec<f32> =
-                (0..rows * depth).map(|index| ((index * 37 % 101) as f32 - 50.0) / 17.0).collect();
-            let weight: Vec<f32> =
-                (0..depth * columns).map(|index| ((index * 53 % 97) as f32 - 48.0) / 23.0).collect();
-            let packed = PackedWeight::pack(&weight, depth, columns);
-            for parallel in [false, true] {
+        super::super::checks::assert_products_near_reference(
+            &[(1, 32, 32), (12, 384, 1152), (17, 70, 50), (33, 1536, 384), (64, 384, 96)],
+            |lhs, weight, (rows, depth, columns), parallel| {
+                let packed = PackedWeight::pack(weight, depth, columns);
                 let mut out = vec![f32::NAN; rows * columns];
-                product(&mut out, &lhs, rows, &packed, parallel);
-                for row in 0..rows {
-                    for column in 0..columns {
-                        let expected: f64 = (0..depth)
-                            .map(|index| {
-                                let a = f32::from_bits(u32::from(to_bf16(lhs[row * depth + index])) << 16);
-                                let b = f32::from_bits(
-                                    u32::from(to_bf16(weight[index * columns + column])) << 16,
-                                );
-                                f64::from(a) * f64::from(b)
-                            })
-                            .sum();
-                        let got = f64::from(out[row * columns + column]);
-                        assert!(
-                            (got - expected).abs() <= 1e-4 * expected.abs().max(1.0),
-                            "{rows}x{depth}x{columns} parallel={parallel} [{row},{column}]: {got} vs {expected}"
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn bf16_rounds_to_nearest_even() {
-        assert_eq!(to_bf16(1.0), 0x3f80);
-        assert_eq!(to_bf16(f32::from_bits(0x3f80_8000)), 0x3f80);
-        assert_eq!(to_bf16(f32::from_bits(0x3f81_8000)), 0x3f82);
-        assert_eq!(to_bf16(f32::from_bits(0x3f80_8001)), 0x3f81);
-        assert_eq!(to_bf16(-2.5), 0xc020);
+                product(&mut out, lhs, rows, &packed, parallel);
+                out
+            },
+            |value| f64::from(f32::from_bits(u32::from(to_bf16(value)) << 16)),
+            1e-4,
+        );
     }
 }

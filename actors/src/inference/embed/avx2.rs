@@ -27,12 +27,12 @@ use std::arch::x86_64::{
 use std::ops::Range;
 
 /// Output columns of one panel.
-const PANEL: usize = 16;
+pub(super) const PANEL: usize = 16;
 /// Output rows of one register block: 12 accumulators, 2 weight registers
 /// and one broadcast.
 const BLOCK_ROWS: usize = 6;
 /// Depths of one chunk: its sums stay in 32 bits; each has a row scale.
-const CHUNK: usize = 64;
+pub(super) const CHUNK: usize = 64;
 /// Largest magnitude of a scaled row value and weight.
 const ROW_LIMIT: f32 = 8191.0;
 const WEIGHT_LIMIT: f32 = 2047.0;
@@ -47,15 +47,17 @@ pub fn available() -> bool {
 }
 
 /// A `[k, n]` weight in 16-bit panels: for each panel of 16 columns and
-/// each pair of depths, 8 columns × (even, odd depth) then the next 8.
+/// each pair of depths, 8 columns × (even, odd depth) then the next 8 (so
+/// that, read as one 512-bit line, 32-bit lane j is column j: the AVX-512
+/// VNNI kernels read the same panels).
 pub struct PackedFixed {
-    depth: usize,
-    columns: usize,
-    panels: usize,
-    chunks: usize,
-    values: Vec<i16>,
+    pub(super) depth: usize,
+    pub(super) columns: usize,
+    pub(super) panels: usize,
+    pub(super) chunks: usize,
+    pub(super) values: Vec<i16>,
     /// Each column's scale (weight = value × scale); padded to whole panels.
-    scales: Vec<f32>,
+    pub(super) scales: Vec<f32>,
 }
 
 impl PackedFixed {
@@ -94,35 +96,54 @@ impl PackedFixed {
     }
 
     /// The depth the rows are padded to.
-    fn padded_depth(&self) -> usize {
+    pub(super) fn padded_depth(&self) -> usize {
         self.chunks * CHUNK
     }
 }
 
 /// The left-hand rows scaled: `rows × padded depth` values and a scale per
 /// row and chunk.
-struct Rows {
-    values: Vec<i16>,
-    scales: Vec<f32>,
+pub(super) struct Rows {
+    pub(super) values: Vec<i16>,
+    pub(super) scales: Vec<f32>,
 }
 
 /// `out[m, n] = lhs[m, k] · weight[k, n]` (row-major), the panels split
 /// between the calling thread and rayon's when `parallel`.
 pub fn product(out: &mut [f32], lhs: &[f32], rows: usize, weight: &PackedFixed, parallel: bool) {
     assert!(available(), "AVX2 products need `available()`");
+    // SAFETY: the CPU has AVX2 and FMA (asserted).
+    unsafe { product_on(out, lhs, rows, weight, parallel, panels_of) }
+}
+
+/// Blocks of some panels of the output: the kernels of one instruction set.
+pub(super) type Panels = unsafe fn(*mut f32, &Rows, usize, &PackedFixed, Range<usize>);
+
+/// [`product`] with the panels computed by `panels`.
+///
+/// # Safety
+/// The CPU must run `panels` (and AVX2, for the row scaling).
+pub(super) unsafe fn product_on(
+    out: &mut [f32],
+    lhs: &[f32],
+    rows: usize,
+    weight: &PackedFixed,
+    parallel: bool,
+    panels: Panels,
+) {
     assert_eq!(lhs.len(), rows * weight.depth, "left-hand shape");
     assert_eq!(out.len(), rows * weight.columns, "output shape");
     if rows == 0 || weight.depth == 0 {
         out.fill(0.0);
         return;
     }
-    // SAFETY: the CPU has AVX2 (asserted).
+    // SAFETY: the caller's promise.
     let scaled = unsafe { scale_rows(lhs, rows, weight) };
     let out_address = out.as_mut_ptr() as usize;
-    super::share_columns(weight.panels, parallel, |panels| {
+    super::share_columns(weight.panels, parallel, |share| {
         // SAFETY: each share writes only the columns of its own panels;
         // `out` outlives the call; features and shapes as checked above.
-        unsafe { panels_of(out_address as *mut f32, &scaled, rows, weight, panels) };
+        unsafe { panels(out_address as *mut f32, &scaled, rows, weight, share) };
     });
 }
 
@@ -243,20 +264,21 @@ unsafe fn panels_of(out: *mut f32, scaled: &Rows, rows: usize, weight: &PackedFi
 }
 
 /// A block's scaled rows: values `padded` apart, scales `chunks` apart.
-struct Left<'a> {
-    values: &'a [i16],
-    scales: &'a [f32],
-    padded: usize,
-    chunks: usize,
+pub(super) struct Left<'a> {
+    pub(super) values: &'a [i16],
+    pub(super) scales: &'a [f32],
+    pub(super) padded: usize,
+    pub(super) chunks: usize,
 }
 
-/// Where a block's results go: `ROWS` rows of `width` values, `stride`
-/// apart, each column multiplied by its weight scale.
-struct Target<'a> {
-    at: *mut f32,
-    stride: usize,
-    width: usize,
-    scales: &'a [f32],
+/// Where a block's results go: rows `stride` apart, of which the first
+/// `width` columns (up to the block's: 16 here, 32 in `vnni.rs`) are the
+/// output's, each multiplied by its weight scale.
+pub(super) struct Target<'a> {
+    pub(super) at: *mut f32,
+    pub(super) stride: usize,
+    pub(super) width: usize,
+    pub(super) scales: &'a [f32],
 }
 
 /// One `ROWS × 16` block over the whole depth.
@@ -334,41 +356,27 @@ mod tests {
     #[test]
     fn products_match_a_reference_within_the_rounding() {
         assert!(available(), "the x86-64 CI machines have AVX2");
-        for &(rows, depth, columns) in &[
-            (1, 32, 32),
-            (12, 384, 1152),
-            (17, 70, 50),
-            (13, 1536, 384),
-            (64, 384, 96),
-            (7, 600, 17),
-            (40, 520, 300),
-        ] {
-            let lhs: Vec<f32> =
-                (0..rows * depth).map(|index| ((index * 37 % 101) as f32 - 50.0) / 17.0).collect();
-            let weight: Vec<f32> =
-                (0..depth * columns).map(|index| ((index * 53 % 97) as f32 - 48.0) / 23.0).collect();
-            let packed = PackedFixed::pack(&weight, depth, columns);
-            for parallel in [false, true] {
+        // Each term is off by at most about 1/4094 of its column's largest
+        // weight (and less for the row): well inside 1e-3.
+        super::super::checks::assert_products_near_reference(
+            &[
+                (1, 32, 32),
+                (12, 384, 1152),
+                (17, 70, 50),
+                (13, 1536, 384),
+                (64, 384, 96),
+                (7, 600, 17),
+                (40, 520, 300),
+            ],
+            |lhs, weight, (rows, depth, columns), parallel| {
+                let packed = PackedFixed::pack(weight, depth, columns);
                 let mut out = vec![f32::NAN; rows * columns];
-                product(&mut out, &lhs, rows, &packed, parallel);
-                for row in 0..rows {
-                    for column in 0..columns {
-                        let terms = (0..depth).map(|index| {
-                            f64::from(lhs[row * depth + index]) * f64::from(weight[index * columns + column])
-                        });
-                        let expected: f64 = terms.clone().sum();
-                        let magnitude: f64 = terms.map(f64::abs).sum();
-                        let got = f64::from(out[row * columns + column]);
-                        // Each term is off by at most about 1/4094 of its column's
-                        // largest weight (and less for the row): well inside 1e-3.
-                        assert!(
-                            (got - expected).abs() <= 1e-3 * magnitude.max(1.0),
-                            "{rows}x{depth}x{columns} parallel={parallel} [{row},{column}]: {got} vs {expected}"
-                        );
-                    }
-                }
-            }
-        }
+                product(&mut out, lhs, rows, &packed, parallel);
+                out
+            },
+            f64::from,
+            1e-3,
+        );
     }
 
     #[test]

@@ -9,6 +9,12 @@ use std::fmt;
 pub enum Kernels {
     /// Intel AMX tiles, bf16 weights and rows, f32 sums (`amx.rs`).
     Amx,
+    /// AVX-512 BF16, bf16 weights packed at load, rows rounded per
+    /// product, f32 sums (`avx512.rs`).
+    Avx512Bf16,
+    /// AVX-512 VNNI on the AVX2 path's 16-bit fixed-point weights and rows,
+    /// f32 sums (`vnni.rs`).
+    Avx512Vnni,
     /// AVX2 and FMA, 16-bit fixed-point weights packed at load, rows
     /// scaled per product, f32 sums (`avx2.rs`).
     Avx2,
@@ -19,12 +25,15 @@ pub enum Kernels {
 
 impl Kernels {
     /// Every kind, fastest first.
-    pub const ALL: [Kernels; 3] = [Kernels::Amx, Kernels::Avx2, Kernels::Generic];
+    pub const ALL: [Kernels; 5] =
+        [Kernels::Amx, Kernels::Avx512Bf16, Kernels::Avx512Vnni, Kernels::Avx2, Kernels::Generic];
 
     /// The name `BLAZE_KERNELS` takes and the start-up log gives.
     pub fn name(self) -> &'static str {
         match self {
             Self::Amx => "amx",
+            Self::Avx512Bf16 => "avx512bf16",
+            Self::Avx512Vnni => "avx512vnni",
             Self::Avx2 => "avx2",
             Self::Generic => "generic",
         }
@@ -35,6 +44,8 @@ impl Kernels {
     pub fn supported(self) -> bool {
         match self {
             Self::Amx => amx_available(),
+            Self::Avx512Bf16 => avx512_bf16_available(),
+            Self::Avx512Vnni => avx512_vnni_available(),
             Self::Avx2 => avx2_available(),
             Self::Generic => true,
         }
@@ -69,7 +80,11 @@ impl Kernels {
         let chosen = Self::ALL
             .into_iter()
             .find(|kernels| kernels.name().eq_ignore_ascii_case(value))
-            .ok_or_else(|| format!("BLAZE_KERNELS={value:?}: expected auto, amx, avx2 or generic"))?;
+            .ok_or_else(|| {
+                format!(
+                    "BLAZE_KERNELS={value:?}: expected auto, amx, avx512bf16, avx512vnni, avx2 or generic"
+                )
+            })?;
         if chosen.supported() {
             Ok(chosen)
         } else {
@@ -91,6 +106,26 @@ fn amx_available() -> bool {
 
 #[cfg(not(all(target_arch = "x86_64", not(blaze_without_amx))))]
 fn amx_available() -> bool {
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512_bf16_available() -> bool {
+    super::avx512::available()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512_bf16_available() -> bool {
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512_vnni_available() -> bool {
+    super::vnni::available()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512_vnni_available() -> bool {
     false
 }
 
@@ -118,7 +153,10 @@ mod tests {
         assert_eq!(Kernels::parse(""), Ok(Kernels::best()));
         for bad in ["avx9", "generic,avx2", "amx\0", "ａｍｘ"] {
             let problem = Kernels::parse(bad).expect_err(bad);
-            assert!(problem.contains("expected auto, amx, avx2 or generic"), "{problem}");
+            assert!(
+                problem.contains("expected auto, amx, avx512bf16, avx512vnni, avx2 or generic"),
+                "{problem}"
+            );
         }
     }
 
@@ -134,6 +172,22 @@ mod tests {
         assert_eq!(
             Kernels::Avx2.supported(),
             is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        );
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            Kernels::Avx512Bf16.supported(),
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512bf16"),
+            "the start-up check passes wherever the features are"
+        );
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            Kernels::Avx512Vnni.supported(),
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+                && Kernels::Avx2.supported()
         );
     }
 }

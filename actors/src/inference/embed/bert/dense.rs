@@ -3,12 +3,13 @@
 
 #[cfg(all(target_arch = "x86_64", not(blaze_without_amx)))]
 use crate::inference::embed::amx;
-#[cfg(target_arch = "x86_64")]
-use crate::inference::embed::avx2;
 use crate::inference::embed::Kernels;
+#[cfg(target_arch = "x86_64")]
+use crate::inference::embed::{avx2, avx512, vnni};
 
 /// A linear layer's `[in, out]` weight, in the form its kernels read: bf16
-/// tiles for AMX, 16-bit fixed-point panels for AVX2, f32 for `gemm`.
+/// tiles for AMX, bf16 panels for AVX-512 BF16, 16-bit fixed-point panels
+/// for AVX-512 VNNI and AVX2, f32 for `gemm`.
 pub(super) enum Dense {
     F32 {
         weight: Vec<f32>,
@@ -17,6 +18,11 @@ pub(super) enum Dense {
     },
     #[cfg(all(target_arch = "x86_64", not(blaze_without_amx)))]
     Amx(amx::PackedWeight),
+    #[cfg(target_arch = "x86_64")]
+    Avx512Bf16(avx512::PackedBf16),
+    /// The AVX2 panels, read by the AVX-512 VNNI kernels.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni(avx2::PackedFixed),
     #[cfg(target_arch = "x86_64")]
     Avx2(avx2::PackedFixed),
 }
@@ -32,6 +38,14 @@ impl Dense {
             return Self::Amx(amx::PackedWeight::pack(&weight, depth, columns));
         }
         #[cfg(target_arch = "x86_64")]
+        if kernels == Kernels::Avx512Bf16 {
+            return Self::Avx512Bf16(avx512::PackedBf16::pack(&weight, depth, columns));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if kernels == Kernels::Avx512Vnni {
+            return Self::Avx512Vnni(avx2::PackedFixed::pack(&weight, depth, columns));
+        }
+        #[cfg(target_arch = "x86_64")]
         if kernels == Kernels::Avx2 {
             return Self::Avx2(avx2::PackedFixed::pack(&weight, depth, columns));
         }
@@ -45,7 +59,9 @@ impl Dense {
             #[cfg(all(target_arch = "x86_64", not(blaze_without_amx)))]
             Self::Amx(packed) => packed.bytes(),
             #[cfg(target_arch = "x86_64")]
-            Self::Avx2(packed) => packed.bytes(),
+            Self::Avx512Bf16(packed) => packed.bytes(),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Vnni(packed) | Self::Avx2(packed) => packed.bytes(),
         }
     }
 
@@ -58,6 +74,14 @@ impl Dense {
             #[cfg(all(target_arch = "x86_64", not(blaze_without_amx)))]
             Self::Amx(packed) => {
                 amx::product(out, lhs, rows, packed, !matches!(parallelism, gemm::Parallelism::None))
+            }
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Bf16(packed) => {
+                avx512::product(out, lhs, rows, packed, !matches!(parallelism, gemm::Parallelism::None))
+            }
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Vnni(packed) => {
+                vnni::product(out, lhs, rows, packed, !matches!(parallelism, gemm::Parallelism::None))
             }
             #[cfg(target_arch = "x86_64")]
             Self::Avx2(packed) => {
