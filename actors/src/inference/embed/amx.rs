@@ -61,11 +61,11 @@ fn request_tile_state() -> bool {
 
 /// The start-up product ([`super::checks::exact_product_holds`]).
 fn self_test() -> bool {
-    super::checks::exact_product_holds((3, 40, 48), |lhs, weight| {
-        let packed = PackedWeight::pack(weight, 40, 48);
-        let mut out = vec![0.0; 3 * 48];
+    super::checks::exact_product_holds((3, 40, 48), |lhs, weight, (rows, depth, columns)| {
+        let packed = PackedWeight::pack(weight, depth, columns);
+        let mut out = vec![0.0; rows * columns];
         // SAFETY: the tile state was granted (checked before this runs).
-        unsafe { product_rows(&mut out, lhs, 3, &packed, 0..packed.column_blocks()) };
+        unsafe { product_rows(&mut out, lhs, rows, &packed, 0..packed.column_blocks()) };
         out
     })
 }

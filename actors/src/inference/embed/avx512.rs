@@ -47,8 +47,7 @@ pub fn available() -> bool {
 /// The start-up product ([`super::checks::exact_product_holds`]), with a
 /// row tail, a column tail, an odd depth and both block widths.
 fn self_test() -> bool {
-    let (rows, depth, columns) = (13, 41, 50);
-    super::checks::exact_product_holds((rows, depth, columns), |lhs, weight| {
+    super::checks::exact_product_holds((13, 41, 50), |lhs, weight, (rows, depth, columns)| {
         let packed = PackedBf16::pack(weight, depth, columns);
         let mut out = vec![f32::NAN; rows * columns];
         // SAFETY: the features were detected by the caller; `out` holds

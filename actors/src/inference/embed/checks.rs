@@ -2,17 +2,17 @@
 //! product a path must give at start-up before it serves, and the tests'
 //! comparison with an f64 reference over every shape class.
 
-/// Whether `product` (of row-major `lhs [rows, depth]` and `weight [depth,
-/// columns]`) gives the exact answer on small integers, which bf16 and the
+/// Whether `product(lhs, weight, shape)` (of row-major `lhs [rows, depth]`
+/// and `weight [depth, columns]`) gives the exact answer on small integers, which bf16 and the
 /// f32 sums hold exactly whatever their order: a CPU or hypervisor that
 /// lists a feature without running it correctly is caught before serving.
 pub(super) fn exact_product_holds(
     (rows, depth, columns): (usize, usize, usize),
-    product: impl FnOnce(&[f32], &[f32]) -> Vec<f32>,
+    product: impl FnOnce(&[f32], &[f32], (usize, usize, usize)) -> Vec<f32>,
 ) -> bool {
     let lhs: Vec<f32> = (0..rows * depth).map(|index| (index % 7) as f32 - 3.0).collect();
     let weight: Vec<f32> = (0..depth * columns).map(|index| (index % 5) as f32 - 2.0).collect();
-    let out = product(&lhs, &weight);
+    let out = product(&lhs, &weight, (rows, depth, columns));
     out.len() == rows * columns
         && (0..rows).all(|row| {
             (0..columns).all(|column| {
